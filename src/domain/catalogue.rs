@@ -1,0 +1,102 @@
+//! The test catalogue: codes, sample stability and turnaround that routing relies on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A catalogue test code, e.g. `FBC`: 1 to 16 upper-case letters, digits or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TestCode(String);
+
+impl TestCode {
+    /// Checks the shape of a code (not whether the catalogue has it).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let code = raw.trim().to_ascii_uppercase();
+        if code.is_empty()
+            || code.len() > 16
+            || !code
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err("must be a test code such as FBC".into());
+        }
+        Ok(Self(code))
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TestCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One test in the catalogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestDef {
+    /// Catalogue code.
+    pub code: TestCode,
+    /// Human-readable name.
+    pub name: String,
+    /// Laboratory discipline.
+    pub discipline: String,
+    /// Specimen type.
+    pub specimen: String,
+    /// Time from collection to analysis that the sample survives, in minutes.
+    pub stability_minutes: u32,
+    /// Typical urgent turnaround in the lab, in minutes.
+    pub turnaround_minutes: u32,
+    /// UCUM unit of the main result.
+    pub unit: Option<String>,
+    /// Values at or below this are critical.
+    pub critical_low: Option<f64>,
+    /// Values at or above this are critical.
+    pub critical_high: Option<f64>,
+}
+
+/// The tests the broker can route, by code.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalogue {
+    tests: BTreeMap<TestCode, TestDef>,
+}
+
+impl Catalogue {
+    /// Builds a catalogue; a code given twice is an error.
+    pub fn new(tests: impl IntoIterator<Item = TestDef>) -> Result<Self, String> {
+        let mut map = BTreeMap::new();
+        for t in tests {
+            if t.stability_minutes == 0 {
+                return Err(format!("test {}: stability must be positive", t.code));
+            }
+            if let Some(dup) = map.insert(t.code.clone(), t) {
+                return Err(format!("test {} is defined twice", dup.code));
+            }
+        }
+        Ok(Self { tests: map })
+    }
+
+    /// The test with this code.
+    pub fn get(&self, code: &TestCode) -> Option<&TestDef> {
+        self.tests.get(code)
+    }
+
+    /// Every test, in code order.
+    pub fn iter(&self) -> impl Iterator<Item = &TestDef> {
+        self.tests.values()
+    }
+
+    /// Number of tests.
+    pub fn len(&self) -> usize {
+        self.tests.len()
+    }
+
+    /// True when the catalogue has no tests.
+    pub fn is_empty(&self) -> bool {
+        self.tests.is_empty()
+    }
+}

@@ -1,0 +1,112 @@
+//! Identifiers: request ids, ODS organisation codes and trust order numbers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The broker's id of a request (and of the job a lab sees for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub Uuid);
+
+impl RequestId {
+    /// A fresh random id.
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Parses the canonical text form.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        Uuid::parse_str(raw.trim())
+            .map(Self)
+            .map_err(|_| "must be a request id (a UUID)".to_string())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An ODS organisation code, e.g. `RJ1` or `R1H`: 3 to 6 upper-case letters and digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OdsCode(String);
+
+impl OdsCode {
+    /// Parses an ODS code; lower case is accepted and upper-cased.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let code = raw.trim().to_ascii_uppercase();
+        let ok = (3..=6).contains(&code.len())
+            && code.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            && code.starts_with(|c: char| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if ok {
+            Ok(Self(code))
+        } else {
+            Err("must be an ODS code: 3 to 6 letters and digits, e.g. RJ1".into())
+        }
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OdsCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A trust's own order number: 1 to 64 printable ASCII characters without spaces.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderNumber(String);
+
+impl OrderNumber {
+    /// Parses an order number.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("is required".into());
+        }
+        if raw.len() > 64 {
+            return Err("must be at most 64 characters".into());
+        }
+        if !raw.chars().all(|c| c.is_ascii_graphic()) {
+            return Err("must be printable ASCII without spaces".into());
+        }
+        Ok(Self(raw.to_string()))
+    }
+
+    /// The order number.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ods_codes_of_the_demo_parse() {
+        for code in ["RJ1", "RJZ", "R1H", "RAL", "rj7"] {
+            assert!(OdsCode::parse(code).is_ok(), "{code}");
+        }
+    }
+
+    #[test]
+    fn malformed_ods_codes_are_rejected() {
+        for code in ["", "R1", "RJ1-X", "ABCDEFG", "R J1"] {
+            assert!(OdsCode::parse(code).is_err(), "{code}");
+        }
+    }
+
+    #[test]
+    fn order_numbers_are_bounded() {
+        assert!(OrderNumber::parse("ORD-1").is_ok());
+        assert!(OrderNumber::parse("").is_err());
+        assert!(OrderNumber::parse("has space").is_err());
+        assert!(OrderNumber::parse(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! labaid: a gRPC broker for NHS pathology mutual aid. A trust whose pathology provider is down
+//! submits urgent blood-test requests; labaid routes each one, by clinical priority and live lab
+//! capacity, to a partner lab that can run every test before the sample spoils.
+
+pub mod domain;
+pub mod error;
+pub mod routing;
+
+pub use error::Error;
+
+/// The generated labaid.v1 protobuf types and gRPC stubs.
+#[allow(missing_docs, unreachable_pub, clippy::all)] // generated code
+pub mod proto {
+    tonic::include_proto!("labaid.v1");
+
+    /// The encoded descriptor set, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/labaid_descriptor.bin"));
+}

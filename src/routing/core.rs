@@ -1,0 +1,1157 @@
+//! The state machine: every command applied at a given time, deterministically.
+//!
+//! A rejected command changes nothing: each handler checks everything before its first mutation.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    BoundedText, Catalogue, Exclusion, ExclusionReason, FailureReason, LabStatus, NewRequest,
+    Observation, OdsCode, OrderNumber, Priority, Request, RequestId, RequestState, TestCode,
+    Timestamp, Violations, MINUTE_MS,
+};
+use crate::error::Error;
+
+use super::event::{Event, EventKind, JobEventKind, TrustEventKind};
+use super::labs::{LabConfig, LabState, Labs};
+use super::policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
+use super::queue::{GroupKey, QueueKey, WaitQueue};
+
+/// Offer lease per priority, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leases {
+    /// STAT lease.
+    pub stat_ms: i64,
+    /// ASAP lease.
+    pub asap_ms: i64,
+    /// URGENT lease.
+    pub urgent_ms: i64,
+    /// ROUTINE lease.
+    pub routine_ms: i64,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self {
+            stat_ms: 2 * MINUTE_MS,
+            asap_ms: 5 * MINUTE_MS,
+            urgent_ms: 10 * MINUTE_MS,
+            routine_ms: 30 * MINUTE_MS,
+        }
+    }
+}
+
+impl Leases {
+    /// The lease for a priority.
+    pub fn for_priority(&self, p: Priority) -> i64 {
+        match p {
+            Priority::Stat => self.stat_ms,
+            Priority::Asap => self.asap_ms,
+            Priority::Urgent => self.urgent_ms,
+            Priority::Routine => self.routine_ms,
+        }
+    }
+}
+
+/// A change asked of the core. Commands are journaled and replayed, so they carry validated data
+/// and ids chosen at the edge, never anything the core would have to invent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A trust submits a request.
+    Submit {
+        /// The trust.
+        trust: OdsCode,
+        /// Id for the request if it is new.
+        id: RequestId,
+        /// The validated submission.
+        request: NewRequest,
+    },
+    /// A trust cancels a request.
+    Cancel {
+        /// The trust.
+        trust: OdsCode,
+        /// The request.
+        id: RequestId,
+        /// Why.
+        reason: BoundedText,
+    },
+    /// A lab accepts an offer.
+    Accept {
+        /// The lab.
+        lab: OdsCode,
+        /// The job.
+        id: RequestId,
+    },
+    /// A lab declines an offer.
+    Decline {
+        /// The lab.
+        lab: OdsCode,
+        /// The job.
+        id: RequestId,
+        /// Why.
+        reason: BoundedText,
+    },
+    /// A lab records a sample's arrival.
+    Receive {
+        /// The lab.
+        lab: OdsCode,
+        /// The job.
+        id: RequestId,
+    },
+    /// A lab posts results.
+    PostResults {
+        /// The lab.
+        lab: OdsCode,
+        /// The job.
+        id: RequestId,
+        /// Validated observations.
+        observations: Vec<Observation>,
+    },
+    /// A lab fails a job.
+    Fail {
+        /// The lab.
+        lab: OdsCode,
+        /// The job.
+        id: RequestId,
+        /// Why.
+        reason: FailureReason,
+        /// More detail.
+        detail: BoundedText,
+    },
+    /// A lab sets its capacity for a test.
+    SetCapacity {
+        /// The lab.
+        lab: OdsCode,
+        /// The test.
+        test: TestCode,
+        /// The new capacity.
+        capacity: u32,
+    },
+    /// A lab sets its status.
+    SetStatus {
+        /// The lab.
+        lab: OdsCode,
+        /// The new status.
+        status: LabStatus,
+    },
+    /// Time passed: fire every timer that is due.
+    Tick,
+}
+
+/// What a command answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A request (or job) after the command.
+    Request {
+        /// The request.
+        request: Arc<Request>,
+        /// True when an idempotent resubmission returned the original.
+        replayed: bool,
+    },
+    /// A declined job's id.
+    Declined(RequestId),
+    /// A lab after a capacity change.
+    Capacity(LabState),
+    /// A lab after a status change.
+    Status {
+        /// The status now.
+        status: LabStatus,
+        /// Offers withdrawn by the change.
+        withdrawn: u32,
+    },
+    /// Timers fired.
+    Ticked,
+}
+
+/// What applying commands changed, for the journal, the read views and the watchers.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Events, in order.
+    pub events: Vec<Event>,
+    /// Requests changed or created (may repeat; the last snapshot wins).
+    pub requests: Vec<RequestId>,
+    /// Requests purged after their retention.
+    pub purged: Vec<RequestId>,
+    /// Labs whose capacity, work in flight or status changed.
+    pub labs: Vec<OdsCode>,
+    /// True when any state changed (so the command must be journaled).
+    pub changed: bool,
+}
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TimerKind {
+    /// An offer's lease runs out.
+    Lease,
+    /// The sample can no longer be finished in time anywhere.
+    Expiry,
+    /// A finished request's retention ends.
+    Purge,
+}
+
+/// Everything the core knows; serialisable for snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    catalogue: Arc<Catalogue>,
+    leases: Leases,
+    retention_ms: i64,
+    trusts: BTreeMap<OdsCode, String>,
+    labs: Labs,
+    requests: HashMap<RequestId, Arc<Request>>,
+    orders: HashMap<(OdsCode, OrderNumber), RequestId>,
+    queue: WaitQueue,
+    timers: BTreeSet<(Timestamp, TimerKind, RequestId)>,
+    sequences: HashMap<OdsCode, u64>,
+    next_ordinal: u64,
+    offers_made: u64,
+}
+
+/// The core: state plus the routing policy.
+#[derive(Debug)]
+pub struct Router {
+    state: State,
+    policy: Arc<dyn RoutingPolicy>,
+}
+
+impl Router {
+    /// A core with the given directory and no requests.
+    pub fn new(
+        catalogue: Arc<Catalogue>,
+        trusts: BTreeMap<OdsCode, String>,
+        labs: Vec<LabConfig>,
+        leases: Leases,
+        retention_ms: i64,
+    ) -> Self {
+        Self::with_policy(
+            catalogue,
+            trusts,
+            labs,
+            leases,
+            retention_ms,
+            Arc::new(DefaultPolicy),
+        )
+    }
+
+    /// A core with another routing policy.
+    pub fn with_policy(
+        catalogue: Arc<Catalogue>,
+        trusts: BTreeMap<OdsCode, String>,
+        labs: Vec<LabConfig>,
+        leases: Leases,
+        retention_ms: i64,
+        policy: Arc<dyn RoutingPolicy>,
+    ) -> Self {
+        Self {
+            state: State {
+                catalogue,
+                leases,
+                retention_ms,
+                trusts,
+                labs: Labs::new(labs),
+                requests: HashMap::new(),
+                orders: HashMap::new(),
+                queue: WaitQueue::default(),
+                timers: BTreeSet::new(),
+                sequences: HashMap::new(),
+                next_ordinal: 1,
+                offers_made: 0,
+            },
+            policy,
+        }
+    }
+
+    /// Rebuilds a core from a snapshot.
+    pub fn from_state(state: State, policy: Arc<dyn RoutingPolicy>) -> Self {
+        Self { state, policy }
+    }
+
+    /// The state, for a snapshot.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The catalogue.
+    pub fn catalogue(&self) -> &Arc<Catalogue> {
+        &self.state.catalogue
+    }
+
+    /// The trusts of the directory.
+    pub fn trusts(&self) -> &BTreeMap<OdsCode, String> {
+        &self.state.trusts
+    }
+
+    /// The labs.
+    pub fn labs(&self) -> &Labs {
+        &self.state.labs
+    }
+
+    /// The waiting queue.
+    pub fn queue(&self) -> &WaitQueue {
+        &self.state.queue
+    }
+
+    /// One request.
+    pub fn request(&self, id: &RequestId) -> Option<&Arc<Request>> {
+        self.state.requests.get(id)
+    }
+
+    /// Every request, in no particular order.
+    pub fn requests(&self) -> impl Iterator<Item = &Arc<Request>> {
+        self.state.requests.values()
+    }
+
+    /// Number of requests held (live and retained).
+    pub fn request_count(&self) -> usize {
+        self.state.requests.len()
+    }
+
+    /// The last sequence number given to each organisation.
+    pub fn sequences(&self) -> &HashMap<OdsCode, u64> {
+        &self.state.sequences
+    }
+
+    /// When the next timer is due.
+    pub fn next_timer(&self) -> Option<Timestamp> {
+        self.state.timers.first().map(|(t, _, _)| *t)
+    }
+
+    /// Applies one command at `now`. On error nothing changed.
+    pub fn apply(
+        &mut self,
+        cmd: &Command,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        match cmd {
+            Command::Submit { trust, id, request } => self.submit(trust, *id, request, now, out),
+            Command::Cancel { trust, id, reason } => self.cancel(trust, id, reason, now, out),
+            Command::Accept { lab, id } => self.accept(lab, id, now, out),
+            Command::Decline { lab, id, reason } => self.decline(lab, id, reason, now, out),
+            Command::Receive { lab, id } => self.receive(lab, id, now, out),
+            Command::PostResults {
+                lab,
+                id,
+                observations,
+            } => self.post_results(lab, id, observations, now, out),
+            Command::Fail {
+                lab,
+                id,
+                reason,
+                detail,
+            } => self.fail(lab, id, *reason, detail, now, out),
+            Command::SetCapacity {
+                lab,
+                test,
+                capacity,
+            } => self.set_capacity(lab, test, *capacity, now, out),
+            Command::SetStatus { lab, status } => self.set_status(lab, *status, now, out),
+            Command::Tick => {
+                self.tick(now, out);
+                Ok(Reply::Ticked)
+            }
+        }
+    }
+
+    // ----- commands -----
+
+    fn submit(
+        &mut self,
+        trust: &OdsCode,
+        id: RequestId,
+        new: &NewRequest,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        if !self.state.trusts.contains_key(trust) {
+            return Err(Error::PermissionDenied(format!(
+                "{trust} is not a trust in the directory"
+            )));
+        }
+        let order_key = (trust.clone(), new.order_number.clone());
+        if let Some(existing) = self.state.orders.get(&order_key) {
+            let original = &self.state.requests[existing];
+            return if &original.submission == new {
+                Ok(Reply::Request {
+                    request: original.clone(),
+                    replayed: true,
+                })
+            } else {
+                Err(Error::AlreadyExists(format!(
+                    "order number {} was already used for a different request ({})",
+                    new.order_number.as_str(),
+                    original.id
+                )))
+            };
+        }
+        if self.state.requests.contains_key(&id) {
+            return Err(Error::Internal(format!("request id {id} generated twice")));
+        }
+        let deadline = new.deadline(&self.state.catalogue);
+        let request = Request {
+            id,
+            ordinal: self.state.next_ordinal,
+            trust: trust.clone(),
+            submission: new.clone(),
+            deadline,
+            expire_at: deadline,
+            state: RequestState::Queued,
+            lab: None,
+            submitted_at: now,
+            updated_at: now,
+            lease_expires_at: None,
+            predicted_result_at: None,
+            transport_minutes: 0,
+            results: Vec::new(),
+            failure: None,
+            status_detail: String::new(),
+            excluded: Vec::new(),
+            accepted_at: None,
+        };
+        self.state.next_ordinal += 1;
+        self.state.requests.insert(id, Arc::new(request));
+        self.state.orders.insert(order_key, id);
+        out.changed = true;
+        out.requests.push(id);
+        self.refresh_expiry(&id);
+        if !self.route_or_queue(&id, now, out) {
+            let state = self.state.requests[&id].state;
+            if state == RequestState::Queued {
+                self.update(&id, now, out, |r| {
+                    r.status_detail = "waiting for a lab with room".into();
+                });
+                self.emit_trust(&id, TrustEventKind::StateChanged, now, out);
+            }
+        }
+        Ok(Reply::Request {
+            request: self.state.requests[&id].clone(),
+            replayed: false,
+        })
+    }
+
+    fn cancel(
+        &mut self,
+        trust: &OdsCode,
+        id: &RequestId,
+        reason: &BoundedText,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let r = self
+            .state
+            .requests
+            .get(id)
+            .filter(|r| &r.trust == trust)
+            .ok_or_else(|| not_found("request", id))?;
+        if r.state.is_final() {
+            return Err(Error::FailedPrecondition(format!(
+                "request {id} is already {}",
+                r.state.as_str()
+            )));
+        }
+        let (state, lab) = (r.state, r.lab.clone());
+        out.changed = true;
+        let detail = if reason.is_empty() {
+            "cancelled by the trust".to_string()
+        } else {
+            format!("cancelled by the trust: {}", reason.as_str())
+        };
+        match state {
+            RequestState::Queued => self.dequeue(id),
+            _ => {
+                if let Some(lab) = &lab {
+                    self.release(id, lab, out);
+                }
+            }
+        }
+        self.clear_timers(id);
+        self.update(id, now, out, |r| {
+            r.state = RequestState::Cancelled;
+            r.lease_expires_at = None;
+            r.status_detail = detail;
+        });
+        self.finish(id, now);
+        if let Some(lab) = &lab {
+            let kind = if state == RequestState::Offered {
+                JobEventKind::Withdrawn
+            } else {
+                JobEventKind::Cancelled
+            };
+            self.emit_lab(lab, id, kind, now, out);
+        }
+        self.emit_trust(id, TrustEventKind::StateChanged, now, out);
+        if let Some(lab) = &lab {
+            self.route_waiting(lab, now, out);
+        }
+        Ok(self.reply(id))
+    }
+
+    fn accept(
+        &mut self,
+        lab: &OdsCode,
+        id: &RequestId,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let r = self.job_of(lab, id, now)?;
+        match r.state {
+            RequestState::Offered => {}
+            RequestState::Accepted | RequestState::Received => {
+                return Err(Error::Aborted(format!(
+                    "job {id} was already accepted by another operator of {lab}"
+                )));
+            }
+            other => return Err(final_state_error(id, other)),
+        }
+        out.changed = true;
+        self.clear_timers(id);
+        self.update(id, now, out, |r| {
+            r.state = RequestState::Accepted;
+            r.accepted_at = Some(now);
+            r.lease_expires_at = None;
+            r.status_detail = format!("accepted by {lab}");
+        });
+        self.emit_lab(lab, id, JobEventKind::Accepted, now, out);
+        self.emit_trust(id, TrustEventKind::StateChanged, now, out);
+        Ok(self.reply(id))
+    }
+
+    fn decline(
+        &mut self,
+        lab: &OdsCode,
+        id: &RequestId,
+        reason: &BoundedText,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let r = self.job_of(lab, id, now)?;
+        match r.state {
+            RequestState::Offered => {}
+            RequestState::Accepted | RequestState::Received => {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is already accepted; to give it up, fail it with a reason"
+                )));
+            }
+            other => return Err(final_state_error(id, other)),
+        }
+        out.changed = true;
+        self.release(id, lab, out);
+        self.remove_timer(id, TimerKind::Lease);
+        self.update(id, now, out, |r| {
+            r.excluded.push(Exclusion {
+                lab: lab.clone(),
+                reason: ExclusionReason::Declined,
+                at: now,
+            });
+            r.lease_expires_at = None;
+            r.status_detail = format!("{lab} declined: {}", reason.as_str());
+        });
+        self.refresh_expiry(id);
+        self.emit_lab(lab, id, JobEventKind::Declined, now, out);
+        self.route_or_queue(id, now, out);
+        self.route_waiting(lab, now, out);
+        Ok(Reply::Declined(*id))
+    }
+
+    fn receive(
+        &mut self,
+        lab: &OdsCode,
+        id: &RequestId,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let r = self.job_of(lab, id, now)?;
+        match r.state {
+            RequestState::Accepted => {}
+            RequestState::Offered => {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is still an offer: accept it before recording the sample"
+                )));
+            }
+            RequestState::Received => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the sample of job {id} is already recorded as received"
+                )));
+            }
+            other => return Err(final_state_error(id, other)),
+        }
+        out.changed = true;
+        self.update(id, now, out, |r| {
+            r.state = RequestState::Received;
+            r.status_detail = format!("sample received by {lab}");
+        });
+        self.emit_lab(lab, id, JobEventKind::Received, now, out);
+        self.emit_trust(id, TrustEventKind::StateChanged, now, out);
+        Ok(self.reply(id))
+    }
+
+    fn post_results(
+        &mut self,
+        lab: &OdsCode,
+        id: &RequestId,
+        observations: &[Observation],
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let r = self.job_of(lab, id, now)?;
+        match r.state {
+            RequestState::Received => {}
+            RequestState::Offered | RequestState::Accepted => {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is {}: record the sample's receipt before posting results",
+                    r.state.as_str()
+                )));
+            }
+            other => return Err(final_state_error(id, other)),
+        }
+        let mut v = Violations::default();
+        for test in r.submission.tests.codes() {
+            if !observations.iter().any(|o| &o.test == test) {
+                v.add("observations", format!("no result for requested test {test}"));
+            }
+        }
+        for (i, o) in observations.iter().enumerate() {
+            if !r.submission.tests.contains(&o.test) {
+                v.add(
+                    format!("observations[{i}].test"),
+                    format!("{} is not one of the job's tests", o.test),
+                );
+            }
+        }
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v));
+        }
+        let critical = observations.iter().any(|o| o.flag.is_critical());
+        out.changed = true;
+        self.release(id, lab, out);
+        self.update(id, now, out, |r| {
+            r.state = RequestState::Resulted;
+            r.results = observations.to_vec();
+            r.status_detail = if critical {
+                format!("resulted by {lab}; critical result: phone the clinician")
+            } else {
+                format!("resulted by {lab}")
+            };
+        });
+        self.finish(id, now);
+        self.emit_lab(lab, id, JobEventKind::Resulted, now, out);
+        self.emit_trust(id, TrustEventKind::Resulted, now, out);
+        if critical {
+            self.emit_trust(id, TrustEventKind::CriticalResult, now, out);
+        }
+        self.route_waiting(lab, now, out);
+        Ok(self.reply(id))
+    }
+
+    fn fail(
+        &mut self,
+        lab: &OdsCode,
+        id: &RequestId,
+        reason: FailureReason,
+        detail: &BoundedText,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let r = self.job_of(lab, id, now)?;
+        match r.state {
+            RequestState::Accepted | RequestState::Received => {}
+            RequestState::Offered => {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is still an offer: decline it instead"
+                )));
+            }
+            other => return Err(final_state_error(id, other)),
+        }
+        out.changed = true;
+        self.release(id, lab, out);
+        self.update(id, now, out, |r| {
+            r.state = RequestState::Failed;
+            r.failure = Some(reason);
+            r.status_detail = if detail.is_empty() {
+                format!("{lab} could not use the sample ({}): recollect", reason.as_str())
+            } else {
+                format!(
+                    "{lab} could not use the sample ({}: {}): recollect",
+                    reason.as_str(),
+                    detail.as_str()
+                )
+            };
+        });
+        self.finish(id, now);
+        self.emit_lab(lab, id, JobEventKind::Failed, now, out);
+        self.emit_trust(id, TrustEventKind::Failed, now, out);
+        self.route_waiting(lab, now, out);
+        Ok(self.reply(id))
+    }
+
+    fn set_capacity(
+        &mut self,
+        lab: &OdsCode,
+        test: &TestCode,
+        capacity: u32,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let state = self
+            .state
+            .labs
+            .get_mut(lab)
+            .ok_or_else(|| Error::PermissionDenied(format!("{lab} is not a lab in the directory")))?;
+        let slot = state
+            .slots
+            .get_mut(test)
+            .ok_or_else(|| Error::invalid("test", format!("{lab} does not perform {test}")))?;
+        let raised = capacity > slot.capacity;
+        if slot.capacity != capacity {
+            slot.capacity = capacity;
+            out.changed = true;
+            out.labs.push(lab.clone());
+        }
+        if raised {
+            self.route_waiting(lab, now, out);
+        }
+        Ok(Reply::Capacity(self.state.labs.get(lab).cloned().ok_or_else(
+            || Error::Internal("lab vanished".into()),
+        )?))
+    }
+
+    fn set_status(
+        &mut self,
+        lab: &OdsCode,
+        status: LabStatus,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let state = self
+            .state
+            .labs
+            .get_mut(lab)
+            .ok_or_else(|| Error::PermissionDenied(format!("{lab} is not a lab in the directory")))?;
+        let old = state.status;
+        if old == status {
+            return Ok(Reply::Status {
+                status,
+                withdrawn: 0,
+            });
+        }
+        state.status = status;
+        let open: Vec<RequestId> = state.open.iter().copied().collect();
+        out.changed = true;
+        out.labs.push(lab.clone());
+        let mut withdrawn = 0;
+        if status == LabStatus::Offline {
+            for id in &open {
+                match self.state.requests[id].state {
+                    RequestState::Offered => {
+                        withdrawn += 1;
+                        self.release(id, lab, out);
+                        self.remove_timer(id, TimerKind::Lease);
+                        self.update(id, now, out, |r| {
+                            r.lease_expires_at = None;
+                            r.status_detail = format!("{lab} went offline; routing again");
+                        });
+                        self.emit_lab(lab, id, JobEventKind::Withdrawn, now, out);
+                        self.route_or_queue(id, now, out);
+                    }
+                    RequestState::Accepted => {
+                        self.update(id, now, out, |r| {
+                            r.status_detail = format!(
+                                "{lab} went offline before the sample arrived; a coordinator will decide"
+                            );
+                        });
+                        self.emit_trust(id, TrustEventKind::LabOffline, now, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if status == LabStatus::Online {
+            self.route_waiting(lab, now, out);
+        }
+        Ok(Reply::Status { status, withdrawn })
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Outcome) {
+        while let Some(&(at, kind, id)) = self.state.timers.first() {
+            if at > now {
+                break;
+            }
+            self.state.timers.remove(&(at, kind, id));
+            out.changed = true;
+            let Some(r) = self.state.requests.get(&id) else {
+                continue;
+            };
+            match kind {
+                TimerKind::Lease if r.state == RequestState::Offered => {
+                    self.lease_expired(&id, now, out)
+                }
+                TimerKind::Expiry
+                    if matches!(r.state, RequestState::Queued | RequestState::Offered) =>
+                {
+                    self.expire(&id, now, out)
+                }
+                TimerKind::Purge if r.state.is_final() => self.purge(&id, out),
+                _ => {}
+            }
+        }
+    }
+
+    // ----- transitions shared by commands and timers -----
+
+    fn lease_expired(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) {
+        let Some(lab) = self.state.requests[id].lab.clone() else {
+            return;
+        };
+        self.release(id, &lab, out);
+        self.update(id, now, out, |r| {
+            r.excluded.push(Exclusion {
+                lab: lab.clone(),
+                reason: ExclusionReason::LeaseExpired,
+                at: now,
+            });
+            r.lease_expires_at = None;
+            r.status_detail = format!("{lab} did not answer the offer in time");
+        });
+        self.refresh_expiry(id);
+        self.emit_lab(&lab, id, JobEventKind::LeaseExpired, now, out);
+        self.route_or_queue(id, now, out);
+        self.route_waiting(&lab, now, out);
+    }
+
+    fn expire(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) {
+        let r = &self.state.requests[id];
+        let offered_to = (r.state == RequestState::Offered)
+            .then(|| r.lab.clone())
+            .flatten();
+        if r.state == RequestState::Queued {
+            self.dequeue(id);
+        }
+        if let Some(lab) = &offered_to {
+            self.release(id, lab, out);
+        }
+        self.clear_timers(id);
+        self.update(id, now, out, |r| {
+            r.state = RequestState::Expired;
+            r.lease_expires_at = None;
+            r.status_detail = "no partner lab can finish before the sample deadline: recollect".into();
+        });
+        self.finish(id, now);
+        if let Some(lab) = &offered_to {
+            self.emit_lab(lab, id, JobEventKind::Withdrawn, now, out);
+        }
+        self.emit_trust(id, TrustEventKind::Expired, now, out);
+        if let Some(lab) = &offered_to {
+            self.route_waiting(lab, now, out);
+        }
+    }
+
+    fn purge(&mut self, id: &RequestId, out: &mut Outcome) {
+        if let Some(r) = self.state.requests.remove(id) {
+            self.state
+                .orders
+                .remove(&(r.trust.clone(), r.submission.order_number.clone()));
+            out.purged.push(*id);
+        }
+    }
+
+    /// Offers the request to the policy's choice, or queues it (or expires it when no lab can ever
+    /// finish in time). Returns true when it was offered.
+    fn route_or_queue(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) -> bool {
+        let placement = {
+            let r = &self.state.requests[id];
+            let query = RouteQuery {
+                trust: &r.trust,
+                tests: &r.submission.tests,
+                deadline: r.deadline,
+                turnaround_minutes: r.submission.tests.turnaround_minutes(&self.state.catalogue),
+                excluded: &r.excluded,
+            };
+            self.policy.choose(&query, &self.state.labs, now)
+        };
+        match placement {
+            Some(p) => {
+                self.offer(id, p, now, out);
+                true
+            }
+            None if self.state.requests[id].expire_at <= now => {
+                self.expire(id, now, out);
+                false
+            }
+            None => {
+                self.enqueue(id, now, out);
+                false
+            }
+        }
+    }
+
+    fn offer(&mut self, id: &RequestId, p: Placement, now: Timestamp, out: &mut Outcome) {
+        self.dequeue(id);
+        let (tests, priority) = {
+            let r = &self.state.requests[id];
+            (r.submission.tests.clone(), r.submission.priority)
+        };
+        self.state.offers_made += 1;
+        let counter = self.state.offers_made;
+        if let Some(lab) = self.state.labs.get_mut(&p.lab) {
+            for t in tests.codes() {
+                if let Some(slot) = lab.slots.get_mut(t) {
+                    slot.in_flight += 1;
+                }
+            }
+            lab.open.insert(*id);
+            lab.last_offer = counter;
+        }
+        out.labs.push(p.lab.clone());
+        let lease = now.plus_millis(self.state.leases.for_priority(priority));
+        self.state.timers.insert((lease, TimerKind::Lease, *id));
+        let lab = p.lab.clone();
+        self.update(id, now, out, |r| {
+            r.state = RequestState::Offered;
+            r.lab = Some(p.lab);
+            r.lease_expires_at = Some(lease);
+            r.predicted_result_at = Some(p.predicted_at);
+            r.transport_minutes = p.transport_minutes;
+            r.status_detail = format!("offered to {}", r.lab.as_ref().map_or("", |l| l.as_str()));
+        });
+        self.emit_lab(&lab, id, JobEventKind::Offered, now, out);
+        self.emit_trust(id, TrustEventKind::StateChanged, now, out);
+    }
+
+    fn enqueue(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) {
+        let r = &self.state.requests[id];
+        let was = r.state;
+        let (group, key) = queue_entry(r);
+        self.state.queue.insert(group, key);
+        if was != RequestState::Queued {
+            self.update(id, now, out, |r| {
+                r.state = RequestState::Queued;
+                r.lab = None;
+                r.predicted_result_at = None;
+                r.transport_minutes = 0;
+                r.status_detail = format!("{}; waiting for a lab with room", r.status_detail);
+            });
+            self.emit_trust(id, TrustEventKind::StateChanged, now, out);
+        }
+    }
+
+    fn dequeue(&mut self, id: &RequestId) {
+        let (group, key) = queue_entry(&self.state.requests[id]);
+        self.state.queue.remove(&group, &key);
+    }
+
+    /// Routes waiting requests that `lab` could now take, in order of service, while it has room.
+    fn route_waiting(&mut self, lab: &OdsCode, now: Timestamp, out: &mut Outcome) {
+        loop {
+            let Some(state) = self.state.labs.get(lab) else {
+                return;
+            };
+            if state.status != LabStatus::Online {
+                return;
+            }
+            let mut best: Option<QueueKey> = None;
+            for ((trust, tests), set) in self.state.queue.groups() {
+                if !state.serves(trust) || !state.performs(tests) || !state.has_room_for(tests) {
+                    continue;
+                }
+                let lead = i64::from(state.transport_from(trust))
+                    + i64::from(tests.turnaround_minutes(&self.state.catalogue));
+                let too_soon = now.plus_minutes(lead);
+                let first = set.iter().find(|k| {
+                    k.deadline > too_soon && !self.state.requests[&k.id].excludes(lab)
+                });
+                if let Some(k) = first {
+                    if best.as_ref().is_none_or(|b| k < b) {
+                        best = Some(k.clone());
+                    }
+                }
+            }
+            let Some(next) = best else {
+                return;
+            };
+            if !self.route_or_queue(&next.id, now, out) {
+                return;
+            }
+        }
+    }
+
+    fn release(&mut self, id: &RequestId, lab: &OdsCode, out: &mut Outcome) {
+        let Some(r) = self.state.requests.get(id) else {
+            return;
+        };
+        if let Some(state) = self.state.labs.get_mut(lab) {
+            if state.open.remove(id) {
+                for t in r.submission.tests.codes() {
+                    if let Some(slot) = state.slots.get_mut(t) {
+                        slot.in_flight = slot.in_flight.saturating_sub(1);
+                    }
+                }
+                out.labs.push(lab.clone());
+            }
+        }
+    }
+
+    /// Recomputes the last moment any lab that is not excluded could still finish in time, and
+    /// re-arms the expiry timer.
+    fn refresh_expiry(&mut self, id: &RequestId) {
+        let r = &self.state.requests[id];
+        let tat = i64::from(r.submission.tests.turnaround_minutes(&self.state.catalogue));
+        let min_lead = self
+            .state
+            .labs
+            .performing(&r.submission.tests)
+            .filter(|l| l.serves(&r.trust) && !r.excludes(&l.config.ods))
+            .map(|l| i64::from(l.transport_from(&r.trust)) + tat)
+            .min();
+        let expire_at = match min_lead {
+            Some(lead) => r.deadline.plus_minutes(-lead),
+            None => r.submitted_at,
+        };
+        let old = r.expire_at;
+        let live = matches!(r.state, RequestState::Queued | RequestState::Offered);
+        self.state.timers.remove(&(old, TimerKind::Expiry, *id));
+        if let Some(r) = self.state.requests.get_mut(id) {
+            Arc::make_mut(r).expire_at = expire_at;
+        }
+        if live {
+            self.state.timers.insert((expire_at, TimerKind::Expiry, *id));
+        }
+    }
+
+    fn finish(&mut self, id: &RequestId, now: Timestamp) {
+        self.state
+            .timers
+            .insert((now.plus_millis(self.state.retention_ms), TimerKind::Purge, *id));
+    }
+
+    fn remove_timer(&mut self, id: &RequestId, kind: TimerKind) {
+        let r = &self.state.requests[id];
+        let at = match kind {
+            TimerKind::Lease => r.lease_expires_at,
+            TimerKind::Expiry => Some(r.expire_at),
+            TimerKind::Purge => None,
+        };
+        if let Some(at) = at {
+            self.state.timers.remove(&(at, kind, *id));
+        }
+    }
+
+    fn clear_timers(&mut self, id: &RequestId) {
+        self.remove_timer(id, TimerKind::Lease);
+        self.remove_timer(id, TimerKind::Expiry);
+    }
+
+    fn update(
+        &mut self,
+        id: &RequestId,
+        now: Timestamp,
+        out: &mut Outcome,
+        f: impl FnOnce(&mut Request),
+    ) {
+        if let Some(r) = self.state.requests.get_mut(id) {
+            let r = Arc::make_mut(r);
+            f(r);
+            r.updated_at = now;
+            out.requests.push(*id);
+        }
+    }
+
+    fn emit(&mut self, org: &OdsCode, id: &RequestId, kind: EventKind, now: Timestamp, out: &mut Outcome) {
+        let seq = self.state.sequences.entry(org.clone()).or_insert(0);
+        *seq += 1;
+        out.events.push(Event {
+            org: org.clone(),
+            sequence: *seq,
+            time: now,
+            kind,
+            request: self.state.requests[id].clone(),
+        });
+    }
+
+    fn emit_trust(&mut self, id: &RequestId, kind: TrustEventKind, now: Timestamp, out: &mut Outcome) {
+        let trust = self.state.requests[id].trust.clone();
+        self.emit(&trust, id, EventKind::Trust(kind), now, out);
+    }
+
+    fn emit_lab(
+        &mut self,
+        lab: &OdsCode,
+        id: &RequestId,
+        kind: JobEventKind,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) {
+        self.emit(lab, id, EventKind::Lab(kind), now, out);
+    }
+
+    fn reply(&self, id: &RequestId) -> Reply {
+        Reply::Request {
+            request: self.state.requests[id].clone(),
+            replayed: false,
+        }
+    }
+
+    /// The request as a job of `lab`, or the error a lab that does not hold it gets: an offer it
+    /// lost is explained, anything else is NOT_FOUND.
+    fn job_of(&self, lab: &OdsCode, id: &RequestId, now: Timestamp) -> Result<&Arc<Request>, Error> {
+        let r = self
+            .state
+            .requests
+            .get(id)
+            .ok_or_else(|| not_found("job", id))?;
+        if r.is_job_of(lab) {
+            return Ok(r);
+        }
+        let Some(ex) = r.excluded.iter().rev().find(|e| &e.lab == lab) else {
+            return Err(not_found("job", id));
+        };
+        let ago = human_duration(now.millis_since(ex.at));
+        Err(Error::FailedPrecondition(match ex.reason {
+            ExclusionReason::Declined => format!("{lab} declined this offer {ago} ago"),
+            ExclusionReason::LeaseExpired => {
+                let since = match r.state {
+                    RequestState::Queued => "is waiting for another lab",
+                    RequestState::Expired => "the request has since expired",
+                    RequestState::Cancelled => "the request has since been cancelled",
+                    _ => "went to another lab",
+                };
+                format!("offer expired {ago} ago and {since}")
+            }
+        }))
+    }
+}
+
+fn queue_entry(r: &Request) -> (GroupKey, QueueKey) {
+    (
+        (r.trust.clone(), r.submission.tests.clone()),
+        QueueKey {
+            priority: Reverse(r.submission.priority),
+            deadline: r.deadline,
+            ordinal: r.ordinal,
+            id: r.id,
+        },
+    )
+}
+
+fn not_found(what: &str, id: &RequestId) -> Error {
+    Error::NotFound(format!("{what} {id} not found"))
+}
+
+fn final_state_error(id: &RequestId, state: RequestState) -> Error {
+    Error::FailedPrecondition(match state {
+        RequestState::Cancelled => format!("request {id} was cancelled by the trust"),
+        RequestState::Expired => format!("request {id} expired: the sample deadline can no longer be met"),
+        other => format!("job {id} is already {}", other.as_str()),
+    })
+}
+
+/// A short duration for messages, e.g. `40 s` or `3 min`.
+pub fn human_duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}

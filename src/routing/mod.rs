@@ -1,0 +1,15 @@
+//! The pure core: labs and their capacity, the waiting queue, the routing policy, and the state
+//! machine that applies every command at a given time. No I/O, no tonic: deterministic, so the
+//! journal can replay it and the simulator and property tests can drive it.
+
+mod core;
+mod event;
+mod labs;
+mod policy;
+mod queue;
+
+pub use core::{Command, Leases, Outcome, Reply, Router, State, TimerKind, human_duration};
+pub use event::{Event, EventKind, JobEventKind, TrustEventKind};
+pub use labs::{LabConfig, LabState, Labs, Slot};
+pub use policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
+pub use queue::{GroupKey, QueueKey, WaitQueue};
