@@ -2,11 +2,21 @@
 //! submits urgent blood-test requests; labaid routes each one, by clinical priority and live lab
 //! capacity, to a partner lab that can run every test before the sample spoils.
 
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod routing;
+pub mod server;
+pub mod store;
+pub mod telemetry;
 
+pub use config::Config;
 pub use error::Error;
+pub use server::serve;
 
 /// The generated labaid.v1 protobuf types and gRPC stubs.
 #[allow(missing_docs, unreachable_pub, clippy::all)] // generated code

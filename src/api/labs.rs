@@ -1,0 +1,325 @@
+//! LabService: labs watch their offers, work their jobs, and report capacity and status.
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    capacity_to, failure_from, flag_from, job_event_to, job_to, priority_from, state_from,
+    status_from, status_to,
+};
+use super::{Context, page_size, page_token, parse_id};
+use crate::auth::{Principal, Role};
+use crate::domain::{
+    BoundedText, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, TestCode, Violations,
+};
+use crate::error::Error;
+use crate::proto;
+use crate::proto::lab_service_server::LabService;
+use crate::routing::{Command, Reply};
+
+/// Highest capacity a lab may set for one test.
+const MAX_CAPACITY: u32 = 100_000;
+/// Most observations one PostResults may carry.
+const MAX_OBSERVATIONS: usize = 256;
+
+/// The labs' service.
+#[derive(Debug, Clone)]
+pub struct LabApi {
+    ctx: Context,
+}
+
+impl LabApi {
+    /// The service over a shared context.
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    fn lab<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
+        let who = self.ctx.auth.authenticate(request.metadata())?;
+        who.require(Role::Lab)?;
+        Ok(who)
+    }
+
+    async fn job_command(&self, command: Command) -> Result<Response<proto::Job>, Status> {
+        match self.ctx.engine.execute(command).await? {
+            Reply::Request { request, .. } => Ok(Response::new(job_to(&request))),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    fn capacity(&self, lab: &OdsCode) -> Result<proto::Capacity, Error> {
+        let state = self
+            .ctx
+            .engine
+            .views()
+            .lab(lab)
+            .ok_or_else(|| Error::PermissionDenied(format!("{lab} is not a lab in the directory")))?;
+        Ok(proto::Capacity {
+            lab: lab.to_string(),
+            tests: capacity_to(&state),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl LabService for LabApi {
+    type WatchOffersStream = ReceiverStream<Result<proto::JobEvent, Status>>;
+
+    async fn watch_offers(
+        &self,
+        request: Request<proto::WatchOffersRequest>,
+    ) -> Result<Response<Self::WatchOffersStream>, Status> {
+        let who = self.lab(&request)?;
+        let log = self.ctx.engine.views().log(&who.org);
+        Ok(Response::new(super::watch::pump(
+            log,
+            request.get_ref().after_sequence,
+            self.ctx.shutdown.clone(),
+            job_event_to,
+        )))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let who = self.lab(&request)?;
+        let m = request.into_inner();
+        let states = m
+            .states
+            .iter()
+            .map(|s| state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let priorities = m
+            .priorities
+            .iter()
+            .map(|p| {
+                priority_from(*p).ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let limit = page_size(m.page_size)?;
+        let before = page_token(&m.page_token)?;
+        let (page, next) = self.ctx.engine.views().list(&who.org, before, limit, |r| {
+            r.is_job_of(&who.org)
+                && (states.is_empty() || states.contains(&r.state))
+                && (priorities.is_empty() || priorities.contains(&r.submission.priority))
+        });
+        Ok(Response::new(proto::ListJobsResponse {
+            jobs: page.iter().map(|r| job_to(r)).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let who = self.lab(&request)?;
+        let id = parse_id(&request.get_ref().id)?;
+        let job = self
+            .ctx
+            .engine
+            .views()
+            .request(&id)
+            .filter(|r| r.is_job_of(&who.org))
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        Ok(Response::new(job_to(&job)))
+    }
+
+    async fn accept_job(
+        &self,
+        request: Request<proto::AcceptJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let who = self.lab(&request)?;
+        let id = parse_id(&request.get_ref().id)?;
+        let job = self.job_command(Command::Accept { lab: who.org.clone(), id }).await?;
+        tracing::info!(request.id = %id, org = %who.org, "job accepted");
+        Ok(job)
+    }
+
+    async fn decline_job(
+        &self,
+        request: Request<proto::DeclineJobRequest>,
+    ) -> Result<Response<proto::DeclineJobResponse>, Status> {
+        let who = self.lab(&request)?;
+        let m = request.into_inner();
+        let id = parse_id(&m.id)?;
+        if m.reason.trim().is_empty() {
+            return Err(Error::invalid("reason", "is required: say why the lab declines").into());
+        }
+        let reason =
+            BoundedText::parse(&m.reason, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?;
+        self.ctx
+            .engine
+            .execute(Command::Decline {
+                lab: who.org.clone(),
+                id,
+                reason,
+            })
+            .await?;
+        tracing::info!(request.id = %id, org = %who.org, "job declined");
+        Ok(Response::new(proto::DeclineJobResponse { id: id.to_string() }))
+    }
+
+    async fn receive_sample(
+        &self,
+        request: Request<proto::ReceiveSampleRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let who = self.lab(&request)?;
+        let id = parse_id(&request.get_ref().id)?;
+        self.job_command(Command::Receive { lab: who.org, id }).await
+    }
+
+    async fn post_results(
+        &self,
+        request: Request<proto::PostResultsRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let who = self.lab(&request)?;
+        let m = request.into_inner();
+        let id = parse_id(&m.id)?;
+        if m.observations.len() > MAX_OBSERVATIONS {
+            return Err(Error::invalid(
+                "observations",
+                format!("at most {MAX_OBSERVATIONS} per call"),
+            )
+            .into());
+        }
+        let views = self.ctx.engine.views();
+        // Validate against the job's tests only when the caller holds the job; otherwise the
+        // sequencer answers NOT_FOUND (or why the offer was lost) before looking at results.
+        let observations = match views.request(&id).filter(|r| r.is_job_of(&who.org)) {
+            Some(job) => {
+                let mut v = Violations::default();
+                let obs: Vec<Observation> = m
+                    .observations
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| {
+                        Observation::validate(
+                            &format!("observations[{i}]"),
+                            &o.test,
+                            &o.analyte,
+                            &o.value,
+                            &o.unit,
+                            &o.reference_range,
+                            flag_from(o.flag),
+                            &job.submission.tests,
+                            views.catalogue(),
+                            &mut v,
+                        )
+                    })
+                    .collect();
+                if !v.is_empty() {
+                    return Err(Error::InvalidArgument(v).into());
+                }
+                obs
+            }
+            None => Vec::new(),
+        };
+        let job = self
+            .job_command(Command::PostResults {
+                lab: who.org.clone(),
+                id,
+                observations,
+            })
+            .await?;
+        tracing::info!(request.id = %id, org = %who.org, "results posted");
+        Ok(job)
+    }
+
+    async fn fail_job(
+        &self,
+        request: Request<proto::FailJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let who = self.lab(&request)?;
+        let m = request.into_inner();
+        let id = parse_id(&m.id)?;
+        let reason = failure_from(m.reason).ok_or_else(|| {
+            Error::invalid("reason", "must be one of haemolysed, insufficient, unlabelled, other")
+        })?;
+        let detail =
+            BoundedText::parse(&m.detail, MAX_NOTE_CHARS).map_err(|e| Error::invalid("detail", e))?;
+        if reason == FailureReason::Other && detail.as_str().trim().is_empty() {
+            return Err(Error::invalid("detail", "is required when the reason is other").into());
+        }
+        let job = self
+            .job_command(Command::Fail {
+                lab: who.org.clone(),
+                id,
+                reason,
+                detail,
+            })
+            .await?;
+        tracing::info!(request.id = %id, org = %who.org, reason = reason.as_str(), "job failed");
+        Ok(job)
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<proto::GetCapacityRequest>,
+    ) -> Result<Response<proto::Capacity>, Status> {
+        let who = self.lab(&request)?;
+        Ok(Response::new(self.capacity(&who.org)?))
+    }
+
+    async fn set_capacity(
+        &self,
+        request: Request<proto::SetCapacityRequest>,
+    ) -> Result<Response<proto::Capacity>, Status> {
+        let who = self.lab(&request)?;
+        let m = request.into_inner();
+        let test = TestCode::parse(&m.test).map_err(|e| Error::invalid("test", e))?;
+        if m.capacity > MAX_CAPACITY {
+            return Err(
+                Error::invalid("capacity", format!("must be at most {MAX_CAPACITY}")).into(),
+            );
+        }
+        match self
+            .ctx
+            .engine
+            .execute(Command::SetCapacity {
+                lab: who.org.clone(),
+                test: test.clone(),
+                capacity: m.capacity,
+            })
+            .await?
+        {
+            Reply::Capacity(state) => {
+                tracing::info!(org = %who.org, test = %test, capacity = m.capacity, "capacity set");
+                Ok(Response::new(proto::Capacity {
+                    lab: who.org.to_string(),
+                    tests: capacity_to(&state),
+                }))
+            }
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn set_status(
+        &self,
+        request: Request<proto::SetStatusRequest>,
+    ) -> Result<Response<proto::SetStatusResponse>, Status> {
+        let who = self.lab(&request)?;
+        let status = status_from(request.get_ref().status)
+            .ok_or_else(|| Error::invalid("status", "must be one of online, draining, offline"))?;
+        match self
+            .ctx
+            .engine
+            .execute(Command::SetStatus {
+                lab: who.org.clone(),
+                status,
+            })
+            .await?
+        {
+            Reply::Status { status, withdrawn } => {
+                tracing::info!(org = %who.org, status = status.as_str(), withdrawn, "lab status set");
+                Ok(Response::new(proto::SetStatusResponse {
+                    lab: who.org.to_string(),
+                    status: status_to(status) as i32,
+                    offers_withdrawn: withdrawn,
+                }))
+            }
+            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+}

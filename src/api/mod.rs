@@ -1,0 +1,56 @@
+//! The gRPC services, one file each. Handlers are thin: authenticate, authorise, validate into
+//! domain types, hand the command to the engine, map the error.
+
+mod convert;
+mod directory;
+mod labs;
+mod requests;
+mod watch;
+
+use tokio::sync::watch as signal;
+
+use crate::auth::Authenticator;
+use crate::domain::RequestId;
+use crate::engine::Engine;
+use crate::error::Error;
+
+pub use directory::DirectoryApi;
+pub use labs::LabApi;
+pub use requests::RequestApi;
+
+/// What every service shares.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The engine.
+    pub engine: Engine,
+    /// Credentials to principals.
+    pub auth: Authenticator,
+    /// Becomes true when the broker begins to shut down; watch streams end then.
+    pub shutdown: signal::Receiver<bool>,
+}
+
+/// Largest page a list call returns.
+const MAX_PAGE: u32 = 1000;
+/// Page size when none is asked for.
+const DEFAULT_PAGE: u32 = 100;
+
+fn parse_id(raw: &str) -> Result<RequestId, Error> {
+    RequestId::parse(raw).map_err(|e| Error::invalid("id", e))
+}
+
+fn page_size(raw: u32) -> Result<usize, Error> {
+    match raw {
+        0 => Ok(DEFAULT_PAGE as usize),
+        n if n <= MAX_PAGE => Ok(n as usize),
+        _ => Err(Error::invalid("page_size", format!("must be at most {MAX_PAGE}"))),
+    }
+}
+
+fn page_token(raw: &str) -> Result<Option<u64>, Error> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse()
+        .map(Some)
+        .map_err(|_| Error::invalid("page_token", "is not a token from a previous response"))
+}

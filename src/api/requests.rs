@@ -1,0 +1,151 @@
+//! RequestService: trusts submit, read, list, cancel and watch their own requests.
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{priority_from, raw_submission, request_event_to, request_to, state_from};
+use super::{Context, page_size, page_token, parse_id};
+use crate::auth::Role;
+use crate::domain::{BoundedText, MAX_NOTE_CHARS, NewRequest, RequestId};
+use crate::error::Error;
+use crate::proto;
+use crate::proto::request_service_server::RequestService;
+use crate::routing::{Command, Reply};
+
+/// The trusts' service.
+#[derive(Debug, Clone)]
+pub struct RequestApi {
+    ctx: Context,
+}
+
+impl RequestApi {
+    /// The service over a shared context.
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+}
+
+fn request_reply(reply: Reply) -> Result<(proto::Request, bool), Error> {
+    match reply {
+        Reply::Request { request, replayed } => Ok((request_to(&request), replayed)),
+        other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl RequestService for RequestApi {
+    async fn submit_request(
+        &self,
+        request: Request<proto::SubmitRequestRequest>,
+    ) -> Result<Response<proto::SubmitRequestResponse>, Status> {
+        let who = self.ctx.auth.authenticate(request.metadata())?;
+        who.require(Role::Trust)?;
+        let engine = &self.ctx.engine;
+        let raw = raw_submission(request.into_inner());
+        let new = NewRequest::validate(&raw, engine.views().catalogue(), engine.now())
+            .map_err(Error::InvalidArgument)?;
+        let reply = engine
+            .execute(Command::Submit {
+                trust: who.org.clone(),
+                id: RequestId::new_random(),
+                request: new,
+            })
+            .await?;
+        let (request, replayed) = request_reply(reply)?;
+        tracing::info!(request.id = %request.id, org = %who.org, replayed, "request submitted");
+        Ok(Response::new(proto::SubmitRequestResponse {
+            request: Some(request),
+            replayed,
+        }))
+    }
+
+    async fn get_request(
+        &self,
+        request: Request<proto::GetRequestRequest>,
+    ) -> Result<Response<proto::Request>, Status> {
+        let who = self.ctx.auth.authenticate(request.metadata())?;
+        who.require(Role::Trust)?;
+        let id = parse_id(&request.get_ref().id)?;
+        let r = self
+            .ctx
+            .engine
+            .views()
+            .request(&id)
+            .filter(|r| r.trust == who.org)
+            .ok_or_else(|| Error::NotFound(format!("request {id} not found")))?;
+        Ok(Response::new(request_to(&r)))
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<proto::ListRequestsRequest>,
+    ) -> Result<Response<proto::ListRequestsResponse>, Status> {
+        let who = self.ctx.auth.authenticate(request.metadata())?;
+        who.require(Role::Trust)?;
+        let m = request.into_inner();
+        let states = m
+            .states
+            .iter()
+            .map(|s| state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let priorities = m
+            .priorities
+            .iter()
+            .map(|p| {
+                priority_from(*p).ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let limit = page_size(m.page_size)?;
+        let before = page_token(&m.page_token)?;
+        let (page, next) = self.ctx.engine.views().list(&who.org, before, limit, |r| {
+            r.trust == who.org
+                && (states.is_empty() || states.contains(&r.state))
+                && (priorities.is_empty() || priorities.contains(&r.submission.priority))
+        });
+        Ok(Response::new(proto::ListRequestsResponse {
+            requests: page.iter().map(|r| request_to(r)).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_request(
+        &self,
+        request: Request<proto::CancelRequestRequest>,
+    ) -> Result<Response<proto::Request>, Status> {
+        let who = self.ctx.auth.authenticate(request.metadata())?;
+        who.require(Role::Trust)?;
+        let m = request.into_inner();
+        let id = parse_id(&m.id)?;
+        let reason =
+            BoundedText::parse(&m.reason, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?;
+        let reply = self
+            .ctx
+            .engine
+            .execute(Command::Cancel {
+                trust: who.org.clone(),
+                id,
+                reason,
+            })
+            .await?;
+        tracing::info!(request.id = %id, org = %who.org, "request cancelled");
+        Ok(Response::new(request_reply(reply)?.0))
+    }
+
+    type WatchRequestEventsStream = ReceiverStream<Result<proto::RequestEvent, Status>>;
+
+    async fn watch_request_events(
+        &self,
+        request: Request<proto::WatchRequestEventsRequest>,
+    ) -> Result<Response<Self::WatchRequestEventsStream>, Status> {
+        let who = self.ctx.auth.authenticate(request.metadata())?;
+        who.require(Role::Trust)?;
+        let after = request.get_ref().after_sequence;
+        let log = self.ctx.engine.views().log(&who.org);
+        Ok(Response::new(super::watch::pump(
+            log,
+            after,
+            self.ctx.shutdown.clone(),
+            request_event_to,
+        )))
+    }
+}

@@ -1,0 +1,133 @@
+//! The typed client that `labctl`, the bench and the tests share: a channel plus the caller's
+//! credential on every call.
+
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::proto::directory_service_client::DirectoryServiceClient;
+use crate::proto::lab_service_client::LabServiceClient;
+use crate::proto::request_service_client::RequestServiceClient;
+
+/// Where and as whom to connect.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// Broker address, e.g. `http://127.0.0.1:50051`.
+    pub addr: String,
+    /// Bearer token, e.g. `demo:RJ1`.
+    pub token: Option<String>,
+    /// How long to wait for the connection.
+    pub connect_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address is not a URI.
+    #[error("invalid broker address {addr:?}: {reason}")]
+    Address {
+        /// The address given.
+        addr: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The token cannot be sent as a header.
+    #[error("the token contains characters that cannot be sent")]
+    Token,
+    /// No connection could be made.
+    #[error("cannot reach the broker at {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub struct BearerAuth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connected client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    auth: BearerAuth,
+}
+
+/// A generated client with the credential attached.
+pub type Authed = InterceptedService<Channel, BearerAuth>;
+
+impl Client {
+    /// Connects to the broker.
+    pub async fn connect(options: &ConnectOptions) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(options.addr.clone())
+            .map_err(|e| ClientError::Address {
+                addr: options.addr.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(5)))
+            .tcp_nodelay(true);
+        let auth = match &options.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| ClientError::Token)?,
+            ),
+            None => None,
+        };
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: options.addr.clone(),
+                source,
+            })?;
+        Ok(Self {
+            channel,
+            auth: BearerAuth(auth),
+        })
+    }
+
+    /// The trusts' service.
+    pub fn requests(&self) -> RequestServiceClient<Authed> {
+        RequestServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// The labs' service.
+    pub fn labs(&self) -> LabServiceClient<Authed> {
+        LabServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// The directory.
+    pub fn directory(&self) -> DirectoryServiceClient<Authed> {
+        DirectoryServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// The underlying channel (for health and reflection clients).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+}

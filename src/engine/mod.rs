@@ -1,0 +1,194 @@
+//! The sequencer: one task owns every mutation. It batches commands, decides each with the pure
+//! core, appends the batch to the journal (one sync per batch), then updates the read views,
+//! publishes events, and only then replies.
+
+mod clock;
+mod views;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::Timestamp;
+use crate::error::Error;
+use crate::routing::{Command, Outcome, Reply, Router};
+use crate::store::{Entry, Journal};
+
+pub use clock::{Clock, ManualClock, Sleep, SystemClock};
+pub use views::{EventLog, Views};
+
+/// Most commands decided between two journal syncs.
+const MAX_BATCH: usize = 512;
+/// Commands waiting for the sequencer before callers are held back.
+const QUEUE_DEPTH: usize = 8192;
+
+struct Envelope {
+    command: Command,
+    reply: oneshot::Sender<Result<Reply, Error>>,
+}
+
+/// A handle to the running sequencer and its read views. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Envelope>,
+    views: Arc<Views>,
+    clock: Arc<dyn Clock>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts the sequencer on its own thread, so that journal syncs never block the runtime that
+    /// serves gRPC. The returned handle joins when every `Engine` clone is dropped.
+    pub fn start(
+        router: Router,
+        journal: Box<dyn Journal>,
+        views: Arc<Views>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, thread::JoinHandle<()>), Error> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let seq_views = views.clone();
+        let seq_clock = clock.clone();
+        let handle = thread::Builder::new()
+            .name("labaid-sequencer".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(err) => {
+                        tracing::error!(error = %err, "sequencer runtime failed to start");
+                        return;
+                    }
+                };
+                rt.block_on(run(router, journal, seq_views, seq_clock, rx));
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the sequencer thread: {e}")))?;
+        Ok((
+            Self {
+                tx,
+                views,
+                clock,
+                stopping: Arc::new(AtomicBool::new(false)),
+            },
+            handle,
+        ))
+    }
+
+    /// Sends a command to the sequencer and waits until it is decided and durable.
+    pub async fn execute(&self, command: Command) -> Result<Reply, Error> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable(
+                "the broker is shutting down; retry on its replacement".into(),
+            ));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Envelope { command, reply })
+            .await
+            .map_err(|_| Error::Unavailable("the broker is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the broker is shutting down".into()))?
+    }
+
+    /// Refuses new commands from now on (graceful shutdown).
+    pub fn stop_accepting(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The read views.
+    pub fn views(&self) -> &Arc<Views> {
+        &self.views
+    }
+
+    /// The current time on the engine's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+}
+
+async fn run(
+    mut router: Router,
+    mut journal: Box<dyn Journal>,
+    views: Arc<Views>,
+    clock: Arc<dyn Clock>,
+    mut rx: mpsc::Receiver<Envelope>,
+) {
+    let mut batch: Vec<Envelope> = Vec::with_capacity(MAX_BATCH);
+    let mut entries: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let next_timer = router.next_timer();
+        tokio::select! {
+            biased;
+            received = rx.recv() => match received {
+                Some(envelope) => batch.push(envelope),
+                None => break,
+            },
+            () = sleep_until(&*clock, next_timer) => {}
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(envelope) => batch.push(envelope),
+                Err(_) => break,
+            }
+        }
+        let now = clock.now();
+        let mut outcome = Outcome::default();
+        // Timers first: an offer whose lease ran out cannot be accepted in the same batch.
+        if router.next_timer().is_some_and(|t| t <= now) {
+            let _ = router.apply(&Command::Tick, now, &mut outcome);
+            if outcome.changed {
+                entries.push(Entry {
+                    time: now,
+                    command: Command::Tick,
+                });
+            }
+        }
+        for envelope in batch.drain(..) {
+            outcome.changed = false;
+            let result = router.apply(&envelope.command, now, &mut outcome);
+            if outcome.changed {
+                entries.push(Entry {
+                    time: now,
+                    command: envelope.command,
+                });
+            }
+            replies.push((envelope.reply, result));
+        }
+        if !entries.is_empty() {
+            if let Err(err) = journal.append(&entries) {
+                // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop,
+                // and let recovery replay what is durable.
+                tracing::error!(error = %err, "journal append failed; stopping");
+                std::process::abort();
+            }
+            entries.clear();
+        }
+        views.apply(&router, &outcome);
+        for (reply, result) in replies.drain(..) {
+            let _ = reply.send(result);
+        }
+    }
+    tracing::debug!("sequencer stopped");
+}
+
+async fn sleep_until(clock: &dyn Clock, at: Option<Timestamp>) {
+    match at {
+        Some(at) => clock.sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,242 @@
+//! Read views: requests, labs and event logs that Get, List and Watch read without the sequencer.
+//!
+//! Only the sequencer writes here, after a batch is durable; readers never wait for it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+use tokio::sync::broadcast;
+
+use crate::domain::{Catalogue, OdsCode, Request, RequestId, Timestamp};
+use crate::routing::{Event, LabState, Outcome, Router};
+
+/// Capacity of each organisation's live event channel; a watcher that falls further behind
+/// catches up from the retained log instead.
+const LIVE_EVENTS: usize = 1024;
+
+/// One organisation's events: the retained log and the live channel.
+#[derive(Debug)]
+pub struct EventLog {
+    history: RwLock<VecDeque<Event>>,
+    live: broadcast::Sender<Event>,
+}
+
+impl EventLog {
+    fn new() -> Self {
+        Self {
+            history: RwLock::new(VecDeque::new()),
+            live: broadcast::channel(LIVE_EVENTS).0,
+        }
+    }
+
+    fn publish(&self, event: Event) {
+        let mut history = self.history.write().unwrap_or_else(|e| e.into_inner());
+        // Send under the lock so that a subscriber sees each event exactly once: either in the
+        // history it copies or on the channel it joined.
+        let _ = self.live.send(event.clone());
+        history.push_back(event);
+    }
+
+    /// Events after `after`, and a receiver for every later one.
+    pub fn subscribe(&self, after: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let history = self.history.read().unwrap_or_else(|e| e.into_inner());
+        let rx = self.live.subscribe();
+        (Self::after(&history, after), rx)
+    }
+
+    /// Retained events after `after` (to catch up after falling behind).
+    pub fn since(&self, after: u64) -> Vec<Event> {
+        let history = self.history.read().unwrap_or_else(|e| e.into_inner());
+        Self::after(&history, after)
+    }
+
+    fn after(history: &VecDeque<Event>, after: u64) -> Vec<Event> {
+        let start = history.partition_point(|e| e.sequence <= after);
+        history.range(start..).cloned().collect()
+    }
+
+    /// Every retained event (for snapshots).
+    pub fn all(&self) -> Vec<Event> {
+        self.since(0)
+    }
+
+    fn prune_before(&self, cutoff: Timestamp) {
+        let mut history = self.history.write().unwrap_or_else(|e| e.into_inner());
+        while history.front().is_some_and(|e| e.time < cutoff) {
+            history.pop_front();
+        }
+    }
+}
+
+/// Everything readers see.
+#[derive(Debug)]
+pub struct Views {
+    catalogue: Arc<Catalogue>,
+    requests: DashMap<RequestId, Arc<Request>>,
+    /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
+    by_org: DashMap<OdsCode, BTreeMap<u64, RequestId>>,
+    labs: RwLock<Vec<LabState>>,
+    events: DashMap<OdsCode, Arc<EventLog>>,
+    retention_ms: i64,
+}
+
+impl Views {
+    /// Views of a core's current state.
+    pub fn new(router: &Router, retention_ms: i64) -> Self {
+        let views = Self {
+            catalogue: router.catalogue().clone(),
+            requests: DashMap::new(),
+            by_org: DashMap::new(),
+            labs: RwLock::new(router.labs().iter().cloned().collect()),
+            events: DashMap::new(),
+            retention_ms,
+        };
+        for r in router.requests() {
+            views.put(r.clone());
+        }
+        views
+    }
+
+    /// The catalogue.
+    pub fn catalogue(&self) -> &Arc<Catalogue> {
+        &self.catalogue
+    }
+
+    /// Applies what a durable batch changed, then publishes its events.
+    pub fn apply(&self, router: &Router, outcome: &Outcome) {
+        for id in &outcome.requests {
+            if let Some(r) = router.request(id) {
+                self.put(r.clone());
+            }
+        }
+        for id in &outcome.purged {
+            self.remove(id);
+        }
+        if !outcome.labs.is_empty() {
+            let mut labs = self.labs.write().unwrap_or_else(|e| e.into_inner());
+            for ods in &outcome.labs {
+                if let (Some(slot), Some(now)) = (
+                    labs.iter_mut().find(|l| &l.config.ods == ods),
+                    router.labs().get(ods),
+                ) {
+                    *slot = now.clone();
+                }
+            }
+        }
+        for event in &outcome.events {
+            self.log(&event.org).publish(event.clone());
+        }
+        if !outcome.purged.is_empty() {
+            if let Some(latest) = outcome.events.last().map(|e| e.time) {
+                let cutoff = latest.plus_millis(-self.retention_ms);
+                for log in self.events.iter() {
+                    log.prune_before(cutoff);
+                }
+            }
+        }
+    }
+
+    /// Restores retained events (from a snapshot or a replay), without publishing them live.
+    pub fn restore_events(&self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            let log = self.log(&event.org);
+            let mut history = log.history.write().unwrap_or_else(|e| e.into_inner());
+            history.push_back(event);
+        }
+    }
+
+    fn put(&self, r: Arc<Request>) {
+        let old = self.requests.insert(r.id, r.clone());
+        let old_lab = old.as_ref().and_then(|o| o.lab.clone());
+        if old.is_none() {
+            self.by_org
+                .entry(r.trust.clone())
+                .or_default()
+                .insert(r.ordinal, r.id);
+        }
+        if old_lab != r.lab {
+            if let Some(lab) = &old_lab {
+                if let Some(mut jobs) = self.by_org.get_mut(lab) {
+                    jobs.remove(&r.ordinal);
+                }
+            }
+            if let Some(lab) = &r.lab {
+                self.by_org
+                    .entry(lab.clone())
+                    .or_default()
+                    .insert(r.ordinal, r.id);
+            }
+        }
+    }
+
+    fn remove(&self, id: &RequestId) {
+        if let Some((_, r)) = self.requests.remove(id) {
+            for org in std::iter::once(&r.trust).chain(r.lab.as_ref()) {
+                if let Some(mut list) = self.by_org.get_mut(org) {
+                    list.remove(&r.ordinal);
+                }
+            }
+        }
+    }
+
+    /// One request, whoever it belongs to (callers check ownership).
+    pub fn request(&self, id: &RequestId) -> Option<Arc<Request>> {
+        self.requests.get(id).map(|r| r.clone())
+    }
+
+    /// An organisation's requests (a trust's own, or a lab's jobs), newest first, starting below
+    /// ordinal `before` (exclusive), that pass `keep`, at most `limit` of them. Also returns the
+    /// ordinal to continue from when more may follow.
+    pub fn list(
+        &self,
+        org: &OdsCode,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&Request) -> bool,
+    ) -> (Vec<Arc<Request>>, Option<u64>) {
+        let Some(index) = self.by_org.get(org) else {
+            return (Vec::new(), None);
+        };
+        let mut page = Vec::new();
+        let range = index.range(..before.unwrap_or(u64::MAX));
+        for (&ordinal, id) in range.rev() {
+            if page.len() == limit {
+                return (page, Some(ordinal + 1));
+            }
+            if let Some(r) = self.requests.get(id) {
+                if keep(&r) {
+                    page.push(r.clone());
+                }
+            }
+        }
+        (page, None)
+    }
+
+    /// One lab's current state.
+    pub fn lab(&self, ods: &OdsCode) -> Option<LabState> {
+        let labs = self.labs.read().unwrap_or_else(|e| e.into_inner());
+        labs.iter().find(|l| &l.config.ods == ods).cloned()
+    }
+
+    /// Every lab, in ODS-code order.
+    pub fn labs(&self) -> Vec<LabState> {
+        self.labs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// An organisation's event log.
+    pub fn log(&self, org: &OdsCode) -> Arc<EventLog> {
+        self.events
+            .entry(org.clone())
+            .or_insert_with(|| Arc::new(EventLog::new()))
+            .clone()
+    }
+
+    /// Every retained event of every organisation (for snapshots).
+    pub fn all_events(&self) -> HashMap<OdsCode, Vec<Event>> {
+        self.events
+            .iter()
+            .map(|e| (e.key().clone(), e.value().all()))
+            .collect()
+    }
+}

@@ -1,0 +1,160 @@
+//! Test harness: a real broker on an ephemeral port, with a manual clock, and clients for any
+//! organisation of the demo directory.
+#![allow(dead_code, unreachable_pub)] // each test file uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use labaid::Config;
+use labaid::client::{Client, ConnectOptions};
+use labaid::domain::Timestamp;
+use labaid::engine::ManualClock;
+use labaid::proto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Streaming;
+
+/// A broker running in this process.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), labaid::Error>>>,
+}
+
+impl TestBroker {
+    /// The demo directory with a manual clock.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Config::demo().expect("demo config")).await
+    }
+
+    /// A broker with this config (its clock is replaced by a manual one).
+    pub async fn spawn_with(mut config: Config) -> Self {
+        let clock = Arc::new(ManualClock::new(Timestamp::now()));
+        config.clock = clock.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(labaid::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            clock,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client holding the demo token of `org` (e.g. "RJ1").
+    pub async fn client(&self, org: &str) -> Client {
+        self.client_with_token(Some(&format!("demo:{org}"))).await
+    }
+
+    pub async fn client_with_token(&self, token: Option<&str>) -> Client {
+        Client::connect(&ConnectOptions {
+            addr: self.url(),
+            token: token.map(str::to_string),
+            connect_timeout: None,
+        })
+        .await
+        .expect("connect")
+    }
+
+    /// Moves the broker's clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub fn now(&self) -> Timestamp {
+        use labaid::engine::Clock;
+        self.clock.now()
+    }
+
+    /// Stops the broker and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("serve");
+        }
+    }
+}
+
+pub fn ts(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.millis().div_euclid(1000),
+        nanos: (t.millis().rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A valid submission: potassium (4 h stability), collected 20 minutes before `now`.
+pub fn submission(order: &str, priority: proto::Priority, now: Timestamp) -> proto::SubmitRequestRequest {
+    submission_of(order, priority, &["K"], now.plus_minutes(-20))
+}
+
+pub fn submission_of(
+    order: &str,
+    priority: proto::Priority,
+    tests: &[&str],
+    collected_at: Timestamp,
+) -> proto::SubmitRequestRequest {
+    proto::SubmitRequestRequest {
+        order_number: order.to_string(),
+        patient: Some(proto::Patient {
+            nhs_number: "9434765919".into(),
+            family_name: "Testpatient".into(),
+            given_name: "Alex".into(),
+            birth_date: "1970-01-01".into(),
+        }),
+        tests: tests.iter().map(|t| t.to_string()).collect(),
+        priority: priority as i32,
+        collected_at: Some(ts(collected_at)),
+        clinical_note: String::new(),
+    }
+}
+
+/// Next message of a stream, failing the test after 10 s rather than hanging.
+pub async fn next<T>(stream: &mut Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("timed out waiting for a stream message")
+        .expect("stream error")
+        .expect("stream ended")
+}
+
+/// Reads lab events until one of `kind` arrives; returns it.
+pub async fn next_job_event(stream: &mut Streaming<proto::JobEvent>, kind: proto::JobEventKind) -> proto::JobEvent {
+    loop {
+        let e = next(stream).await;
+        if e.kind == kind as i32 {
+            return e;
+        }
+    }
+}
+
+/// Sets every capacity of every demo lab to zero, so requests queue.
+pub async fn close_all_labs(broker: &TestBroker) {
+    for lab in ["RJ7", "R1H", "RJ2", "RJ6", "RAL", "RAX"] {
+        let c = broker.client(lab).await;
+        let cap = c
+            .labs()
+            .get_capacity(proto::GetCapacityRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        for t in cap.tests {
+            c.labs()
+                .set_capacity(proto::SetCapacityRequest { test: t.test, capacity: 0 })
+                .await
+                .unwrap();
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The trust's side: submit, get, list, cancel, idempotency and validation.
+
+mod common;
+
+use common::*;
+use labaid::proto::{self, Priority, RequestState};
+use tonic::Code;
+
+#[tokio::test]
+async fn a_submitted_request_is_offered_to_the_earliest_lab_and_readable_by_its_trust() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    let resp = trust
+        .requests()
+        .submit_request(submission("ORD-1", Priority::Stat, broker.now()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.replayed);
+    let r = resp.request.unwrap();
+    assert_eq!(r.state, RequestState::Offered as i32);
+    // K at RJ1: R1H is 25 min away (the nearest), turnaround 45 min.
+    assert_eq!(r.lab, "R1H");
+    let got = trust
+        .requests()
+        .get_request(proto::GetRequestRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.id, r.id);
+    assert_eq!(got.patient.unwrap().nhs_number, "9434765919");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_same_order_number_twice_gives_one_request() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    let sub = submission("ORD-DUP", Priority::Urgent, broker.now());
+    let first = trust.requests().submit_request(sub.clone()).await.unwrap().into_inner();
+    let second = trust.requests().submit_request(sub.clone()).await.unwrap().into_inner();
+    assert!(second.replayed);
+    assert_eq!(first.request.unwrap().id, second.request.unwrap().id);
+    let list = trust
+        .requests()
+        .list_requests(proto::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.requests.len(), 1);
+
+    let mut different = sub;
+    different.tests = vec!["UE".into()];
+    let err = trust.requests().submit_request(different).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    broker.shutdown().await;
+}
