@@ -37,8 +37,18 @@ async fn the_same_order_number_twice_gives_one_request() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
     let sub = submission("ORD-DUP", Priority::Urgent, broker.now());
-    let first = trust.requests().submit_request(sub.clone()).await.unwrap().into_inner();
-    let second = trust.requests().submit_request(sub.clone()).await.unwrap().into_inner();
+    let first = trust
+        .requests()
+        .submit_request(sub.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let second = trust
+        .requests()
+        .submit_request(sub.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(second.replayed);
     assert_eq!(first.request.unwrap().id, second.request.unwrap().id);
     let list = trust
@@ -51,7 +61,11 @@ async fn the_same_order_number_twice_gives_one_request() {
 
     let mut different = sub;
     different.tests = vec!["UE".into()];
-    let err = trust.requests().submit_request(different).await.unwrap_err();
+    let err = trust
+        .requests()
+        .submit_request(different)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     broker.shutdown().await;
 }

@@ -174,7 +174,13 @@ pub(crate) fn request_to(r: &Request) -> proto::Request {
         order_number: r.submission.order_number.as_str().to_string(),
         trust: r.trust.to_string(),
         patient: Some(patient_to(r)),
-        tests: r.submission.tests.codes().iter().map(ToString::to_string).collect(),
+        tests: r
+            .submission
+            .tests
+            .codes()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         priority: priority_to(r.submission.priority) as i32,
         collected_at: Some(ts(r.submission.collected_at)),
         sample_deadline: Some(ts(r.deadline)),
@@ -198,7 +204,13 @@ pub(crate) fn job_to(r: &Request) -> proto::Job {
         trust: r.trust.to_string(),
         order_number: r.submission.order_number.as_str().to_string(),
         patient: visible.then(|| patient_to(r)),
-        tests: r.submission.tests.codes().iter().map(ToString::to_string).collect(),
+        tests: r
+            .submission
+            .tests
+            .codes()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         priority: priority_to(r.submission.priority) as i32,
         collected_at: Some(ts(r.submission.collected_at)),
         sample_deadline: Some(ts(r.deadline)),
@@ -281,7 +293,12 @@ pub(crate) fn lab_to(lab: &LabState) -> proto::Lab {
         name: lab.config.name.clone(),
         status: status_to(lab.status) as i32,
         tests: capacity_to(lab),
-        agreements: lab.config.agreements.iter().map(ToString::to_string).collect(),
+        agreements: lab
+            .config
+            .agreements
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 

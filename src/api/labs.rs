@@ -48,12 +48,9 @@ impl LabApi {
     }
 
     fn capacity(&self, lab: &OdsCode) -> Result<proto::Capacity, Error> {
-        let state = self
-            .ctx
-            .engine
-            .views()
-            .lab(lab)
-            .ok_or_else(|| Error::PermissionDenied(format!("{lab} is not a lab in the directory")))?;
+        let state = self.ctx.engine.views().lab(lab).ok_or_else(|| {
+            Error::PermissionDenied(format!("{lab} is not a lab in the directory"))
+        })?;
         Ok(proto::Capacity {
             lab: lab.to_string(),
             tests: capacity_to(&state),
@@ -94,7 +91,8 @@ impl LabService for LabApi {
             .priorities
             .iter()
             .map(|p| {
-                priority_from(*p).ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
+                priority_from(*p)
+                    .ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let limit = page_size(m.page_size)?;
@@ -132,7 +130,12 @@ impl LabService for LabApi {
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.lab(&request)?;
         let id = parse_id(&request.get_ref().id)?;
-        let job = self.job_command(Command::Accept { lab: who.org.clone(), id }).await?;
+        let job = self
+            .job_command(Command::Accept {
+                lab: who.org.clone(),
+                id,
+            })
+            .await?;
         tracing::info!(request.id = %id, org = %who.org, "job accepted");
         Ok(job)
     }
@@ -147,8 +150,8 @@ impl LabService for LabApi {
         if m.reason.trim().is_empty() {
             return Err(Error::invalid("reason", "is required: say why the lab declines").into());
         }
-        let reason =
-            BoundedText::parse(&m.reason, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?;
+        let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
+            .map_err(|e| Error::invalid("reason", e))?;
         self.ctx
             .engine
             .execute(Command::Decline {
@@ -158,7 +161,9 @@ impl LabService for LabApi {
             })
             .await?;
         tracing::info!(request.id = %id, org = %who.org, "job declined");
-        Ok(Response::new(proto::DeclineJobResponse { id: id.to_string() }))
+        Ok(Response::new(proto::DeclineJobResponse {
+            id: id.to_string(),
+        }))
     }
 
     async fn receive_sample(
@@ -167,7 +172,8 @@ impl LabService for LabApi {
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.lab(&request)?;
         let id = parse_id(&request.get_ref().id)?;
-        self.job_command(Command::Receive { lab: who.org, id }).await
+        self.job_command(Command::Receive { lab: who.org, id })
+            .await
     }
 
     async fn post_results(
@@ -235,10 +241,13 @@ impl LabService for LabApi {
         let m = request.into_inner();
         let id = parse_id(&m.id)?;
         let reason = failure_from(m.reason).ok_or_else(|| {
-            Error::invalid("reason", "must be one of haemolysed, insufficient, unlabelled, other")
+            Error::invalid(
+                "reason",
+                "must be one of haemolysed, insufficient, unlabelled, other",
+            )
         })?;
-        let detail =
-            BoundedText::parse(&m.detail, MAX_NOTE_CHARS).map_err(|e| Error::invalid("detail", e))?;
+        let detail = BoundedText::parse(&m.detail, MAX_NOTE_CHARS)
+            .map_err(|e| Error::invalid("detail", e))?;
         if reason == FailureReason::Other && detail.as_str().trim().is_empty() {
             return Err(Error::invalid("detail", "is required when the reason is other").into());
         }

@@ -42,7 +42,10 @@ fn page_size(raw: u32) -> Result<usize, Error> {
     match raw {
         0 => Ok(DEFAULT_PAGE as usize),
         n if n <= MAX_PAGE => Ok(n as usize),
-        _ => Err(Error::invalid("page_size", format!("must be at most {MAX_PAGE}"))),
+        _ => Err(Error::invalid(
+            "page_size",
+            format!("must be at most {MAX_PAGE}"),
+        )),
     }
 }
 

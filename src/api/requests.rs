@@ -92,7 +92,8 @@ impl RequestService for RequestApi {
             .priorities
             .iter()
             .map(|p| {
-                priority_from(*p).ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
+                priority_from(*p)
+                    .ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let limit = page_size(m.page_size)?;
@@ -116,8 +117,8 @@ impl RequestService for RequestApi {
         who.require(Role::Trust)?;
         let m = request.into_inner();
         let id = parse_id(&m.id)?;
-        let reason =
-            BoundedText::parse(&m.reason, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?;
+        let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
+            .map_err(|e| Error::invalid("reason", e))?;
         let reply = self
             .ctx
             .engine

@@ -95,12 +95,16 @@ impl Authenticator {
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Error> {
         let header = metadata
             .get("authorization")
-            .ok_or_else(|| Error::Unauthenticated("no credential: send an authorization header".into()))?
+            .ok_or_else(|| {
+                Error::Unauthenticated("no credential: send an authorization header".into())
+            })?
             .to_str()
             .map_err(|_| Error::Unauthenticated("the authorization header is not text".into()))?;
         let token = header
             .strip_prefix("Bearer ")
-            .ok_or_else(|| Error::Unauthenticated("the authorization header must be 'Bearer <token>'".into()))?
+            .ok_or_else(|| {
+                Error::Unauthenticated("the authorization header must be 'Bearer <token>'".into())
+            })?
             .trim();
         if let Some(org) = token.strip_prefix("demo:") {
             if !self.demo_tokens {
@@ -157,8 +161,14 @@ mod tests {
     #[test]
     fn demo_tokens_map_to_the_directory_role() {
         let a = auth(true);
-        assert_eq!(a.authenticate(&md("Bearer demo:RJ1")).unwrap().role, Role::Trust);
-        assert_eq!(a.authenticate(&md("Bearer demo:RJ7")).unwrap().role, Role::Lab);
+        assert_eq!(
+            a.authenticate(&md("Bearer demo:RJ1")).unwrap().role,
+            Role::Trust
+        );
+        assert_eq!(
+            a.authenticate(&md("Bearer demo:RJ7")).unwrap().role,
+            Role::Lab
+        );
         assert_eq!(
             a.authenticate(&md("Bearer demo:coordinator")).unwrap().role,
             Role::Coordinator
@@ -168,9 +178,18 @@ mod tests {
     #[test]
     fn missing_unknown_and_disabled_demo_tokens_are_unauthenticated() {
         let a = auth(true);
-        assert!(matches!(a.authenticate(&MetadataMap::new()), Err(Error::Unauthenticated(_))));
-        assert!(matches!(a.authenticate(&md("Bearer demo:RXX")), Err(Error::Unauthenticated(_))));
-        assert!(matches!(a.authenticate(&md("Basic abc")), Err(Error::Unauthenticated(_))));
+        assert!(matches!(
+            a.authenticate(&MetadataMap::new()),
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            a.authenticate(&md("Bearer demo:RXX")),
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            a.authenticate(&md("Basic abc")),
+            Err(Error::Unauthenticated(_))
+        ));
         assert!(matches!(
             auth(false).authenticate(&md("Bearer demo:RJ1")),
             Err(Error::Unauthenticated(_))

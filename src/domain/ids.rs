@@ -38,7 +38,9 @@ impl OdsCode {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let code = raw.trim().to_ascii_uppercase();
         let ok = (3..=6).contains(&code.len())
-            && code.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            && code
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
             && code.starts_with(|c: char| c.is_ascii_uppercase() || c.is_ascii_digit());
         if ok {
             Ok(Self(code))

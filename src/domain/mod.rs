@@ -16,5 +16,5 @@ pub use request::{
     BoundedText, Exclusion, ExclusionReason, FailureReason, LabStatus, MAX_NOTE_CHARS, NewRequest,
     Observation, ObservationFlag, Patient, Priority, RawSubmission, Request, RequestState, TestSet,
 };
-pub use time::{Timestamp, MINUTE_MS};
+pub use time::{MINUTE_MS, Timestamp};
 pub use violations::{FieldViolation, Violations};

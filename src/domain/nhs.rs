@@ -33,7 +33,12 @@ impl NhsNumber {
         if check != digits[9] {
             return Err("is not a valid NHS number (check digit)".into());
         }
-        Ok(Self(digits.iter().map(|d| char::from_digit(*d, 10).unwrap_or('0')).collect()))
+        Ok(Self(
+            digits
+                .iter()
+                .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
+                .collect(),
+        ))
     }
 
     /// The ten digits.

@@ -5,8 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Catalogue, NhsNumber, OdsCode, OrderNumber, RequestId, TestCode, Timestamp, Violations,
-    MINUTE_MS,
+    Catalogue, MINUTE_MS, NhsNumber, OdsCode, OrderNumber, RequestId, TestCode, Timestamp,
+    Violations,
 };
 
 /// Clinical priority (FHIR R4 ServiceRequest.priority); the derived order is lowest first.
@@ -328,7 +328,8 @@ impl Observation {
                 }
             }),
         );
-        let analyte = violations.check(&format!("{field}.analyte"), BoundedText::parse(analyte, 32));
+        let analyte =
+            violations.check(&format!("{field}.analyte"), BoundedText::parse(analyte, 32));
         let value_ok = if value.trim().is_empty() {
             Err("is required".to_string())
         } else {
@@ -646,7 +647,6 @@ impl Request {
         self.accepted_at.is_some()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

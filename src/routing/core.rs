@@ -9,9 +9,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    BoundedText, Catalogue, Exclusion, ExclusionReason, FailureReason, LabStatus, NewRequest,
-    Observation, OdsCode, OrderNumber, Priority, Request, RequestId, RequestState, TestCode,
-    Timestamp, Violations, MINUTE_MS,
+    BoundedText, Catalogue, Exclusion, ExclusionReason, FailureReason, LabStatus, MINUTE_MS,
+    NewRequest, Observation, OdsCode, OrderNumber, Priority, Request, RequestId, RequestState,
+    TestCode, Timestamp, Violations,
 };
 use crate::error::Error;
 
@@ -193,7 +193,7 @@ pub enum TimerKind {
 }
 
 /// Everything the core knows; serialisable for snapshots.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     catalogue: Arc<Catalogue>,
     leases: Leases,
@@ -609,7 +609,10 @@ impl Router {
         let mut v = Violations::default();
         for test in r.submission.tests.codes() {
             if !observations.iter().any(|o| &o.test == test) {
-                v.add("observations", format!("no result for requested test {test}"));
+                v.add(
+                    "observations",
+                    format!("no result for requested test {test}"),
+                );
             }
         }
         for (i, o) in observations.iter().enumerate() {
@@ -670,7 +673,10 @@ impl Router {
             r.state = RequestState::Failed;
             r.failure = Some(reason);
             r.status_detail = if detail.is_empty() {
-                format!("{lab} could not use the sample ({}): recollect", reason.as_str())
+                format!(
+                    "{lab} could not use the sample ({}): recollect",
+                    reason.as_str()
+                )
             } else {
                 format!(
                     "{lab} could not use the sample ({}: {}): recollect",
@@ -694,11 +700,9 @@ impl Router {
         now: Timestamp,
         out: &mut Outcome,
     ) -> Result<Reply, Error> {
-        let state = self
-            .state
-            .labs
-            .get_mut(lab)
-            .ok_or_else(|| Error::PermissionDenied(format!("{lab} is not a lab in the directory")))?;
+        let state = self.state.labs.get_mut(lab).ok_or_else(|| {
+            Error::PermissionDenied(format!("{lab} is not a lab in the directory"))
+        })?;
         let slot = state
             .slots
             .get_mut(test)
@@ -712,9 +716,13 @@ impl Router {
         if raised {
             self.route_waiting(lab, now, out);
         }
-        Ok(Reply::Capacity(self.state.labs.get(lab).cloned().ok_or_else(
-            || Error::Internal("lab vanished".into()),
-        )?))
+        Ok(Reply::Capacity(
+            self.state
+                .labs
+                .get(lab)
+                .cloned()
+                .ok_or_else(|| Error::Internal("lab vanished".into()))?,
+        ))
     }
 
     fn set_status(
@@ -724,11 +732,9 @@ impl Router {
         now: Timestamp,
         out: &mut Outcome,
     ) -> Result<Reply, Error> {
-        let state = self
-            .state
-            .labs
-            .get_mut(lab)
-            .ok_or_else(|| Error::PermissionDenied(format!("{lab} is not a lab in the directory")))?;
+        let state = self.state.labs.get_mut(lab).ok_or_else(|| {
+            Error::PermissionDenied(format!("{lab} is not a lab in the directory"))
+        })?;
         let old = state.status;
         if old == status {
             return Ok(Reply::Status {
@@ -835,7 +841,8 @@ impl Router {
         self.update(id, now, out, |r| {
             r.state = RequestState::Expired;
             r.lease_expires_at = None;
-            r.status_detail = "no partner lab can finish before the sample deadline: recollect".into();
+            r.status_detail =
+                "no partner lab can finish before the sample deadline: recollect".into();
         });
         self.finish(id, now);
         if let Some(lab) = &offered_to {
@@ -958,9 +965,9 @@ impl Router {
                 let lead = i64::from(state.transport_from(trust))
                     + i64::from(tests.turnaround_minutes(&self.state.catalogue));
                 let too_soon = now.plus_minutes(lead);
-                let first = set.iter().find(|k| {
-                    k.deadline > too_soon && !self.state.requests[&k.id].excludes(lab)
-                });
+                let first = set
+                    .iter()
+                    .find(|k| k.deadline > too_soon && !self.state.requests[&k.id].excludes(lab));
                 if let Some(k) = first {
                     if best.as_ref().is_none_or(|b| k < b) {
                         best = Some(k.clone());
@@ -1015,14 +1022,18 @@ impl Router {
             Arc::make_mut(r).expire_at = expire_at;
         }
         if live {
-            self.state.timers.insert((expire_at, TimerKind::Expiry, *id));
+            self.state
+                .timers
+                .insert((expire_at, TimerKind::Expiry, *id));
         }
     }
 
     fn finish(&mut self, id: &RequestId, now: Timestamp) {
-        self.state
-            .timers
-            .insert((now.plus_millis(self.state.retention_ms), TimerKind::Purge, *id));
+        self.state.timers.insert((
+            now.plus_millis(self.state.retention_ms),
+            TimerKind::Purge,
+            *id,
+        ));
     }
 
     fn remove_timer(&mut self, id: &RequestId, kind: TimerKind) {
@@ -1057,7 +1068,14 @@ impl Router {
         }
     }
 
-    fn emit(&mut self, org: &OdsCode, id: &RequestId, kind: EventKind, now: Timestamp, out: &mut Outcome) {
+    fn emit(
+        &mut self,
+        org: &OdsCode,
+        id: &RequestId,
+        kind: EventKind,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) {
         let seq = self.state.sequences.entry(org.clone()).or_insert(0);
         *seq += 1;
         out.events.push(Event {
@@ -1069,7 +1087,13 @@ impl Router {
         });
     }
 
-    fn emit_trust(&mut self, id: &RequestId, kind: TrustEventKind, now: Timestamp, out: &mut Outcome) {
+    fn emit_trust(
+        &mut self,
+        id: &RequestId,
+        kind: TrustEventKind,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) {
         let trust = self.state.requests[id].trust.clone();
         self.emit(&trust, id, EventKind::Trust(kind), now, out);
     }
@@ -1094,7 +1118,12 @@ impl Router {
 
     /// The request as a job of `lab`, or the error a lab that does not hold it gets: an offer it
     /// lost is explained, anything else is NOT_FOUND.
-    fn job_of(&self, lab: &OdsCode, id: &RequestId, now: Timestamp) -> Result<&Arc<Request>, Error> {
+    fn job_of(
+        &self,
+        lab: &OdsCode,
+        id: &RequestId,
+        now: Timestamp,
+    ) -> Result<&Arc<Request>, Error> {
         let r = self
             .state
             .requests
@@ -1141,7 +1170,9 @@ fn not_found(what: &str, id: &RequestId) -> Error {
 fn final_state_error(id: &RequestId, state: RequestState) -> Error {
     Error::FailedPrecondition(match state {
         RequestState::Cancelled => format!("request {id} was cancelled by the trust"),
-        RequestState::Expired => format!("request {id} expired: the sample deadline can no longer be met"),
+        RequestState::Expired => {
+            format!("request {id} expired: the sample deadline can no longer be met")
+        }
         other => format!("job {id} is already {}", other.as_str()),
     })
 }

@@ -8,6 +8,9 @@ mod labs;
 mod policy;
 mod queue;
 
+#[cfg(test)]
+mod proptests;
+
 pub use core::{Command, Leases, Outcome, Reply, Router, State, TimerKind, human_duration};
 pub use event::{Event, EventKind, JobEventKind, TrustEventKind};
 pub use labs::{LabConfig, LabState, Labs, Slot};

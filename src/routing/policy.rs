@@ -25,7 +25,9 @@ pub struct RouteQuery<'a> {
 impl RouteQuery<'_> {
     /// When `lab` would have a result if offered now.
     pub fn predicted_at(&self, lab: &LabState, now: Timestamp) -> Timestamp {
-        now.plus_minutes(i64::from(lab.transport_from(self.trust)) + i64::from(self.turnaround_minutes))
+        now.plus_minutes(
+            i64::from(lab.transport_from(self.trust)) + i64::from(self.turnaround_minutes),
+        )
     }
 
     /// The design's eligibility rule: online, performs every test, agreement with the trust,
