@@ -546,6 +546,7 @@ impl Router {
                 at: now,
             });
             r.lease_expires_at = None;
+            r.lab = None;
             r.status_detail = format!("{lab} declined: {}", reason.as_str());
         });
         self.refresh_expiry(id);
@@ -756,6 +757,7 @@ impl Router {
                         self.remove_timer(id, TimerKind::Lease);
                         self.update(id, now, out, |r| {
                             r.lease_expires_at = None;
+                            r.lab = None;
                             r.status_detail = format!("{lab} went offline; routing again");
                         });
                         self.emit_lab(lab, id, JobEventKind::Withdrawn, now, out);
@@ -818,6 +820,7 @@ impl Router {
                 at: now,
             });
             r.lease_expires_at = None;
+            r.lab = None;
             r.status_detail = format!("{lab} did not answer the offer in time");
         });
         self.refresh_expiry(id);
