@@ -10,7 +10,8 @@ use super::convert::{
 use super::{Context, page_size, page_token, parse_id};
 use crate::auth::{Principal, Role};
 use crate::domain::{
-    BoundedText, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, TestCode, Violations,
+    BoundedText, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, RawObservation, TestCode,
+    Violations,
 };
 use crate::error::Error;
 use crate::proto;
@@ -201,14 +202,17 @@ impl LabService for LabApi {
                     .iter()
                     .enumerate()
                     .filter_map(|(i, o)| {
+                        let raw = RawObservation {
+                            test: &o.test,
+                            analyte: &o.analyte,
+                            value: &o.value,
+                            unit: &o.unit,
+                            reference_range: &o.reference_range,
+                            flag: flag_from(o.flag),
+                        };
                         Observation::validate(
                             &format!("observations[{i}]"),
-                            &o.test,
-                            &o.analyte,
-                            &o.value,
-                            &o.unit,
-                            &o.reference_range,
-                            flag_from(o.flag),
+                            &raw,
                             &job.submission.tests,
                             views.catalogue(),
                             &mut v,

@@ -65,10 +65,10 @@ async fn send_all<T>(
 ) -> bool {
     for event in events {
         *last = event.sequence;
-        if let Some(message) = render(&event) {
-            if tx.send(Ok(message)).await.is_err() {
-                return false;
-            }
+        if let Some(message) = render(&event)
+            && tx.send(Ok(message)).await.is_err()
+        {
+            return false;
         }
     }
     true

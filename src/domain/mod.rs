@@ -14,7 +14,8 @@ pub use ids::{OdsCode, OrderNumber, RequestId};
 pub use nhs::NhsNumber;
 pub use request::{
     BoundedText, Exclusion, ExclusionReason, FailureReason, LabStatus, MAX_NOTE_CHARS, NewRequest,
-    Observation, ObservationFlag, Patient, Priority, RawSubmission, Request, RequestState, TestSet,
+    Observation, ObservationFlag, Patient, Priority, RawObservation, RawSubmission, Request,
+    RequestState, TestSet,
 };
 pub use time::{MINUTE_MS, Timestamp};
 pub use violations::{FieldViolation, Violations};

@@ -286,6 +286,23 @@ impl ObservationFlag {
     }
 }
 
+/// An observation as received, before validation.
+#[derive(Debug, Clone, Copy)]
+pub struct RawObservation<'a> {
+    /// Test code.
+    pub test: &'a str,
+    /// Analyte.
+    pub analyte: &'a str,
+    /// Value.
+    pub value: &'a str,
+    /// UCUM unit.
+    pub unit: &'a str,
+    /// Reference range.
+    pub reference_range: &'a str,
+    /// Flag, if a known one was given.
+    pub flag: Option<ObservationFlag>,
+}
+
 /// One result value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
@@ -308,16 +325,19 @@ impl Observation {
     /// critical when the catalogue's limits say so.
     pub fn validate(
         field: &str,
-        test: &str,
-        analyte: &str,
-        value: &str,
-        unit: &str,
-        reference_range: &str,
-        flag: Option<ObservationFlag>,
+        raw: &RawObservation<'_>,
         tests: &TestSet,
         catalogue: &Catalogue,
         violations: &mut Violations,
     ) -> Option<Self> {
+        let RawObservation {
+            test,
+            analyte,
+            value,
+            unit,
+            reference_range,
+            flag,
+        } = *raw;
         let test = violations.check(
             &format!("{field}.test"),
             TestCode::parse(test).and_then(|t| {
@@ -740,19 +760,15 @@ mod tests {
         let cat = catalogue();
         let tests = TestSet::parse(&["K".into()], &cat).unwrap();
         let mut v = Violations::default();
-        let obs = Observation::validate(
-            "observations[0]",
-            "K",
-            "",
-            "6.8",
-            "mmol/L",
-            "3.5-5.3",
-            None,
-            &tests,
-            &cat,
-            &mut v,
-        )
-        .unwrap();
+        let raw = RawObservation {
+            test: "K",
+            analyte: "",
+            value: "6.8",
+            unit: "mmol/L",
+            reference_range: "3.5-5.3",
+            flag: None,
+        };
+        let obs = Observation::validate("observations[0]", &raw, &tests, &cat, &mut v).unwrap();
         assert_eq!(obs.flag, ObservationFlag::CriticalHigh);
     }
 }

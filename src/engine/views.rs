@@ -127,12 +127,12 @@ impl Views {
         for event in &outcome.events {
             self.log(&event.org).publish(event.clone());
         }
-        if !outcome.purged.is_empty() {
-            if let Some(latest) = outcome.events.last().map(|e| e.time) {
-                let cutoff = latest.plus_millis(-self.retention_ms);
-                for log in self.events.iter() {
-                    log.prune_before(cutoff);
-                }
+        if !outcome.purged.is_empty()
+            && let Some(latest) = outcome.events.last().map(|e| e.time)
+        {
+            let cutoff = latest.plus_millis(-self.retention_ms);
+            for log in self.events.iter() {
+                log.prune_before(cutoff);
             }
         }
     }
@@ -156,10 +156,10 @@ impl Views {
                 .insert(r.ordinal, r.id);
         }
         if old_lab != r.lab {
-            if let Some(lab) = &old_lab {
-                if let Some(mut jobs) = self.by_org.get_mut(lab) {
-                    jobs.remove(&r.ordinal);
-                }
+            if let Some(lab) = &old_lab
+                && let Some(mut jobs) = self.by_org.get_mut(lab)
+            {
+                jobs.remove(&r.ordinal);
             }
             if let Some(lab) = &r.lab {
                 self.by_org
@@ -204,10 +204,10 @@ impl Views {
             if page.len() == limit {
                 return (page, Some(ordinal + 1));
             }
-            if let Some(r) = self.requests.get(id) {
-                if keep(&r) {
-                    page.push(r.clone());
-                }
+            if let Some(r) = self.requests.get(id)
+                && keep(&r)
+            {
+                page.push(r.clone());
             }
         }
         (page, None)

@@ -971,10 +971,10 @@ impl Router {
                 let first = set
                     .iter()
                     .find(|k| k.deadline > too_soon && !self.state.requests[&k.id].excludes(lab));
-                if let Some(k) = first {
-                    if best.as_ref().is_none_or(|b| k < b) {
-                        best = Some(k.clone());
-                    }
+                if let Some(k) = first
+                    && best.as_ref().is_none_or(|b| k < b)
+                {
+                    best = Some(k.clone());
                 }
             }
             let Some(next) = best else {
@@ -990,15 +990,15 @@ impl Router {
         let Some(r) = self.state.requests.get(id) else {
             return;
         };
-        if let Some(state) = self.state.labs.get_mut(lab) {
-            if state.open.remove(id) {
-                for t in r.submission.tests.codes() {
-                    if let Some(slot) = state.slots.get_mut(t) {
-                        slot.in_flight = slot.in_flight.saturating_sub(1);
-                    }
+        if let Some(state) = self.state.labs.get_mut(lab)
+            && state.open.remove(id)
+        {
+            for t in r.submission.tests.codes() {
+                if let Some(slot) = state.slots.get_mut(t) {
+                    slot.in_flight = slot.in_flight.saturating_sub(1);
                 }
-                out.labs.push(lab.clone());
             }
+            out.labs.push(lab.clone());
         }
     }
 

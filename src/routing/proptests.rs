@@ -177,7 +177,7 @@ fn command(router: &Router, op: &Op, now: Timestamp, n: usize) -> Command {
             .copied()
             .filter(|id| router.request(id).is_some_and(|r| r.is_job_of(&lab(l))))
             .collect();
-        if mine.is_empty() || p % 10 == 0 {
+        if mine.is_empty() || p.is_multiple_of(10) {
             pick(p)
         } else {
             mine[p % mine.len()]
