@@ -674,3 +674,113 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
         "too little work was done to prove anything"
     );
 }
+
+/// A demo config on `dir`.
+fn config_in(dir: &Path) -> labaid::Config {
+    let mut config = labaid::Config::demo().expect("demo config");
+    config.data_dir = dir.to_path_buf();
+    config
+}
+
+async fn get_job(broker: &common::TestBroker, lab: &str, id: &str) -> proto::Job {
+    broker
+        .client(lab)
+        .await
+        .labs()
+        .get_job(proto::GetJobRequest { id: id.to_string() })
+        .await
+        .expect("job")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn an_open_offer_keeps_its_lease_across_a_restart_and_is_routed_again_once_it_ran_out() {
+    use common::TestBroker;
+    use labaid::engine::{Clock, ManualClock};
+
+    let data = tempfile::tempdir().expect("data dir");
+    let t0 = Timestamp::now();
+    let broker =
+        TestBroker::spawn_with_clock(config_in(data.path()), Arc::new(ManualClock::new(t0))).await;
+    let trust = broker.client("RJ1").await;
+    let offered = trust
+        .requests()
+        .submit_request(common::submission("ORD-LEASE", Priority::Stat, t0))
+        .await
+        .expect("submit")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!(offered.state, RequestState::Offered as i32);
+    let lab = offered.lab.clone();
+    let lease = get_job(&broker, &lab, &offered.id)
+        .await
+        .lease_expires_at
+        .expect("lease");
+    broker.shutdown().await;
+
+    // One minute later: the same offer, the same lease end.
+    let clock = Arc::new(ManualClock::new(t0.plus_minutes(1)));
+    let broker = TestBroker::spawn_with_clock(config_in(data.path()), clock).await;
+    let again = get_job(&broker, &lab, &offered.id).await;
+    assert_eq!(again.state, RequestState::Offered as i32);
+    assert_eq!(again.lease_expires_at, Some(lease));
+    broker.shutdown().await;
+
+    // Three minutes later the two-minute STAT lease has run out while the broker was down: the
+    // first tick takes the offer back and routes the request to the next lab at once.
+    let clock = Arc::new(ManualClock::new(t0.plus_minutes(3)));
+    let broker = TestBroker::spawn_with_clock(config_in(data.path()), clock.clone()).await;
+    let mut events = broker
+        .client(&lab)
+        .await
+        .labs()
+        .watch_offers(proto::WatchOffersRequest { after_sequence: 1 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let expired = common::next_job_event(&mut events, JobEventKind::LeaseExpired).await;
+    assert_eq!(
+        expired.sequence, 2,
+        "the lab's sequence carries on from before the restart"
+    );
+    let trust = broker.client("RJ1").await;
+    let rerouted = trust
+        .requests()
+        .get_request(proto::GetRequestRequest {
+            id: offered.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(rerouted.state, RequestState::Offered as i32);
+    assert_ne!(rerouted.lab, lab);
+    assert_eq!(clock.now(), t0.plus_minutes(3));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_data_directory_made_for_another_directory_is_refused_with_the_difference_named() {
+    let data = tempfile::tempdir().expect("data dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(labaid::serve(listener, config_in(data.path()), async {
+        let _ = stopped.await;
+    }));
+    let _ = stop.send(());
+    first.await.expect("join").expect("first start");
+
+    let mut other = config_in(data.path());
+    other.retention_ms /= 2;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = labaid::serve(listener, other, std::future::pending())
+        .await
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(message.contains("retention_days"), "{message}");
+    assert!(message.contains("different directory"), "{message}");
+}
