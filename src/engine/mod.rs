@@ -1,6 +1,7 @@
 //! The sequencer: one task owns every mutation. It batches commands, decides each with the pure
 //! core, appends the batch to the journal (one sync per batch), then updates the read views,
-//! publishes events, and only then replies.
+//! publishes events, and only then replies. Between batches it hands the journal a snapshot of
+//! the state when the journal asks for one.
 
 mod clock;
 mod views;
