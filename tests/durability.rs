@@ -607,6 +607,7 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     let started = Instant::now();
     let mut dropped_tails = 0;
     let mut held = 0;
+    let mut snapshots = HashSet::new();
     for cycle in 0..cycles {
         let broker = Broker::start(data.path());
         if cycle > 0 {
@@ -644,6 +645,7 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         dropped_tails += warnings.iter().filter(|w| w.contains("dropping")).count();
+        snapshots.insert(latest_snapshot(data.path()));
         assert!(
             !warnings.iter().any(|w| w.contains("\"ERROR\"")),
             "cycle {cycle}: the broker logged errors: {warnings:#?}"
@@ -665,14 +667,33 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     let events: usize = l.seen.values().map(Vec::len).sum();
     eprintln!(
         "crash test seed {seed}: {cycles} kills in {:.1} s, {} acknowledged changes, {held} requests, \
-         {events} events watched, {dropped_tails} torn tails dropped",
+         {events} events watched, {} distinct snapshots seen after kills, {dropped_tails} torn tails \
+         dropped",
         started.elapsed().as_secs_f64(),
         l.acks,
+        snapshots.len(),
     );
+    // Snapshots were taken between kills, so recovery from a snapshot plus a journal was tested.
+    assert!(snapshots.len() >= 2, "no snapshot was taken between kills: {snapshots:?}");
     assert!(
         l.acks > 100 * cycles as u64 / 10,
         "too little work was done to prove anything"
     );
+}
+
+/// The entry number of the newest snapshot in `dir`.
+fn latest_snapshot(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("data dir")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("snapshot-")?
+                .strip_suffix(".snap")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// A demo config on `dir`.
