@@ -210,9 +210,12 @@ impl Config {
             tests
                 .into_iter()
                 .map(|t| {
-                    let code = TestCode::parse(&t.code).map_err(|e| invalid(format!("test {}: code {e}", t.code)))?;
+                    let code = TestCode::parse(&t.code)
+                        .map_err(|e| invalid(format!("test {}: code {e}", t.code)))?;
                     if !(t.stability_hours > 0.0 && t.stability_hours <= 24.0 * 365.0) {
-                        return Err(invalid(format!("test {code}: stability_hours must be positive")));
+                        return Err(invalid(format!(
+                            "test {code}: stability_hours must be positive"
+                        )));
                     }
                     Ok(TestDef {
                         code,
@@ -234,7 +237,8 @@ impl Config {
         }
         let mut trusts = BTreeMap::new();
         for t in file.trusts {
-            let ods = OdsCode::parse(&t.ods).map_err(|e| invalid(format!("trust {}: ods {e}", t.ods)))?;
+            let ods =
+                OdsCode::parse(&t.ods).map_err(|e| invalid(format!("trust {}: ods {e}", t.ods)))?;
             if trusts.insert(ods.clone(), t.name).is_some() {
                 return Err(invalid(format!("trust {ods} is listed twice")));
             }
@@ -242,15 +246,19 @@ impl Config {
         let mut labs = Vec::new();
         let mut lab_codes = BTreeSet::new();
         for l in file.labs {
-            let ods = OdsCode::parse(&l.ods).map_err(|e| invalid(format!("lab {}: ods {e}", l.ods)))?;
+            let ods =
+                OdsCode::parse(&l.ods).map_err(|e| invalid(format!("lab {}: ods {e}", l.ods)))?;
             if trusts.contains_key(&ods) || !lab_codes.insert(ods.clone()) {
                 return Err(invalid(format!("organisation {ods} is listed twice")));
             }
             let mut capacity = BTreeMap::new();
             for t in &l.tests {
-                let code = TestCode::parse(t).map_err(|e| invalid(format!("lab {ods}: test {t} {e}")))?;
+                let code =
+                    TestCode::parse(t).map_err(|e| invalid(format!("lab {ods}: test {t} {e}")))?;
                 if catalogue.get(&code).is_none() {
-                    return Err(invalid(format!("lab {ods}: test {code} is not in the catalogue")));
+                    return Err(invalid(format!(
+                        "lab {ods}: test {code} is not in the catalogue"
+                    )));
                 }
                 let cap = l.capacity.get(code.as_str()).copied().ok_or_else(|| {
                     invalid(format!("lab {ods}: no capacity given for test {code}"))
@@ -258,16 +266,23 @@ impl Config {
                 capacity.insert(code, cap);
             }
             if let Some(extra) = l.capacity.keys().find(|k| !l.tests.contains(k)) {
-                return Err(invalid(format!("lab {ods}: capacity for {extra}, which it does not perform")));
+                return Err(invalid(format!(
+                    "lab {ods}: capacity for {extra}, which it does not perform"
+                )));
             }
             let mut agreements = BTreeSet::new();
             for a in &l.agreements {
-                let trust = OdsCode::parse(a).map_err(|e| invalid(format!("lab {ods}: agreement {a}: {e}")))?;
+                let trust = OdsCode::parse(a)
+                    .map_err(|e| invalid(format!("lab {ods}: agreement {a}: {e}")))?;
                 if !trusts.contains_key(&trust) {
-                    return Err(invalid(format!("lab {ods}: agreement with {trust}, which is not a trust in the directory")));
+                    return Err(invalid(format!(
+                        "lab {ods}: agreement with {trust}, which is not a trust in the directory"
+                    )));
                 }
                 if !l.transport_minutes.contains_key(trust.as_str()) {
-                    return Err(invalid(format!("lab {ods}: no transport_minutes from {trust}")));
+                    return Err(invalid(format!(
+                        "lab {ods}: no transport_minutes from {trust}"
+                    )));
                 }
                 agreements.insert(trust);
             }
@@ -289,7 +304,9 @@ impl Config {
             });
         }
         if trusts.is_empty() || labs.is_empty() {
-            return Err(invalid("the directory needs at least one [[trust]] and one [[lab]]".into()));
+            return Err(invalid(
+                "the directory needs at least one [[trust]] and one [[lab]]".into(),
+            ));
         }
         let minutes = |m: u32, name: &str| {
             if m == 0 || m > 24 * 60 {
@@ -310,7 +327,9 @@ impl Config {
         }
         Ok(Self {
             listen,
-            data_dir: file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: file
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             catalogue: Arc::new(catalogue),
             trusts,
             labs,
@@ -358,7 +377,9 @@ capacity = { K = 1 }
 transport_minutes = { RJ1 = 10 }
 agreements = ["RJ9"]
 "#;
-        let err = Config::from_toml(text, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::from_toml(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RJ9"), "{err}");
     }
 

@@ -77,7 +77,9 @@ pub async fn serve(
         "labaid.v1.LabService",
         "labaid.v1.DirectoryService",
     ] {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -124,7 +126,8 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            LabServiceServer::new(LabApi::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            LabServiceServer::new(LabApi::new(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
             DirectoryServiceServer::new(DirectoryApi::new(ctx.clone()))

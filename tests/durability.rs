@@ -674,7 +674,10 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
         snapshots.len(),
     );
     // Snapshots were taken between kills, so recovery from a snapshot plus a journal was tested.
-    assert!(snapshots.len() >= 2, "no snapshot was taken between kills: {snapshots:?}");
+    assert!(
+        snapshots.len() >= 2,
+        "no snapshot was taken between kills: {snapshots:?}"
+    );
     assert!(
         l.acks > 100 * cycles as u64 / 10,
         "too little work was done to prove anything"
