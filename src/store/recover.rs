@@ -78,9 +78,8 @@ pub fn open(
     let differences = directory.differences(&snap.directory);
     if !differences.is_empty() {
         return Err(StoreError::Refused(format!(
-            "the data directory {} was made with a different directory ({} differ); start with the \
-             config it was made with, or give a new --data-dir",
-            dir.display(),
+            "it was made with a different directory ({} differ); start with the config it was made \
+             with, or give a new --data-dir",
             differences.join(", ")
         )));
     }
@@ -297,10 +296,9 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         .open(dir.join("LOCK"))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Refused(format!(
-            "the data directory {} is in use by another broker",
-            dir.display()
-        ))),
+        Err(fs::TryLockError::WouldBlock) => {
+            Err(StoreError::Refused("it is in use by another broker".into()))
+        }
         Err(fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
