@@ -1,5 +1,6 @@
-//! Configuration: the directory (trusts, labs, agreements), the catalogue, leases and listen
-//! address, from a TOML file or the bundled south-east London demo, validated once at start.
+//! Configuration: the directory (trusts, labs, agreements), the catalogue, leases, listen address
+//! and data directory, from a TOML file or the bundled south-east London demo, validated once at
+//! start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use crate::domain::{Catalogue, MINUTE_MS, OdsCode, TestCode, TestDef};
 use crate::engine::{Clock, SystemClock};
 use crate::routing::{LabConfig, Leases};
+use crate::store::StoreOptions;
 
 /// The bundled demo catalogue.
 pub const DEMO_CATALOGUE: &str = include_str!("../deploy/demo/catalogue.toml");
@@ -68,6 +70,8 @@ pub struct Config {
     pub demo: bool,
     /// The clock timers run on; tests use a manual one.
     pub clock: Arc<dyn Clock>,
+    /// How the store syncs and when it snapshots.
+    pub store: StoreOptions,
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,6 +337,7 @@ impl Config {
             retention_ms: i64::from(retention_days) * 24 * 60 * MINUTE_MS,
             demo: false,
             clock: Arc::new(SystemClock),
+            store: StoreOptions::default(),
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The broker server: wires the store, the engine and the gRPC services onto a bound listener.
+//! The broker server: recovers the store, then wires the engine and the gRPC services onto a bound
+//! listener.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,8 +19,7 @@ use crate::proto;
 use crate::proto::directory_service_server::DirectoryServiceServer;
 use crate::proto::lab_service_server::LabServiceServer;
 use crate::proto::request_service_server::RequestServiceServer;
-use crate::routing::Router;
-use crate::store::MemoryJournal;
+use crate::store::{self, Directory};
 
 /// Largest message the broker accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -38,17 +38,23 @@ pub async fn serve(
     if demo_tokens {
         tracing::warn!(listen = %addr, "demo mode: plaintext, demo tokens accepted on loopback");
     }
-    let router = Router::new(
-        config.catalogue.clone(),
-        config.trusts.clone(),
-        config.labs.clone(),
-        config.leases,
-        config.retention_ms,
-    );
-    let views = Arc::new(Views::new(&router, config.retention_ms));
+    // Recover before serving: nothing is answered from a state that is not yet what is durable.
+    let data_dir = config.data_dir.clone();
+    let (directory, options) = (Directory::from(&config), config.store);
+    let recovered = tokio::task::spawn_blocking(move || store::open(&data_dir, directory, options))
+        .await
+        .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
+        .map_err(|e| {
+            Error::Internal(format!(
+                "cannot open the data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+    let views = Arc::new(Views::new(&recovered.router, config.retention_ms));
+    views.restore_events(recovered.events);
     let (engine, sequencer) = Engine::start(
-        router,
-        Box::new(MemoryJournal::default()),
+        recovered.router,
+        Box::new(recovered.journal),
         views,
         config.clock.clone(),
     )?;
@@ -86,7 +92,13 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    tracing::info!(listen = %addr, labs = config.labs.len(), trusts = config.trusts.len(), "broker serving");
+    tracing::info!(
+        listen = %addr,
+        labs = config.labs.len(),
+        trusts = config.trusts.len(),
+        data_dir = %config.data_dir.display(),
+        "broker serving"
+    );
     let stopping_engine = engine.clone();
     let stopping_health = health.clone();
     let graceful = async move {

@@ -19,6 +19,13 @@ struct Args {
     /// Config file (TOML); without one the bundled demo directory is used.
     #[arg(long, env = "LABAID_CONFIG")]
     config: Option<PathBuf>,
+    /// Directory the store keeps its journal and snapshots in [default: ./labaid-data, or the
+    /// config file's `data_dir`].
+    #[arg(long, env = "LABAID_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Journal bytes after which a snapshot is taken (at least; it grows with the snapshot's size).
+    #[arg(long, env = "LABAID_SNAPSHOT_MIN_BYTES", default_value_t = labaid::store::DEFAULT_SNAPSHOT_MIN_BYTES)]
+    snapshot_min_bytes: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "LABAID_LOG_FORMAT")]
     log_format: Format,
@@ -46,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.store.snapshot_min_bytes = args.snapshot_min_bytes;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -1,6 +1,7 @@
 //! The sequencer: one task owns every mutation. It batches commands, decides each with the pure
 //! core, appends the batch to the journal (one sync per batch), then updates the read views,
-//! publishes events, and only then replies.
+//! publishes events, and only then replies. Between batches it hands the journal a snapshot of
+//! the state when the journal asks for one.
 
 mod clock;
 mod views;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::Timestamp;
 use crate::error::Error;
 use crate::routing::{Command, Outcome, Reply, Router};
-use crate::store::{Entry, Journal};
+use crate::store::{Entry, Journal, Snapshot};
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use views::{EventLog, Views};
@@ -182,8 +183,32 @@ async fn run(
         for (reply, result) in replies.drain(..) {
             let _ = reply.send(result);
         }
+        if journal.snapshot_due(false) {
+            snapshot(&router, &views, &mut *journal);
+        }
+    }
+    // A snapshot at a clean stop makes the next start read it instead of replaying the journal.
+    if journal.snapshot_due(true) {
+        snapshot(&router, &views, &mut *journal);
+    }
+    if let Err(err) = journal.close() {
+        tracing::error!(error = %err, "journal close failed; stopping");
+        std::process::abort();
     }
     tracing::debug!("sequencer stopped");
+}
+
+/// Hands the journal the state after the last batch. Cloning shares the requests (they are
+/// `Arc`s), so the sequencer pauses for a copy of the indexes, not for encoding or I/O.
+fn snapshot(router: &Router, views: &Views, journal: &mut dyn Journal) {
+    let snapshot = Snapshot {
+        state: router.state().clone(),
+        events: views.all_events().into_values().flatten().collect(),
+    };
+    if let Err(err) = journal.snapshot(snapshot) {
+        tracing::error!(error = %err, "snapshot failed; stopping");
+        std::process::abort();
+    }
 }
 
 async fn sleep_until(clock: &dyn Clock, at: Option<Timestamp>) {

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)] // each test file uses a different part of the harness
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct TestBroker {
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), labaid::Error>>>,
+    /// The temporary data directory, removed when the broker is dropped.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -30,9 +33,21 @@ impl TestBroker {
         Self::spawn_with(Config::demo().expect("demo config")).await
     }
 
-    /// A broker with this config (its clock is replaced by a manual one).
-    pub async fn spawn_with(mut config: Config) -> Self {
-        let clock = Arc::new(ManualClock::new(Timestamp::now()));
+    /// A broker with this config (its clock is replaced by a manual one). A config that keeps the
+    /// default data directory gets a temporary one instead, so tests never share state.
+    pub async fn spawn_with(config: Config) -> Self {
+        Self::spawn_with_clock(config, Arc::new(ManualClock::new(Timestamp::now()))).await
+    }
+
+    /// A broker with this config and clock (e.g. a restart on `config.data_dir` at a later time).
+    pub async fn spawn_with_clock(mut config: Config, clock: Arc<ManualClock>) -> Self {
+        let data = if config.data_dir == Path::new(labaid::config::DEFAULT_DATA_DIR) {
+            let dir = tempfile::tempdir().expect("temporary data directory");
+            config.data_dir = dir.path().to_path_buf();
+            Some(dir)
+        } else {
+            None
+        };
         config.clock = clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -45,6 +60,7 @@ impl TestBroker {
             clock,
             stop: Some(stop),
             task: Some(task),
+            _data: data,
         }
     }
 

@@ -1,0 +1,304 @@
+//! Recovery: open a data directory, load the latest snapshot, replay the journal after it through
+//! the core, drop a torn tail (and say so), refuse damage anywhere else.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::file::{
+    self, Batch, FileJournal, SEGMENT_HEADER, Tail, create_segment, parse_name,
+    read_segment_header, segment_name, snapshot_name, sync_dir,
+};
+use super::record::{self, End};
+use super::{Directory, Snapshot, StoreError, StoreOptions};
+use crate::routing::{DefaultPolicy, Event, Outcome, Router};
+
+/// A recovered core, its retained events, and the journal to carry on with.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The core as of the last durable entry.
+    pub router: Router,
+    /// Every retained event, in sequence order within each organisation.
+    pub events: Vec<Event>,
+    /// The journal, ready to append after the last durable entry.
+    pub journal: FileJournal,
+    /// Entries the snapshot covered.
+    pub snapshot_entries: u64,
+    /// Entries replayed from the journal after it.
+    pub replayed: u64,
+    /// Bytes of torn tail dropped.
+    pub dropped_bytes: u64,
+}
+
+/// Opens (or makes) the data directory `dir` for `directory`, and recovers what is durable in it.
+pub fn open(
+    dir: &Path,
+    directory: Directory,
+    options: StoreOptions,
+) -> Result<Recovered, StoreError> {
+    let started = Instant::now();
+    let dir = dir.to_path_buf();
+    make_dir(&dir)?;
+    let lock = lock(&dir)?;
+    let mut snapshots = Vec::new();
+    let mut segments = Vec::new();
+    for item in fs::read_dir(&dir)? {
+        let name = item?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = parse_name(&name, "snapshot-", ".snap") {
+            snapshots.push(n);
+        } else if let Some(n) = parse_name(&name, "journal-", ".log") {
+            segments.push(n);
+        } else if name.starts_with("snapshot-") && name.ends_with(".tmp") {
+            // A snapshot that was being written when the broker stopped; never renamed, never used.
+            fs::remove_file(dir.join(&*name))?;
+        }
+    }
+    snapshots.sort_unstable();
+    segments.sort_unstable();
+
+    let Some(&lsn) = snapshots.last() else {
+        if !segments.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds journal segments but no snapshot; refusing to guess the state",
+                dir.display()
+            )));
+        }
+        return create(dir, lock, directory, options);
+    };
+    let snap = file::read_snapshot(&dir.join(snapshot_name(lsn)))?;
+    if snap.lsn != lsn {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot {} says it covers {} entries",
+            snapshot_name(lsn),
+            snap.lsn
+        )));
+    }
+    let differences = directory.differences(&snap.directory);
+    if !differences.is_empty() {
+        return Err(StoreError::Refused(format!(
+            "it was made with a different directory ({} differ); start with the config it was made \
+             with, or give a new --data-dir",
+            differences.join(", ")
+        )));
+    }
+    let last_snapshot_size = fs::metadata(dir.join(snapshot_name(lsn)))?.len();
+    let mut router = Router::from_state(snap.state, Arc::new(DefaultPolicy));
+    let mut events = snap.events;
+
+    // Segments that end before the snapshot are leftovers of a stop before their removal.
+    while segments.len() > 1 && segments[1] <= lsn {
+        fs::remove_file(dir.join(segment_name(segments.remove(0))))?;
+    }
+    if segments.first().is_some_and(|&first| first > lsn) {
+        return Err(StoreError::Corrupt(format!(
+            "entries {lsn} to {} are missing from the journal",
+            segments[0]
+        )));
+    }
+
+    let mut next = segments.first().copied().unwrap_or(lsn);
+    let mut replayed = 0;
+    let mut dropped_bytes = 0;
+    let mut since_snapshot = 0;
+    let mut tail: Option<(File, u64)> = None;
+    for (i, &first) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let path = dir.join(segment_name(first));
+        let name = segment_name(first);
+        if first != next {
+            return Err(StoreError::Corrupt(format!(
+                "{name} starts at entry {first}, but the journal before it ends at entry {next}"
+            )));
+        }
+        let buf = fs::read(&path)?;
+        if read_segment_header(&buf) != Some(first) {
+            if last && buf.len() <= SEGMENT_HEADER {
+                // Made just before a stop, before its header was synced: it held no entries.
+                tracing::warn!(file = %name, bytes = buf.len(), "dropping a journal segment cut short while it was being created");
+                fs::remove_file(&path)?;
+                sync_dir(&dir)?;
+                dropped_bytes += buf.len() as u64;
+                continue;
+            }
+            return Err(StoreError::Corrupt(format!("{name} has a damaged header")));
+        }
+        let body = &buf[SEGMENT_HEADER..];
+        let (payloads, end) = record::scan(body);
+        for payload in payloads {
+            let batch: Batch = postcard::from_bytes(payload).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "{name}: a record at entry {next} has a valid checksum but cannot be decoded ({e})"
+                ))
+            })?;
+            if batch.first != next {
+                return Err(StoreError::Corrupt(format!(
+                    "{name}: expected entry {next}, found a record starting at entry {}",
+                    batch.first
+                )));
+            }
+            for entry in &batch.entries {
+                if next >= lsn {
+                    let mut outcome = Outcome::default();
+                    router
+                        .apply(&entry.command, entry.time, &mut outcome)
+                        .map_err(|e| {
+                            StoreError::Corrupt(format!(
+                                "entry {next} no longer applies to the state before it ({e}); this \
+                                 broker build decides differently from the one that wrote it"
+                            ))
+                        })?;
+                    events.append(&mut outcome.events);
+                    replayed += 1;
+                }
+                next += 1;
+            }
+        }
+        let valid = SEGMENT_HEADER
+            + match end {
+                End::Clean => body.len(),
+                End::Torn { at } if last => {
+                    let dropped = body.len() - at;
+                    tracing::warn!(
+                        file = %name,
+                        offset = SEGMENT_HEADER + at,
+                        bytes = dropped,
+                        "dropping a torn or damaged record at the end of the journal; it was never acknowledged"
+                    );
+                    dropped_bytes += dropped as u64;
+                    at
+                }
+                End::Torn { at } => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{name} is damaged at byte {}, and later segments follow it",
+                        SEGMENT_HEADER + at
+                    )));
+                }
+                End::Damaged { at, next: good } => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{name} is damaged at byte {} with valid records after it (from byte {}); \
+                     refusing to start rather than serve a state with changes missing",
+                        SEGMENT_HEADER + at,
+                        SEGMENT_HEADER + good
+                    )));
+                }
+            };
+        if first >= lsn {
+            since_snapshot += valid as u64 - SEGMENT_HEADER as u64;
+        }
+        if last {
+            let file = OpenOptions::new().append(true).open(&path)?;
+            if valid < buf.len() {
+                file.set_len(valid as u64)?;
+                file.sync_all()?;
+            }
+            tail = Some((file, first));
+        }
+    }
+    if next < lsn {
+        return Err(StoreError::Corrupt(format!(
+            "the journal ends at entry {next}, before the snapshot's {lsn}"
+        )));
+    }
+    let (segment, segment_first) = match tail {
+        Some(t) => t,
+        None => (create_segment(&dir, next)?, next),
+    };
+    tracing::info!(
+        data_dir = %dir.display(),
+        snapshot_entries = lsn,
+        replayed,
+        dropped_bytes,
+        requests = router.request_count(),
+        ms = started.elapsed().as_millis() as u64,
+        "store recovered"
+    );
+    let journal = FileJournal::new(
+        dir,
+        lock,
+        snap.directory,
+        Tail {
+            segment,
+            segment_first,
+            next,
+            since_snapshot,
+            last_snapshot_size,
+        },
+        options,
+    )?;
+    Ok(Recovered {
+        router,
+        events,
+        journal,
+        snapshot_entries: lsn,
+        replayed,
+        dropped_bytes,
+    })
+}
+
+/// A new data directory: a snapshot of the empty state pins the directory it was made for.
+fn create(
+    dir: PathBuf,
+    lock: File,
+    directory: Directory,
+    options: StoreOptions,
+) -> Result<Recovered, StoreError> {
+    let router = directory.router();
+    let empty = Snapshot {
+        state: router.state().clone(),
+        events: Vec::new(),
+    };
+    let size = file::write_snapshot(&dir, 0, &directory, &empty)?;
+    let segment = create_segment(&dir, 0)?;
+    tracing::info!(data_dir = %dir.display(), "new data directory");
+    let journal = FileJournal::new(
+        dir,
+        lock,
+        directory,
+        Tail {
+            segment,
+            segment_first: 0,
+            next: 0,
+            since_snapshot: 0,
+            last_snapshot_size: size,
+        },
+        options,
+    )?;
+    Ok(Recovered {
+        router,
+        events: Vec::new(),
+        journal,
+        snapshot_entries: 0,
+        replayed: 0,
+        dropped_bytes: 0,
+    })
+}
+
+fn make_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    // The new directory's entry lives in its parent: sync that too.
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(parent)
+}
+
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            Err(StoreError::Refused("it is in use by another broker".into()))
+        }
+        Err(fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}

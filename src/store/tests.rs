@@ -1,0 +1,436 @@
+//! The file store against its promises: what was appended comes back, a torn or damaged tail is
+//! dropped and never misread, damage in the middle stops the start, snapshots bound the replay.
+
+use std::fs;
+use std::path::Path;
+
+use super::file::segment_name;
+use super::*;
+use crate::config::Config;
+use crate::domain::{
+    BoundedText, LabStatus, MINUTE_MS, NewRequest, Observation, ObservationFlag, OdsCode, Priority,
+    RawSubmission, Request, RequestId, TestCode,
+};
+use crate::routing::{LabState, Outcome, QueueKey, Reply, Router};
+
+const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
+
+fn directory() -> Directory {
+    Directory::from(&Config::demo().expect("demo config"))
+}
+
+fn ods(code: &str) -> OdsCode {
+    OdsCode::parse(code).expect("ods")
+}
+
+fn submit(
+    router: &Router,
+    trust: &str,
+    order: usize,
+    priority: Priority,
+    now: Timestamp,
+) -> Command {
+    let raw = RawSubmission {
+        order_number: format!("ORD-{order}"),
+        nhs_number: "9434765919".into(),
+        family_name: "Testpatient".into(),
+        given_name: "Alex".into(),
+        birth_date: "1970-01-01".into(),
+        tests: vec!["K".into()],
+        priority: Some(priority),
+        collected_at: Some(now.plus_minutes(-20)),
+        clinical_note: String::new(),
+    };
+    Command::Submit {
+        trust: ods(trust),
+        id: RequestId::new_random(),
+        request: NewRequest::validate(&raw, router.catalogue(), now).expect("valid submission"),
+    }
+}
+
+/// What recovery must rebuild exactly.
+#[derive(Debug, PartialEq)]
+struct Fingerprint {
+    requests: Vec<Request>,
+    sequences: Vec<(OdsCode, u64)>,
+    queue: Vec<QueueKey>,
+    labs: Vec<LabState>,
+    next_timer: Option<Timestamp>,
+    events: Vec<(OdsCode, u64)>,
+}
+
+fn fingerprint(router: &Router, events: &[Event]) -> Fingerprint {
+    let mut requests: Vec<Request> = router.requests().map(|r| (**r).clone()).collect();
+    requests.sort_by_key(|r| r.ordinal);
+    let mut sequences: Vec<_> = router
+        .sequences()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    sequences.sort();
+    let mut events: Vec<_> = events.iter().map(|e| (e.org.clone(), e.sequence)).collect();
+    events.sort();
+    Fingerprint {
+        requests,
+        sequences,
+        queue: router.queue().in_order(),
+        labs: router.labs().iter().cloned().collect(),
+        next_timer: router.next_timer(),
+        events,
+    }
+}
+
+/// A core and a journal driven like the sequencer drives them, remembering the state after each
+/// batch.
+struct Driver {
+    router: Router,
+    journal: FileJournal,
+    events: Vec<Event>,
+    after_batch: Vec<Fingerprint>,
+}
+
+impl Driver {
+    fn open(dir: &Path) -> Self {
+        let r = open(dir, directory(), StoreOptions::default()).expect("open");
+        let mut d = Self {
+            router: r.router,
+            journal: r.journal,
+            events: r.events,
+            after_batch: Vec::new(),
+        };
+        d.after_batch.push(fingerprint(&d.router, &d.events));
+        d
+    }
+
+    fn batch(&mut self, now: Timestamp, commands: Vec<Command>) -> Vec<Reply> {
+        let mut entries = Vec::new();
+        let mut replies = Vec::new();
+        let mut outcome = Outcome::default();
+        if self.router.next_timer().is_some_and(|t| t <= now) {
+            self.router
+                .apply(&Command::Tick, now, &mut outcome)
+                .expect("tick");
+            entries.push(Entry {
+                time: now,
+                command: Command::Tick,
+            });
+        }
+        for command in commands {
+            outcome.changed = false;
+            if let Ok(reply) = self.router.apply(&command, now, &mut outcome) {
+                replies.push(reply);
+            }
+            if outcome.changed {
+                entries.push(Entry { time: now, command });
+            }
+        }
+        self.journal.append(&entries).expect("append");
+        self.events.append(&mut outcome.events);
+        self.after_batch
+            .push(fingerprint(&self.router, &self.events));
+        replies
+    }
+
+    fn snapshot(&mut self) {
+        self.journal
+            .snapshot(Snapshot {
+                state: self.router.state().clone(),
+                events: self.events.clone(),
+            })
+            .expect("snapshot");
+    }
+}
+
+fn job(reply: &Reply) -> (OdsCode, RequestId) {
+    match reply {
+        Reply::Request { request, .. } => (request.lab.clone().expect("offered"), request.id),
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+/// A few batches that touch every kind of change: submissions, accept, receive, results, cancel,
+/// capacity, status, and a lease running out.
+fn history(d: &mut Driver) {
+    let mut order = 0;
+    let mut next = |d: &Driver, p| {
+        order += 1;
+        submit(
+            &d.router,
+            if order % 2 == 0 { "RJ1" } else { "RJZ" },
+            order,
+            p,
+            T0,
+        )
+    };
+    let first: Vec<Command> = (0..6)
+        .map(|i| {
+            next(
+                d,
+                [Priority::Stat, Priority::Routine, Priority::Urgent][i % 3],
+            )
+        })
+        .collect();
+    let replies = d.batch(T0, first);
+    let (lab_a, id_a) = job(&replies[0]);
+    let (lab_b, id_b) = job(&replies[1]);
+    let (_, id_c) = job(&replies[2]);
+    d.batch(
+        T0.plus_millis(1_000),
+        vec![
+            Command::Accept {
+                lab: lab_a.clone(),
+                id: id_a,
+            },
+            Command::Accept {
+                lab: lab_b.clone(),
+                id: id_b,
+            },
+            Command::Cancel {
+                trust: ods("RJ1"),
+                id: id_c,
+                reason: BoundedText::default(),
+            },
+            Command::SetCapacity {
+                lab: ods("RJ7"),
+                test: TestCode::parse("K").expect("K"),
+                capacity: 1,
+            },
+        ],
+    );
+    let more: Vec<Command> = (0..4).map(|_| next(d, Priority::Asap)).collect();
+    d.batch(T0.plus_millis(2_000), more);
+    d.batch(
+        T0.plus_millis(3_000),
+        vec![
+            Command::Receive {
+                lab: lab_a.clone(),
+                id: id_a,
+            },
+            Command::SetStatus {
+                lab: ods("RAX"),
+                status: LabStatus::Draining,
+            },
+        ],
+    );
+    d.batch(
+        T0.plus_millis(4_000),
+        vec![Command::PostResults {
+            lab: lab_a,
+            id: id_a,
+            observations: vec![Observation {
+                test: TestCode::parse("K").expect("K"),
+                analyte: String::new(),
+                value: "7.1".into(),
+                unit: "mmol/L".into(),
+                reference_range: "3.5-5.3".into(),
+                flag: ObservationFlag::High,
+            }],
+        }],
+    );
+    // Every open offer's lease (30 minutes at most) has run out.
+    d.batch(
+        T0.plus_millis(31 * MINUTE_MS),
+        vec![next(d, Priority::Routine)],
+    );
+}
+
+fn recovered(dir: &Path) -> Fingerprint {
+    let r = open(dir, directory(), StoreOptions::default()).expect("recover");
+    fingerprint(&r.router, &r.events)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for item in fs::read_dir(from).expect("read_dir") {
+        let item = item.expect("entry");
+        if item.file_name() != "LOCK" {
+            fs::copy(item.path(), to.join(item.file_name())).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn a_restart_rebuilds_every_request_sequence_queue_lab_and_timer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    let expected = d.after_batch.pop().expect("state");
+    assert!(expected.requests.len() >= 10);
+    drop(d);
+    assert_eq!(recovered(dir.path()), expected);
+    // And again, after a restart that changed nothing.
+    assert_eq!(recovered(dir.path()), expected);
+}
+
+#[test]
+fn a_cut_at_every_byte_of_the_last_record_drops_exactly_that_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    let segment = dir.path().join(segment_name(0));
+    let before_last = fs::metadata(&segment).expect("segment").len();
+    d.batch(
+        T0.plus_millis(32 * MINUTE_MS),
+        vec![submit(
+            &d.router,
+            "RJ1",
+            99,
+            Priority::Stat,
+            T0.plus_millis(32 * MINUTE_MS),
+        )],
+    );
+    let whole = fs::metadata(&segment).expect("segment").len();
+    let with_last = d.after_batch.pop().expect("state");
+    let without_last = d.after_batch.pop().expect("state");
+    drop(d);
+    for cut in before_last..=whole {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), copy.path());
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(copy.path().join(segment_name(0)))
+            .expect("open");
+        f.set_len(cut).expect("cut");
+        drop(f);
+        let r = open(copy.path(), directory(), StoreOptions::default()).expect("recover");
+        let expected = if cut == whole {
+            &with_last
+        } else {
+            &without_last
+        };
+        assert_eq!(
+            &fingerprint(&r.router, &r.events),
+            expected,
+            "cut at {cut} of {whole}"
+        );
+        assert_eq!(
+            r.dropped_bytes,
+            if cut == whole { 0 } else { cut - before_last },
+            "cut at {cut}"
+        );
+        // The torn bytes are gone from the file, so the journal carries on after the last good record.
+        drop(r);
+        assert_eq!(
+            &recovered(copy.path()),
+            expected,
+            "second start after a cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_record_drops_it_and_a_flipped_bit_earlier_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    let segment = dir.path().join(segment_name(0));
+    let before_last = fs::metadata(&segment).expect("segment").len();
+    let now = T0.plus_millis(32 * MINUTE_MS);
+    d.batch(now, vec![submit(&d.router, "RJ1", 99, Priority::Stat, now)]);
+    let whole = fs::metadata(&segment).expect("segment").len();
+    d.after_batch.pop();
+    let without_last = d.after_batch.pop().expect("state");
+    drop(d);
+    let original = fs::read(&segment).expect("read");
+    let flipped = |byte: u64| {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), copy.path());
+        let mut bytes = original.clone();
+        bytes[byte as usize] ^= 1 << (byte % 8);
+        fs::write(copy.path().join(segment_name(0)), bytes).expect("write");
+        copy
+    };
+    for byte in before_last..whole {
+        let copy = flipped(byte);
+        let r = open(copy.path(), directory(), StoreOptions::default()).expect("recover");
+        assert_eq!(
+            fingerprint(&r.router, &r.events),
+            without_last,
+            "flipped byte {byte}"
+        );
+        assert!(r.dropped_bytes > 0, "flipped byte {byte}");
+    }
+    // Past the 20-byte segment header, in the first record: valid records follow it.
+    for byte in [20, 24, 30, 100, before_last - 1] {
+        let copy = flipped(byte);
+        let err = open(copy.path(), directory(), StoreOptions::default())
+            .expect_err("damage in the middle");
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains("valid records after it")),
+            "flipped byte {byte}: {err}"
+        );
+    }
+}
+
+#[test]
+fn after_a_snapshot_the_start_reads_it_and_replays_only_what_follows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    d.snapshot();
+    let at_snapshot = d.journal.entries();
+    let now = T0.plus_millis(40 * MINUTE_MS);
+    d.batch(
+        now,
+        vec![submit(&d.router, "RJZ", 77, Priority::Urgent, now)],
+    );
+    let expected = d.after_batch.pop().expect("state");
+    let entries = d.journal.entries();
+    d.journal.close().expect("close");
+    drop(d);
+    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    assert_eq!(r.snapshot_entries, at_snapshot);
+    assert_eq!(r.replayed, entries - at_snapshot);
+    assert_eq!(fingerprint(&r.router, &r.events), expected);
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        3,
+        "the old segment and snapshot are removed: {names:?}"
+    );
+}
+
+#[test]
+fn a_data_directory_made_for_another_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Driver::open(dir.path()));
+    let mut other = directory();
+    other.retention_ms += 1;
+    let err = open(dir.path(), other, StoreOptions::default()).expect_err("refused");
+    assert!(err.to_string().contains("retention_days"), "{err}");
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = Driver::open(dir.path());
+    let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn one_sync_per_entry_reads_back_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = open(
+        dir.path(),
+        directory(),
+        StoreOptions {
+            sync: SyncMode::PerEntry,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open");
+    let mut d = Driver {
+        router: r.router,
+        journal: r.journal,
+        events: r.events,
+        after_batch: Vec::new(),
+    };
+    history(&mut d);
+    let expected = d.after_batch.pop().expect("state");
+    drop(d);
+    assert_eq!(recovered(dir.path()), expected);
+}
