@@ -165,7 +165,7 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let r = store::open(dir, directory.clone(), options)?;
-    let views = Views::new(&r.router, config.retention_ms);
+    let views = Views::new(&r.router, config.retention_ms, Default::default());
     views.restore_events(r.events.clone());
     println!(
         "restart from the journal alone: {:.2} s ({} entries replayed, {} requests)",
@@ -196,7 +196,7 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let r = store::open(dir, directory, options)?;
-    let views = Views::new(&r.router, config.retention_ms);
+    let views = Views::new(&r.router, config.retention_ms, Default::default());
     views.restore_events(r.events);
     println!(
         "restart from the snapshot: {:.2} s ({} entries replayed, {} requests)",

@@ -20,6 +20,10 @@ pub const DEMO_CATALOGUE: &str = include_str!("../deploy/demo/catalogue.toml");
 pub const DEMO_DIRECTORY: &str = include_str!("../deploy/demo/se-london.toml");
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default address of the metrics and health HTTP listener.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Default time in-flight calls get to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u32 = 10;
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "labaid-data";
 /// Default retention of finished requests.
@@ -54,6 +58,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the metrics and health HTTP listener; `None` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long in-flight calls get to finish once shutdown begins.
+    pub shutdown_grace: std::time::Duration,
     /// Where the store keeps its files.
     pub data_dir: PathBuf,
     /// The test catalogue.
@@ -78,6 +86,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    metrics_listen: Option<String>,
+    shutdown_grace_seconds: Option<u32>,
     data_dir: Option<PathBuf>,
     retention_days: Option<u32>,
     #[serde(default)]
@@ -205,6 +215,24 @@ impl Config {
             .unwrap_or(DEFAULT_LISTEN)
             .parse::<SocketAddr>()
             .map_err(|e| invalid(format!("listen: {e} (expected e.g. 127.0.0.1:50051)")))?;
+        let metrics_listen = match file
+            .metrics_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_METRICS_LISTEN)
+        {
+            "" | "off" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                invalid(format!(
+                    "metrics_listen: {e} (expected e.g. 127.0.0.1:9464, or \"off\")"
+                ))
+            })?),
+        };
+        let grace = file
+            .shutdown_grace_seconds
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
+        if grace == 0 || grace > 600 {
+            return Err(invalid("shutdown_grace_seconds must be 1 to 600".into()));
+        }
         let tests = fallback_tests.unwrap_or(file.tests);
         let catalogue = Catalogue::new(
             tests
@@ -327,6 +355,8 @@ impl Config {
         }
         Ok(Self {
             listen,
+            metrics_listen,
+            shutdown_grace: std::time::Duration::from_secs(u64::from(grace)),
             data_dir: file
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

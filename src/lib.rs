@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod ops;
 pub mod routing;
 pub mod server;
 pub mod store;
@@ -16,7 +17,7 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use error::Error;
-pub use server::serve;
+pub use server::{Listeners, serve, serve_on};
 
 /// The generated labaid.v1 protobuf types and gRPC stubs.
 #[allow(missing_docs, unreachable_pub, clippy::all)] // generated code

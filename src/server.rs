@@ -1,20 +1,26 @@
-//! The broker server: recovers the store, then wires the engine and the gRPC services onto a bound
-//! listener.
+//! The broker server: recovers the store (answering health NOT_SERVING meanwhile), wires the engine
+//! and the gRPC services onto bound listeners with the operations HTTP listener beside them, and
+//! shuts down without losing a call.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll};
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::api::{Context, DirectoryApi, LabApi, RequestApi};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine::{Engine, Views};
 use crate::error::Error;
+use crate::ops::{Metrics, Readiness, RpcLayer, StartingLayer};
 use crate::proto;
 use crate::proto::directory_service_server::DirectoryServiceServer;
 use crate::proto::lab_service_server::LabServiceServer;
@@ -24,20 +30,106 @@ use crate::store::{self, Directory};
 /// Largest message the broker accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Serves the broker on `listener` until `shutdown` resolves, then stops taking calls, ends watch
-/// streams with UNAVAILABLE (so clients reconnect), and returns once in-flight calls are done.
+/// The services gRPC health reports on ("" is the whole broker).
+const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    "labaid.v1.RequestService",
+    "labaid.v1.LabService",
+    "labaid.v1.DirectoryService",
+];
+
+/// The sockets a broker serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Metrics and health over HTTP; `None` for none.
+    pub ops: Option<TcpListener>,
+}
+
+/// Serves the broker on `listener` (and the operations listener at `config.metrics_listen`, if
+/// any) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let addr = listener
+    let ops =
+        match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                Error::Internal(format!("cannot listen for metrics on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+    serve_on(
+        Listeners {
+            grpc: listener,
+            ops,
+        },
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves the broker on already bound listeners until `shutdown` resolves; then stops taking
+/// calls (UNAVAILABLE, health NOT_SERVING), ends watch streams with UNAVAILABLE so clients
+/// reconnect, gives in-flight calls `config.shutdown_grace` to finish, and returns once the
+/// sequencer has made its last batch durable.
+pub async fn serve_on(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let addr = listeners
+        .grpc
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
+    let ops_addr = listeners.ops.as_ref().and_then(|l| l.local_addr().ok());
+    log_effective_config(&config, addr, ops_addr);
     let demo_tokens = config.demo && addr.ip().is_loopback();
     if demo_tokens {
         tracing::warn!(listen = %addr, "demo mode: plaintext, demo tokens accepted on loopback");
     }
+    let ready = Readiness::default();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    let metrics = Arc::new(Metrics::new());
+    let grpc = Arc::new(listeners.grpc);
+    let engine_slot = Arc::new(OnceLock::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let ops_task = listeners.ops.map(|listener| {
+        let mut stopped = stop_rx.clone();
+        tokio::spawn(crate::ops::serve_http(
+            listener,
+            metrics.clone(),
+            engine_slot.clone(),
+            ready.clone(),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    });
+
+    // While the store recovers, answer health checks (NOT_SERVING) on the same socket, so that
+    // orchestrators see a starting broker rather than a dead one.
+    let (recovered_tx, recovered_rx) = oneshot::channel::<()>();
+    let starting_done = Arc::new(AtomicBool::new(false));
+    let starting = tokio::spawn(
+        Server::builder()
+            .layer(StartingLayer)
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                SharedIncoming {
+                    listener: grpc.clone(),
+                    done: Some(starting_done.clone()),
+                },
+                async {
+                    let _ = recovered_rx.await;
+                },
+            ),
+    );
     // Recover before serving: nothing is answered from a state that is not yet what is durable.
     let data_dir = config.data_dir.clone();
     let (directory, options) = (Directory::from(&config), config.store);
@@ -50,7 +142,16 @@ pub async fn serve(
                 config.data_dir.display()
             ))
         })?;
-    let views = Arc::new(Views::new(&recovered.router, config.retention_ms));
+    // Its connections are told to go away and finish on their own: a health watcher opened while
+    // starting stays until it ends (it hears SERVING through the shared reporter).
+    starting_done.store(true, Ordering::SeqCst);
+    let _ = recovered_tx.send(());
+    drop(starting);
+    let views = Arc::new(Views::new(
+        &recovered.router,
+        config.retention_ms,
+        metrics.clone(),
+    ));
     views.restore_events(recovered.events);
     let (engine, sequencer) = Engine::start(
         recovered.router,
@@ -58,29 +159,18 @@ pub async fn serve(
         views,
         config.clock.clone(),
     )?;
+    let _ = engine_slot.set(engine.clone());
     let auth = Authenticator::new(
         config.trusts.keys().cloned(),
         config.labs.iter().map(|l| l.ods.clone()),
         demo_tokens,
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Context {
         engine: engine.clone(),
         auth,
-        shutdown: stop_rx,
+        shutdown: stop_rx.clone(),
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    for name in [
-        "",
-        "labaid.v1.RequestService",
-        "labaid.v1.LabService",
-        "labaid.v1.DirectoryService",
-    ] {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -92,32 +182,26 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    tracing::info!(
-        listen = %addr,
-        labs = config.labs.len(),
-        trusts = config.trusts.len(),
-        data_dir = %config.data_dir.display(),
-        "broker serving"
-    );
-    let stopping_engine = engine.clone();
-    let stopping_health = health.clone();
-    let graceful = async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        stopping_engine.stop_accepting();
-        for name in [
-            "",
-            "labaid.v1.RequestService",
-            "labaid.v1.LabService",
-            "labaid.v1.DirectoryService",
-        ] {
-            stopping_health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
-        }
-        let _ = stop_tx.send(true);
-    };
-    let result = Server::builder()
+    // Shutdown: refuse new work first, tell health checkers and watchers, then let tonic drain.
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let engine = engine.clone();
+        let health = health.clone();
+        let ready = ready.clone();
+        let grace = config.shutdown_grace;
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+            engine.stop_accepting();
+            ready.set(false);
+            set_health(&health, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+            let _ = drain_tx.send(());
+        });
+    }
+    let grace = config.shutdown_grace;
+    let server = Server::builder()
+        .layer(RpcLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -133,13 +217,105 @@ pub async fn serve(
             DirectoryServiceServer::new(DirectoryApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful)
-        .await
-        .map_err(|e| Error::Internal(format!("server: {e}")));
+        .serve_with_incoming_shutdown(
+            SharedIncoming {
+                listener: grpc,
+                done: None,
+            },
+            async move {
+                let _ = drain_rx.await;
+            },
+        );
+    ready.set(true);
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(listen = %addr, "broker serving");
+
+    // The server future owns the services and so engine handles: it must be dropped (not just
+    // abandoned after the grace period) before the sequencer can finish.
+    let result = {
+        let mut server = std::pin::pin!(server);
+        let mut stopping = stop_rx;
+        tokio::select! {
+            r = &mut server => r,
+            () = stopped(&mut stopping) => {
+                // Bounded drain: calls still running after the grace period are cut off; their
+                // commands, if any reached the sequencer, are durable or were never acknowledged.
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the grace period; stopping anyway");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+    .map_err(|e| Error::Internal(format!("server: {e}")));
     drop(ctx);
+    // Connection tasks that outlived the grace period may still hold engine handles, so the
+    // sequencer is told to stop rather than left to notice the last handle go.
+    engine.close();
     drop(engine);
-    // The sequencer ends once every engine handle is gone; wait so the journal is complete.
+    if let Some(task) = ops_task {
+        let _ = task.await;
+    }
+    // Wait for the sequencer, so the journal is complete and synced.
     let _ = tokio::task::spawn_blocking(move || sequencer.join()).await;
     tracing::info!("broker stopped");
     result
+}
+
+/// Accepts from a listener shared by the starting (health-only) server and the full one. A
+/// listener wakes only the last task that polled it, so the starting server's stream ends for
+/// good once `done` is set, before the full server begins to accept.
+#[derive(Debug)]
+struct SharedIncoming {
+    listener: Arc<TcpListener>,
+    done: Option<Arc<AtomicBool>>,
+}
+
+impl tokio_stream::Stream for SharedIncoming {
+    type Item = std::io::Result<TcpStream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.done.as_ref().is_some_and(|d| d.load(Ordering::SeqCst)) {
+            return Poll::Ready(None);
+        }
+        self.listener
+            .poll_accept(cx)
+            .map(|accepted| Some(accepted.map(|(stream, _)| stream)))
+    }
+}
+
+/// Resolves once shutdown has begun.
+async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|s| *s).await;
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Logs the configuration in effect; it holds no secrets but the log masks nothing by accident
+/// because only these fields are printed.
+fn log_effective_config(config: &Config, grpc: SocketAddr, ops: Option<SocketAddr>) {
+    tracing::info!(
+        listen = %grpc,
+        metrics_listen = %ops.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        data_dir = %config.data_dir.display(),
+        snapshot_min_bytes = config.store.snapshot_min_bytes,
+        demo = config.demo,
+        trusts = %config.trusts.keys().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        labs = %config.labs.iter().map(|l| l.ods.to_string()).collect::<Vec<_>>().join(","),
+        tests = config.catalogue.len(),
+        lease_stat_s = config.leases.stat_ms / 1000,
+        lease_asap_s = config.leases.asap_ms / 1000,
+        lease_urgent_s = config.leases.urgent_ms / 1000,
+        lease_routine_s = config.leases.routine_ms / 1000,
+        retention_days = config.retention_ms / 86_400_000,
+        shutdown_grace_s = config.shutdown_grace.as_secs(),
+        "effective configuration"
+    );
 }

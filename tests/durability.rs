@@ -128,6 +128,8 @@ impl Broker {
             .args([
                 "--listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
                 "--data-dir",

@@ -34,8 +34,11 @@ const MAX_PAGE: u32 = 1000;
 /// Page size when none is asked for.
 const DEFAULT_PAGE: u32 = 100;
 
+/// Parses a request or job id, and names it on the RPC's span.
 fn parse_id(raw: &str) -> Result<RequestId, Error> {
-    RequestId::parse(raw).map_err(|e| Error::invalid("id", e))
+    let id = RequestId::parse(raw).map_err(|e| Error::invalid("id", e))?;
+    tracing::Span::current().record("request.id", tracing::field::display(id));
+    Ok(id)
 }
 
 fn page_size(raw: u32) -> Result<usize, Error> {

@@ -52,6 +52,7 @@ impl RequestService for RequestApi {
             })
             .await?;
         let (request, replayed) = request_reply(reply)?;
+        tracing::Span::current().record("request.id", request.id.as_str());
         tracing::info!(request.id = %request.id, org = %who.org, replayed, "request submitted");
         Ok(Response::new(proto::SubmitRequestResponse {
             request: Some(request),

@@ -91,8 +91,14 @@ impl Authenticator {
         }
     }
 
-    /// The caller of a request, or UNAUTHENTICATED.
+    /// The caller of a request, or UNAUTHENTICATED. Names the organisation on the RPC's span.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Error> {
+        let principal = self.identify(metadata)?;
+        tracing::Span::current().record("org", tracing::field::display(&principal.org));
+        Ok(principal)
+    }
+
+    fn identify(&self, metadata: &MetadataMap) -> Result<Principal, Error> {
         let header = metadata
             .get("authorization")
             .ok_or_else(|| {

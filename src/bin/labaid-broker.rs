@@ -16,6 +16,10 @@ struct Args {
     /// Address to listen on [default: 127.0.0.1:50051, or the config file's `listen`].
     #[arg(long, env = "LABAID_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the metrics and health HTTP listener (`/metrics`, `/healthz`, `/readyz`)
+    /// [default: 127.0.0.1:9464, or the config file's `metrics_listen`].
+    #[arg(long, env = "LABAID_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Config file (TOML); without one the bundled demo directory is used.
     #[arg(long, env = "LABAID_CONFIG")]
     config: Option<PathBuf>,
@@ -57,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     config.store.snapshot_min_bytes = args.snapshot_min_bytes;
+    if let Some(metrics) = args.metrics_listen {
+        config.metrics_listen = Some(metrics);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

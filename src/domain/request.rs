@@ -649,6 +649,8 @@ pub struct Request {
     pub excluded: Vec<Exclusion>,
     /// When the holding lab accepted it.
     pub accepted_at: Option<Timestamp>,
+    /// How many offers have been made for it.
+    pub offers: u32,
 }
 
 impl Request {

@@ -37,6 +37,7 @@ pub struct Engine {
     views: Arc<Views>,
     clock: Arc<dyn Clock>,
     stopping: Arc<AtomicBool>,
+    close: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Envelope {
@@ -57,6 +58,8 @@ impl Engine {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let seq_views = views.clone();
         let seq_clock = clock.clone();
+        let close = Arc::new(tokio::sync::Notify::new());
+        let seq_close = close.clone();
         let handle = thread::Builder::new()
             .name("labaid-sequencer".into())
             .spawn(move || {
@@ -70,7 +73,7 @@ impl Engine {
                         return;
                     }
                 };
-                rt.block_on(run(router, journal, seq_views, seq_clock, rx));
+                rt.block_on(run(router, journal, seq_views, seq_clock, rx, seq_close));
             })
             .map_err(|e| Error::Internal(format!("cannot start the sequencer thread: {e}")))?;
         Ok((
@@ -79,6 +82,7 @@ impl Engine {
                 views,
                 clock,
                 stopping: Arc::new(AtomicBool::new(false)),
+                close,
             },
             handle,
         ))
@@ -98,6 +102,13 @@ impl Engine {
             .map_err(|_| Error::Unavailable("the broker is shutting down".into()))?;
         rx.await
             .map_err(|_| Error::Unavailable("the broker is shutting down".into()))?
+    }
+
+    /// Tells the sequencer to finish the commands it has been sent and stop, even while handles
+    /// remain (a connection cut off at shutdown may still hold one).
+    pub fn close(&self) {
+        self.stop_accepting();
+        self.close.notify_one();
     }
 
     /// Refuses new commands from now on (graceful shutdown).
@@ -127,6 +138,7 @@ async fn run(
     views: Arc<Views>,
     clock: Arc<dyn Clock>,
     mut rx: mpsc::Receiver<Envelope>,
+    close: Arc<tokio::sync::Notify>,
 ) {
     let mut batch: Vec<Envelope> = Vec::with_capacity(MAX_BATCH);
     let mut entries: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
@@ -139,6 +151,9 @@ async fn run(
                 Some(envelope) => batch.push(envelope),
                 None => break,
             },
+            // Closing refuses new sends; what is already queued is still decided and replied
+            // to, then `recv` returns None.
+            () = close.notified() => rx.close(),
             () = sleep_until(&*clock, next_timer) => {}
         }
         while batch.len() < MAX_BATCH {
@@ -171,7 +186,12 @@ async fn run(
             replies.push((envelope.reply, result));
         }
         if !entries.is_empty() {
-            if let Err(err) = journal.append(&entries) {
+            let started = std::time::Instant::now();
+            let appended = journal.append(&entries);
+            let metrics = views.metrics();
+            metrics.store_sync.observe(started.elapsed().as_secs_f64());
+            metrics.store_batch.observe(entries.len() as f64);
+            if let Err(err) = appended {
                 // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop,
                 // and let recovery replay what is durable.
                 tracing::error!(error = %err, "journal append failed; stopping");

@@ -8,8 +8,12 @@ use std::sync::{Arc, RwLock};
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use crate::domain::{Catalogue, OdsCode, Request, RequestId, Timestamp};
-use crate::routing::{Event, LabState, Outcome, Router};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use crate::domain::{Catalogue, OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
+use crate::ops::Metrics;
+use crate::routing::{Event, EventKind, JobEventKind, LabState, Outcome, Router, TrustEventKind};
 
 /// Capacity of each organisation's live event channel; a watcher that falls further behind
 /// catches up from the retained log instead.
@@ -78,19 +82,24 @@ pub struct Views {
     by_org: DashMap<OdsCode, BTreeMap<u64, RequestId>>,
     labs: RwLock<Vec<LabState>>,
     events: DashMap<OdsCode, Arc<EventLog>>,
+    /// Waiting requests by priority and submission time, for the oldest-wait gauge.
+    queued: Mutex<BTreeSet<(Priority, Timestamp, RequestId)>>,
     retention_ms: i64,
+    metrics: Arc<Metrics>,
 }
 
 impl Views {
     /// Views of a core's current state.
-    pub fn new(router: &Router, retention_ms: i64) -> Self {
+    pub fn new(router: &Router, retention_ms: i64, metrics: Arc<Metrics>) -> Self {
         let views = Self {
             catalogue: router.catalogue().clone(),
             requests: DashMap::new(),
             by_org: DashMap::new(),
             labs: RwLock::new(router.labs().iter().cloned().collect()),
             events: DashMap::new(),
+            queued: Mutex::new(BTreeSet::new()),
             retention_ms,
+            metrics,
         };
         for r in router.requests() {
             views.put(r.clone());
@@ -125,6 +134,7 @@ impl Views {
             }
         }
         for event in &outcome.events {
+            self.observe(event);
             self.log(&event.org).publish(event.clone());
         }
         if !outcome.purged.is_empty()
@@ -146,8 +156,89 @@ impl Views {
         }
     }
 
+    fn observe(&self, e: &Event) {
+        let r = &e.request;
+        let p = r.submission.priority.as_str();
+        let since = |t: Timestamp| t.millis_since(r.submitted_at).max(0) as f64 / 1000.0;
+        let m = &self.metrics;
+        match e.kind {
+            EventKind::Lab(JobEventKind::Offered) if r.offers == 1 => {
+                m.time_to_offer
+                    .with_label_values(&[p])
+                    .observe(since(e.time));
+            }
+            EventKind::Lab(JobEventKind::Accepted) => {
+                m.time_to_accept
+                    .with_label_values(&[p])
+                    .observe(since(e.time));
+            }
+            EventKind::Lab(JobEventKind::Declined) => {
+                m.reroutes.with_label_values(&["declined"]).inc();
+            }
+            EventKind::Lab(JobEventKind::LeaseExpired) => {
+                m.reroutes.with_label_values(&["lease_expired"]).inc();
+            }
+            EventKind::Lab(JobEventKind::Withdrawn) if !r.state.is_final() => {
+                m.reroutes.with_label_values(&["lab_offline"]).inc();
+            }
+            EventKind::Trust(TrustEventKind::Resulted) => {
+                m.time_to_result
+                    .with_label_values(&[p])
+                    .observe(since(e.time));
+            }
+            EventKind::Trust(TrustEventKind::CriticalResult) => {
+                m.critical_results.with_label_values(&[p]).inc();
+            }
+            EventKind::Trust(TrustEventKind::Expired) => {
+                m.expired.with_label_values(&[p]).inc();
+            }
+            _ => {}
+        }
+    }
+
+    fn track_queue(&self, old: Option<&Request>, new: Option<&Request>) {
+        let key = |r: &Request| (r.submission.priority, r.submitted_at, r.id);
+        let was = old.filter(|r| r.state == RequestState::Queued);
+        let is = new.filter(|r| r.state == RequestState::Queued);
+        if was.is_some() == is.is_some() {
+            return;
+        }
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = was {
+            queued.remove(&key(r));
+        }
+        if let Some(r) = is {
+            queued.insert(key(r));
+        }
+    }
+
+    /// Seconds the oldest waiting request of each priority has waited at `now`.
+    pub fn oldest_waits(&self, now: Timestamp) -> Vec<(Priority, f64)> {
+        let queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        Priority::ALL
+            .into_iter()
+            .filter_map(|p| {
+                queued
+                    .range((p, Timestamp(i64::MIN), RequestId(uuid::Uuid::nil()))..)
+                    .next()
+                    .filter(|(q, _, _)| *q == p)
+                    .map(|(_, t, _)| (p, now.millis_since(*t).max(0) as f64 / 1000.0))
+            })
+            .collect()
+    }
+
+    /// The broker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn put(&self, r: Arc<Request>) {
         let old = self.requests.insert(r.id, r.clone());
+        if let Some(o) = &old {
+            self.metrics.count_request(o, -1);
+        }
+        self.metrics.count_request(&r, 1);
+        self.track_queue(old.as_deref(), Some(&r));
         let old_lab = old.as_ref().and_then(|o| o.lab.clone());
         if old.is_none() {
             self.by_org
@@ -172,6 +263,8 @@ impl Views {
 
     fn remove(&self, id: &RequestId) {
         if let Some((_, r)) = self.requests.remove(id) {
+            self.metrics.count_request(&r, -1);
+            self.track_queue(Some(&r), None);
             for org in std::iter::once(&r.trust).chain(r.lab.as_ref()) {
                 if let Some(mut list) = self.by_org.get_mut(org) {
                     list.remove(&r.ordinal);

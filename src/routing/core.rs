@@ -409,6 +409,7 @@ impl Router {
             status_detail: String::new(),
             excluded: Vec::new(),
             accepted_at: None,
+            offers: 0,
         };
         self.state.next_ordinal += 1;
         self.state.requests.insert(id, Arc::new(request));
@@ -923,6 +924,7 @@ impl Router {
             r.lease_expires_at = Some(lease);
             r.predicted_result_at = Some(p.predicted_at);
             r.transport_minutes = p.transport_minutes;
+            r.offers += 1;
             r.status_detail = format!("offered to {}", r.lab.as_ref().map_or("", |l| l.as_str()));
         });
         self.emit_lab(&lab, id, JobEventKind::Offered, now, out);

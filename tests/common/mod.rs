@@ -20,6 +20,8 @@ use tonic::Streaming;
 /// A broker running in this process.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The metrics and health HTTP listener.
+    pub ops_addr: SocketAddr,
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), labaid::Error>>>,
@@ -51,12 +53,20 @@ impl TestBroker {
         config.clock = clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind ops");
+        let ops_addr = ops.local_addr().expect("ops addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(labaid::serve(listener, config, async {
+        let listeners = labaid::Listeners {
+            grpc: listener,
+            ops: Some(ops),
+        };
+        let task = tokio::spawn(labaid::serve_on(listeners, config, async {
             let _ = stopped.await;
         }));
+        wait_until_serving(addr).await;
         Self {
             addr,
+            ops_addr,
             clock,
             stop: Some(stop),
             task: Some(task),
@@ -100,6 +110,32 @@ impl TestBroker {
         }
         if let Some(task) = self.task.take() {
             task.await.expect("join").expect("serve");
+        }
+    }
+}
+
+/// Waits (via gRPC health watch, no polling) until the broker reports SERVING.
+pub async fn wait_until_serving(addr: SocketAddr) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect for health");
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    loop {
+        let status = next(&mut watch).await.status;
+        if status == ServingStatus::Serving as i32 {
+            return;
         }
     }
 }

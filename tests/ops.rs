@@ -1,0 +1,210 @@
+//! Operations: metrics after a walkthrough, health endpoints, and health during drain.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use labaid::proto::{self, Priority};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line, e.g. `labaid_requests{priority="stat",state="resulted"}`.
+fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no sample {name_and_labels}"))
+}
+
+#[tokio::test]
+async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    let r = trust
+        .requests()
+        .submit_request(submission("M-1", Priority::Stat, broker.now()))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let lab = broker.client(&r.lab).await;
+    broker.advance(Duration::from_secs(30));
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .receive_sample(proto::ReceiveSampleRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    broker.advance(Duration::from_secs(60 * 60));
+    lab.labs()
+        .post_results(proto::PostResultsRequest {
+            id: r.id.clone(),
+            observations: vec![proto::Observation {
+                test: "K".into(),
+                value: "7.0".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    // Two routine requests wait: nothing has room for them.
+    close_all_labs(&broker).await;
+    for i in 0..2 {
+        trust
+            .requests()
+            .submit_request(submission(
+                &format!("M-Q{i}"),
+                Priority::Routine,
+                broker.now(),
+            ))
+            .await
+            .unwrap();
+    }
+    let err = trust
+        .requests()
+        .get_request(proto::GetRequestRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await;
+    assert!(err.is_err());
+
+    let (status, body) = http_get(broker.ops_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_requests{priority="stat",state="resulted"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&body, r#"labaid_requests{priority="stat",state="offered"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_requests{priority="routine",state="queued"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&body, r#"labaid_queue_depth{priority="routine"}"#),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_time_to_offer_seconds_count{priority="stat"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_time_to_accept_seconds_sum{priority="stat"}"#
+        ),
+        30.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_time_to_result_seconds_count{priority="stat"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_time_to_result_seconds_sum{priority="stat"}"#
+        ),
+        3630.0
+    );
+    assert_eq!(
+        sample(&body, r#"labaid_critical_results_total{priority="stat"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_grpc_calls_total{code="OK",method="labaid.v1.RequestService/SubmitRequest"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"labaid_grpc_calls_total{code="NOT_FOUND",method="labaid.v1.RequestService/GetRequest"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!(r#"labaid_lab_capacity{{lab="{}",test="K"}}"#, r.lab)
+        ),
+        0.0
+    );
+    assert!(sample(&body, "labaid_store_batch_commands_count") >= 5.0);
+    assert!(!body.contains("9434765919"), "no patient data in metrics");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_for_load_balancers() {
+    let broker = TestBroker::spawn().await;
+    assert_eq!(http_get(broker.ops_addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(broker.ops_addr, "/readyz").await.0, 200);
+    assert_eq!(http_get(broker.ops_addr, "/nope").await.0, 404);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_goes_not_serving_when_draining_begins() {
+    // The health watch stream never ends by itself, so shutdown waits out the grace period.
+    let mut config = labaid::Config::demo().unwrap();
+    config.shutdown_grace = Duration::from_millis(200);
+    let broker = TestBroker::spawn_with(config).await;
+    let mut health = HealthClient::new(broker.client_with_token(None).await.channel());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut watch).await.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(broker.shutdown());
+    assert_eq!(
+        next(&mut watch).await.status,
+        ServingStatus::NotServing as i32
+    );
+    stopping.await.unwrap();
+}
