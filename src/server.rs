@@ -1,17 +1,19 @@
 //! The broker server: wires the store, the engine and the gRPC services onto a bound listener.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::api::{Context, DirectoryApi, LabApi, RequestApi};
-use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::audit::AuditLog;
+use crate::auth::{Authenticator, RateLimiter, WatchLimiter};
+use crate::config::{Config, Limits, TlsPaths};
 use crate::engine::{Engine, Views};
 use crate::error::Error;
 use crate::proto;
@@ -35,8 +37,9 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
     let demo_tokens = config.demo && addr.ip().is_loopback();
+    let tls = transport_security(addr, &config, demo_tokens)?;
     if demo_tokens {
-        tracing::warn!(listen = %addr, "demo mode: plaintext, demo tokens accepted on loopback");
+        tracing::warn!(listen = %addr, "demo mode: demo tokens accepted on loopback");
     }
     let router = Router::new(
         config.catalogue.clone(),
@@ -52,16 +55,15 @@ pub async fn serve(
         views,
         config.clock.clone(),
     )?;
-    let auth = Authenticator::new(
-        config.trusts.keys().cloned(),
-        config.labs.iter().map(|l| l.ods.clone()),
-        demo_tokens,
-    );
+    let auth = authenticator(&config, demo_tokens);
+    let (audit, audit_writer) = AuditLog::open(&config.data_dir, config.clock.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Context {
         engine: engine.clone(),
         auth,
         shutdown: stop_rx,
+        audit,
+        watches: WatchLimiter::new(config.limits.watches_per_org),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -105,7 +107,13 @@ pub async fn serve(
         }
         let _ = stop_tx.send(true);
     };
-    let result = Server::builder()
+    let mut builder = limited(Server::builder(), &config.limits);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::FailedPrecondition(format!("tls: {e}")))?;
+    }
+    let result = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -128,6 +136,93 @@ pub async fn serve(
     drop(engine);
     // The sequencer ends once every engine handle is gone; wait so the journal is complete.
     let _ = tokio::task::spawn_blocking(move || sequencer.join()).await;
+    let _ = tokio::task::spawn_blocking(move || audit_writer.close()).await;
     tracing::info!("broker stopped");
     result
+}
+
+// --- Transport security, authentication and limits. ---
+
+/// The TLS the listener needs, or the reason the broker will not start: plaintext is served only
+/// on loopback, and there only for the demo or a config that says `allow_plaintext_loopback`.
+fn transport_security(
+    addr: SocketAddr,
+    config: &Config,
+    demo_tokens: bool,
+) -> Result<Option<ServerTlsConfig>, Error> {
+    let refuse = |why: String| Err(Error::FailedPrecondition(why));
+    match &config.tls {
+        Some(paths) => {
+            // Sites without a PKI may still call with a token over server-authenticated TLS.
+            let tokens_allowed = demo_tokens || !config.tokens.is_empty();
+            tracing::info!(
+                listen = %addr,
+                mutual = paths.client_ca.is_some(),
+                client_cert_optional = tokens_allowed,
+                "TLS enabled"
+            );
+            tls_config(paths, tokens_allowed).map(Some)
+        }
+        None if !addr.ip().is_loopback() => refuse(format!(
+            "refusing to serve plaintext on {addr}: patient data needs TLS; set --tls-cert and \
+             --tls-key (and --client-ca for mutual TLS), or listen on loopback"
+        )),
+        None if config.demo || config.allow_plaintext_loopback => {
+            tracing::warn!(listen = %addr, "serving PLAINTEXT on loopback: for demos and local tests only");
+            Ok(None)
+        }
+        None => refuse(format!(
+            "refusing to serve plaintext on {addr}: configure [tls], or set \
+             allow_plaintext_loopback = true in the config file for local use"
+        )),
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::FailedPrecondition(format!(
+            "tls: cannot read the {what} {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn tls_config(paths: &TlsPaths, client_cert_optional: bool) -> Result<ServerTlsConfig, Error> {
+    let identity = Identity::from_pem(
+        read_pem(&paths.cert, "certificate")?,
+        read_pem(&paths.key, "key")?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &paths.client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))
+            .client_auth_optional(client_cert_optional);
+    }
+    Ok(tls)
+}
+
+fn authenticator(config: &Config, demo_tokens: bool) -> Authenticator {
+    Authenticator::new(
+        config.trusts.keys().cloned(),
+        config.labs.iter().map(|l| l.ods.clone()),
+        demo_tokens,
+    )
+    .with_coordinators(config.coordinators.iter().cloned())
+    .with_tokens(config.tokens.iter().cloned())
+    .with_rate_limit(RateLimiter::new(
+        config.limits.rate_per_second,
+        config.limits.burst,
+        config.clock.clone(),
+    ))
+}
+
+/// Per-connection limits; per-organisation ones are in the authenticator and the watch limiter.
+fn limited(builder: Server, limits: &Limits) -> Server {
+    builder
+        .concurrency_limit_per_connection(limits.streams_per_connection as usize)
+        .max_concurrent_streams(limits.streams_per_connection)
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(limits.keepalive))
+        .http2_keepalive_timeout(Some(limits.keepalive))
+        .tcp_keepalive(Some(limits.keepalive))
 }

@@ -22,6 +22,9 @@ pub struct TestBroker {
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), labaid::Error>>>,
+    /// Where the broker keeps its files (the audit log).
+    pub data_dir: std::path::PathBuf,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -30,10 +33,21 @@ impl TestBroker {
         Self::spawn_with(Config::demo().expect("demo config")).await
     }
 
-    /// A broker with this config (its clock is replaced by a manual one).
+    /// A broker with this config (its clock is replaced by a manual one). A config that names no
+    /// data directory gets a fresh temporary one; one without TLS may serve plaintext, since the
+    /// harness listens on loopback only.
     pub async fn spawn_with(mut config: Config) -> Self {
         let clock = Arc::new(ManualClock::new(Timestamp::now()));
         config.clock = clock.clone();
+        let data = (config.data_dir == std::path::Path::new(labaid::config::DEFAULT_DATA_DIR))
+            .then(|| tempfile::tempdir().expect("tempdir"));
+        if let Some(d) = &data {
+            config.data_dir = d.path().to_path_buf();
+        }
+        if config.tls.is_none() {
+            config.allow_plaintext_loopback = true;
+        }
+        let data_dir = config.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -45,6 +59,8 @@ impl TestBroker {
             clock,
             stop: Some(stop),
             task: Some(task),
+            data_dir,
+            _data: data,
         }
     }
 
@@ -62,6 +78,7 @@ impl TestBroker {
             addr: self.url(),
             token: token.map(str::to_string),
             connect_timeout: None,
+            tls: None,
         })
         .await
         .expect("connect")
