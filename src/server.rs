@@ -192,7 +192,10 @@ fn tls_config(paths: &TlsPaths, client_cert_optional: bool) -> Result<ServerTlsC
         read_pem(&paths.cert, "certificate")?,
         read_pem(&paths.key, "key")?,
     );
-    let mut tls = ServerTlsConfig::new().identity(identity);
+    // A bounded handshake, so half-open TLS connections cannot pile up.
+    let mut tls = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(std::time::Duration::from_secs(10));
     if let Some(ca) = &paths.client_ca {
         tls = tls
             .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))

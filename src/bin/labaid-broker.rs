@@ -137,9 +137,17 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if let Some(tls) = TlsPaths::from_parts(args.tls_cert, args.tls_key, args.client_ca)? {
-        config.tls = Some(tls);
-    }
+    // Each flag overrides the same key of the config file's [tls].
+    let (cert, key, client_ca) = config
+        .tls
+        .take()
+        .map(|t| (Some(t.cert), Some(t.key), t.client_ca))
+        .unwrap_or_default();
+    config.tls = TlsPaths::from_parts(
+        args.tls_cert.or(cert),
+        args.tls_key.or(key),
+        args.client_ca.or(client_ca),
+    )?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
