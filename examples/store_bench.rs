@@ -88,6 +88,7 @@ async fn connect(addr: &str, org: &str) -> anyhow::Result<Client> {
         addr: format!("http://{addr}"),
         token: Some(format!("demo:{org}")),
         connect_timeout: None,
+        tls: None,
     })
     .await?)
 }

@@ -1,12 +1,13 @@
 //! The typed client that `labctl`, the bench and the tests share: a channel plus the caller's
 //! credential on every call.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 use crate::proto::directory_service_client::DirectoryServiceClient;
@@ -22,6 +23,20 @@ pub struct ConnectOptions {
     pub token: Option<String>,
     /// How long to wait for the connection.
     pub connect_timeout: Option<Duration>,
+    /// TLS; when set, an `http://` address is upgraded to `https://`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS (labctl: `--ca`, `--cert`, `--key`; `LABAID_CA`, `LABAID_CERT`,
+/// `LABAID_KEY`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA that issued the broker's certificate.
+    pub ca: PathBuf,
+    /// This organisation's client certificate (mutual TLS); leave out to use a token instead.
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    pub key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -29,6 +44,7 @@ impl std::fmt::Debug for ConnectOptions {
         f.debug_struct("ConnectOptions")
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -47,6 +63,9 @@ pub enum ClientError {
     /// The token cannot be sent as a header.
     #[error("the token contains characters that cannot be sent")]
     Token,
+    /// A TLS file is missing or unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// No connection could be made.
     #[error("cannot reach the broker at {addr}: {source}")]
     Connect {
@@ -55,6 +74,31 @@ pub enum ClientError {
         /// The transport error.
         source: tonic::transport::Error,
     },
+}
+
+fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|e| ClientError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+fn client_tls(files: &TlsFiles) -> Result<ClientTlsConfig, ClientError> {
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&files.ca, "CA")?));
+    match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "certificate")?,
+                read(key, "key")?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ClientError::Tls(
+                "give the client certificate and its key together".into(),
+            ));
+        }
+    }
+    Ok(tls)
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -85,13 +129,22 @@ pub type Authed = InterceptedService<Channel, BearerAuth>;
 impl Client {
     /// Connects to the broker.
     pub async fn connect(options: &ConnectOptions) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(options.addr.clone())
+        let addr = match (&options.tls, options.addr.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => options.addr.clone(),
+        };
+        let mut endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| ClientError::Address {
-                addr: options.addr.clone(),
+                addr: addr.clone(),
                 reason: e.to_string(),
             })?
             .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(5)))
             .tcp_nodelay(true);
+        if let Some(files) = &options.tls {
+            endpoint = endpoint
+                .tls_config(client_tls(files)?)
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
         let auth = match &options.token {
             Some(t) => Some(
                 format!("Bearer {t}")

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::auth::{Role, TokenHash};
 use crate::domain::{Catalogue, MINUTE_MS, OdsCode, TestCode, TestDef};
 use crate::engine::{Clock, SystemClock};
 use crate::routing::{LabConfig, Leases};
@@ -80,7 +81,214 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// How the store syncs and when it snapshots.
     pub store: StoreOptions,
+    /// TLS for the listener; without it the broker serves plaintext on loopback only.
+    pub tls: Option<TlsPaths>,
+    /// Serve plaintext on a loopback listener with a config file (the demo may without this).
+    pub allow_plaintext_loopback: bool,
+    /// Bearer tokens (hashes only) for sites without a PKI.
+    pub tokens: Vec<TokenHash>,
+    /// Organisations whose client certificates act as coordinators.
+    pub coordinators: BTreeSet<OdsCode>,
+    /// Abuse limits.
+    pub limits: Limits,
 }
+
+// --- Security settings: TLS, tokens, coordinators, limits. ---
+
+/// The broker's certificate and key, and the CA its clients' certificates must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// PEM certificate chain of the broker.
+    pub cert: PathBuf,
+    /// PEM private key of the broker.
+    pub key: PathBuf,
+    /// PEM CA for client certificates (mutual TLS); without it only tokens authenticate.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    /// TLS from the three flags: none at all is plaintext; a CA alone, or a certificate without
+    /// its key, is a mistake.
+    pub fn from_parts(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Result<Option<Self>, ConfigError> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(Self {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None) if client_ca.is_none() => Ok(None),
+            _ => Err(ConfigError::Invalid(
+                "tls: give the broker's certificate and key together (--tls-cert and --tls-key); \
+                 --client-ca needs them too"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Limits against abuse. The defaults are generous so that benchmarks are not throttled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Calls per second each organisation may sustain.
+    pub rate_per_second: u32,
+    /// Calls an organisation may make at once before the rate applies.
+    pub burst: u32,
+    /// Open watch streams per organisation.
+    pub watches_per_org: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub streams_per_connection: u32,
+    /// Longest a unary call (or the start of a stream) may take.
+    pub request_timeout: std::time::Duration,
+    /// HTTP/2 keepalive ping interval; dead peers are dropped after one more interval.
+    pub keepalive: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 2000,
+            burst: 4000,
+            watches_per_org: 64,
+            streams_per_connection: 256,
+            request_timeout: std::time::Duration::from_secs(30),
+            keepalive: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    rate_per_second: Option<u32>,
+    burst: Option<u32>,
+    watches_per_org: Option<usize>,
+    streams_per_connection: Option<u32>,
+    request_timeout_seconds: Option<u64>,
+    keepalive_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    org: String,
+    role: String,
+    sha256: String,
+}
+
+/// The security part of a config file, checked against the directory.
+struct Security {
+    tls: Option<TlsPaths>,
+    allow_plaintext_loopback: bool,
+    tokens: Vec<TokenHash>,
+    coordinators: BTreeSet<OdsCode>,
+    limits: Limits,
+}
+
+fn build_security(
+    file: SecurityFile,
+    trusts: &BTreeMap<OdsCode, String>,
+    labs: &[LabConfig],
+) -> Result<Security, ConfigError> {
+    let invalid = ConfigError::Invalid;
+    let coordinators = file
+        .coordinators
+        .unwrap_or_else(|| vec![crate::auth::COORDINATOR_ORG.to_string()])
+        .iter()
+        .map(|c| OdsCode::parse(c).map_err(|e| invalid(format!("coordinators: {c}: {e}"))))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let is_lab = |o: &OdsCode| labs.iter().any(|l| &l.ods == o);
+    if let Some(c) = coordinators
+        .iter()
+        .find(|c| trusts.contains_key(*c) || is_lab(c))
+    {
+        return Err(invalid(format!(
+            "coordinators: {c} is already a trust or lab in the directory"
+        )));
+    }
+    let mut tokens = Vec::new();
+    for t in file.tokens {
+        let org = OdsCode::parse(&t.org).map_err(|e| invalid(format!("token {}: {e}", t.org)))?;
+        let role = Role::parse(&t.role).map_err(|e| invalid(format!("token {org}: {e}")))?;
+        let fits = match role {
+            Role::Trust => trusts.contains_key(&org),
+            Role::Lab => is_lab(&org),
+            Role::Coordinator => !trusts.contains_key(&org) && !is_lab(&org),
+        };
+        if !fits {
+            return Err(invalid(format!(
+                "token {org}: role {} does not match the directory",
+                role.as_str()
+            )));
+        }
+        let sha256 =
+            TokenHash::parse_hex(&t.sha256).map_err(|e| invalid(format!("token {org}: {e}")))?;
+        if tokens.iter().any(|x: &TokenHash| x.sha256 == sha256) {
+            return Err(invalid(format!(
+                "token {org}: the same hash is listed twice"
+            )));
+        }
+        tokens.push(TokenHash { org, role, sha256 });
+    }
+    let d = Limits::default();
+    let limits = match file.limits {
+        None => d,
+        Some(l) => Limits {
+            rate_per_second: l.rate_per_second.unwrap_or(d.rate_per_second),
+            burst: l.burst.unwrap_or(d.burst),
+            watches_per_org: l.watches_per_org.unwrap_or(d.watches_per_org),
+            streams_per_connection: l.streams_per_connection.unwrap_or(d.streams_per_connection),
+            request_timeout: l
+                .request_timeout_seconds
+                .map_or(d.request_timeout, std::time::Duration::from_secs),
+            keepalive: l
+                .keepalive_seconds
+                .map_or(d.keepalive, std::time::Duration::from_secs),
+        },
+    };
+    if limits.rate_per_second == 0
+        || limits.burst == 0
+        || limits.watches_per_org == 0
+        || limits.streams_per_connection == 0
+        || limits.request_timeout.is_zero()
+        || limits.keepalive.is_zero()
+    {
+        return Err(invalid("limits: every limit must be at least 1".into()));
+    }
+    Ok(Security {
+        tls: file.tls.map(|t| TlsPaths {
+            cert: t.cert,
+            key: t.key,
+            client_ca: t.client_ca,
+        }),
+        allow_plaintext_loopback: file.allow_plaintext_loopback.unwrap_or(false),
+        tokens,
+        coordinators,
+        limits,
+    })
+}
+
+/// The security keys of the file, split off before the directory is built.
+struct SecurityFile {
+    tls: Option<RawTls>,
+    allow_plaintext_loopback: Option<bool>,
+    tokens: Vec<RawToken>,
+    coordinators: Option<Vec<String>>,
+    limits: Option<RawLimits>,
+}
+
+// --- End of security settings. ---
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +306,12 @@ struct FileConfig {
     trusts: Vec<RawTrust>,
     #[serde(default, rename = "lab")]
     labs: Vec<RawLab>,
+    tls: Option<RawTls>,
+    allow_plaintext_loopback: Option<bool>,
+    #[serde(default, rename = "token")]
+    tokens: Vec<RawToken>,
+    coordinators: Option<Vec<String>>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,8 +421,18 @@ impl Config {
         Self::build(file, fallback)
     }
 
-    fn build(file: FileConfig, fallback_tests: Option<Vec<RawTest>>) -> Result<Self, ConfigError> {
+    fn build(
+        mut file: FileConfig,
+        fallback_tests: Option<Vec<RawTest>>,
+    ) -> Result<Self, ConfigError> {
         let invalid = ConfigError::Invalid;
+        let security_file = SecurityFile {
+            tls: file.tls.take(),
+            allow_plaintext_loopback: file.allow_plaintext_loopback.take(),
+            tokens: std::mem::take(&mut file.tokens),
+            coordinators: file.coordinators.take(),
+            limits: file.limits.take(),
+        };
         let listen = file
             .listen
             .as_deref()
@@ -353,6 +577,7 @@ impl Config {
         if retention_days == 0 {
             return Err(invalid("retention_days must be at least 1".into()));
         }
+        let security = build_security(security_file, &trusts, &labs)?;
         Ok(Self {
             listen,
             metrics_listen,
@@ -368,6 +593,11 @@ impl Config {
             demo: false,
             clock: Arc::new(SystemClock),
             store: StoreOptions::default(),
+            tls: security.tls,
+            allow_plaintext_loopback: security.allow_plaintext_loopback,
+            tokens: security.tokens,
+            coordinators: security.coordinators,
+            limits: security.limits,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! capacity, to a partner lab that can run every test before the sample spoils.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

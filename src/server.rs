@@ -11,13 +11,14 @@ use std::task::{Context as TaskContext, Poll};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::{Context, DirectoryApi, LabApi, RequestApi};
-use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::audit::AuditLog;
+use crate::auth::{Authenticator, RateLimiter, WatchLimiter};
+use crate::config::{Config, Limits, TlsPaths};
 use crate::engine::{Engine, Views};
 use crate::error::Error;
 use crate::ops::{Metrics, Readiness, RpcLayer, StartingLayer};
@@ -45,6 +46,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Metrics and health over HTTP; `None` for none.
     pub ops: Option<TcpListener>,
+    /// Told once the broker serves calls (after recovery).
+    pub on_ready: Option<oneshot::Sender<()>>,
 }
 
 /// Serves the broker on `listener` (and the operations listener at `config.metrics_listen`, if
@@ -65,6 +68,7 @@ pub async fn serve(
         Listeners {
             grpc: listener,
             ops,
+            on_ready: None,
         },
         config,
         shutdown,
@@ -88,8 +92,9 @@ pub async fn serve_on(
     let ops_addr = listeners.ops.as_ref().and_then(|l| l.local_addr().ok());
     log_effective_config(&config, addr, ops_addr);
     let demo_tokens = config.demo && addr.ip().is_loopback();
+    let tls = transport_security(addr, &config, demo_tokens)?;
     if demo_tokens {
-        tracing::warn!(listen = %addr, "demo mode: plaintext, demo tokens accepted on loopback");
+        tracing::warn!(listen = %addr, "demo mode: demo tokens accepted on loopback");
     }
     let ready = Readiness::default();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -116,8 +121,14 @@ pub async fn serve_on(
     // orchestrators see a starting broker rather than a dead one.
     let (recovered_tx, recovered_rx) = oneshot::channel::<()>();
     let starting_done = Arc::new(AtomicBool::new(false));
+    let mut starting_builder = Server::builder();
+    if let Some(tls) = &tls {
+        starting_builder = starting_builder
+            .tls_config(tls.clone())
+            .map_err(|e| Error::FailedPrecondition(format!("tls: {e}")))?;
+    }
     let starting = tokio::spawn(
-        Server::builder()
+        starting_builder
             .layer(StartingLayer)
             .add_service(health_service.clone())
             .serve_with_incoming_shutdown(
@@ -160,15 +171,14 @@ pub async fn serve_on(
         config.clock.clone(),
     )?;
     let _ = engine_slot.set(engine.clone());
-    let auth = Authenticator::new(
-        config.trusts.keys().cloned(),
-        config.labs.iter().map(|l| l.ods.clone()),
-        demo_tokens,
-    );
+    let auth = authenticator(&config, demo_tokens);
+    let (audit, audit_writer) = AuditLog::open(&config.data_dir, config.clock.clone())?;
     let ctx = Context {
         engine: engine.clone(),
         auth,
         shutdown: stop_rx.clone(),
+        audit,
+        watches: WatchLimiter::new(config.limits.watches_per_org),
     };
 
     let reflection = tonic_reflection::server::Builder::configure()
@@ -200,7 +210,13 @@ pub async fn serve_on(
         });
     }
     let grace = config.shutdown_grace;
-    let server = Server::builder()
+    let mut builder = limited(Server::builder(), &config.limits);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::FailedPrecondition(format!("tls: {e}")))?;
+    }
+    let server = builder
         .layer(RpcLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection)
@@ -229,6 +245,9 @@ pub async fn serve_on(
     ready.set(true);
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(listen = %addr, "broker serving");
+    if let Some(on_ready) = listeners.on_ready {
+        let _ = on_ready.send(());
+    }
 
     // The server future owns the services and so engine handles: it must be dropped (not just
     // abandoned after the grace period) before the sequencer can finish.
@@ -261,6 +280,7 @@ pub async fn serve_on(
     }
     // Wait for the sequencer, so the journal is complete and synced.
     let _ = tokio::task::spawn_blocking(move || sequencer.join()).await;
+    let _ = tokio::task::spawn_blocking(move || audit_writer.close()).await;
     tracing::info!("broker stopped");
     result
 }
@@ -318,4 +338,93 @@ fn log_effective_config(config: &Config, grpc: SocketAddr, ops: Option<SocketAdd
         shutdown_grace_s = config.shutdown_grace.as_secs(),
         "effective configuration"
     );
+}
+
+// --- Transport security, authentication and limits. ---
+
+/// The TLS the listener needs, or the reason the broker will not start: plaintext is served only
+/// on loopback, and there only for the demo or a config that says `allow_plaintext_loopback`.
+fn transport_security(
+    addr: SocketAddr,
+    config: &Config,
+    demo_tokens: bool,
+) -> Result<Option<ServerTlsConfig>, Error> {
+    let refuse = |why: String| Err(Error::FailedPrecondition(why));
+    match &config.tls {
+        Some(paths) => {
+            // Sites without a PKI may still call with a token over server-authenticated TLS.
+            let tokens_allowed = demo_tokens || !config.tokens.is_empty();
+            tracing::info!(
+                listen = %addr,
+                mutual = paths.client_ca.is_some(),
+                client_cert_optional = tokens_allowed,
+                "TLS enabled"
+            );
+            tls_config(paths, tokens_allowed).map(Some)
+        }
+        None if !addr.ip().is_loopback() => refuse(format!(
+            "refusing to serve plaintext on {addr}: patient data needs TLS; set --tls-cert and \
+             --tls-key (and --client-ca for mutual TLS), or listen on loopback"
+        )),
+        None if config.demo || config.allow_plaintext_loopback => {
+            tracing::warn!(listen = %addr, "serving PLAINTEXT on loopback: for demos and local tests only");
+            Ok(None)
+        }
+        None => refuse(format!(
+            "refusing to serve plaintext on {addr}: configure [tls], or set \
+             allow_plaintext_loopback = true in the config file for local use"
+        )),
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::FailedPrecondition(format!(
+            "tls: cannot read the {what} {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn tls_config(paths: &TlsPaths, client_cert_optional: bool) -> Result<ServerTlsConfig, Error> {
+    let identity = Identity::from_pem(
+        read_pem(&paths.cert, "certificate")?,
+        read_pem(&paths.key, "key")?,
+    );
+    // A bounded handshake, so half-open TLS connections cannot pile up.
+    let mut tls = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(ca) = &paths.client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))
+            .client_auth_optional(client_cert_optional);
+    }
+    Ok(tls)
+}
+
+fn authenticator(config: &Config, demo_tokens: bool) -> Authenticator {
+    Authenticator::new(
+        config.trusts.keys().cloned(),
+        config.labs.iter().map(|l| l.ods.clone()),
+        demo_tokens,
+    )
+    .with_coordinators(config.coordinators.iter().cloned())
+    .with_tokens(config.tokens.iter().cloned())
+    .with_rate_limit(RateLimiter::new(
+        config.limits.rate_per_second,
+        config.limits.burst,
+        config.clock.clone(),
+    ))
+}
+
+/// Per-connection limits; per-organisation ones are in the authenticator and the watch limiter.
+fn limited(builder: Server, limits: &Limits) -> Server {
+    builder
+        .concurrency_limit_per_connection(limits.streams_per_connection as usize)
+        .max_concurrent_streams(limits.streams_per_connection)
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(limits.keepalive))
+        .http2_keepalive_timeout(Some(limits.keepalive))
+        .tcp_keepalive(Some(limits.keepalive))
 }

@@ -181,6 +181,7 @@ impl Broker {
             addr: format!("http://{}", self.addr),
             token: Some(format!("demo:{org}")),
             connect_timeout: Some(Duration::from_secs(5)),
+            tls: None,
         })
         .await
         .expect("connect")

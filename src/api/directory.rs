@@ -26,7 +26,7 @@ impl DirectoryService for DirectoryApi {
         &self,
         request: Request<proto::ListLabsRequest>,
     ) -> Result<Response<proto::ListLabsResponse>, Status> {
-        self.ctx.auth.authenticate(request.metadata())?;
+        self.ctx.auth.authenticate(&request)?;
         let labs = self.ctx.engine.views().labs();
         Ok(Response::new(proto::ListLabsResponse {
             labs: labs.iter().map(lab_to).collect(),
@@ -37,7 +37,7 @@ impl DirectoryService for DirectoryApi {
         &self,
         request: Request<proto::ListTestsRequest>,
     ) -> Result<Response<proto::ListTestsResponse>, Status> {
-        self.ctx.auth.authenticate(request.metadata())?;
+        self.ctx.auth.authenticate(&request)?;
         let catalogue = self.ctx.engine.views().catalogue();
         Ok(Response::new(proto::ListTestsResponse {
             tests: catalogue.iter().map(test_to).collect(),

@@ -8,6 +8,7 @@ use super::convert::{
     status_from, status_to,
 };
 use super::{Context, page_size, page_token, parse_id};
+use crate::audit::Action;
 use crate::auth::{Principal, Role};
 use crate::domain::{
     BoundedText, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, RawObservation, TestCode,
@@ -36,7 +37,7 @@ impl LabApi {
     }
 
     fn lab<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
-        let who = self.ctx.auth.authenticate(request.metadata())?;
+        let who = self.ctx.auth.authenticate(request)?;
         who.require(Role::Lab)?;
         Ok(who)
     }
@@ -68,10 +69,13 @@ impl LabService for LabApi {
         request: Request<proto::WatchOffersRequest>,
     ) -> Result<Response<Self::WatchOffersStream>, Status> {
         let who = self.lab(&request)?;
+        let slot = self.ctx.watches.acquire(&who.org)?;
+        self.ctx.audit.record(&who, Action::OffersWatch, None)?;
         let log = self.ctx.engine.views().log(&who.org);
         Ok(Response::new(super::watch::pump(
             log,
             request.get_ref().after_sequence,
+            slot,
             self.ctx.shutdown.clone(),
             job_event_to,
         )))
@@ -103,6 +107,9 @@ impl LabService for LabApi {
                 && (states.is_empty() || states.contains(&r.state))
                 && (priorities.is_empty() || priorities.contains(&r.submission.priority))
         });
+        for r in page.iter().filter(|r| r.patient_visible_to_lab()) {
+            self.ctx.audit.record(&who, Action::JobList, Some(&r.id))?;
+        }
         Ok(Response::new(proto::ListJobsResponse {
             jobs: page.iter().map(|r| job_to(r)).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -122,6 +129,9 @@ impl LabService for LabApi {
             .request(&id)
             .filter(|r| r.is_job_of(&who.org))
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        if job.patient_visible_to_lab() {
+            self.ctx.audit.record(&who, Action::JobGet, Some(&id))?;
+        }
         Ok(Response::new(job_to(&job)))
     }
 
@@ -137,6 +147,7 @@ impl LabService for LabApi {
                 id,
             })
             .await?;
+        self.ctx.audit.record(&who, Action::JobAccept, Some(&id))?;
         tracing::info!(request.id = %id, org = %who.org, "job accepted");
         Ok(job)
     }
@@ -161,6 +172,7 @@ impl LabService for LabApi {
                 reason,
             })
             .await?;
+        self.ctx.audit.record(&who, Action::JobDecline, Some(&id))?;
         tracing::info!(request.id = %id, org = %who.org, "job declined");
         Ok(Response::new(proto::DeclineJobResponse {
             id: id.to_string(),
@@ -173,8 +185,14 @@ impl LabService for LabApi {
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.lab(&request)?;
         let id = parse_id(&request.get_ref().id)?;
-        self.job_command(Command::Receive { lab: who.org, id })
-            .await
+        let job = self
+            .job_command(Command::Receive {
+                lab: who.org.clone(),
+                id,
+            })
+            .await?;
+        self.ctx.audit.record(&who, Action::JobReceive, Some(&id))?;
+        Ok(job)
     }
 
     async fn post_results(
@@ -233,6 +251,7 @@ impl LabService for LabApi {
                 observations,
             })
             .await?;
+        self.ctx.audit.record(&who, Action::JobResults, Some(&id))?;
         tracing::info!(request.id = %id, org = %who.org, "results posted");
         Ok(job)
     }
@@ -263,6 +282,7 @@ impl LabService for LabApi {
                 detail,
             })
             .await?;
+        self.ctx.audit.record(&who, Action::JobFail, Some(&id))?;
         tracing::info!(request.id = %id, org = %who.org, reason = reason.as_str(), "job failed");
         Ok(job)
     }
@@ -298,6 +318,7 @@ impl LabService for LabApi {
             .await?
         {
             Reply::Capacity(state) => {
+                self.ctx.audit.record(&who, Action::LabCapacity, None)?;
                 tracing::info!(org = %who.org, test = %test, capacity = m.capacity, "capacity set");
                 Ok(Response::new(proto::Capacity {
                     lab: who.org.to_string(),
@@ -325,6 +346,7 @@ impl LabService for LabApi {
             .await?
         {
             Reply::Status { status, withdrawn } => {
+                self.ctx.audit.record(&who, Action::LabStatus, None)?;
                 tracing::info!(org = %who.org, status = status.as_str(), withdrawn, "lab status set");
                 Ok(Response::new(proto::SetStatusResponse {
                     lab: who.org.to_string(),

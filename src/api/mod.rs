@@ -9,7 +9,8 @@ mod watch;
 
 use tokio::sync::watch as signal;
 
-use crate::auth::Authenticator;
+use crate::audit::AuditLog;
+use crate::auth::{Authenticator, WatchLimiter};
 use crate::domain::RequestId;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -27,6 +28,10 @@ pub struct Context {
     pub auth: Authenticator,
     /// Becomes true when the broker begins to shut down; watch streams end then.
     pub shutdown: signal::Receiver<bool>,
+    /// The audit trail of patient-data reads and state changes.
+    pub audit: AuditLog,
+    /// Open watch streams per organisation.
+    pub watches: WatchLimiter,
 }
 
 /// Largest page a list call returns.

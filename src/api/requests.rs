@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{priority_from, raw_submission, request_event_to, request_to, state_from};
 use super::{Context, page_size, page_token, parse_id};
+use crate::audit::Action;
 use crate::auth::Role;
 use crate::domain::{BoundedText, MAX_NOTE_CHARS, NewRequest, RequestId};
 use crate::error::Error;
@@ -38,7 +39,7 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::SubmitRequestRequest>,
     ) -> Result<Response<proto::SubmitRequestResponse>, Status> {
-        let who = self.ctx.auth.authenticate(request.metadata())?;
+        let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
         let engine = &self.ctx.engine;
         let raw = raw_submission(request.into_inner());
@@ -51,8 +52,14 @@ impl RequestService for RequestApi {
                 request: new,
             })
             .await?;
-        let (request, replayed) = request_reply(reply)?;
-        tracing::Span::current().record("request.id", request.id.as_str());
+        let Reply::Request { request, replayed } = reply else {
+            return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
+        };
+        self.ctx
+            .audit
+            .record(&who, Action::RequestSubmit, Some(&request.id))?;
+        tracing::Span::current().record("request.id", tracing::field::display(request.id));
+        let request = request_to(&request);
         tracing::info!(request.id = %request.id, org = %who.org, replayed, "request submitted");
         Ok(Response::new(proto::SubmitRequestResponse {
             request: Some(request),
@@ -64,7 +71,7 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::GetRequestRequest>,
     ) -> Result<Response<proto::Request>, Status> {
-        let who = self.ctx.auth.authenticate(request.metadata())?;
+        let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
         let id = parse_id(&request.get_ref().id)?;
         let r = self
@@ -74,6 +81,7 @@ impl RequestService for RequestApi {
             .request(&id)
             .filter(|r| r.trust == who.org)
             .ok_or_else(|| Error::NotFound(format!("request {id} not found")))?;
+        self.ctx.audit.record(&who, Action::RequestGet, Some(&id))?;
         Ok(Response::new(request_to(&r)))
     }
 
@@ -81,7 +89,7 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::ListRequestsRequest>,
     ) -> Result<Response<proto::ListRequestsResponse>, Status> {
-        let who = self.ctx.auth.authenticate(request.metadata())?;
+        let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
         let m = request.into_inner();
         let states = m
@@ -104,6 +112,11 @@ impl RequestService for RequestApi {
                 && (states.is_empty() || states.contains(&r.state))
                 && (priorities.is_empty() || priorities.contains(&r.submission.priority))
         });
+        for r in &page {
+            self.ctx
+                .audit
+                .record(&who, Action::RequestList, Some(&r.id))?;
+        }
         Ok(Response::new(proto::ListRequestsResponse {
             requests: page.iter().map(|r| request_to(r)).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -114,7 +127,7 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::CancelRequestRequest>,
     ) -> Result<Response<proto::Request>, Status> {
-        let who = self.ctx.auth.authenticate(request.metadata())?;
+        let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
         let m = request.into_inner();
         let id = parse_id(&m.id)?;
@@ -129,6 +142,9 @@ impl RequestService for RequestApi {
                 reason,
             })
             .await?;
+        self.ctx
+            .audit
+            .record(&who, Action::RequestCancel, Some(&id))?;
         tracing::info!(request.id = %id, org = %who.org, "request cancelled");
         Ok(Response::new(request_reply(reply)?.0))
     }
@@ -139,13 +155,16 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::WatchRequestEventsRequest>,
     ) -> Result<Response<Self::WatchRequestEventsStream>, Status> {
-        let who = self.ctx.auth.authenticate(request.metadata())?;
+        let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
+        let slot = self.ctx.watches.acquire(&who.org)?;
+        self.ctx.audit.record(&who, Action::RequestWatch, None)?;
         let after = request.get_ref().after_sequence;
         let log = self.ctx.engine.views().log(&who.org);
         Ok(Response::new(super::watch::pump(
             log,
             after,
+            slot,
             self.ctx.shutdown.clone(),
             request_event_to,
         )))

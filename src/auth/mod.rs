@@ -1,12 +1,26 @@
 //! Who is calling: every RPC turns its credential into a [`Principal`] here, and nowhere else.
 
+mod cert;
+pub mod devpki;
+mod limit;
+mod token;
+
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
-use tonic::metadata::MetadataMap;
+use tonic::Request;
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
+use tonic::transport::CertificateDer;
 
 use crate::domain::OdsCode;
 use crate::error::Error;
+
+pub use cert::{ODS_URI_PREFIX, ods_of};
+pub use limit::{RateLimiter, WatchLimiter, WatchSlot};
+pub use token::{
+    NewToken, TOKEN_PREFIX, TokenHash, create as create_token, digest as token_digest,
+};
 
 /// What an organisation may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,15 +69,34 @@ impl Principal {
     }
 }
 
-/// The ODS code of NHS England, used as the organisation of the demo coordinator.
+/// The ODS code of NHS England, used as the organisation of the demo coordinator and the default
+/// coordinator organisation for certificates.
 pub const COORDINATOR_ORG: &str = "X24";
 
-/// Turns credentials into principals.
+impl Role {
+    /// Parses `trust`, `lab` or `coordinator`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "trust" => Ok(Self::Trust),
+            "lab" => Ok(Self::Lab),
+            "coordinator" => Ok(Self::Coordinator),
+            other => Err(format!(
+                "role {other:?} is not one of trust, lab, coordinator"
+            )),
+        }
+    }
+}
+
+/// Turns credentials into principals: a verified client certificate, a configured bearer token,
+/// or (demo on loopback only) a demo token; then charges the caller's rate limit.
 #[derive(Clone)]
 pub struct Authenticator {
     trusts: BTreeSet<OdsCode>,
     labs: BTreeSet<OdsCode>,
+    coordinators: BTreeSet<OdsCode>,
+    tokens: Arc<[TokenHash]>,
     demo_tokens: bool,
+    limiter: Option<RateLimiter>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -71,7 +104,10 @@ impl fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("trusts", &self.trusts.len())
             .field("labs", &self.labs.len())
+            .field("coordinators", &self.coordinators.len())
+            .field("tokens", &self.tokens.len())
             .field("demo_tokens", &self.demo_tokens)
+            .field("limiter", &self.limiter)
             .finish()
     }
 }
@@ -87,23 +123,92 @@ impl Authenticator {
         Self {
             trusts: trusts.into_iter().collect(),
             labs: labs.into_iter().collect(),
+            coordinators: BTreeSet::new(),
+            tokens: Arc::from(Vec::new()),
             demo_tokens,
+            limiter: None,
         }
     }
 
-    /// The caller of a request, or UNAUTHENTICATED. Names the organisation on the RPC's span.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Error> {
-        let principal = self.identify(metadata)?;
+    /// Organisations whose certificates act as coordinators.
+    pub fn with_coordinators(mut self, orgs: impl IntoIterator<Item = OdsCode>) -> Self {
+        self.coordinators = orgs.into_iter().collect();
+        self
+    }
+
+    /// The configured bearer tokens (hashes only).
+    pub fn with_tokens(mut self, tokens: impl IntoIterator<Item = TokenHash>) -> Self {
+        self.tokens = tokens.into_iter().collect();
+        self
+    }
+
+    /// Charges every authenticated call to its organisation's bucket.
+    pub fn with_rate_limit(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// The caller of a request: UNAUTHENTICATED without a valid credential, RESOURCE_EXHAUSTED
+    /// when its organisation is over its rate limit.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
+        let peer = request.peer_certs();
+        self.authenticate_parts(request.metadata(), peer.as_deref().map(Vec::as_slice))
+    }
+
+    /// [`Self::authenticate`] from the parts: the metadata and the verified TLS client chain.
+    pub fn authenticate_parts(
+        &self,
+        metadata: &MetadataMap,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Principal, Error> {
+        let from_cert = match peer_certs.and_then(<[_]>::first) {
+            Some(leaf) => Some(self.principal_for_cert(leaf)?),
+            None => None,
+        };
+        let from_token = match metadata.get("authorization") {
+            Some(value) => Some(self.principal_for_header(value)?),
+            None => None,
+        };
+        let principal = match (from_cert, from_token) {
+            // Both are allowed (a proxy may add a token) but they must agree.
+            (Some(cert), Some(token)) if cert != token => {
+                return Err(Error::Unauthenticated(
+                    "the bearer token and the client certificate name different callers".into(),
+                ));
+            }
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => {
+                return Err(Error::Unauthenticated(
+                    "no credential: present a client certificate or send an authorization header"
+                        .into(),
+                ));
+            }
+        };
         tracing::Span::current().record("org", tracing::field::display(&principal.org));
+        if let Some(limiter) = &self.limiter {
+            limiter.check(&principal.org)?;
+        }
         Ok(principal)
     }
 
-    fn identify(&self, metadata: &MetadataMap) -> Result<Principal, Error> {
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| {
-                Error::Unauthenticated("no credential: send an authorization header".into())
-            })?
+    fn principal_for_cert(&self, leaf: &CertificateDer<'static>) -> Result<Principal, Error> {
+        let ods = cert::ods_of(leaf.as_ref())?;
+        let role = if self.trusts.contains(&ods) {
+            Role::Trust
+        } else if self.labs.contains(&ods) {
+            Role::Lab
+        } else if self.coordinators.contains(&ods) {
+            Role::Coordinator
+        } else {
+            return Err(Error::Unauthenticated(format!(
+                "the client certificate names {ods}, which is not in the directory"
+            )));
+        };
+        Ok(Principal { org: ods, role })
+    }
+
+    fn principal_for_header(&self, value: &MetadataValue<Ascii>) -> Result<Principal, Error> {
+        let header = value
             .to_str()
             .map_err(|_| Error::Unauthenticated("the authorization header is not text".into()))?;
         let token = header
@@ -118,12 +223,17 @@ impl Authenticator {
                     "demo tokens are accepted only by the demo broker on loopback".into(),
                 ));
             }
-            return self.principal_for(org);
+            return self.principal_for_demo(org);
         }
-        Err(Error::Unauthenticated("unknown or revoked token".into()))
+        token::find(&self.tokens, token)
+            .map(|t| Principal {
+                org: t.org.clone(),
+                role: t.role,
+            })
+            .ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))
     }
 
-    fn principal_for(&self, org: &str) -> Result<Principal, Error> {
+    fn principal_for_demo(&self, org: &str) -> Result<Principal, Error> {
         if org.eq_ignore_ascii_case("coordinator") {
             let org = OdsCode::parse(COORDINATOR_ORG).map_err(Error::Internal)?;
             return Ok(Principal {
@@ -168,15 +278,21 @@ mod tests {
     fn demo_tokens_map_to_the_directory_role() {
         let a = auth(true);
         assert_eq!(
-            a.authenticate(&md("Bearer demo:RJ1")).unwrap().role,
+            a.authenticate_parts(&md("Bearer demo:RJ1"), None)
+                .unwrap()
+                .role,
             Role::Trust
         );
         assert_eq!(
-            a.authenticate(&md("Bearer demo:RJ7")).unwrap().role,
+            a.authenticate_parts(&md("Bearer demo:RJ7"), None)
+                .unwrap()
+                .role,
             Role::Lab
         );
         assert_eq!(
-            a.authenticate(&md("Bearer demo:coordinator")).unwrap().role,
+            a.authenticate_parts(&md("Bearer demo:coordinator"), None)
+                .unwrap()
+                .role,
             Role::Coordinator
         );
     }
@@ -185,19 +301,19 @@ mod tests {
     fn missing_unknown_and_disabled_demo_tokens_are_unauthenticated() {
         let a = auth(true);
         assert!(matches!(
-            a.authenticate(&MetadataMap::new()),
+            a.authenticate_parts(&MetadataMap::new(), None),
             Err(Error::Unauthenticated(_))
         ));
         assert!(matches!(
-            a.authenticate(&md("Bearer demo:RXX")),
+            a.authenticate_parts(&md("Bearer demo:RXX"), None),
             Err(Error::Unauthenticated(_))
         ));
         assert!(matches!(
-            a.authenticate(&md("Basic abc")),
+            a.authenticate_parts(&md("Basic abc"), None),
             Err(Error::Unauthenticated(_))
         ));
         assert!(matches!(
-            auth(false).authenticate(&md("Bearer demo:RJ1")),
+            auth(false).authenticate_parts(&md("Bearer demo:RJ1"), None),
             Err(Error::Unauthenticated(_))
         ));
     }

@@ -1,38 +1,105 @@
-//! labaid-broker: the labaid gRPC server.
+//! labaid-broker: the labaid gRPC server, and its security tools (tokens, development
+//! certificates, audit verification).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use labaid::Config;
+use labaid::audit::{self, AUDIT_FILE, Verdict};
+use labaid::auth::{self, Role, devpki};
+use labaid::config::TlsPaths;
+use labaid::domain::OdsCode;
 use labaid::telemetry::{self, LogFormat};
 
 /// The labaid broker: routes urgent blood-test requests from trusts to partner NHS labs.
 ///
 /// With no config file it runs the bundled south-east London demo on loopback.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
     /// Address to listen on [default: 127.0.0.1:50051, or the config file's `listen`].
     #[arg(long, env = "LABAID_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Config file (TOML); without one the bundled demo directory is used.
+    #[arg(long, env = "LABAID_CONFIG")]
+    config: Option<PathBuf>,
     /// Address of the metrics and health HTTP listener (`/metrics`, `/healthz`, `/readyz`)
     /// [default: 127.0.0.1:9464, or the config file's `metrics_listen`].
     #[arg(long, env = "LABAID_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// Config file (TOML); without one the bundled demo directory is used.
-    #[arg(long, env = "LABAID_CONFIG")]
-    config: Option<PathBuf>,
-    /// Directory the store keeps its journal and snapshots in [default: ./labaid-data, or the
-    /// config file's `data_dir`].
+    /// Directory the store keeps its journal, snapshots and audit log in [default: ./labaid-data,
+    /// or the config file's `data_dir`].
     #[arg(long, env = "LABAID_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Journal bytes after which a snapshot is taken (at least; it grows with the snapshot's size).
     #[arg(long, env = "LABAID_SNAPSHOT_MIN_BYTES", default_value_t = labaid::store::DEFAULT_SNAPSHOT_MIN_BYTES)]
     snapshot_min_bytes: u64,
+    /// The broker's TLS certificate chain (PEM) [or the config file's `[tls] cert`].
+    #[arg(long, env = "LABAID_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The broker's TLS private key (PEM) [or `[tls] key`].
+    #[arg(long, env = "LABAID_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA for client certificates (PEM): turns on mutual TLS [or `[tls] client_ca`].
+    #[arg(long, env = "LABAID_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "LABAID_LOG_FORMAT")]
     log_format: Format,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bearer tokens for sites without a PKI.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Writes a development PKI (CA, server and per-organisation client certificates) to DIR.
+    DevCerts {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+        /// Config file whose directory names the organisations [default: the bundled demo].
+        #[arg(long, env = "LABAID_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Creates a token: prints it once, with the config entry (its hash) to add.
+    Create {
+        /// The organisation's ODS code.
+        #[arg(long)]
+        org: String,
+        /// Its role: trust, lab or coordinator.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain; exit 0 when intact, 1 when broken (naming the first bad entry).
+    Verify {
+        /// The broker's data directory.
+        #[arg(long, env = "LABAID_DATA_DIR", default_value = labaid::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Writes the verified log as JSON lines (to stdout, or --out); exit 1 if it is broken.
+    Export {
+        /// The broker's data directory.
+        #[arg(long, env = "LABAID_DATA_DIR", default_value = labaid::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Output file [default: stdout].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -43,13 +110,37 @@ enum Format {
     Json,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(match args.log_format {
         Format::Text => LogFormat::Text,
         Format::Json => LogFormat::Json,
     });
+    // Exit codes: 0 fine; 1 a failure (for `audit`, a broken chain); 2 an audit log unreadable.
+    let failure = if matches!(args.command, Some(Command::Audit(_))) {
+        2
+    } else {
+        1
+    };
+    let result = match args.command {
+        Some(Command::Token(TokenCommand::Create { org, role })) => token_create(&org, &role),
+        Some(Command::DevCerts { dir, config }) => dev_certs(&dir, config.as_deref()),
+        Some(Command::Audit(AuditCommand::Verify { data_dir })) => audit_verify(&data_dir),
+        Some(Command::Audit(AuditCommand::Export { data_dir, out })) => {
+            audit_export(&data_dir, out.as_deref())
+        }
+        None => run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(failure)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::demo()?,
@@ -57,18 +148,114 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(metrics) = args.metrics_listen {
+        config.metrics_listen = Some(metrics);
+    }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
     config.store.snapshot_min_bytes = args.snapshot_min_bytes;
-    if let Some(metrics) = args.metrics_listen {
-        config.metrics_listen = Some(metrics);
+    // Each flag overrides the same key of the config file's [tls].
+    let (cert, key, client_ca) = config
+        .tls
+        .take()
+        .map(|t| (Some(t.cert), Some(t.key), t.client_ca))
+        .unwrap_or_default();
+    config.tls = TlsPaths::from_parts(
+        args.tls_cert.or(cert),
+        args.tls_key.or(key),
+        args.client_ca.or(client_ca),
+    )?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        labaid::serve(listener, config, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn token_create(org: &str, role: &str) -> anyhow::Result<ExitCode> {
+    let org = OdsCode::parse(org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+    let role = Role::parse(role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    let new = auth::create_token(&org, role)?;
+    println!("token (shown once; give it to {org} over a secure channel):");
+    println!("{}", new.token);
+    println!();
+    println!("add to the broker's config file, then restart it (remove the entry to revoke):");
+    print!("{}", new.config_entry);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dev_certs(dir: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::demo()?,
+    };
+    let orgs: Vec<OdsCode> = config
+        .trusts
+        .keys()
+        .cloned()
+        .chain(config.labs.iter().map(|l| l.ods.clone()))
+        .chain(config.coordinators.iter().cloned())
+        .collect();
+    let pki = devpki::generate(dir, orgs)?;
+    println!(
+        "wrote ca.pem, ca.key, server.pem, server.key and certificates for {} to {}",
+        pki.orgs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        pki.dir.display()
+    );
+    println!("development only: ca.key can issue certificates for any organisation");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(verdict: Verdict) -> ExitCode {
+    match verdict {
+        Verdict::Intact { entries, head } => {
+            eprintln!("audit log intact: {entries} entries, head {head}");
+            ExitCode::SUCCESS
+        }
+        Verdict::Broken(broken) => {
+            eprintln!("{broken}");
+            ExitCode::from(1)
+        }
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    labaid::serve(listener, config, shutdown_signal()).await?;
-    Ok(())
+}
+
+fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join(AUDIT_FILE);
+    anyhow::ensure!(path.exists(), "no audit log at {}", path.display());
+    Ok(report(audit::verify(&path)?))
+}
+
+fn audit_export(
+    data_dir: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join(AUDIT_FILE);
+    anyhow::ensure!(path.exists(), "no audit log at {}", path.display());
+    let verdict = match out {
+        Some(file) => {
+            let mut w = std::io::BufWriter::new(
+                std::fs::File::create(file)
+                    .with_context(|| format!("cannot create {}", file.display()))?,
+            );
+            let v = audit::export(&path, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            v
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            audit::export(&path, &mut lock)?
+        }
+    };
+    Ok(report(verdict))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -3,7 +3,6 @@
 #![allow(dead_code, unreachable_pub)] // each test file uses a different part of the harness
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,8 @@ pub struct TestBroker {
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), labaid::Error>>>,
+    /// Where the broker keeps its files (journal, snapshots, audit log).
+    pub data_dir: std::path::PathBuf,
     /// The temporary data directory, removed when the broker is dropped.
     _data: Option<tempfile::TempDir>,
 }
@@ -36,40 +37,49 @@ impl TestBroker {
     }
 
     /// A broker with this config (its clock is replaced by a manual one). A config that keeps the
-    /// default data directory gets a temporary one instead, so tests never share state.
+    /// default data directory gets a temporary one instead, so tests never share state; one
+    /// without TLS may serve plaintext, since the harness listens on loopback only.
     pub async fn spawn_with(config: Config) -> Self {
         Self::spawn_with_clock(config, Arc::new(ManualClock::new(Timestamp::now()))).await
     }
 
     /// A broker with this config and clock (e.g. a restart on `config.data_dir` at a later time).
     pub async fn spawn_with_clock(mut config: Config, clock: Arc<ManualClock>) -> Self {
-        let data = if config.data_dir == Path::new(labaid::config::DEFAULT_DATA_DIR) {
-            let dir = tempfile::tempdir().expect("temporary data directory");
-            config.data_dir = dir.path().to_path_buf();
-            Some(dir)
-        } else {
-            None
-        };
         config.clock = clock.clone();
+        let data = (config.data_dir == std::path::Path::new(labaid::config::DEFAULT_DATA_DIR))
+            .then(|| tempfile::tempdir().expect("tempdir"));
+        if let Some(d) = &data {
+            config.data_dir = d.path().to_path_buf();
+        }
+        if config.tls.is_none() {
+            config.allow_plaintext_loopback = true;
+        }
+        let data_dir = config.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind ops");
         let ops_addr = ops.local_addr().expect("ops addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready) = oneshot::channel();
         let listeners = labaid::Listeners {
             grpc: listener,
             ops: Some(ops),
+            on_ready: Some(ready_tx),
         };
-        let task = tokio::spawn(labaid::serve_on(listeners, config, async {
+        let mut task = tokio::spawn(labaid::serve_on(listeners, config, async {
             let _ = stopped.await;
         }));
-        wait_until_serving(addr).await;
+        tokio::select! {
+            r = ready => r.expect("the broker stopped before serving"),
+            r = &mut task => panic!("the broker stopped before serving: {r:?}"),
+        }
         Self {
             addr,
             ops_addr,
             clock,
             stop: Some(stop),
             task: Some(task),
+            data_dir,
             _data: data,
         }
     }
@@ -88,6 +98,7 @@ impl TestBroker {
             addr: self.url(),
             token: token.map(str::to_string),
             connect_timeout: None,
+            tls: None,
         })
         .await
         .expect("connect")
@@ -110,32 +121,6 @@ impl TestBroker {
         }
         if let Some(task) = self.task.take() {
             task.await.expect("join").expect("serve");
-        }
-    }
-}
-
-/// Waits (via gRPC health watch, no polling) until the broker reports SERVING.
-pub async fn wait_until_serving(addr: SocketAddr) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect for health");
-    let mut health = HealthClient::new(channel);
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("health watch")
-        .into_inner();
-    loop {
-        let status = next(&mut watch).await.status;
-        if status == ServingStatus::Serving as i32 {
-            return;
         }
     }
 }

@@ -1,0 +1,232 @@
+//! The audit file format: one JSON object per line, each hash-chained to the one before, so an
+//! edited, deleted, inserted or reordered entry breaks the chain at that point.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `prev_hash` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audit record. Request ids only: never patient identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch (the broker's clock).
+    pub time_ms: i64,
+    /// The calling organisation's ODS code.
+    pub org: String,
+    /// Its role.
+    pub role: String,
+    /// What it did, e.g. `request.get`.
+    pub action: String,
+    /// The request (or job) concerned, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Hash of the previous entry ([`GENESIS`] for the first).
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash`, a newline and the canonical body (see [`AuditEntry::compute_hash`]).
+    pub hash: String,
+}
+
+/// The hashed part of an entry, in a fixed field order: serde_json writes struct fields in
+/// declaration order, so this serialisation is canonical.
+#[derive(Serialize)]
+struct Body<'a> {
+    seq: u64,
+    time_ms: i64,
+    org: &'a str,
+    role: &'a str,
+    action: &'a str,
+    request_id: Option<&'a str>,
+}
+
+impl AuditEntry {
+    /// The hash this entry must carry, given its fields and `prev_hash`.
+    pub fn compute_hash(&self) -> String {
+        let body = Body {
+            seq: self.seq,
+            time_ms: self.time_ms,
+            org: &self.org,
+            role: &self.role,
+            action: &self.action,
+            request_id: self.request_id.as_deref(),
+        };
+        // Serialising a struct of plain fields cannot fail.
+        let canonical = serde_json::to_string(&body).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(canonical.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// Where the chain first breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain broken at line {line}{}: {reason}", seq.map(|s| format!(" (entry seq {s})")).unwrap_or_default())]
+pub struct Broken {
+    /// 1-based line of the file.
+    pub line: usize,
+    /// The entry's own sequence number, when it could be read.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The outcome of checking a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every entry chains to the one before.
+    Intact {
+        /// How many entries.
+        entries: u64,
+        /// The hash of the last entry: record it elsewhere to detect truncation later.
+        head: String,
+    },
+    /// The first broken entry.
+    Broken(Broken),
+}
+
+/// Why a log could not be checked at all.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the audit log {path}: {source}")]
+pub struct ReadError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Checks every entry of the log at `path`.
+pub fn verify(path: &Path) -> Result<Verdict, ReadError> {
+    let mut entries = 0;
+    let mut head = GENESIS.to_string();
+    let result = walk(path, |_, entry| {
+        entries += 1;
+        head = entry.hash.clone();
+        true
+    })?;
+    Ok(match result {
+        Some(broken) => Verdict::Broken(broken),
+        None => Verdict::Intact { entries, head },
+    })
+}
+
+/// Verifies the log and writes it to `out` as JSON lines; stops at the first broken entry.
+pub fn export(path: &Path, out: &mut dyn Write) -> Result<Verdict, ReadError> {
+    let mut write_error = None;
+    let mut entries = 0;
+    let mut head = GENESIS.to_string();
+    let broken = walk(path, |_, entry| {
+        entries += 1;
+        head = entry.hash.clone();
+        match serde_json::to_string(entry)
+            .map_err(std::io::Error::other)
+            .and_then(|line| writeln!(out, "{line}"))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                write_error = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(source) = write_error {
+        return Err(ReadError {
+            path: "<output>".into(),
+            source,
+        });
+    }
+    Ok(match broken {
+        Some(b) => Verdict::Broken(b),
+        None => Verdict::Intact { entries, head },
+    })
+}
+
+/// Reads the log line by line, checking the chain, handing each good entry to `each` (which may
+/// stop the walk by returning false). Returns the first break, if any.
+fn walk(
+    path: &Path,
+    mut each: impl FnMut(usize, &AuditEntry) -> bool,
+) -> Result<Option<Broken>, ReadError> {
+    let read_error = |source| ReadError {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut prev = GENESIS.to_string();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(read_error)?;
+        let number = i + 1;
+        let expected_seq = number as u64;
+        let entry: AuditEntry = match serde_json::from_str(&line) {
+            Ok(e) => e,
+            Err(e) => {
+                return Ok(Some(Broken {
+                    line: number,
+                    seq: None,
+                    reason: format!("not an audit entry: {e}"),
+                }));
+            }
+        };
+        let broken = |reason: String| {
+            Ok(Some(Broken {
+                line: number,
+                seq: Some(entry.seq),
+                reason,
+            }))
+        };
+        if entry.seq != expected_seq {
+            return broken(format!(
+                "sequence {} where {expected_seq} was expected (an entry was deleted, inserted or moved)",
+                entry.seq
+            ));
+        }
+        if entry.prev_hash != prev {
+            return broken("prev_hash does not match the previous entry's hash".into());
+        }
+        if entry.compute_hash() != entry.hash {
+            return broken("the hash does not match the entry's content (it was edited)".into());
+        }
+        if !each(number, &entry) {
+            return Ok(None);
+        }
+        prev = entry.hash;
+    }
+    Ok(None)
+}
+
+/// The last entry of a log that is being reopened: the chain continues from it.
+pub(crate) fn last_entry(path: &Path) -> Result<Option<AuditEntry>, ReadError> {
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ReadError {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut last = None;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|source| ReadError {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if let Ok(e) = serde_json::from_str::<AuditEntry>(&line) {
+            last = Some(e);
+        }
+    }
+    Ok(last)
+}

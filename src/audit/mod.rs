@@ -1,0 +1,335 @@
+//! The tamper-evident audit trail: every read of patient data and every state change, recorded
+//! as a hash-chained JSON line in `audit.log` in the data directory. Request ids only, never
+//! patient identifiers.
+//!
+//! Appends are cheap for callers: [`AuditLog::record`] hands the entry to a writer thread, which
+//! chains and writes whole batches through a buffer, flushes each batch to the OS, and syncs the
+//! file to disk at most every [`SYNC_INTERVAL`] and at shutdown.
+
+mod chain;
+
+use std::fmt;
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use chain::{AuditEntry, Broken, GENESIS, ReadError, Verdict, export, verify};
+
+use crate::auth::Principal;
+use crate::domain::RequestId;
+use crate::engine::Clock;
+use crate::error::Error;
+
+/// The audit file's name inside the data directory.
+pub const AUDIT_FILE: &str = "audit.log";
+/// Longest an appended entry waits for an fsync.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What was done. The names are stable: auditors search for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A trust submitted a request.
+    RequestSubmit,
+    /// A trust read one of its requests.
+    RequestGet,
+    /// A trust listed its requests (one entry per request returned).
+    RequestList,
+    /// A trust cancelled a request.
+    RequestCancel,
+    /// A trust opened a watch of its request events.
+    RequestWatch,
+    /// A lab opened a watch of its offers and jobs.
+    OffersWatch,
+    /// A lab listed jobs whose patient it may see (one entry per such job).
+    JobList,
+    /// A lab read an accepted job, with patient identifiers.
+    JobGet,
+    /// A lab accepted a job (and with it saw the patient).
+    JobAccept,
+    /// A lab declined an offer.
+    JobDecline,
+    /// A lab received the sample.
+    JobReceive,
+    /// A lab posted results.
+    JobResults,
+    /// A lab failed a job.
+    JobFail,
+    /// A lab changed a capacity.
+    LabCapacity,
+    /// A lab changed its status.
+    LabStatus,
+}
+
+impl Action {
+    /// The name written in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestSubmit => "request.submit",
+            Self::RequestGet => "request.get",
+            Self::RequestList => "request.list",
+            Self::RequestCancel => "request.cancel",
+            Self::RequestWatch => "request.watch",
+            Self::OffersWatch => "offers.watch",
+            Self::JobList => "job.list",
+            Self::JobGet => "job.get",
+            Self::JobAccept => "job.accept",
+            Self::JobDecline => "job.decline",
+            Self::JobReceive => "job.receive",
+            Self::JobResults => "job.results",
+            Self::JobFail => "job.fail",
+            Self::LabCapacity => "lab.capacity",
+            Self::LabStatus => "lab.status",
+        }
+    }
+}
+
+struct Record {
+    time_ms: i64,
+    org: String,
+    role: &'static str,
+    action: Action,
+    request_id: Option<String>,
+}
+
+enum Message {
+    Record(Record),
+    Close,
+}
+
+/// A handle for recording; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Message>,
+    failed: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("failed", &self.failed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writer thread; [`AuditWriter::close`] flushes, syncs and joins it.
+#[derive(Debug)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<Message>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl AuditLog {
+    /// Opens (or creates) `dir/audit.log`, continuing its chain, and starts the writer.
+    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<(Self, AuditWriter), Error> {
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::Internal(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(AUDIT_FILE);
+        drop_torn_tail(&path)?;
+        let last = chain::last_entry(&path).map_err(|e| Error::Internal(e.to_string()))?;
+        let (seq, head) = last.map_or((0, GENESIS.to_string()), |e| (e.seq, e.hash));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::Internal(format!("cannot open {}: {e}", path.display())))?;
+        let (tx, rx) = mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let writer_failed = failed.clone();
+        let thread = thread::Builder::new()
+            .name("labaid-audit".into())
+            .spawn(move || write_loop(file, path, seq, head, rx, writer_failed))
+            .map_err(|e| Error::Internal(format!("cannot start the audit writer: {e}")))?;
+        Ok((
+            Self {
+                tx: tx.clone(),
+                failed,
+                clock,
+            },
+            AuditWriter {
+                tx,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Records that `who` did `action` (to `request`). Fails closed: once the log cannot be
+    /// written, calls that must be audited are refused with UNAVAILABLE.
+    pub fn record(
+        &self,
+        who: &Principal,
+        action: Action,
+        request: Option<&RequestId>,
+    ) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable(
+                "the audit trail cannot be written; the broker refuses audited calls".into(),
+            ));
+        }
+        let record = Record {
+            time_ms: self.clock.now().millis(),
+            org: who.org.to_string(),
+            role: who.role.as_str(),
+            action,
+            request_id: request.map(ToString::to_string),
+        };
+        self.tx
+            .send(Message::Record(record))
+            .map_err(|_| Error::Unavailable("the audit trail is closed".into()))
+    }
+}
+
+impl AuditWriter {
+    /// Writes what is queued, syncs the file and stops the writer.
+    pub fn close(mut self) {
+        let _ = self.tx.send(Message::Close);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Drops a partial last line left by a crash mid-write: it was never complete, so never counted.
+fn drop_torn_tail(path: &Path) -> Result<(), Error> {
+    let Ok(bytes) = fs::read(path) else {
+        return Ok(());
+    };
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if keep < bytes.len() {
+        tracing::warn!(
+            path = %path.display(),
+            dropped_bytes = bytes.len() - keep,
+            "audit log ends in a partial entry from an interrupted write; dropping it"
+        );
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(keep as u64))
+            .map_err(|e| Error::Internal(format!("cannot repair {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn write_loop(
+    file: fs::File,
+    path: PathBuf,
+    mut seq: u64,
+    mut head: String,
+    rx: mpsc::Receiver<Message>,
+    failed: Arc<AtomicBool>,
+) {
+    let mut out = BufWriter::new(file);
+    let mut dirty = false;
+    let mut last_sync = Instant::now();
+    let fail = |e: std::io::Error| {
+        tracing::error!(path = %path.display(), error = %e, "audit log write failed; refusing audited calls");
+        failed.store(true, Ordering::Relaxed);
+    };
+    loop {
+        let first = match rx.recv_timeout(SYNC_INTERVAL) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Message::Close),
+        };
+        let mut closing = false;
+        let mut batch = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for message in batch.by_ref() {
+            match message {
+                Message::Record(r) => {
+                    seq += 1;
+                    let mut entry = AuditEntry {
+                        seq,
+                        time_ms: r.time_ms,
+                        org: r.org,
+                        role: r.role.to_string(),
+                        action: r.action.as_str().to_string(),
+                        request_id: r.request_id,
+                        prev_hash: std::mem::take(&mut head),
+                        hash: String::new(),
+                    };
+                    entry.hash = entry.compute_hash();
+                    head = entry.hash.clone();
+                    let line = serde_json::to_string(&entry).unwrap_or_default();
+                    if let Err(e) = writeln!(out, "{line}") {
+                        fail(e);
+                    }
+                    dirty = true;
+                }
+                Message::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = out.flush() {
+            fail(e);
+        }
+        if dirty && (closing || last_sync.elapsed() >= SYNC_INTERVAL) {
+            if let Err(e) = out.get_ref().sync_data() {
+                fail(e);
+            }
+            dirty = false;
+            last_sync = Instant::now();
+        }
+        if closing {
+            tracing::info!(entries = seq, head = %head, "audit log closed");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use crate::domain::{OdsCode, Timestamp};
+    use crate::engine::ManualClock;
+
+    fn log_some(dir: &Path, n: usize) {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_700_000_000_000)));
+        let (log, writer) = AuditLog::open(dir, clock).unwrap();
+        let who = Principal {
+            org: OdsCode::parse("RJ1").unwrap(),
+            role: Role::Trust,
+        };
+        for _ in 0..n {
+            log.record(&who, Action::RequestGet, Some(&RequestId::new_random()))
+                .unwrap();
+        }
+        writer.close();
+    }
+
+    #[test]
+    fn a_reopened_log_continues_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        log_some(dir.path(), 3);
+        log_some(dir.path(), 2);
+        match verify(&dir.path().join(AUDIT_FILE)).unwrap() {
+            Verdict::Intact { entries, .. } => assert_eq!(entries, 5),
+            Verdict::Broken(b) => panic!("{b}"),
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        log_some(dir.path(), 2);
+        let path = dir.path().join(AUDIT_FILE);
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":3,\"ti").unwrap();
+        drop(f);
+        log_some(dir.path(), 1);
+        assert!(matches!(
+            verify(&path).unwrap(),
+            Verdict::Intact { entries: 3, .. }
+        ));
+    }
+}

@@ -1,0 +1,217 @@
+//! A development PKI in one call: a CA, a server certificate for localhost and 127.0.0.1, and a
+//! client certificate per organisation carrying its ODS code as the URI SAN `urn:ods:<ODS>`.
+//! For demos and tests only: the CA key is written beside the certificates.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use super::ODS_URI_PREFIX;
+use crate::domain::OdsCode;
+use crate::error::Error;
+
+/// How long the development certificates are valid for, from a day before now.
+const VALID_DAYS: i64 = 365;
+
+/// What [`generate`] wrote.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `ca.pem`: the CA that the broker trusts for clients and the clients trust for the broker.
+    pub ca: PathBuf,
+    /// `server.pem`.
+    pub server_cert: PathBuf,
+    /// `server.key`.
+    pub server_key: PathBuf,
+    /// The organisations a client certificate was issued for (`<ODS>.pem`, `<ODS>.key`).
+    pub orgs: Vec<OdsCode>,
+}
+
+impl DevPki {
+    /// The certificate and key of `org`.
+    pub fn client(&self, org: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{org}.pem")),
+            self.dir.join(format!("{org}.key")),
+        )
+    }
+}
+
+/// The validity window of a certificate, in days relative to now (negative is in the past).
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    /// First day of validity.
+    pub from_days: i64,
+    /// Last day of validity.
+    pub until_days: i64,
+}
+
+impl Validity {
+    /// From yesterday for [`VALID_DAYS`].
+    pub const DEFAULT: Self = Self {
+        from_days: -1,
+        until_days: VALID_DAYS,
+    };
+}
+
+fn pki_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("dev-certs: {what}: {e}"))
+}
+
+fn params(validity: Validity, cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now + Duration::days(validity.from_days);
+    p.not_after = now + Duration::days(validity.until_days);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "labaid development");
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p
+}
+
+/// The CA's parameters; its name and key usages are all an [`Issuer`] needs, so the CA can be
+/// rebuilt from `ca.key` to issue more certificates later.
+fn ca_params() -> CertificateParams {
+    let mut p = params(Validity::DEFAULT, "labaid development CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), Error> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| pki_error(&format!("cannot write {}", path.display()), e))
+}
+
+/// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key` (for localhost and 127.0.0.1) and
+/// `<ODS>.pem`, `<ODS>.key` for every organisation in `orgs` into `dir`, creating it.
+pub fn generate(dir: &Path, orgs: impl IntoIterator<Item = OdsCode>) -> Result<DevPki, Error> {
+    fs::create_dir_all(dir)
+        .map_err(|e| pki_error(&format!("cannot create {}", dir.display()), e))?;
+    let ca_key = KeyPair::generate().map_err(|e| pki_error("CA key", e))?;
+    let ca_cert = ca_params()
+        .self_signed(&ca_key)
+        .map_err(|e| pki_error("CA certificate", e))?;
+    write(&dir.join("ca.pem"), &ca_cert.pem(), false)?;
+    write(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+
+    let mut server = params(Validity::DEFAULT, "localhost");
+    server.subject_alt_names = vec![
+        SanType::DnsName(
+            "localhost"
+                .try_into()
+                .map_err(|e| pki_error("server name", e))?,
+        ),
+        SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+    ];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let server_key = KeyPair::generate().map_err(|e| pki_error("server key", e))?;
+    let server_cert = server
+        .signed_by(&server_key, &issuer)
+        .map_err(|e| pki_error("server certificate", e))?;
+    write(&dir.join("server.pem"), &server_cert.pem(), false)?;
+    write(&dir.join("server.key"), &server_key.serialize_pem(), true)?;
+
+    let mut issued = Vec::new();
+    for org in orgs {
+        issue_with(&issuer, dir, org.as_str(), &org, Validity::DEFAULT)?;
+        issued.push(org);
+    }
+    Ok(DevPki {
+        dir: dir.to_path_buf(),
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        orgs: issued,
+    })
+}
+
+/// Issues one more client certificate for `ods` from the CA in `dir` (its `ca.key`), written as
+/// `<name>.pem` and `<name>.key`; tests use it for expired certificates.
+pub fn issue_client(
+    dir: &Path,
+    name: &str,
+    ods: &OdsCode,
+    validity: Validity,
+) -> Result<(PathBuf, PathBuf), Error> {
+    let key_pem = fs::read_to_string(dir.join("ca.key"))
+        .map_err(|e| pki_error(&format!("cannot read {}", dir.join("ca.key").display()), e))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| pki_error("CA key", e))?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    issue_with(&issuer, dir, name, ods, validity)
+}
+
+fn issue_with(
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+    name: &str,
+    ods: &OdsCode,
+    validity: Validity,
+) -> Result<(PathBuf, PathBuf), Error> {
+    let mut p = params(validity, ods.as_str());
+    p.distinguished_name
+        .push(DnType::OrganizationalUnitName, ods.as_str());
+    p.subject_alt_names = vec![SanType::URI(
+        format!("{ODS_URI_PREFIX}{ods}")
+            .try_into()
+            .map_err(|e| pki_error("client URI", e))?,
+    )];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().map_err(|e| pki_error("client key", e))?;
+    let cert = p
+        .signed_by(&key, issuer)
+        .map_err(|e| pki_error("client certificate", e))?;
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    Ok((cert_path, key_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_certificates_carry_their_ods_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), [OdsCode::parse("RJ7").unwrap()]).unwrap();
+        let (cert, _) = pki.client("RJ7");
+        let pem = fs::read_to_string(cert).unwrap();
+        let der = pem_der(&pem);
+        assert_eq!(super::super::ods_of(&der).unwrap().as_str(), "RJ7");
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        p.contents
+    }
+}

@@ -1,0 +1,130 @@
+//! Bearer tokens for sites without a PKI: 256 random bits, kept in the config only as a SHA-256
+//! hash bound to one organisation and role, compared in constant time.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::Role;
+use crate::domain::OdsCode;
+use crate::error::Error;
+
+/// Every token starts with this, so a leaked one is easy to recognise in a scan.
+pub const TOKEN_PREFIX: &str = "labaid_";
+
+/// One configured token: the hash of the secret, and whom it stands for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash {
+    /// The organisation the token acts for.
+    pub org: OdsCode,
+    /// Its role.
+    pub role: Role,
+    /// SHA-256 of the token text.
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenHash")
+            .field("org", &self.org)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenHash {
+    /// Parses the lower-case hex of a SHA-256 digest, as written in the config file.
+    pub fn parse_hex(hex_digest: &str) -> Result<[u8; 32], String> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_digest.trim(), &mut out)
+            .map_err(|_| "sha256 must be 64 hex digits".to_string())?;
+        Ok(out)
+    }
+}
+
+/// SHA-256 of a token. A plain hash is enough (no argon2): the token is 256 random bits, so there
+/// is nothing to guess, and a fast hash keeps the check cheap on every call.
+pub fn digest(token: &str) -> [u8; 32] {
+    let d = Sha256::digest(token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&d);
+    out
+}
+
+/// The configured token whose hash matches `token`, comparing against every entry in constant
+/// time so timing reveals nothing about how close a guess came.
+pub(crate) fn find<'a>(tokens: &'a [TokenHash], token: &str) -> Option<&'a TokenHash> {
+    let d = digest(token);
+    let mut found = None;
+    for t in tokens {
+        if bool::from(t.sha256.ct_eq(&d)) {
+            found = Some(t);
+        }
+    }
+    found
+}
+
+/// A newly created token: the secret (shown once) and the config lines that admit it.
+#[derive(Clone)]
+pub struct NewToken {
+    /// The secret to hand to the site. Never stored by the broker.
+    pub token: String,
+    /// The `[[token]]` table to add to the broker's config file.
+    pub config_entry: String,
+}
+
+impl fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewToken").finish_non_exhaustive()
+    }
+}
+
+/// Creates a random token for `org` acting as `role`.
+pub fn create(org: &OdsCode, role: Role) -> Result<NewToken, Error> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| Error::Internal(format!("no system randomness: {e}")))?;
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    let config_entry = format!(
+        "[[token]]\norg = \"{org}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
+        role.as_str(),
+        hex::encode(digest(&token))
+    );
+    Ok(NewToken {
+        token,
+        config_entry,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_token_matches_its_own_entry_only() {
+        let org = OdsCode::parse("RJ7").unwrap();
+        let a = create(&org, Role::Lab).unwrap();
+        let b = create(&org, Role::Lab).unwrap();
+        assert_ne!(a.token, b.token);
+        assert!(a.token.starts_with(TOKEN_PREFIX));
+        let line = a
+            .config_entry
+            .lines()
+            .find(|l| l.starts_with("sha256"))
+            .unwrap();
+        let hex_digest = line.split('"').nth(1).unwrap();
+        let entry = TokenHash {
+            org,
+            role: Role::Lab,
+            sha256: TokenHash::parse_hex(hex_digest).unwrap(),
+        };
+        let tokens = [entry];
+        assert!(find(&tokens, &a.token).is_some());
+        assert!(find(&tokens, &b.token).is_none());
+        assert!(
+            !a.config_entry.contains(&a.token),
+            "only the hash is stored"
+        );
+    }
+}

@@ -1,0 +1,928 @@
+//! Security: TLS and mutual TLS, tokens, need-to-know access, limits, the audit chain, and no
+//! patient data in logs or errors.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use labaid::Config;
+use labaid::audit::{AUDIT_FILE, Verdict};
+use labaid::auth::{Role, TokenHash, devpki, token_digest};
+use labaid::client::{Client, ConnectOptions, TlsFiles};
+use labaid::config::TlsPaths;
+use labaid::domain::OdsCode;
+use labaid::proto::{self, Priority};
+use tonic::Code;
+
+// ---------- helpers ----------
+
+fn ods(code: &str) -> OdsCode {
+    OdsCode::parse(code).unwrap()
+}
+
+/// A development PKI for every demo organisation and the coordinator.
+fn pki(dir: &Path) -> devpki::DevPki {
+    let demo = Config::demo().unwrap();
+    let orgs = demo
+        .trusts
+        .keys()
+        .cloned()
+        .chain(demo.labs.iter().map(|l| l.ods.clone()))
+        .chain([ods("X24")]);
+    devpki::generate(dir, orgs).unwrap()
+}
+
+/// The demo directory as a production broker: not demo mode, mutual TLS from `pki`.
+fn tls_config(pki: &devpki::DevPki, tokens: Vec<TokenHash>) -> Config {
+    let mut c = Config::demo().unwrap();
+    c.demo = false;
+    c.tls = Some(TlsPaths {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    });
+    c.tokens = tokens;
+    c
+}
+
+async fn connect(
+    broker: &TestBroker,
+    ca: &Path,
+    identity: Option<(PathBuf, PathBuf)>,
+    token: Option<&str>,
+) -> Result<Client, labaid::client::ClientError> {
+    let (cert, key) = identity.unzip();
+    Client::connect(&ConnectOptions {
+        addr: broker.url(),
+        token: token.map(str::to_string),
+        connect_timeout: Some(Duration::from_secs(5)),
+        tls: Some(TlsFiles {
+            ca: ca.to_path_buf(),
+            cert,
+            key,
+        }),
+    })
+    .await
+}
+
+async fn list_tests(c: &Client) -> Result<(), tonic::Status> {
+    c.directory()
+        .list_tests(proto::ListTestsRequest {})
+        .await
+        .map(|_| ())
+}
+
+/// A connection that the broker must refuse: either the handshake fails, or (TLS 1.3 sends the
+/// client's certificate after the client thinks it is connected) the first call does.
+async fn assert_refused(result: Result<Client, labaid::client::ClientError>, what: &str) {
+    if let Ok(client) = result {
+        let err = list_tests(&client)
+            .await
+            .expect_err(&format!("{what}: the broker answered"));
+        assert_ne!(err.code(), Code::Ok, "{what}");
+    }
+}
+
+fn token_entry(token: &str, org: &str, role: Role) -> TokenHash {
+    TokenHash {
+        org: ods(org),
+        role,
+        sha256: token_digest(token),
+    }
+}
+
+async fn submit(c: &Client, order: &str, now: labaid::domain::Timestamp) -> proto::Request {
+    c.requests()
+        .submit_request(submission(order, Priority::Stat, now))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap()
+}
+
+// ---------- transport ----------
+
+#[tokio::test]
+async fn plaintext_is_refused_off_loopback_and_on_loopback_without_consent() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    // Off loopback, even the demo will not serve plaintext.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = labaid::serve(listener, config.clone(), async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("plaintext"), "{err}");
+    // On loopback, a config file (not the demo) must say allow_plaintext_loopback.
+    config.demo = false;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = labaid::serve(listener, config.clone(), async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("allow_plaintext_loopback"), "{err}");
+    config.allow_plaintext_loopback = true;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    labaid::serve(listener, config, async {}).await.unwrap();
+}
+
+#[test]
+fn the_config_file_takes_tls_tokens_limits_and_the_plaintext_switch() {
+    let digest = hex::encode(token_digest("labaid_abc"));
+    let text = format!(
+        r#"
+allow_plaintext_loopback = true
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+[limits]
+rate_per_second = 5
+burst = 10
+watches_per_org = 2
+[[token]]
+org = "RJ7"
+role = "lab"
+sha256 = "{digest}"
+[[trust]]
+ods = "RJ1"
+name = "A"
+[[lab]]
+ods = "RJ7"
+name = "B"
+tests = ["K"]
+capacity = {{ K = 1 }}
+transport_minutes = {{ RJ1 = 10 }}
+agreements = ["RJ1"]
+"#
+    );
+    let c = Config::from_toml(&text, Path::new("x.toml")).unwrap();
+    assert!(c.allow_plaintext_loopback);
+    assert_eq!(c.tls.unwrap().client_ca, Some(PathBuf::from("ca.pem")));
+    assert_eq!((c.limits.rate_per_second, c.limits.burst), (5, 10));
+    assert_eq!(c.tokens.len(), 1);
+    assert_eq!(c.tokens[0].role, Role::Lab);
+    // A token whose role does not match the directory is refused.
+    let wrong = text.replace("role = \"lab\"", "role = \"trust\"");
+    let err = Config::from_toml(&wrong, Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("token RJ7"), "{err}");
+}
+
+#[tokio::test]
+async fn mutual_tls_maps_each_certificate_to_its_organisation_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let broker = TestBroker::spawn_with(tls_config(&pki, vec![])).await;
+    let trust = connect(&broker, &pki.ca, Some(pki.client("RJ1")), None)
+        .await
+        .unwrap();
+    let r = submit(&trust, "TLS-1", broker.now()).await;
+    assert_eq!(r.trust, "RJ1");
+    let lab = connect(&broker, &pki.ca, Some(pki.client("RJ7")), None)
+        .await
+        .unwrap();
+    let cap = lab
+        .labs()
+        .get_capacity(proto::GetCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cap.lab, "RJ7");
+    // The coordinator's certificate reads the directory but is no trust.
+    let coordinator = connect(&broker, &pki.ca, Some(pki.client("X24")), None)
+        .await
+        .unwrap();
+    list_tests(&coordinator).await.unwrap();
+    let err = coordinator
+        .requests()
+        .submit_request(submission("TLS-2", Priority::Stat, broker.now()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Demo tokens are not honoured outside demo mode.
+    let demo = connect(&broker, &pki.ca, Some(pki.client("RJ7")), Some("demo:RJ1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        list_tests(&demo).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_certificate_an_unknown_ca_an_expired_one_and_plaintext_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let rogue = devpki::generate(other.path(), [ods("RJ1")]).unwrap();
+    let expired = devpki::issue_client(
+        dir.path(),
+        "RJ1-expired",
+        &ods("RJ1"),
+        devpki::Validity {
+            from_days: -30,
+            until_days: -1,
+        },
+    )
+    .unwrap();
+    let stranger =
+        devpki::issue_client(dir.path(), "RXX", &ods("RXX"), devpki::Validity::DEFAULT).unwrap();
+    let broker = TestBroker::spawn_with(tls_config(&pki, vec![])).await;
+
+    assert_refused(
+        connect(&broker, &pki.ca, None, None).await,
+        "no certificate",
+    )
+    .await;
+    assert_refused(
+        connect(&broker, &pki.ca, Some(rogue.client("RJ1")), None).await,
+        "a certificate from an unknown CA",
+    )
+    .await;
+    assert_refused(
+        connect(&broker, &pki.ca, Some(expired), None).await,
+        "an expired certificate",
+    )
+    .await;
+    // A plaintext client cannot talk to a TLS broker.
+    assert_refused(
+        Client::connect(&ConnectOptions {
+            addr: broker.url(),
+            token: Some("demo:RJ1".into()),
+            connect_timeout: Some(Duration::from_secs(5)),
+            tls: None,
+        })
+        .await,
+        "plaintext",
+    )
+    .await;
+    // A valid certificate for an organisation outside the directory identifies nobody.
+    let c = connect(&broker, &pki.ca, Some(stranger), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        list_tests(&c).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    // And the right one works.
+    let ok = connect(&broker, &pki.ca, Some(pki.client("RJ1")), None)
+        .await
+        .unwrap();
+    list_tests(&ok).await.unwrap();
+    broker.shutdown().await;
+}
+
+// ---------- tokens ----------
+
+#[tokio::test]
+async fn tokens_are_bound_to_one_organisation_and_role_and_a_wrong_one_is_unauthenticated() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let lab_token = labaid::auth::create_token(&ods("RJ7"), Role::Lab)
+        .unwrap()
+        .token;
+    let tokens = vec![token_entry(&lab_token, "RJ7", Role::Lab)];
+    let broker = TestBroker::spawn_with(tls_config(&pki, tokens)).await;
+    // Over server-authenticated TLS without a client certificate.
+    let lab = connect(&broker, &pki.ca, None, Some(&lab_token))
+        .await
+        .unwrap();
+    let cap = lab
+        .labs()
+        .get_capacity(proto::GetCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cap.lab, "RJ7");
+    let err = lab
+        .requests()
+        .list_requests(proto::ListRequestsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // No credential at all, a wrong token, and a revoked (never configured) one.
+    let revoked = labaid::auth::create_token(&ods("RJ7"), Role::Lab)
+        .unwrap()
+        .token;
+    for token in [None, Some("labaid_00"), Some(revoked.as_str())] {
+        let c = connect(&broker, &pki.ca, None, token).await.unwrap();
+        let err = list_tests(&c).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
+        if let Some(t) = token {
+            assert!(!err.message().contains(t), "the token is not echoed");
+        }
+    }
+    // A token that names someone else than the certificate is refused.
+    let mixed = connect(&broker, &pki.ca, Some(pki.client("RJ1")), Some(&lab_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        list_tests(&mixed).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    broker.shutdown().await;
+}
+
+// ---------- need-to-know ----------
+
+#[tokio::test]
+async fn every_rpc_on_another_organisations_request_is_not_found_and_patients_appear_only_after_accept()
+ {
+    let broker = TestBroker::spawn().await;
+    let rj1 = broker.client("RJ1").await;
+    let r = submit(&rj1, "NTK-1", broker.now()).await;
+    assert_eq!(r.state, proto::RequestState::Offered as i32);
+    let holder = broker.client(&r.lab).await;
+    let other_lab_code = ["RJ7", "R1H", "RJ2", "RJ6", "RAL", "RAX"]
+        .into_iter()
+        .find(|l| *l != r.lab)
+        .unwrap();
+    let other_lab = broker.client(other_lab_code).await;
+    let rjz = broker.client("RJZ").await;
+    let id = r.id.clone();
+
+    let trust_calls = [
+        rjz.requests()
+            .get_request(proto::GetRequestRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        rjz.requests()
+            .cancel_request(proto::CancelRequestRequest {
+                id: id.clone(),
+                reason: String::new(),
+            })
+            .await
+            .map(|_| ()),
+    ];
+    let labs = other_lab.labs();
+    let lab_calls = [
+        labs.clone()
+            .get_job(proto::GetJobRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        labs.clone()
+            .accept_job(proto::AcceptJobRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        labs.clone()
+            .decline_job(proto::DeclineJobRequest {
+                id: id.clone(),
+                reason: "busy".into(),
+            })
+            .await
+            .map(|_| ()),
+        labs.clone()
+            .receive_sample(proto::ReceiveSampleRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        labs.clone()
+            .post_results(proto::PostResultsRequest {
+                id: id.clone(),
+                observations: vec![],
+            })
+            .await
+            .map(|_| ()),
+        labs.clone()
+            .fail_job(proto::FailJobRequest {
+                id: id.clone(),
+                reason: 1,
+                detail: String::new(),
+            })
+            .await
+            .map(|_| ()),
+    ];
+    let unknown = rjz
+        .requests()
+        .get_request(proto::GetRequestRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    for (i, result) in trust_calls.into_iter().chain(lab_calls).enumerate() {
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "call #{i}");
+        assert!(!err.message().contains("RJ1"), "call #{i} names no owner");
+    }
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(
+        rjz.requests()
+            .list_requests(proto::ListRequestsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .requests
+            .is_empty()
+    );
+    assert!(
+        labs.clone()
+            .list_jobs(proto::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+            .is_empty()
+    );
+
+    // The lab holding the offer sees the job but not the patient until it accepts.
+    let offered = holder
+        .labs()
+        .get_job(proto::GetJobRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(offered.patient.is_none());
+    let accepted = holder
+        .labs()
+        .accept_job(proto::AcceptJobRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        accepted.patient.unwrap().nhs_number,
+        "9434765919",
+        "identifiers once accepted"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_coordinator_role_calling_trust_and_lab_rpcs_is_permission_denied() {
+    let broker = TestBroker::spawn().await;
+    let c = broker.client("coordinator").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let results = [
+        c.requests()
+            .submit_request(submission("C-1", Priority::Stat, broker.now()))
+            .await
+            .map(|_| ()),
+        c.requests()
+            .get_request(proto::GetRequestRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        c.requests()
+            .list_requests(proto::ListRequestsRequest::default())
+            .await
+            .map(|_| ()),
+        c.requests()
+            .cancel_request(proto::CancelRequestRequest {
+                id: id.clone(),
+                reason: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        c.requests()
+            .watch_request_events(proto::WatchRequestEventsRequest::default())
+            .await
+            .map(|_| ()),
+        c.labs()
+            .watch_offers(proto::WatchOffersRequest::default())
+            .await
+            .map(|_| ()),
+        c.labs()
+            .list_jobs(proto::ListJobsRequest::default())
+            .await
+            .map(|_| ()),
+        c.labs()
+            .get_job(proto::GetJobRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        c.labs()
+            .accept_job(proto::AcceptJobRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        c.labs()
+            .receive_sample(proto::ReceiveSampleRequest { id: id.clone() })
+            .await
+            .map(|_| ()),
+        c.labs()
+            .set_capacity(proto::SetCapacityRequest {
+                test: "K".into(),
+                capacity: 1,
+            })
+            .await
+            .map(|_| ()),
+        c.labs()
+            .set_status(proto::SetStatusRequest { status: 1 })
+            .await
+            .map(|_| ()),
+    ];
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied, "rpc #{i}");
+    }
+    // The directory is readable by every authenticated role.
+    list_tests(&c).await.unwrap();
+    broker.shutdown().await;
+}
+
+// ---------- limits ----------
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_before_it_is_decoded() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    let mut sub = submission("BIG-1", Priority::Stat, broker.now());
+    sub.clinical_note = "x".repeat(70 * 1024);
+    let err = trust.requests().submit_request(sub).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(!err.message().contains("9434765919"));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_per_organisation_so_a_noisy_one_cannot_starve_the_others() {
+    let mut config = Config::demo().unwrap();
+    config.limits.rate_per_second = 1;
+    config.limits.burst = 3;
+    let broker = TestBroker::spawn_with(config).await;
+    let noisy = broker.client("RJ1").await;
+    let quiet = broker.client("RJZ").await;
+    // The noisy trust floods: three calls go through, the rest are turned away.
+    let flood = (0..40).map(|_| {
+        let c = noisy.clone();
+        async move { list_tests(&c).await }
+    });
+    let results = futures_join_all(flood).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 3);
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.code(), Code::ResourceExhausted);
+    }
+    // Meanwhile the other trust is served.
+    for _ in 0..3 {
+        list_tests(&quiet).await.unwrap();
+    }
+    // The bucket refills with time.
+    broker.advance(Duration::from_secs(1));
+    list_tests(&noisy).await.unwrap();
+    assert_eq!(
+        list_tests(&noisy).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    broker.shutdown().await;
+}
+
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn open_watches_are_capped_per_organisation() {
+    let mut config = Config::demo().unwrap();
+    config.limits.watches_per_org = 2;
+    let broker = TestBroker::spawn_with(config).await;
+    let rj1 = broker.client("RJ1").await;
+    let watch = || {
+        let c = rj1.clone();
+        async move {
+            c.requests()
+                .watch_request_events(proto::WatchRequestEventsRequest::default())
+                .await
+        }
+    };
+    let first = watch().await.unwrap();
+    let _second = watch().await.unwrap();
+    assert_eq!(watch().await.unwrap_err().code(), Code::ResourceExhausted);
+    // Other organisations are unaffected.
+    let rjz = broker.client("RJZ").await;
+    rjz.requests()
+        .watch_request_events(proto::WatchRequestEventsRequest::default())
+        .await
+        .unwrap();
+    // Closing a watch frees its slot (once the broker notices the stream is gone).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match watch().await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    broker.shutdown().await;
+}
+
+// ---------- audit ----------
+
+/// Distinctive patient identifiers, searched for in logs and the audit trail.
+const NHS: &str = "6541003238";
+const FAMILY: &str = "Quillfeather";
+const GIVEN: &str = "Ottoline";
+const BIRTH: &str = "1961-07-23";
+
+/// A request's whole life, plus a cancellation and some refused calls; returns the request ids.
+async fn walkthrough(broker: &TestBroker) -> Vec<String> {
+    let trust = broker.client("RJ1").await;
+    let mut events = trust
+        .requests()
+        .watch_request_events(proto::WatchRequestEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sub = submission("WALK-1", Priority::Stat, broker.now());
+    sub.patient = Some(proto::Patient {
+        nhs_number: NHS.into(),
+        family_name: FAMILY.into(),
+        given_name: GIVEN.into(),
+        birth_date: BIRTH.into(),
+    });
+    let r = trust
+        .requests()
+        .submit_request(sub.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let lab = broker.client(&r.lab).await;
+    lab.labs()
+        .get_job(proto::GetJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .get_job(proto::GetJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .unwrap();
+    lab.labs()
+        .receive_sample(proto::ReceiveSampleRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .post_results(proto::PostResultsRequest {
+            id: r.id.clone(),
+            observations: vec![proto::Observation {
+                test: "K".into(),
+                value: "4.1".into(),
+                unit: "mmol/L".into(),
+                reference_range: "3.5-5.3".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let _ = next(&mut events).await;
+    trust
+        .requests()
+        .get_request(proto::GetRequestRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    trust
+        .requests()
+        .list_requests(proto::ListRequestsRequest::default())
+        .await
+        .unwrap();
+    let mut second = sub.clone();
+    second.order_number = "WALK-2".into();
+    let r2 = trust
+        .requests()
+        .submit_request(second)
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    trust
+        .requests()
+        .cancel_request(proto::CancelRequestRequest {
+            id: r2.id.clone(),
+            reason: "duplicate".into(),
+        })
+        .await
+        .unwrap();
+    // Refused calls: their errors must not echo the patient either.
+    let mut bad = sub.clone();
+    bad.order_number = "WALK-3".into();
+    bad.patient.as_mut().unwrap().nhs_number = "6541003239".into();
+    bad.patient.as_mut().unwrap().birth_date = "2999-99-99".into();
+    let err = trust.requests().submit_request(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut same_order = sub.clone();
+    same_order.tests = vec!["FBC".into()];
+    let err = trust
+        .requests()
+        .submit_request(same_order)
+        .await
+        .unwrap_err();
+    for text in [err.message().to_string(), format!("{err:?}")] {
+        for secret in [NHS, "6541003239", FAMILY, GIVEN, BIRTH, "2999-99-99"] {
+            assert!(!text.contains(secret), "error text holds {secret}: {text}");
+        }
+    }
+    vec![r.id, r2.id]
+}
+
+fn log_capture() -> Arc<Mutex<Vec<u8>>> {
+    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let writer = buf.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || Capture(writer.clone()))
+                .try_init()
+                .expect("the first subscriber of this test binary");
+            buf
+        })
+        .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_patient_identifier_reaches_the_logs_at_debug_level_or_the_audit_trail() {
+    let logs = log_capture();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config).await;
+    let ids = walkthrough(&broker).await;
+    broker.shutdown().await;
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(
+        text.contains("request submitted") && text.contains(&ids[0]),
+        "the capture saw the walkthrough"
+    );
+    assert!(text.contains("DEBUG"), "debug level was on");
+    let audit = std::fs::read_to_string(data.path().join(AUDIT_FILE)).unwrap();
+    for secret in [NHS, "6541003239", FAMILY, GIVEN, BIRTH, "2999-99-99"] {
+        assert!(!text.contains(secret), "the logs hold {secret}");
+        assert!(!audit.contains(secret), "the audit log holds {secret}");
+    }
+}
+
+#[tokio::test]
+async fn every_patient_read_and_state_change_is_audited_in_an_intact_chain() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config).await;
+    let ids = walkthrough(&broker).await;
+    broker.shutdown().await;
+    let path = data.path().join(AUDIT_FILE);
+    let entries: Vec<labaid::audit::AuditEntry> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<(&str, Option<&str>)> = entries
+        .iter()
+        .map(|e| (e.action.as_str(), e.request_id.as_deref()))
+        .collect();
+    let first = Some(ids[0].as_str());
+    for expected in [
+        ("request.watch", None),
+        ("request.submit", first),
+        ("job.accept", first),
+        ("job.get", first),
+        ("job.list", first),
+        ("job.receive", first),
+        ("job.results", first),
+        ("request.get", first),
+        ("request.list", first),
+        ("request.cancel", Some(ids[1].as_str())),
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected:?} missing from {actions:?}"
+        );
+    }
+    // Only one job.get: the read before acceptance showed no patient, so it is not audited.
+    assert_eq!(actions.iter().filter(|a| a.0 == "job.get").count(), 1);
+    let accept = entries.iter().find(|e| e.action == "job.accept").unwrap();
+    assert_eq!(accept.role, "lab");
+    assert!(matches!(
+        labaid::audit::verify(&path).unwrap(),
+        Verdict::Intact { entries: n, .. } if n == entries.len() as u64
+    ));
+}
+
+/// Runs `labaid-broker audit verify --data-dir DIR`; returns the exit code and stderr.
+fn audit_verify_cli(dir: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn rewrite(dir: &Path, original: &[String], edit: impl FnOnce(&mut Vec<String>)) {
+    let mut lines = original.to_vec();
+    edit(&mut lines);
+    let mut f = std::fs::File::create(dir.join(AUDIT_FILE)).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_edited_deleted_or_reordered_audit_entry_is_caught_and_named() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config).await;
+    walkthrough(&broker).await;
+    broker.shutdown().await;
+    let original: Vec<String> = std::fs::read_to_string(data.path().join(AUDIT_FILE))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(original.len() >= 6);
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("intact"), "{said}");
+
+    // Edit: the third entry claims another organisation.
+    rewrite(data.path(), &original, |l| {
+        l[2] = l[2].replacen("\"org\":\"", "\"org\":\"X", 1);
+    });
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 3") && said.contains("edited"), "{said}");
+
+    // Delete the third entry.
+    rewrite(data.path(), &original, |l| {
+        l.remove(2);
+    });
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 3"), "{said}");
+
+    // Swap the fourth and fifth.
+    rewrite(data.path(), &original, |l| l.swap(3, 4));
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 4"), "{said}");
+
+    // Rewriting an entry and recomputing its own hash still breaks the next link.
+    rewrite(data.path(), &original, |l| {
+        let mut e: labaid::audit::AuditEntry = serde_json::from_str(&l[1]).unwrap();
+        e.org = "RJZ".into();
+        e.hash = e.compute_hash();
+        l[1] = serde_json::to_string(&e).unwrap();
+    });
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 3"), "{said}");
+
+    // Export writes the verified entries as JSON lines.
+    rewrite(data.path(), &original, |_| {});
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+        .args(["audit", "export", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        original.len()
+    );
+}
