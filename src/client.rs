@@ -83,6 +83,15 @@ pub type Authed = InterceptedService<Channel, BearerAuth>;
 impl Client {
     /// Connects to the broker.
     pub async fn connect(options: &ConnectOptions) -> Result<Self, ClientError> {
+        Self::connect_with(options, |endpoint| endpoint).await
+    }
+
+    /// Connects to the broker, letting the caller tune the endpoint first (a call timeout for
+    /// one-shot commands, HTTP/2 keep-alive for long-lived watches).
+    pub async fn connect_with(
+        options: &ConnectOptions,
+        configure: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Self, ClientError> {
         let endpoint = Endpoint::from_shared(options.addr.clone())
             .map_err(|e| ClientError::Address {
                 addr: options.addr.clone(),
@@ -90,6 +99,7 @@ impl Client {
             })?
             .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(5)))
             .tcp_nodelay(true);
+        let endpoint = configure(endpoint);
         let auth = match &options.token {
             Some(t) => Some(
                 format!("Bearer {t}")
