@@ -96,7 +96,11 @@ pub fn ts(t: Timestamp) -> prost_types::Timestamp {
 }
 
 /// A valid submission: potassium (4 h stability), collected 20 minutes before `now`.
-pub fn submission(order: &str, priority: proto::Priority, now: Timestamp) -> proto::SubmitRequestRequest {
+pub fn submission(
+    order: &str,
+    priority: proto::Priority,
+    now: Timestamp,
+) -> proto::SubmitRequestRequest {
     submission_of(order, priority, &["K"], now.plus_minutes(-20))
 }
 
@@ -131,7 +135,10 @@ pub async fn next<T>(stream: &mut Streaming<T>) -> T {
 }
 
 /// Reads lab events until one of `kind` arrives; returns it.
-pub async fn next_job_event(stream: &mut Streaming<proto::JobEvent>, kind: proto::JobEventKind) -> proto::JobEvent {
+pub async fn next_job_event(
+    stream: &mut Streaming<proto::JobEvent>,
+    kind: proto::JobEventKind,
+) -> proto::JobEvent {
     loop {
         let e = next(stream).await;
         if e.kind == kind as i32 {
@@ -152,7 +159,10 @@ pub async fn close_all_labs(broker: &TestBroker) {
             .into_inner();
         for t in cap.tests {
             c.labs()
-                .set_capacity(proto::SetCapacityRequest { test: t.test, capacity: 0 })
+                .set_capacity(proto::SetCapacityRequest {
+                    test: t.test,
+                    capacity: 0,
+                })
                 .await
                 .unwrap();
         }
