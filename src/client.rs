@@ -129,6 +129,15 @@ pub type Authed = InterceptedService<Channel, BearerAuth>;
 impl Client {
     /// Connects to the broker.
     pub async fn connect(options: &ConnectOptions) -> Result<Self, ClientError> {
+        Self::connect_with(options, |endpoint| endpoint).await
+    }
+
+    /// Connects to the broker, letting the caller tune the endpoint first (a call timeout for
+    /// one-shot commands, HTTP/2 keep-alive for long-lived watches).
+    pub async fn connect_with(
+        options: &ConnectOptions,
+        configure: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Self, ClientError> {
         let addr = match (&options.tls, options.addr.strip_prefix("http://")) {
             (Some(_), Some(rest)) => format!("https://{rest}"),
             _ => options.addr.clone(),
@@ -145,6 +154,7 @@ impl Client {
                 .tls_config(client_tls(files)?)
                 .map_err(|e| ClientError::Tls(e.to_string()))?;
         }
+        let endpoint = configure(endpoint);
         let auth = match &options.token {
             Some(t) => Some(
                 format!("Bearer {t}")
