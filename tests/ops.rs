@@ -208,3 +208,112 @@ async fn health_goes_not_serving_when_draining_begins() {
     );
     stopping.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_submitted_during_shutdown_is_kept_or_refused_never_lost() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = labaid::Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config.clone()).await;
+    let trust = broker.client("RJZ").await;
+    let now = broker.now();
+    // Submitters run flat out; shutdown begins once a few have been acknowledged.
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let client = trust.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..400 {
+                let order = format!("SD-{worker}-{i}");
+                let result = client
+                    .requests()
+                    .submit_request(submission(&order, Priority::Urgent, now))
+                    .await;
+                let stop = result.is_err();
+                outcomes.push((order, result.map(|r| r.into_inner().request.unwrap().id)));
+                if stop {
+                    break;
+                }
+            }
+            outcomes
+        }));
+    }
+    let mut events = trust
+        .requests()
+        .watch_request_events(proto::WatchRequestEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..20 {
+        next(&mut events).await;
+    }
+    broker.shutdown().await;
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for t in tasks {
+        for (order, result) in t.await.unwrap() {
+            match result {
+                Ok(id) => acknowledged.push((order, id)),
+                Err(status) => {
+                    assert!(
+                        matches!(
+                            status.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::Cancelled
+                        ),
+                        "{status:?}"
+                    );
+                    refused.push(order);
+                }
+            }
+        }
+    }
+    assert!(acknowledged.len() >= 20);
+    assert!(
+        !refused.is_empty(),
+        "shutdown happened while submitters were running"
+    );
+
+    // Restart on the same store: every acknowledged request is there; a refused one was either
+    // never stored or is returned as the original when retried, never stored twice.
+    let again = TestBroker::spawn_with(config).await;
+    let trust = again.client("RJZ").await;
+    for (order, id) in &acknowledged {
+        let r = trust
+            .requests()
+            .get_request(proto::GetRequestRequest { id: id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {order} lost: {e:?}"))
+            .into_inner();
+        assert_eq!(&r.order_number, order);
+    }
+    for order in &refused {
+        trust
+            .requests()
+            .submit_request(submission(order, Priority::Urgent, now))
+            .await
+            .unwrap();
+    }
+    let mut total = 0;
+    let mut token = String::new();
+    loop {
+        let page = trust
+            .requests()
+            .list_requests(proto::ListRequestsRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        total += page.requests.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(total, acknowledged.len() + refused.len());
+    again.shutdown().await;
+}

@@ -71,6 +71,16 @@ pub(crate) enum Subject {
 /// Maps a broker status to the operator's error. `addr` is the broker address in effect.
 pub(crate) fn from_status(status: &Status, subject: Subject, addr: &str) -> CliError {
     let msg = status.message().trim();
+    if status.code() == Code::Unknown
+        && msg.contains("h2 protocol error")
+        && addr.starts_with("http://")
+    {
+        // A plaintext client talking to a TLS listener fails inside HTTP/2, not with a status.
+        return CliError::Unavailable(format!(
+            "the broker at {addr} did not answer plaintext gRPC ({msg}); if it serves TLS, use an \
+             https:// address with --ca (and --cert/--key for mutual TLS)"
+        ));
+    }
     match status.code() {
         Code::InvalidArgument => {
             let violations: Vec<(String, String)> = status

@@ -64,13 +64,13 @@ pub(crate) struct GlobalOpts {
     /// profile: a command line is visible to other users of the machine.
     #[arg(long, global = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
-    /// CA certificate to trust, PEM [env: LABAID_CA] (reserved: TLS is not supported yet)
+    /// CA that issued the broker's TLS certificate, PEM [env: LABAID_CA]; turns on TLS
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
-    /// Client certificate, PEM [env: LABAID_CERT] (reserved: TLS is not supported yet)
+    /// Client certificate for mutual TLS, PEM, naming your ODS code [env: LABAID_CERT]
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) cert: Option<PathBuf>,
-    /// Client key, PEM [env: LABAID_KEY] (reserved: TLS is not supported yet)
+    /// Private key of the client certificate, PEM [env: LABAID_KEY]
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
     /// Profile file [env: LABAID_PROFILE] [default: ~/.config/labaid/labctl.toml]

@@ -500,8 +500,11 @@ impl Router {
         match r.state {
             RequestState::Offered => {}
             RequestState::Accepted | RequestState::Received => {
+                // Two operators of one lab racing for an offer look the same as one operator
+                // retrying: both are told the job is already theirs.
                 return Err(Error::Aborted(format!(
-                    "job {id} was already accepted by another operator of {lab}"
+                    "job {id} is already accepted by {lab} (another operator, or an earlier try \
+                     of this one): see it with GetJob"
                 )));
             }
             other => return Err(final_state_error(id, other)),
