@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/labaid/v1/requests.proto",
         "proto/labaid/v1/labs.proto",
         "proto/labaid/v1/directory.proto",
+        "proto/labaid/v1/coordinator.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;

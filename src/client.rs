@@ -10,6 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
+use crate::proto::coordinator_service_client::CoordinatorServiceClient;
 use crate::proto::directory_service_client::DirectoryServiceClient;
 use crate::proto::lab_service_client::LabServiceClient;
 use crate::proto::request_service_client::RequestServiceClient;
@@ -184,6 +185,11 @@ impl Client {
     /// The labs' service.
     pub fn labs(&self) -> LabServiceClient<Authed> {
         LabServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// The coordinators' service.
+    pub fn coordinator(&self) -> CoordinatorServiceClient<Authed> {
+        CoordinatorServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// The directory.

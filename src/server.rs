@@ -15,7 +15,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{Context, DirectoryApi, LabApi, RequestApi};
+use crate::api::{Context, CoordinatorApi, DirectoryApi, LabApi, RequestApi};
 use crate::audit::AuditLog;
 use crate::auth::{Authenticator, RateLimiter, WatchLimiter};
 use crate::config::{Config, Limits, TlsPaths};
@@ -23,6 +23,7 @@ use crate::engine::{Engine, Views};
 use crate::error::Error;
 use crate::ops::{Metrics, Readiness, RpcLayer, StartingLayer};
 use crate::proto;
+use crate::proto::coordinator_service_server::CoordinatorServiceServer;
 use crate::proto::directory_service_server::DirectoryServiceServer;
 use crate::proto::lab_service_server::LabServiceServer;
 use crate::proto::request_service_server::RequestServiceServer;
@@ -32,11 +33,12 @@ use crate::store::{self, Directory};
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The services gRPC health reports on ("" is the whole broker).
-const HEALTH_SERVICES: [&str; 4] = [
+const HEALTH_SERVICES: [&str; 5] = [
     "",
     "labaid.v1.RequestService",
     "labaid.v1.LabService",
     "labaid.v1.DirectoryService",
+    "labaid.v1.CoordinatorService",
 ];
 
 /// The sockets a broker serves on.
@@ -231,6 +233,10 @@ pub async fn serve_on(
         )
         .add_service(
             DirectoryServiceServer::new(DirectoryApi::new(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            CoordinatorServiceServer::new(CoordinatorApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(

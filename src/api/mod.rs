@@ -2,6 +2,7 @@
 //! domain types, hand the command to the engine, map the error.
 
 mod convert;
+mod coordinator;
 mod directory;
 mod labs;
 mod requests;
@@ -15,6 +16,7 @@ use crate::domain::RequestId;
 use crate::engine::Engine;
 use crate::error::Error;
 
+pub use coordinator::CoordinatorApi;
 pub use directory::DirectoryApi;
 pub use labs::LabApi;
 pub use requests::RequestApi;

@@ -63,6 +63,12 @@ pub enum Action {
     LabCapacity,
     /// A lab changed its status.
     LabStatus,
+    /// A coordinator read the overview (no patient data).
+    CoordinatorOverview,
+    /// A coordinator set a lab's status.
+    CoordinatorLabStatus,
+    /// A coordinator reassigned a job.
+    CoordinatorReassign,
 }
 
 impl Action {
@@ -84,6 +90,9 @@ impl Action {
             Self::JobFail => "job.fail",
             Self::LabCapacity => "lab.capacity",
             Self::LabStatus => "lab.status",
+            Self::CoordinatorOverview => "coordinator.overview",
+            Self::CoordinatorLabStatus => "coordinator.lab_status",
+            Self::CoordinatorReassign => "coordinator.reassign",
         }
     }
 }

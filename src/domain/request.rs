@@ -597,6 +597,8 @@ pub enum ExclusionReason {
     Declined,
     /// The lease ran out.
     LeaseExpired,
+    /// A coordinator took the job away (the lab went offline before the sample arrived).
+    Reassigned,
 }
 
 /// A lab that will not be offered this request again, and why.

@@ -227,6 +227,15 @@ impl Views {
             .collect()
     }
 
+    /// How many requests of each priority wait for a lab.
+    pub fn waiting(&self) -> Vec<(Priority, usize)> {
+        let queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        Priority::ALL
+            .into_iter()
+            .map(|p| (p, queued.iter().filter(|(q, _, _)| *q == p).count()))
+            .collect()
+    }
+
     /// The broker's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

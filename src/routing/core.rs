@@ -139,6 +139,14 @@ pub enum Command {
     },
     /// Time passed: fire every timer that is due.
     Tick,
+    // New commands go last: the journal encodes the variant's position.
+    /// A coordinator returns an accepted job whose sample has not arrived to the queue.
+    Reassign {
+        /// The job.
+        id: RequestId,
+        /// Why.
+        reason: BoundedText,
+    },
 }
 
 /// What a command answers.
@@ -348,6 +356,7 @@ impl Router {
                 capacity,
             } => self.set_capacity(lab, test, *capacity, now, out),
             Command::SetStatus { lab, status } => self.set_status(lab, *status, now, out),
+            Command::Reassign { id, reason } => self.reassign(id, reason, now, out),
             Command::Tick => {
                 self.tick(now, out);
                 Ok(Reply::Ticked)
@@ -785,6 +794,54 @@ impl Router {
         Ok(Reply::Status { status, withdrawn })
     }
 
+    fn reassign(
+        &mut self,
+        id: &RequestId,
+        reason: &BoundedText,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> Result<Reply, Error> {
+        let r = self
+            .state
+            .requests
+            .get(id)
+            .ok_or_else(|| not_found("request", id))?;
+        let lab = match (r.state, &r.lab) {
+            (RequestState::Accepted, Some(lab)) => lab.clone(),
+            (RequestState::Received, _) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the sample of {id} is already at its lab; it cannot be reassigned"
+                )));
+            }
+            (state, _) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "request {id} is {}: only an accepted job can be reassigned",
+                    state.as_str()
+                )));
+            }
+        };
+        out.changed = true;
+        self.release(id, &lab, out);
+        self.update(id, now, out, |r| {
+            r.excluded.push(Exclusion {
+                lab: lab.clone(),
+                reason: ExclusionReason::Reassigned,
+                at: now,
+            });
+            r.accepted_at = None;
+            r.lab = None;
+            r.status_detail = format!(
+                "a coordinator took the job from {lab}: {}; routing again",
+                reason.as_str()
+            );
+        });
+        self.refresh_expiry(id);
+        self.emit_lab(&lab, id, JobEventKind::Withdrawn, now, out);
+        self.route_or_queue(id, now, out);
+        self.route_waiting(&lab, now, out);
+        Ok(self.reply(id))
+    }
+
     fn tick(&mut self, now: Timestamp, out: &mut Outcome) {
         while let Some(&(at, kind, id)) = self.state.timers.first() {
             if at > now {
@@ -1146,6 +1203,9 @@ impl Router {
         let ago = human_duration(now.millis_since(ex.at));
         Err(Error::FailedPrecondition(match ex.reason {
             ExclusionReason::Declined => format!("{lab} declined this offer {ago} ago"),
+            ExclusionReason::Reassigned => {
+                format!("a coordinator reassigned this job {ago} ago, while {lab} was offline")
+            }
             ExclusionReason::LeaseExpired => {
                 let since = match r.state {
                     RequestState::Queued => "is waiting for another lab",

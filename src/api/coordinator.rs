@@ -1,0 +1,172 @@
+//! CoordinatorService: the incident coordinator's overview, and decisions about labs that went
+//! dark. Shows no patient data.
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{lab_to, priority_to, state_to, status_from, status_to};
+use super::{Context, parse_id};
+use crate::audit::Action;
+use crate::auth::{Principal, Role};
+use crate::domain::{BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, RequestState};
+use crate::error::Error;
+use crate::proto;
+use crate::proto::coordinator_service_server::CoordinatorService;
+use crate::routing::{Command, Reply};
+
+/// The coordinators' service.
+#[derive(Debug, Clone)]
+pub struct CoordinatorApi {
+    ctx: Context,
+}
+
+impl CoordinatorApi {
+    /// The service over a shared context.
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    fn coordinator<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
+        let who = self.ctx.auth.authenticate(request)?;
+        who.require(Role::Coordinator)?;
+        Ok(who)
+    }
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for CoordinatorApi {
+    async fn get_overview(
+        &self,
+        request: Request<proto::GetOverviewRequest>,
+    ) -> Result<Response<proto::Overview>, Status> {
+        let who = self.coordinator(&request)?;
+        self.ctx
+            .audit
+            .record(&who, Action::CoordinatorOverview, None)?;
+        let engine = &self.ctx.engine;
+        let views = engine.views();
+        let waits = views.oldest_waits(engine.now());
+        let mut queues: Vec<proto::PriorityQueue> = views
+            .waiting()
+            .into_iter()
+            .map(|(p, waiting)| proto::PriorityQueue {
+                priority: priority_to(p) as i32,
+                waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
+                oldest_wait_seconds: waits
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or(0, |(_, w)| *w as u32),
+            })
+            .collect();
+        queues.reverse();
+        let labs = views.labs();
+        let offers_open = Priority::ALL
+            .iter()
+            .map(|p| {
+                views
+                    .metrics()
+                    .requests
+                    .with_label_values(&[RequestState::Offered.as_str(), p.as_str()])
+                    .get()
+            })
+            .sum::<i64>();
+        let mut stranded = Vec::new();
+        for lab in labs.iter().filter(|l| l.status == LabStatus::Offline) {
+            let (jobs, _) = views.list(&lab.config.ods, None, usize::MAX, |r| {
+                r.is_job_of(&lab.config.ods) && r.state == RequestState::Accepted
+            });
+            stranded.extend(jobs.iter().map(|r| {
+                proto::StrandedJob {
+                    id: r.id.to_string(),
+                    trust: r.trust.to_string(),
+                    lab: lab.config.ods.to_string(),
+                    priority: priority_to(r.submission.priority) as i32,
+                    tests: r
+                        .submission
+                        .tests
+                        .codes()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                }
+            }));
+        }
+        Ok(Response::new(proto::Overview {
+            queues,
+            offers_open: u32::try_from(offers_open.max(0)).unwrap_or(u32::MAX),
+            stranded,
+            labs: labs.iter().map(lab_to).collect(),
+        }))
+    }
+
+    async fn set_lab_status(
+        &self,
+        request: Request<proto::SetLabStatusRequest>,
+    ) -> Result<Response<proto::SetLabStatusResponse>, Status> {
+        let who = self.coordinator(&request)?;
+        let m = request.into_inner();
+        let lab = OdsCode::parse(&m.lab).map_err(|e| Error::invalid("lab", e))?;
+        if self.ctx.engine.views().lab(&lab).is_none() {
+            return Err(Error::NotFound(format!("lab {lab} not found")).into());
+        }
+        let status = status_from(m.status)
+            .ok_or_else(|| Error::invalid("status", "must be one of online, draining, offline"))?;
+        let reply = self
+            .ctx
+            .engine
+            .execute(Command::SetStatus {
+                lab: lab.clone(),
+                status,
+            })
+            .await?;
+        let Reply::Status { status, withdrawn } = reply else {
+            return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
+        };
+        self.ctx
+            .audit
+            .record(&who, Action::CoordinatorLabStatus, None)?;
+        tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
+        Ok(Response::new(proto::SetLabStatusResponse {
+            lab: lab.to_string(),
+            status: status_to(status) as i32,
+            offers_withdrawn: withdrawn,
+        }))
+    }
+
+    async fn reassign_job(
+        &self,
+        request: Request<proto::ReassignJobRequest>,
+    ) -> Result<Response<proto::ReassignJobResponse>, Status> {
+        let who = self.coordinator(&request)?;
+        let m = request.into_inner();
+        let id = parse_id(&m.id)?;
+        if m.reason.trim().is_empty() {
+            return Err(
+                Error::invalid("reason", "is required: say why the job is reassigned").into(),
+            );
+        }
+        let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
+            .map_err(|e| Error::invalid("reason", e))?;
+        let reply = self
+            .ctx
+            .engine
+            .execute(Command::Reassign { id, reason })
+            .await?;
+        let Reply::Request { request, .. } = reply else {
+            return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
+        };
+        self.ctx
+            .audit
+            .record(&who, Action::CoordinatorReassign, Some(&id))?;
+        tracing::info!(request.id = %id, "job reassigned by a coordinator");
+        Ok(Response::new(proto::ReassignJobResponse {
+            id: id.to_string(),
+            state: state_to(request.state) as i32,
+            lab: request
+                .lab
+                .as_ref()
+                .filter(|_| request.state == RequestState::Offered)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        }))
+    }
+}
