@@ -4,10 +4,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    capacity_to, failure_from, flag_from, job_event_to, job_to, priority_from, state_from,
-    status_from, status_to,
+    capacity_to, failure_from, flag_from, job_event_to, job_to, status_from, status_to,
 };
-use super::{Context, page_size, page_token, parse_id};
+use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
 use crate::auth::{Principal, Role};
 use crate::domain::{
@@ -87,19 +86,7 @@ impl LabService for LabApi {
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
         let who = self.lab(&request)?;
         let m = request.into_inner();
-        let states = m
-            .states
-            .iter()
-            .map(|s| state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let priorities = m
-            .priorities
-            .iter()
-            .map(|p| {
-                priority_from(*p)
-                    .ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (states, priorities) = list_filters(&m.states, &m.priorities)?;
         let limit = page_size(m.page_size)?;
         let before = page_token(&m.page_token)?;
         let (page, next) = self.ctx.engine.views().list(&who.org, before, limit, |r| {

@@ -12,7 +12,7 @@ use tokio::sync::watch as signal;
 
 use crate::audit::AuditLog;
 use crate::auth::{Authenticator, WatchLimiter};
-use crate::domain::RequestId;
+use crate::domain::{Priority, RequestId, RequestState};
 use crate::engine::Engine;
 use crate::error::Error;
 
@@ -46,6 +46,27 @@ fn parse_id(raw: &str) -> Result<RequestId, Error> {
     let id = RequestId::parse(raw).map_err(|e| Error::invalid("id", e))?;
     tracing::Span::current().record("request.id", tracing::field::display(id));
     Ok(id)
+}
+
+/// The state and priority filters of a list call.
+fn list_filters(
+    states: &[i32],
+    priorities: &[i32],
+) -> Result<(Vec<RequestState>, Vec<Priority>), Error> {
+    let states = states
+        .iter()
+        .map(|s| {
+            convert::state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state"))
+        })
+        .collect::<Result<_, _>>()?;
+    let priorities = priorities
+        .iter()
+        .map(|p| {
+            convert::priority_from(*p)
+                .ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((states, priorities))
 }
 
 fn page_size(raw: u32) -> Result<usize, Error> {

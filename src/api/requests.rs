@@ -3,8 +3,8 @@
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{priority_from, raw_submission, request_event_to, request_to, state_from};
-use super::{Context, page_size, page_token, parse_id};
+use super::convert::{raw_submission, request_event_to, request_to};
+use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
 use crate::auth::Role;
 use crate::domain::{BoundedText, MAX_NOTE_CHARS, NewRequest, RequestId};
@@ -92,19 +92,7 @@ impl RequestService for RequestApi {
         let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
         let m = request.into_inner();
-        let states = m
-            .states
-            .iter()
-            .map(|s| state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let priorities = m
-            .priorities
-            .iter()
-            .map(|p| {
-                priority_from(*p)
-                    .ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (states, priorities) = list_filters(&m.states, &m.priorities)?;
         let limit = page_size(m.page_size)?;
         let before = page_token(&m.page_token)?;
         let (page, next) = self.ctx.engine.views().list(&who.org, before, limit, |r| {
