@@ -29,9 +29,7 @@ fn read(path: &Path) -> String {
 fn yaml_docs(path: &Path) -> Vec<Value> {
     let text = read(path);
     let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| {
-            Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        })
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .filter(|v| !v.is_null())
         .collect();
     assert!(!docs.is_empty(), "{} has no YAML document", path.display());
@@ -43,10 +41,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             yaml_files(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml")
-        {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(path);
         }
     }
@@ -216,7 +211,11 @@ fn kubernetes_manifests_fit_together() {
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(str_at(c, &[probe, "httpGet", "path"]), path, "{probe}");
         let port = str_at(c, &[probe, "httpGet", "port"]);
-        assert_eq!(ports.get(port), Some(&9464), "{probe} uses the metrics port");
+        assert_eq!(
+            ports.get(port),
+            Some(&9464),
+            "{probe} uses the metrics port"
+        );
     }
     for r in ["cpu", "memory"] {
         assert!(
@@ -351,8 +350,8 @@ fn compose_runs_the_broker_with_its_volume_and_prometheus() {
     let context = deploy_dir().join(str_at(broker, &["build", "context"]));
     assert!(
         context
-                .join(str_at(broker, &["build", "dockerfile"]))
-                .is_file(),
+            .join(str_at(broker, &["build", "dockerfile"]))
+            .is_file(),
         "the build names deploy/Dockerfile relative to its context"
     );
     let ports: Vec<&str> = seq_at(broker, &["ports"])
@@ -422,9 +421,8 @@ fn the_example_config_loads_and_sets_every_key() {
     ] {
         assert!(table.contains_key(key), "the example sets {key}");
     }
-    let keys = |t: &str| -> BTreeSet<String> {
-        table[t].as_table().unwrap().keys().cloned().collect()
-    };
+    let keys =
+        |t: &str| -> BTreeSet<String> { table[t].as_table().unwrap().keys().cloned().collect() };
     assert_eq!(keys("leases"), set(&["stat", "asap", "urgent", "routine"]));
     assert_eq!(keys("tls"), set(&["cert", "key", "client_ca"]));
     assert_eq!(
@@ -725,7 +723,10 @@ async fn the_grafana_dashboard_queries_only_metrics_the_broker_exports() {
     let mut used = BTreeSet::new();
     for p in &all {
         let title = p["title"].as_str().expect("every panel has a title");
-        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "{title}: id");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "{title}: id"
+        );
         assert!(p["gridPos"]["w"].is_u64(), "{title}: gridPos");
         if p["type"] == "row" {
             continue;
