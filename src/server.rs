@@ -146,15 +146,17 @@ pub async fn serve_on(
     // Recover before serving: nothing is answered from a state that is not yet what is durable.
     let data_dir = config.data_dir.clone();
     let (directory, options) = (Directory::from(&config), config.store);
-    let recovered = tokio::task::spawn_blocking(move || store::open(&data_dir, directory, options))
-        .await
-        .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
-        .map_err(|e| {
-            Error::Internal(format!(
-                "cannot open the data directory {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+    let now = config.clock.now();
+    let recovered =
+        tokio::task::spawn_blocking(move || store::open_at(&data_dir, directory, options, now))
+            .await
+            .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "cannot open the data directory {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?;
     // Its connections are told to go away and finish on their own: a health watcher opened while
     // starting stays until it ends (it hears SERVING through the shared reporter).
     starting_done.store(true, Ordering::SeqCst);

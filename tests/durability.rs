@@ -706,6 +706,7 @@ fn latest_snapshot(dir: &Path) -> u64 {
 fn config_in(dir: &Path) -> labaid::Config {
     let mut config = labaid::Config::demo().expect("demo config");
     config.data_dir = dir.to_path_buf();
+    config.metrics_listen = None;
     config
 }
 
@@ -787,27 +788,83 @@ async fn an_open_offer_keeps_its_lease_across_a_restart_and_is_routed_again_once
 }
 
 #[tokio::test]
-async fn a_data_directory_made_for_another_directory_is_refused_with_the_difference_named() {
+async fn a_lab_added_to_the_directory_takes_waiting_work_after_a_restart() {
     let data = tempfile::tempdir().expect("data dir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let mut config = config_in(data.path());
+    // Only RJ7 remains, with no potassium capacity: RJ1's potassium waits.
+    config.labs.retain(|l| l.ods.as_str() == "RJ7");
+    for lab in &mut config.labs {
+        for (test, capacity) in lab.capacity.iter_mut() {
+            if test.as_str() == "K" {
+                *capacity = 0;
+            }
+        }
+    }
+    let broker = common::TestBroker::spawn_with(config.clone()).await;
+    let trust = broker.client("RJ1").await;
+    let waiting = trust
+        .requests()
+        .submit_request(common::submission(
+            "ADD-1",
+            proto::Priority::Urgent,
+            broker.now(),
+        ))
         .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let first = tokio::spawn(labaid::serve(listener, config_in(data.path()), async {
-        let _ = stopped.await;
-    }));
-    let _ = stop.send(());
-    first.await.expect("join").expect("first start");
+        .expect("submit")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!(
+        waiting.state,
+        RequestState::Queued as i32,
+        "{}",
+        waiting.status_detail
+    );
+    broker.shutdown().await;
 
-    let mut other = config_in(data.path());
-    other.retention_ms /= 2;
+    // The full directory adds R1H (the nearest) and gives RJ7 potassium capacity again: the
+    // waiting request is routed at start.
+    let full = config_in(data.path());
+    let broker = common::TestBroker::spawn_with(full.clone()).await;
+    let trust = broker.client("RJ1").await;
+    let now = trust
+        .requests()
+        .get_request(proto::GetRequestRequest {
+            id: waiting.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        now.state,
+        RequestState::Offered as i32,
+        "{}",
+        now.status_detail
+    );
+    assert_eq!(now.lab, "R1H");
+    let lab = broker.client("R1H").await;
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest {
+            id: waiting.id.clone(),
+        })
+        .await
+        .expect("accept");
+    broker.shutdown().await;
+
+    // Removing the lab that holds the job is refused, naming it; the store is left as it was.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let err = labaid::serve(listener, other, std::future::pending())
+    let err = labaid::serve(listener, config.clone(), std::future::pending())
         .await
         .expect_err("refused");
     let message = err.to_string();
-    assert!(message.contains("retention_days"), "{message}");
-    assert!(message.contains("different directory"), "{message}");
+    assert!(
+        message.contains("R1H") && message.contains("holds"),
+        "{message}"
+    );
+    let broker = common::TestBroker::spawn_with(full).await;
+    let job = get_job(&broker, "R1H", &waiting.id).await;
+    assert_eq!(job.state, RequestState::Accepted as i32);
+    broker.shutdown().await;
 }

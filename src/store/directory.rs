@@ -1,6 +1,6 @@
 //! The directory a data directory was made for: the catalogue, trusts, labs, leases and retention.
-//! Snapshots carry it, and a restart with a config that says otherwise is refused rather than
-//! serving stored requests under rules they were not routed by.
+//! Snapshots carry it: the journal after a snapshot is replayed under it, and a changed config is
+//! applied only after that replay.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

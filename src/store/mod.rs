@@ -27,7 +27,7 @@ use crate::routing::{Command, Event, State};
 pub use directory::Directory;
 pub use file::FileJournal;
 pub use memory::MemoryJournal;
-pub use recover::{Recovered, open};
+pub use recover::{Recovered, open, open_at};
 
 /// One journaled change: a command and the time it was applied at. Replaying the entries in order
 /// through the core rebuilds the state exactly, because the core is deterministic.

@@ -12,6 +12,7 @@ use super::file::{
 };
 use super::record::{self, End};
 use super::{Directory, Snapshot, StoreError, StoreOptions};
+use crate::domain::Timestamp;
 use crate::routing::{DefaultPolicy, Event, Outcome, Router};
 
 /// A recovered core, its retained events, and the journal to carry on with.
@@ -36,6 +37,16 @@ pub fn open(
     dir: &Path,
     directory: Directory,
     options: StoreOptions,
+) -> Result<Recovered, StoreError> {
+    open_at(dir, directory, options, Timestamp::now())
+}
+
+/// [`open`], with the time at which a changed directory routes waiting requests.
+pub fn open_at(
+    dir: &Path,
+    directory: Directory,
+    options: StoreOptions,
+    now: Timestamp,
 ) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let dir = dir.to_path_buf();
@@ -75,14 +86,8 @@ pub fn open(
             snap.lsn
         )));
     }
+    // A changed directory is applied after replay: the journal was written under the old one.
     let differences = directory.differences(&snap.directory);
-    if !differences.is_empty() {
-        return Err(StoreError::Refused(format!(
-            "it was made with a different directory ({} differ); start with the config it was made \
-             with, or give a new --data-dir",
-            differences.join(", ")
-        )));
-    }
     let last_snapshot_size = fs::metadata(dir.join(snapshot_name(lsn)))?.len();
     let mut router = Router::from_state(snap.state, Arc::new(DefaultPolicy));
     let mut events = snap.events;
@@ -201,10 +206,56 @@ pub fn open(
             "the journal ends at entry {next}, before the snapshot's {lsn}"
         )));
     }
-    let (segment, segment_first) = match tail {
+    let (mut segment, mut segment_first) = match tail {
         Some(t) => t,
         None => (create_segment(&dir, next)?, next),
     };
+    let mut pinned = snap.directory;
+    let mut last_snapshot_size = last_snapshot_size;
+    if !differences.is_empty() {
+        let mut outcome = Outcome::default();
+        router
+            .adopt_directory(&directory.router(), now, &mut outcome)
+            .map_err(|e| {
+                StoreError::Refused(format!(
+                    "its directory cannot change that way ({}): {e}",
+                    differences.join(", ")
+                ))
+            })?;
+        events.append(&mut outcome.events);
+        // Pin the new directory: a snapshot at the end of the journal and a fresh segment after
+        // it, so that the next start replays only entries made under the new directory.
+        last_snapshot_size = file::write_snapshot(
+            &dir,
+            next,
+            &directory,
+            &Snapshot {
+                state: router.state().clone(),
+                events: events.clone(),
+            },
+        )?;
+        if segment_first != next {
+            drop(segment);
+            segment = create_segment(&dir, next)?;
+            segment_first = next;
+        }
+        for old in fs::read_dir(&dir)? {
+            let name = old?.file_name();
+            let name = name.to_string_lossy();
+            let stale = parse_name(&name, "snapshot-", ".snap").is_some_and(|n| n < next)
+                || parse_name(&name, "journal-", ".log").is_some_and(|n| n < next);
+            if stale {
+                fs::remove_file(dir.join(&*name))?;
+            }
+        }
+        sync_dir(&dir)?;
+        since_snapshot = 0;
+        pinned = directory;
+        tracing::warn!(
+            changed = %differences.join(", "),
+            "the directory changed since the store was written; applied it and took a snapshot"
+        );
+    }
     tracing::info!(
         data_dir = %dir.display(),
         snapshot_entries = lsn,
@@ -217,7 +268,7 @@ pub fn open(
     let journal = FileJournal::new(
         dir,
         lock,
-        snap.directory,
+        pinned,
         Tail {
             segment,
             segment_first,

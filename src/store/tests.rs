@@ -394,13 +394,21 @@ fn after_a_snapshot_the_start_reads_it_and_replays_only_what_follows() {
 }
 
 #[test]
-fn a_data_directory_made_for_another_directory_is_refused() {
+fn a_changed_directory_is_applied_and_pinned_by_a_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(Driver::open(dir.path()));
     let mut other = directory();
     other.retention_ms += 1;
-    let err = open(dir.path(), other, StoreOptions::default()).expect_err("refused");
-    assert!(err.to_string().contains("retention_days"), "{err}");
+    let recovered = open(dir.path(), other.clone(), StoreOptions::default()).expect("applied");
+    drop(recovered);
+    let newest = std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .max()
+        .expect("a snapshot");
+    let snapshot = super::file::read_snapshot(&newest).expect("snapshot");
+    assert!(snapshot.directory.differences(&other).is_empty());
 }
 
 #[test]
