@@ -73,6 +73,19 @@ impl EventLog {
     }
 }
 
+/// A lab as readers see it: everything but the set of its open jobs, which only the core needs
+/// and which grows with the work in flight (copying it on every batch made each submission cost
+/// time proportional to the offers already open).
+fn lab_view(lab: &LabState) -> LabState {
+    LabState {
+        config: lab.config.clone(),
+        status: lab.status,
+        slots: lab.slots.clone(),
+        open: BTreeSet::new(),
+        last_offer: lab.last_offer,
+    }
+}
+
 /// Everything readers see.
 #[derive(Debug)]
 pub struct Views {
@@ -95,7 +108,7 @@ impl Views {
             catalogue: router.catalogue().clone(),
             requests: DashMap::new(),
             by_org: DashMap::new(),
-            labs: RwLock::new(router.labs().iter().cloned().collect()),
+            labs: RwLock::new(router.labs().iter().map(lab_view).collect()),
             events: DashMap::new(),
             queued: Mutex::new(BTreeSet::new()),
             retention_ms,
@@ -123,13 +136,18 @@ impl Views {
             self.remove(id);
         }
         if !outcome.labs.is_empty() {
+            // Every command that touched a lab names it, so a batch names the same few labs
+            // hundreds of times: copy each once.
+            let mut changed: Vec<&OdsCode> = outcome.labs.iter().collect();
+            changed.sort_unstable();
+            changed.dedup();
             let mut labs = self.labs.write().unwrap_or_else(|e| e.into_inner());
-            for ods in &outcome.labs {
+            for ods in changed {
                 if let (Some(slot), Some(now)) = (
                     labs.iter_mut().find(|l| &l.config.ods == ods),
                     router.labs().get(ods),
                 ) {
-                    *slot = now.clone();
+                    *slot = lab_view(now);
                 }
             }
         }
@@ -315,7 +333,7 @@ impl Views {
         (page, None)
     }
 
-    /// One lab's current state.
+    /// One lab's current state (its `open` set is left empty in the views).
     pub fn lab(&self, ods: &OdsCode) -> Option<LabState> {
         let labs = self.labs.read().unwrap_or_else(|e| e.into_inner());
         labs.iter().find(|l| &l.config.ods == ods).cloned()

@@ -1,0 +1,434 @@
+//! The load: trust clients submitting with a fixed number of requests in flight (or at a fixed
+//! rate), lab clients watching offers and accepting, receiving and resulting them, and one watch
+//! per trust that sees results arrive; each phase timed from the start of its submission.
+
+use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio_stream::StreamExt as _;
+
+use super::report::Samples;
+use crate::client::{Client, ConnectOptions};
+use crate::proto;
+
+/// How far each submission is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Submit only (labs do nothing).
+    Submit,
+    /// Submit, offer delivered to the lab, accept.
+    Dispatch,
+    /// Submit, offer, accept, receive, result, result delivered to the trust.
+    Cycle,
+}
+
+/// One organisation the load acts as.
+#[derive(Debug, Clone)]
+pub struct Org {
+    /// ODS code.
+    pub ods: String,
+    /// Bearer token.
+    pub token: String,
+}
+
+/// What load to put on a server.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// `http://host:port`.
+    pub addr: String,
+    /// Trusts that submit.
+    pub trusts: Vec<Org>,
+    /// Labs that work offers (unused at `Stage::Submit`).
+    pub labs: Vec<Org>,
+    /// Connections the trusts submit over (spread over the trusts).
+    pub connections: usize,
+    /// Submissions in flight at once.
+    pub in_flight: usize,
+    /// Submissions per second in all, or as fast as acknowledgements come back.
+    pub rate: Option<f64>,
+    /// How far each submission is taken.
+    pub stage: Stage,
+    /// Load before measuring.
+    pub warmup: Duration,
+    /// Measured time.
+    pub duration: Duration,
+    /// Label for the progress line.
+    pub label: String,
+}
+
+/// What a run measured.
+#[derive(Debug, Default)]
+pub struct Measured {
+    /// Submit acknowledged.
+    pub submit: Samples,
+    /// Offer delivered on the lab's stream.
+    pub offer: Samples,
+    /// Accept acknowledged.
+    pub accept: Samples,
+    /// Result delivered on the trust's stream.
+    pub result: Samples,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Submissions acknowledged over the whole run.
+    pub submitted: u64,
+    /// Results delivered over the whole run.
+    pub resulted: u64,
+}
+
+/// Realistic urgent test sets and their share of the load, by priority.
+const TEST_SETS: [&[&str]; 8] = [
+    &["FBC", "UE"],
+    &["K", "UE"],
+    &["TROP"],
+    &["FBC", "CRP"],
+    &["INR", "APTT"],
+    &["GS"],
+    &["LFT", "CRP", "UE"],
+    &["GLU"],
+];
+
+/// stat 10 %, asap 20 %, urgent 30 %, routine 40 %.
+fn priority(n: u64) -> proto::Priority {
+    match n % 10 {
+        0 => proto::Priority::Stat,
+        1 | 2 => proto::Priority::Asap,
+        3..=5 => proto::Priority::Urgent,
+        _ => proto::Priority::Routine,
+    }
+}
+
+/// The submission with number `n` (its order number ends in `-n`).
+pub fn submission(run: &str, n: u64) -> proto::SubmitRequestRequest {
+    let collected = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_secs(20 * 60));
+    proto::SubmitRequestRequest {
+        order_number: format!("{run}-{n}"),
+        patient: Some(proto::Patient {
+            nhs_number: "9434765919".into(),
+            family_name: "Benchpatient".into(),
+            given_name: "Alex".into(),
+            birth_date: "1970-01-01".into(),
+        }),
+        tests: TEST_SETS[(n % TEST_SETS.len() as u64) as usize]
+            .iter()
+            .map(|t| (*t).to_string())
+            .collect(),
+        priority: priority(n / TEST_SETS.len() as u64) as i32,
+        collected_at: Some(prost_types::Timestamp {
+            seconds: collected.as_secs() as i64,
+            nanos: 0,
+        }),
+        clinical_note: "bench".into(),
+    }
+}
+
+fn number(order: &str) -> Option<u64> {
+    order.rsplit('-').next()?.parse().ok()
+}
+
+struct Shared {
+    starts: DashMap<u64, Instant>,
+    from: Instant,
+    until: Instant,
+    offer: Mutex<Samples>,
+    accept: Mutex<Samples>,
+    result: Mutex<Samples>,
+    errors: AtomicU64,
+    submitted: AtomicU64,
+    resulted: AtomicU64,
+    next: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn record(&self, samples: &Mutex<Samples>, start: Instant) {
+        let now = Instant::now();
+        if now >= self.from && now <= self.until {
+            samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(now - start);
+        }
+    }
+}
+
+async fn connect(addr: &str, org: &Org) -> anyhow::Result<Client> {
+    Ok(Client::connect(&ConnectOptions {
+        addr: addr.to_string(),
+        token: Some(org.token.clone()),
+        connect_timeout: Some(Duration::from_secs(10)),
+        tls: None,
+    })
+    .await?)
+}
+
+/// Runs the load and returns what it measured over `[from, from + duration]`, where `from` is
+/// `start + warmup`.
+pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
+    let run_id = format!(
+        "B{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+            % 1_000_000_000
+    );
+    let from = start + load.warmup;
+    let until = from + load.duration;
+    let shared = Arc::new(Shared {
+        starts: DashMap::new(),
+        from,
+        until,
+        offer: Mutex::default(),
+        accept: Mutex::default(),
+        result: Mutex::default(),
+        errors: AtomicU64::new(0),
+        submitted: AtomicU64::new(0),
+        resulted: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+
+    // Watchers first, so no offer or result is missed.
+    let mut watchers = Vec::new();
+    if load.stage >= Stage::Dispatch {
+        for lab in &load.labs {
+            let client = connect(&load.addr, lab).await?;
+            watchers.push(tokio::spawn(work_offers(
+                client,
+                shared.clone(),
+                load.stage,
+            )));
+        }
+    }
+    if load.stage == Stage::Cycle {
+        for trust in &load.trusts {
+            let client = connect(&load.addr, trust).await?;
+            watchers.push(tokio::spawn(watch_results(client, shared.clone())));
+        }
+    }
+    let mut connections = Vec::new();
+    for c in 0..load.connections.max(1) {
+        connections.push(connect(&load.addr, &load.trusts[c % load.trusts.len()]).await?);
+    }
+    let progress = (std::io::stderr().is_terminal()).then(|| {
+        let label = load.label.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = Instant::now();
+                let phase = if now < shared.from {
+                    "warm-up"
+                } else {
+                    "measuring"
+                };
+                let left = shared.until.saturating_duration_since(now).as_secs();
+                eprint!(
+                    "\r{label}: {phase}, {left:>3} s left, {} submitted    ",
+                    shared.submitted.load(Ordering::Relaxed)
+                );
+            }
+        })
+    });
+
+    let mut submitters = Vec::new();
+    let per_task = load
+        .rate
+        .map(|r| Duration::from_secs_f64(load.in_flight as f64 / r.max(1.0)));
+    for i in 0..load.in_flight.max(1) {
+        let client = connections[i % connections.len()].requests();
+        let shared = shared.clone();
+        let run_id = run_id.clone();
+        let track = load.stage >= Stage::Dispatch;
+        let offset = per_task.map(|p| p.mul_f64(i as f64 / load.in_flight.max(1) as f64));
+        submitters.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut local = Samples::default();
+            let mut due = offset.map(|o| tokio::time::Instant::from_std(start) + o);
+            while Instant::now() < shared.until {
+                if let (Some(at), Some(step)) = (due, per_task) {
+                    tokio::time::sleep_until(at).await;
+                    due = Some(at + step);
+                }
+                let n = shared.next.fetch_add(1, Ordering::Relaxed);
+                let message = submission(&run_id, n);
+                let began = Instant::now();
+                if track {
+                    shared.starts.insert(n, began);
+                }
+                match client.submit_request(message).await {
+                    Ok(_) => {
+                        shared.submitted.fetch_add(1, Ordering::Relaxed);
+                        let now = Instant::now();
+                        if now >= shared.from && now <= shared.until {
+                            local.push(now - began);
+                        }
+                    }
+                    Err(_) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        shared.starts.remove(&n);
+                    }
+                }
+            }
+            local
+        }));
+    }
+    let mut measured = Measured::default();
+    for s in submitters {
+        measured.submit.extend(s.await?);
+    }
+    // Let the last offers, accepts and results arrive.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle && !shared.starts.is_empty() && load.stage >= Stage::Dispatch {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for w in watchers {
+        w.abort();
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r{:80}\r", "");
+    }
+    let take =
+        |m: &Mutex<Samples>| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner()));
+    measured.offer = take(&shared.offer);
+    measured.accept = take(&shared.accept);
+    measured.result = take(&shared.result);
+    measured.errors = shared.errors.load(Ordering::Relaxed);
+    measured.submitted = shared.submitted.load(Ordering::Relaxed);
+    measured.resulted = shared.resulted.load(Ordering::Relaxed);
+    Ok(measured)
+}
+
+/// Most jobs one lab works at once.
+const LAB_CONCURRENCY: usize = 256;
+
+async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
+    let mut offers = match client
+        .labs()
+        .watch_offers(proto::WatchOffersRequest { after_sequence: 0 })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(_) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(LAB_CONCURRENCY));
+    while let Some(event) = offers.next().await {
+        let Ok(event) = event else {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if event.kind != proto::JobEventKind::Offered as i32 {
+            continue;
+        }
+        let Some(job) = event.job else { continue };
+        let Some(n) = number(&job.order_number) else {
+            continue;
+        };
+        let Some(start) = shared.starts.get(&n).map(|s| *s) else {
+            continue;
+        };
+        shared.record(&shared.offer, start);
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut labs = client.labs();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let id = job.id;
+            if labs
+                .accept_job(proto::AcceptJobRequest { id: id.clone() })
+                .await
+                .is_err()
+            {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                shared.starts.remove(&n);
+                return;
+            }
+            shared.record(&shared.accept, start);
+            if stage < Stage::Cycle {
+                shared.starts.remove(&n);
+                return;
+            }
+            let received = labs
+                .receive_sample(proto::ReceiveSampleRequest { id: id.clone() })
+                .await;
+            let observations = job
+                .tests
+                .iter()
+                .map(|t| proto::Observation {
+                    test: t.clone(),
+                    analyte: String::new(),
+                    value: "4.2".into(),
+                    unit: "mmol/L".into(),
+                    reference_range: String::new(),
+                    flag: proto::ObservationFlag::Normal as i32,
+                })
+                .collect();
+            let posted = match received {
+                Ok(_) => labs
+                    .post_results(proto::PostResultsRequest { id, observations })
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if posted.is_err() {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                shared.starts.remove(&n);
+            }
+        });
+    }
+}
+
+async fn watch_results(client: Client, shared: Arc<Shared>) {
+    let mut events = match client
+        .requests()
+        .watch_request_events(proto::WatchRequestEventsRequest { after_sequence: 0 })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(_) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    while let Some(event) = events.next().await {
+        let Ok(event) = event else {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if event.kind != proto::RequestEventKind::Resulted as i32 {
+            continue;
+        }
+        let Some(n) = event.request.as_ref().and_then(|r| number(&r.order_number)) else {
+            continue;
+        };
+        if let Some((_, start)) = shared.starts.remove(&n) {
+            shared.resulted.fetch_add(1, Ordering::Relaxed);
+            shared.record(&shared.result, start);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_numbers_carry_the_submission_number() {
+        let s = submission("B42", 1234);
+        assert_eq!(number(&s.order_number), Some(1234));
+        assert!(!s.tests.is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! labaid-bench: load generator for a broker it starts itself (or one given by --addr), with a
+//! null gRPC service under the same load as the baseline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use labaid::bench::{self, Kind, Options};
+
+/// Measures the broker per phase (submit acknowledged, offer delivered, accepted, result
+/// delivered) as a ratio to plain gRPC on this machine.
+///
+/// Without --addr it starts `labaid-broker` (found next to this executable) on a generated
+/// directory in a temporary data directory, one fresh broker per scenario.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A running broker to measure instead (demo mode: demo tokens, the demo directory).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Measured time per scenario, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Load before measuring starts.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    warmup: Duration,
+    /// Connections the trusts submit over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Trusts in the generated directory.
+    #[arg(long, default_value_t = 2)]
+    trusts: usize,
+    /// Labs in the generated directory (each performs every test, with large capacity).
+    #[arg(long, default_value_t = 4)]
+    labs: usize,
+    /// Submissions per second for the offer-latency scenario [default: half the submit peak].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Scenarios to run [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// Where temporary data directories go: a real disk, since a tmpfs makes every sync free.
+    #[arg(long, env = "LABAID_BENCH_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Serve the null service on ADDR (used by the bench itself).
+    #[arg(long, hide = true)]
+    serve_null: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scenario {
+    Baseline,
+    Submit,
+    Dispatch,
+    Cycle,
+    OfferLatency,
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, scale) = if let Some(n) = raw.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = raw.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = raw.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (raw, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{raw:?}: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("labaid-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = args.serve_null {
+        return match runtime.block_on(bench::serve_null(addr)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("labaid-bench: null service: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let kinds = if args.scenario.is_empty() {
+        Kind::ALL.to_vec()
+    } else {
+        args.scenario
+            .iter()
+            .map(|s| match s {
+                Scenario::Baseline => Kind::Baseline,
+                Scenario::Submit => Kind::Submit,
+                Scenario::Dispatch => Kind::Dispatch,
+                Scenario::Cycle => Kind::Cycle,
+                Scenario::OfferLatency => Kind::OfferLatency,
+            })
+            .collect()
+    };
+    let options = Options {
+        addr: args.addr,
+        duration: args.duration,
+        warmup: args.warmup,
+        connections: args.connections,
+        in_flight: args.in_flight,
+        trusts: args.trusts,
+        labs: args.labs,
+        rate: args.rate,
+        kinds,
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+    };
+    match runtime.block_on(bench::run(&options)) {
+        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("labaid-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(report) => {
+            print!("{}", report.table());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("labaid-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
