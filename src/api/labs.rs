@@ -135,7 +135,7 @@ impl LabService for LabApi {
             })
             .await?;
         self.ctx.audit.record(&who, Action::JobAccept, Some(&id))?;
-        tracing::info!(request.id = %id, org = %who.org, "job accepted");
+        tracing::debug!(request.id = %id, org = %who.org, "job accepted");
         Ok(job)
     }
 
@@ -239,7 +239,7 @@ impl LabService for LabApi {
             })
             .await?;
         self.ctx.audit.record(&who, Action::JobResults, Some(&id))?;
-        tracing::info!(request.id = %id, org = %who.org, "results posted");
+        tracing::debug!(request.id = %id, org = %who.org, "results posted");
         Ok(job)
     }
 

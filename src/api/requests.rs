@@ -60,7 +60,7 @@ impl RequestService for RequestApi {
             .record(&who, Action::RequestSubmit, Some(&request.id))?;
         tracing::Span::current().record("request.id", tracing::field::display(request.id));
         let request = request_to(&request);
-        tracing::info!(request.id = %request.id, org = %who.org, replayed, "request submitted");
+        tracing::debug!(request.id = %request.id, org = %who.org, replayed, "request submitted");
         Ok(Response::new(proto::SubmitRequestResponse {
             request: Some(request),
             replayed,
