@@ -156,14 +156,7 @@ async fn a_trust_calling_lab_rpcs_and_a_lab_calling_trust_rpcs_are_denied() {
 async fn another_organisations_id_is_not_found_exactly_like_an_unknown_one() {
     let broker = TestBroker::spawn().await;
     let rj1 = broker.client("RJ1").await;
-    let r = rj1
-        .requests()
-        .submit_request(submission("OWN-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&rj1, submission("OWN-1", Priority::Stat, broker.now())).await;
     let rjz = broker.client("RJZ").await;
     let theirs = rjz
         .requests()

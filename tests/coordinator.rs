@@ -17,14 +17,7 @@ async fn a_job_stranded_at_an_offline_lab_is_seen_and_reassigned_by_the_coordina
         .await
         .unwrap()
         .into_inner();
-    let r = trust
-        .requests()
-        .submit_request(submission("STRAND-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("STRAND-1", Priority::Stat, broker.now())).await;
     let lab = broker.client(&r.lab).await;
     let mut lab_events = lab
         .labs()
@@ -196,14 +189,7 @@ async fn coordinator_calls_need_the_coordinator_role_and_check_state() {
     assert_eq!(err.code(), Code::NotFound);
     // An offer (not accepted) cannot be reassigned; neither can a sample that has arrived.
     let trust = broker.client("RJ1").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("CO-1", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("CO-1", Priority::Urgent, broker.now())).await;
     let err = coord
         .reassign_job(proto::ReassignJobRequest {
             id: r.id.clone(),

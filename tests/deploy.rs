@@ -638,14 +638,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 async fn exercised_metrics() -> String {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("DASH-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("DASH-1", Priority::Stat, broker.now())).await;
     broker
         .client(&r.lab)
         .await
@@ -686,19 +679,16 @@ async fn exercised_metrics() -> String {
         .await
         .unwrap();
     // Collected 3 h 5 min ago, K keeps 4 h: no lab can finish in time, so it expires at once.
-    let expired = trust
-        .requests()
-        .submit_request(submission_of(
+    let expired = submit(
+        &trust,
+        submission_of(
             "DASH-2",
             Priority::Stat,
             &["K"],
             broker.now().plus_minutes(-185),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(expired.state, proto::RequestState::Expired as i32);
     close_all_labs(&broker).await;
     trust

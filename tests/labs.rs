@@ -35,14 +35,7 @@ async fn a_request_goes_from_submission_to_result_and_the_trust_sees_it() {
         .await
         .unwrap()
         .into_inner();
-    let r = trust
-        .requests()
-        .submit_request(submission("LIFE-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("LIFE-1", Priority::Stat, broker.now())).await;
 
     let offer = next_job_event(&mut offers, JobEventKind::Offered)
         .await
@@ -137,14 +130,7 @@ async fn illegal_moves_answer_failed_precondition_and_change_nothing() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
     let lab = broker.client("R1H").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("ILL-1", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("ILL-1", Priority::Urgent, broker.now())).await;
     let id = r.id.clone();
     let err = lab
         .labs()
@@ -211,14 +197,7 @@ async fn illegal_moves_answer_failed_precondition_and_change_nothing() {
 async fn two_operators_accepting_one_offer_one_wins_and_one_is_aborted() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("RACE-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("RACE-1", Priority::Stat, broker.now())).await;
     let (a, b) = (broker.client("R1H").await, broker.client("R1H").await);
     let (mut a, mut b) = (a.labs(), b.labs());
     let (ra, rb) = tokio::join!(
@@ -241,14 +220,7 @@ async fn failing_a_job_tells_the_trust_to_recollect_and_frees_capacity() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
     let lab = broker.client("R1H").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("FAIL-1", Priority::Asap, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("FAIL-1", Priority::Asap, broker.now())).await;
     lab.labs()
         .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
         .await
@@ -316,19 +288,16 @@ async fn failing_a_job_tells_the_trust_to_recollect_and_frees_capacity() {
 async fn results_must_cover_every_requested_test() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let lab_code = trust
-        .requests()
-        .submit_request(submission_of(
+    let lab_code = submit(
+        &trust,
+        submission_of(
             "RES-1",
             Priority::Urgent,
             &["K", "UE"],
             broker.now().plus_minutes(-10),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+        ),
+    )
+    .await;
     let lab = broker.client(&lab_code.lab).await;
     let id = lab_code.id.clone();
     lab.labs()
@@ -456,14 +425,11 @@ async fn capacity_and_status_are_read_and_set_by_the_lab() {
 async fn a_draining_lab_gets_no_new_offers_but_keeps_its_work() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let first = trust
-        .requests()
-        .submit_request(submission("DRAIN-1", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let first = submit(
+        &trust,
+        submission("DRAIN-1", Priority::Urgent, broker.now()),
+    )
+    .await;
     assert_eq!(first.lab, "R1H");
     let lab = broker.client("R1H").await;
     lab.labs()
@@ -491,14 +457,11 @@ async fn a_draining_lab_gets_no_new_offers_but_keeps_its_work() {
         })
         .await
         .unwrap();
-    let second = trust
-        .requests()
-        .submit_request(submission("DRAIN-2", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let second = submit(
+        &trust,
+        submission("DRAIN-2", Priority::Urgent, broker.now()),
+    )
+    .await;
     assert_ne!(second.lab, "R1H");
     broker.shutdown().await;
 }

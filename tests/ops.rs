@@ -44,14 +44,7 @@ fn sample(metrics: &str, name_and_labels: &str) -> f64 {
 async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("M-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("M-1", Priority::Stat, broker.now())).await;
     let lab = broker.client(&r.lab).await;
     broker.advance(Duration::from_secs(30));
     lab.labs()

@@ -14,28 +14,14 @@ async fn stat_request_is_offered_before_a_hundred_waiting_routine_ones() {
     close_all_labs(&broker).await;
     let trust = broker.client("RJ1").await;
     for i in 0..100 {
-        let r = trust
-            .requests()
-            .submit_request(submission(
-                &format!("R-{i}"),
-                Priority::Routine,
-                broker.now(),
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .request
-            .unwrap();
+        let r = submit(
+            &trust,
+            submission(&format!("R-{i}"), Priority::Routine, broker.now()),
+        )
+        .await;
         assert_eq!(r.state, RequestState::Queued as i32);
     }
-    let stat = trust
-        .requests()
-        .submit_request(submission("STAT-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let stat = submit(&trust, submission("STAT-1", Priority::Stat, broker.now())).await;
     assert_eq!(stat.state, RequestState::Queued as i32);
 
     let lab = broker.client("RJ7").await;
@@ -63,32 +49,16 @@ async fn within_a_band_the_earliest_sample_deadline_goes_first() {
     close_all_labs(&broker).await;
     let trust = broker.client("RJ1").await;
     let now = broker.now();
-    let later = trust
-        .requests()
-        .submit_request(submission_of(
-            "LATE",
-            Priority::Urgent,
-            &["K"],
-            now.plus_minutes(-10),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
-    let sooner = trust
-        .requests()
-        .submit_request(submission_of(
-            "SOON",
-            Priority::Urgent,
-            &["K"],
-            now.plus_minutes(-60),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let later = submit(
+        &trust,
+        submission_of("LATE", Priority::Urgent, &["K"], now.plus_minutes(-10)),
+    )
+    .await;
+    let sooner = submit(
+        &trust,
+        submission_of("SOON", Priority::Urgent, &["K"], now.plus_minutes(-60)),
+    )
+    .await;
     let lab = broker.client("R1H").await;
     let mut offers = lab
         .labs()
@@ -118,36 +88,30 @@ async fn a_lab_that_cannot_finish_before_the_deadline_is_not_offered_the_request
     let trust = broker.client("RJ1").await;
     // K is stable for 4 h. Collected 3 h 5 min ago: 55 min left. R1H needs 25 + 45 = 70 min,
     // so no lab can make it and the request expires at once rather than being offered.
-    let r = trust
-        .requests()
-        .submit_request(submission_of(
+    let r = submit(
+        &trust,
+        submission_of(
             "TIGHT",
             Priority::Stat,
             &["K"],
             broker.now().plus_minutes(-185),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(r.state, RequestState::Expired as i32);
     assert!(r.lab.is_empty());
 
     // Collected 2 h 45 min ago: 75 min left. Only R1H (70 min) can make it; RJ7 (75) cannot.
-    let r = trust
-        .requests()
-        .submit_request(submission_of(
+    let r = submit(
+        &trust,
+        submission_of(
             "TIGHT-2",
             Priority::Stat,
             &["K"],
             broker.now().plus_minutes(-165),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(r.state, RequestState::Offered as i32);
     assert_eq!(r.lab, "R1H");
     // R1H declines; RJ7 would finish too late, so the request is not offered there: it expires.
@@ -178,14 +142,7 @@ async fn a_lab_that_cannot_finish_before_the_deadline_is_not_offered_the_request
 async fn decline_routes_to_the_next_lab_and_never_back() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("DEC-1", Priority::Asap, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("DEC-1", Priority::Asap, broker.now())).await;
     let mut seen = HashSet::new();
     let mut lab_code = r.lab.clone();
     // RJ1's labs with K: R1H (25), RJ7 (30), RJ2 (30), RAL (35). Each declines in turn.
@@ -249,14 +206,7 @@ async fn offer_lease_expiry_routes_to_the_next_lab() {
         .await
         .unwrap()
         .into_inner();
-    let r = trust
-        .requests()
-        .submit_request(submission("LEASE-1", Priority::Stat, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("LEASE-1", Priority::Stat, broker.now())).await;
     assert_eq!(r.lab, "R1H");
     next_job_event(&mut first_offers, JobEventKind::Offered).await;
 
@@ -292,14 +242,7 @@ async fn offer_lease_expiry_routes_to_the_next_lab() {
 async fn a_lab_going_offline_has_its_open_offers_routed_again() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let r = trust
-        .requests()
-        .submit_request(submission("OFF-1", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, submission("OFF-1", Priority::Urgent, broker.now())).await;
     assert_eq!(r.lab, "R1H");
     let lab = broker.client("R1H").await;
     let resp = lab
@@ -326,14 +269,7 @@ async fn a_lab_going_offline_has_its_open_offers_routed_again() {
         })
         .await
         .unwrap();
-    let r2 = trust
-        .requests()
-        .submit_request(submission("OFF-2", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r2 = submit(&trust, submission("OFF-2", Priority::Urgent, broker.now())).await;
     assert_eq!(r2.lab, "R1H");
     broker.shutdown().await;
 }
@@ -351,22 +287,8 @@ async fn waiting_requests_are_routed_when_capacity_frees() {
         .await
         .unwrap();
     let trust = broker.client("RJ1").await;
-    let a = trust
-        .requests()
-        .submit_request(submission("CAP-A", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
-    let b = trust
-        .requests()
-        .submit_request(submission("CAP-B", Priority::Urgent, broker.now()))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let a = submit(&trust, submission("CAP-A", Priority::Urgent, broker.now())).await;
+    let b = submit(&trust, submission("CAP-B", Priority::Urgent, broker.now())).await;
     assert_eq!(a.state, RequestState::Offered as i32);
     assert_eq!(b.state, RequestState::Queued as i32);
     // Work A through to a result; B is offered as soon as A's capacity frees.

@@ -95,14 +95,8 @@ fn token_entry(token: &str, org: &str, role: Role) -> TokenHash {
     }
 }
 
-async fn submit(c: &Client, order: &str, now: labaid::domain::Timestamp) -> proto::Request {
-    c.requests()
-        .submit_request(submission(order, Priority::Stat, now))
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap()
+async fn submit_stat(c: &Client, order: &str, now: labaid::domain::Timestamp) -> proto::Request {
+    submit(c, submission(order, Priority::Stat, now)).await
 }
 
 // ---------- transport ----------
@@ -184,7 +178,7 @@ async fn mutual_tls_maps_each_certificate_to_its_organisation_and_role() {
     let trust = connect(&broker, &pki.ca, Some(pki.client("RJ1")), None)
         .await
         .unwrap();
-    let r = submit(&trust, "TLS-1", broker.now()).await;
+    let r = submit_stat(&trust, "TLS-1", broker.now()).await;
     assert_eq!(r.trust, "RJ1");
     let lab = connect(&broker, &pki.ca, Some(pki.client("RJ7")), None)
         .await
@@ -339,7 +333,7 @@ async fn every_rpc_on_another_organisations_request_is_not_found_and_patients_ap
  {
     let broker = TestBroker::spawn().await;
     let rj1 = broker.client("RJ1").await;
-    let r = submit(&rj1, "NTK-1", broker.now()).await;
+    let r = submit_stat(&rj1, "NTK-1", broker.now()).await;
     assert_eq!(r.state, proto::RequestState::Offered as i32);
     let holder = broker.client(&r.lab).await;
     let other_lab_code = ["RJ7", "R1H", "RJ2", "RJ6", "RAL", "RAX"]
@@ -650,14 +644,7 @@ async fn walkthrough(broker: &TestBroker) -> Vec<String> {
         given_name: GIVEN.into(),
         birth_date: BIRTH.into(),
     });
-    let r = trust
-        .requests()
-        .submit_request(sub.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r = submit(&trust, sub.clone()).await;
     let lab = broker.client(&r.lab).await;
     lab.labs()
         .get_job(proto::GetJobRequest { id: r.id.clone() })
@@ -705,14 +692,7 @@ async fn walkthrough(broker: &TestBroker) -> Vec<String> {
         .unwrap();
     let mut second = sub.clone();
     second.order_number = "WALK-2".into();
-    let r2 = trust
-        .requests()
-        .submit_request(second)
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let r2 = submit(&trust, second).await;
     trust
         .requests()
         .cancel_request(proto::CancelRequestRequest {

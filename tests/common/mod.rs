@@ -162,6 +162,18 @@ pub fn submission_of(
     }
 }
 
+/// Submits a request that must be accepted, and returns it as the broker holds it.
+pub async fn submit(client: &Client, request: proto::SubmitRequestRequest) -> proto::Request {
+    client
+        .requests()
+        .submit_request(request)
+        .await
+        .expect("submit")
+        .into_inner()
+        .request
+        .expect("request")
+}
+
 /// Next message of a stream, failing the test after 10 s rather than hanging.
 pub async fn next<T>(stream: &mut Streaming<T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
