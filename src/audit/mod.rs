@@ -225,6 +225,9 @@ fn drop_torn_tail(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// How long the writer naps between batches while entries keep coming.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn write_loop(
     file: fs::File,
     path: PathBuf,
@@ -240,12 +243,22 @@ fn write_loop(
         tracing::error!(path = %path.display(), error = %e, "audit log write failed; refusing audited calls");
         failed.store(true, Ordering::Relaxed);
     };
+    let mut busy = false;
     loop {
-        let first = match rx.recv_timeout(SYNC_INTERVAL) {
-            Ok(m) => Some(m),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Message::Close),
+        // Under load, nap between batches instead of blocking on the channel: a sender wakes the
+        // writer (a futex call and a context switch) only when it is blocked, so entries then
+        // arrive without a system call each and are written many to one write.
+        let first = if busy {
+            thread::sleep(COALESCE);
+            rx.try_recv().ok()
+        } else {
+            match rx.recv_timeout(SYNC_INTERVAL) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Message::Close),
+            }
         };
+        busy = first.is_some();
         let mut closing = false;
         let mut batch = first
             .into_iter()
