@@ -109,6 +109,16 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), Error> {
 /// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key` (for localhost and 127.0.0.1) and
 /// `<ODS>.pem`, `<ODS>.key` for every organisation in `orgs` into `dir`, creating it.
 pub fn generate(dir: &Path, orgs: impl IntoIterator<Item = OdsCode>) -> Result<DevPki, Error> {
+    generate_for(dir, orgs, &[])
+}
+
+/// [`generate`], with the server certificate also naming `server_names` (DNS names or IP
+/// addresses), e.g. a compose service or a Kubernetes Service name.
+pub fn generate_for(
+    dir: &Path,
+    orgs: impl IntoIterator<Item = OdsCode>,
+    server_names: &[String],
+) -> Result<DevPki, Error> {
     fs::create_dir_all(dir)
         .map_err(|e| pki_error(&format!("cannot create {}", dir.display()), e))?;
     let ca_key = KeyPair::generate().map_err(|e| pki_error("CA key", e))?;
@@ -128,6 +138,17 @@ pub fn generate(dir: &Path, orgs: impl IntoIterator<Item = OdsCode>) -> Result<D
         ),
         SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
     ];
+    for name in server_names {
+        let san = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|e| pki_error(&format!("server name {name:?}"), e))?,
+            ),
+        };
+        server.subject_alt_names.push(san);
+    }
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let server_key = KeyPair::generate().map_err(|e| pki_error("server key", e))?;
@@ -203,7 +224,23 @@ mod tests {
     #[test]
     fn client_certificates_carry_their_ods_code() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = generate(dir.path(), [OdsCode::parse("RJ7").unwrap()]).unwrap();
+        let pki = generate_for(
+            dir.path(),
+            [OdsCode::parse("RJ7").unwrap()],
+            &["broker".to_string(), "10.0.0.7".to_string()],
+        )
+        .unwrap();
+        let server = fs::read_to_string(dir.path().join("server.pem")).unwrap();
+        let (_, server) = x509_parser::pem::parse_x509_pem(server.as_bytes()).unwrap();
+        let server = server.parse_x509().unwrap();
+        let sans = format!(
+            "{:?}",
+            server.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(
+            sans.contains("broker") && sans.contains("localhost"),
+            "{sans}"
+        );
         let (cert, _) = pki.client("RJ7");
         let pem = fs::read_to_string(cert).unwrap();
         let der = pem_der(&pem);

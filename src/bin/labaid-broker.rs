@@ -64,6 +64,10 @@ enum Command {
         /// Config file whose directory names the organisations [default: the bundled demo].
         #[arg(long, env = "LABAID_CONFIG")]
         config: Option<PathBuf>,
+        /// Another name for the server certificate besides localhost and 127.0.0.1 (a DNS name
+        /// or IP address, e.g. a compose service or Kubernetes Service name); repeatable.
+        #[arg(long = "server-name", value_name = "NAME")]
+        server_names: Vec<String>,
     },
     /// The tamper-evident audit trail.
     #[command(subcommand)]
@@ -124,7 +128,11 @@ fn main() -> ExitCode {
     };
     let result = match args.command {
         Some(Command::Token(TokenCommand::Create { org, role })) => token_create(&org, &role),
-        Some(Command::DevCerts { dir, config }) => dev_certs(&dir, config.as_deref()),
+        Some(Command::DevCerts {
+            dir,
+            config,
+            server_names,
+        }) => dev_certs(&dir, config.as_deref(), &server_names),
         Some(Command::Audit(AuditCommand::Verify { data_dir })) => audit_verify(&data_dir),
         Some(Command::Audit(AuditCommand::Export { data_dir, out })) => {
             audit_export(&data_dir, out.as_deref())
@@ -188,7 +196,11 @@ fn token_create(org: &str, role: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dev_certs(dir: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+fn dev_certs(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    server_names: &[String],
+) -> anyhow::Result<ExitCode> {
     let config = match config {
         Some(path) => Config::load(path)?,
         None => Config::demo()?,
@@ -200,7 +212,7 @@ fn dev_certs(dir: &std::path::Path, config: Option<&std::path::Path>) -> anyhow:
         .chain(config.labs.iter().map(|l| l.ods.clone()))
         .chain(config.coordinators.iter().cloned())
         .collect();
-    let pki = devpki::generate(dir, orgs)?;
+    let pki = devpki::generate_for(dir, orgs, server_names)?;
     println!(
         "wrote ca.pem, ca.key, server.pem, server.key and certificates for {} to {}",
         pki.orgs
