@@ -63,6 +63,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How long in-flight calls get to finish once shutdown begins.
     pub shutdown_grace: std::time::Duration,
+    /// A lab silent this long (no call, no open watch) is marked OFFLINE; `None` turns this off.
+    pub heartbeat_timeout: Option<std::time::Duration>,
     /// Where the store keeps its files.
     pub data_dir: PathBuf,
     /// The test catalogue.
@@ -296,6 +298,7 @@ struct FileConfig {
     listen: Option<String>,
     metrics_listen: Option<String>,
     shutdown_grace_seconds: Option<u32>,
+    heartbeat_timeout_seconds: Option<u32>,
     data_dir: Option<PathBuf>,
     retention_days: Option<u32>,
     #[serde(default)]
@@ -457,6 +460,15 @@ impl Config {
         if grace == 0 || grace > 600 {
             return Err(invalid("shutdown_grace_seconds must be 1 to 600".into()));
         }
+        let heartbeat_timeout = match file.heartbeat_timeout_seconds {
+            None | Some(0) => None,
+            Some(s) if s < 10 => {
+                return Err(invalid(
+                    "heartbeat_timeout_seconds must be 0 (off) or at least 10".into(),
+                ));
+            }
+            Some(s) => Some(std::time::Duration::from_secs(u64::from(s))),
+        };
         let tests = fallback_tests.unwrap_or(file.tests);
         let catalogue = Catalogue::new(
             tests
@@ -582,6 +594,7 @@ impl Config {
             listen,
             metrics_listen,
             shutdown_grace: std::time::Duration::from_secs(u64::from(grace)),
+            heartbeat_timeout,
             data_dir: file
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

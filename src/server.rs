@@ -21,7 +21,7 @@ use crate::auth::{Authenticator, RateLimiter, WatchLimiter};
 use crate::config::{Config, Limits, TlsPaths};
 use crate::engine::{Engine, Views};
 use crate::error::Error;
-use crate::ops::{Metrics, Readiness, RpcLayer, StartingLayer};
+use crate::ops::{Metrics, Presence, Readiness, RpcLayer, StartingLayer};
 use crate::proto;
 use crate::proto::coordinator_service_server::CoordinatorServiceServer;
 use crate::proto::directory_service_server::DirectoryServiceServer;
@@ -183,7 +183,16 @@ pub async fn serve_on(
         shutdown: stop_rx.clone(),
         audit,
         watches: WatchLimiter::new(config.limits.watches_per_org),
+        presence: Arc::new(Presence::default()),
     };
+    if let Some(timeout) = config.heartbeat_timeout {
+        tokio::spawn(crate::ops::watch_heartbeats(
+            engine.clone(),
+            ctx.presence.clone(),
+            config.clock.clone(),
+            timeout,
+        ));
+    }
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -344,6 +353,7 @@ fn log_effective_config(config: &Config, grpc: SocketAddr, ops: Option<SocketAdd
         lease_routine_s = config.leases.routine_ms / 1000,
         retention_days = config.retention_ms / 86_400_000,
         shutdown_grace_s = config.shutdown_grace.as_secs(),
+        heartbeat_timeout_s = config.heartbeat_timeout.map_or(0, |t| t.as_secs()),
         "effective configuration"
     );
 }

@@ -407,6 +407,7 @@ fn the_example_config_loads_and_sets_every_key() {
         "listen",
         "metrics_listen",
         "shutdown_grace_seconds",
+        "heartbeat_timeout_seconds",
         "data_dir",
         "retention_days",
         "leases",

@@ -465,3 +465,57 @@ async fn a_draining_lab_gets_no_new_offers_but_keeps_its_work() {
     assert_ne!(second.lab, "R1H");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_lab_silent_past_its_heartbeat_timeout_goes_offline_and_its_offers_move() {
+    let mut config = labaid::Config::demo().unwrap();
+    config.heartbeat_timeout = Some(std::time::Duration::from_secs(60));
+    let broker = TestBroker::spawn_with(config).await;
+    // RJ7 keeps a watch open; R1H (the nearest lab for RJ1) never calls.
+    let rj7 = broker.client("RJ7").await;
+    let mut rj7_offers = rj7
+        .labs()
+        .watch_offers(proto::WatchOffersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let trust = broker.client("RJ1").await;
+    let mut events = trust
+        .requests()
+        .watch_request_events(proto::WatchRequestEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let r = submit(&trust, submission("HB-1", Priority::Routine, broker.now())).await;
+    assert_eq!(r.lab, "R1H");
+    next(&mut events).await;
+
+    // Past the timeout (the watchdog checks four times per timeout), R1H is marked offline and
+    // the offer moves to a lab that is present.
+    broker.advance(std::time::Duration::from_secs(61));
+    broker.advance(std::time::Duration::from_secs(16));
+    let moved = loop {
+        let e = next(&mut events).await.request.unwrap();
+        if e.state == RequestState::Offered as i32 && e.lab != "R1H" {
+            break e;
+        }
+    };
+    assert_ne!(moved.lab, "R1H");
+    let labs = rj7
+        .directory()
+        .list_labs(proto::ListLabsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let status = |ods: &str| labs.labs.iter().find(|l| l.ods == ods).unwrap().status;
+    assert_eq!(status("R1H"), proto::LabStatus::Offline as i32);
+    assert_eq!(
+        status("RJ7"),
+        proto::LabStatus::Online as i32,
+        "a lab with a watch open is present"
+    );
+    if moved.lab == "RJ7" {
+        next_job_event(&mut rj7_offers, JobEventKind::Offered).await;
+    }
+    broker.shutdown().await;
+}

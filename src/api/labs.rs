@@ -38,6 +38,7 @@ impl LabApi {
     fn lab<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
         let who = self.ctx.auth.authenticate(request)?;
         who.require(Role::Lab)?;
+        self.ctx.presence.touch(&who.org, self.ctx.engine.now());
         Ok(who)
     }
 
@@ -71,10 +72,11 @@ impl LabService for LabApi {
         let slot = self.ctx.watches.acquire(&who.org)?;
         self.ctx.audit.record(&who, Action::OffersWatch, None)?;
         let log = self.ctx.engine.views().log(&who.org);
+        let present = self.ctx.presence.watching(&who.org, self.ctx.engine.now());
         Ok(Response::new(super::watch::pump(
             log,
             request.get_ref().after_sequence,
-            slot,
+            (slot, present),
             self.ctx.shutdown.clone(),
             job_event_to,
         )))

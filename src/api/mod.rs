@@ -8,6 +8,8 @@ mod labs;
 mod requests;
 mod watch;
 
+use std::sync::Arc;
+
 use tokio::sync::watch as signal;
 
 use crate::audit::AuditLog;
@@ -15,6 +17,7 @@ use crate::auth::{Authenticator, WatchLimiter};
 use crate::domain::{Priority, RequestId, RequestState};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::ops::Presence;
 
 pub use coordinator::CoordinatorApi;
 pub use directory::DirectoryApi;
@@ -34,6 +37,8 @@ pub struct Context {
     pub audit: AuditLog,
     /// Open watch streams per organisation.
     pub watches: WatchLimiter,
+    /// When each lab was last heard from (heartbeats).
+    pub presence: Arc<Presence>,
 }
 
 /// Largest page a list call returns.

@@ -7,7 +7,6 @@ use tokio::sync::{broadcast, mpsc, watch as signal};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::auth::WatchSlot;
 use crate::engine::EventLog;
 use crate::routing::Event;
 
@@ -16,16 +15,17 @@ const BUFFER: usize = 256;
 
 /// Streams `log` after `after` through `render` until the client goes away or the broker stops;
 /// `slot` (the organisation's watch quota) is held until then.
-pub(crate) fn pump<T: Send + 'static>(
+/// `guard` lives as long as the stream (its watch slot, and for a lab its presence).
+pub(crate) fn pump<T: Send + 'static, G: Send + 'static>(
     log: Arc<EventLog>,
     after: u64,
-    slot: WatchSlot,
+    guard: G,
     mut shutdown: signal::Receiver<bool>,
     render: fn(&Event) -> Option<T>,
 ) -> ReceiverStream<Result<T, Status>> {
     let (tx, rx) = mpsc::channel(BUFFER);
     tokio::spawn(async move {
-        let _slot = slot;
+        let _guard = guard;
         let (backlog, mut live) = log.subscribe(after);
         let mut last = after;
         if !send_all(&tx, backlog, &mut last, render).await {

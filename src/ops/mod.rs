@@ -1,12 +1,14 @@
-//! Operations: Prometheus metrics, the HTTP listener for `/metrics`, `/healthz` and `/readyz`, and
-//! the tower layer that gives every RPC a span and a call count.
+//! Operations: Prometheus metrics, the HTTP listener for `/metrics`, `/healthz` and `/readyz`, the
+//! tower layer that gives every RPC a span and a call count, and lab heartbeats.
 
 mod http;
 mod layer;
 mod metrics;
+mod presence;
 mod starting;
 
 pub use http::{Readiness, serve_http};
 pub use layer::RpcLayer;
 pub use metrics::Metrics;
+pub use presence::{Presence, Watching, watch_heartbeats};
 pub use starting::StartingLayer;
