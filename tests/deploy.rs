@@ -15,7 +15,6 @@ use labaid::Config;
 use labaid::proto::{self, Priority};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -591,24 +590,6 @@ fn the_dockerfile_builds_from_files_that_exist_and_runs_as_non_root() {
     assert!(lines.contains(&"EXPOSE 50051 9464"));
     assert!(text.contains("HEALTHCHECK") && text.contains("/readyz"));
     assert!(text.contains("LABAID_METRICS_LISTEN=0.0.0.0:9464"));
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Every panel, rows' nested panels included.

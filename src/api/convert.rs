@@ -119,7 +119,7 @@ pub(crate) fn flag_from(f: i32) -> Option<ObservationFlag> {
     })
 }
 
-fn flag_to(f: ObservationFlag) -> proto::ObservationFlag {
+pub(crate) fn flag_to(f: ObservationFlag) -> proto::ObservationFlag {
     match f {
         ObservationFlag::Normal => proto::ObservationFlag::Normal,
         ObservationFlag::Low => proto::ObservationFlag::Low,
@@ -167,6 +167,16 @@ fn patient_to(r: &Request) -> proto::Patient {
     }
 }
 
+/// The request's test codes as text.
+pub(crate) fn test_codes(r: &Request) -> Vec<String> {
+    r.submission
+        .tests
+        .codes()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// A request as its trust sees it: everything.
 pub(crate) fn request_to(r: &Request) -> proto::Request {
     proto::Request {
@@ -174,13 +184,7 @@ pub(crate) fn request_to(r: &Request) -> proto::Request {
         order_number: r.submission.order_number.as_str().to_string(),
         trust: r.trust.to_string(),
         patient: Some(patient_to(r)),
-        tests: r
-            .submission
-            .tests
-            .codes()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        tests: test_codes(r),
         priority: priority_to(r.submission.priority) as i32,
         collected_at: Some(ts(r.submission.collected_at)),
         sample_deadline: Some(ts(r.deadline)),
@@ -204,13 +208,7 @@ pub(crate) fn job_to(r: &Request) -> proto::Job {
         trust: r.trust.to_string(),
         order_number: r.submission.order_number.as_str().to_string(),
         patient: visible.then(|| patient_to(r)),
-        tests: r
-            .submission
-            .tests
-            .codes()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        tests: test_codes(r),
         priority: priority_to(r.submission.priority) as i32,
         collected_at: Some(ts(r.submission.collected_at)),
         sample_deadline: Some(ts(r.deadline)),

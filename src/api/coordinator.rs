@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{lab_to, priority_to, state_to, status_from, status_to};
+use super::convert::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 use super::{Context, parse_id};
 use crate::audit::Action;
 use crate::auth::{Principal, Role};
@@ -74,20 +74,12 @@ impl CoordinatorService for CoordinatorApi {
             let (jobs, _) = views.list(&lab.config.ods, None, usize::MAX, |r| {
                 r.is_job_of(&lab.config.ods) && r.state == RequestState::Accepted
             });
-            stranded.extend(jobs.iter().map(|r| {
-                proto::StrandedJob {
-                    id: r.id.to_string(),
-                    trust: r.trust.to_string(),
-                    lab: lab.config.ods.to_string(),
-                    priority: priority_to(r.submission.priority) as i32,
-                    tests: r
-                        .submission
-                        .tests
-                        .codes()
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect(),
-                }
+            stranded.extend(jobs.iter().map(|r| proto::StrandedJob {
+                id: r.id.to_string(),
+                trust: r.trust.to_string(),
+                lab: lab.config.ods.to_string(),
+                priority: priority_to(r.submission.priority) as i32,
+                tests: test_codes(r),
             }));
         }
         Ok(Response::new(proto::Overview {

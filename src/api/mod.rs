@@ -1,7 +1,7 @@
 //! The gRPC services, one file each. Handlers are thin: authenticate, authorise, validate into
 //! domain types, hand the command to the engine, map the error.
 
-mod convert;
+pub(crate) mod convert;
 mod coordinator;
 mod directory;
 mod labs;

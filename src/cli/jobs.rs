@@ -12,7 +12,7 @@ use super::output::{
     relative, state_name, state_style, time_left,
 };
 use super::{Ctx, PriorityArg, catalogue, parse_id, parse_state};
-use crate::domain::{Observation, ObservationFlag, TestSet, Timestamp, Violations};
+use crate::domain::{Observation, TestSet, Timestamp, Violations};
 use crate::proto;
 
 #[derive(Debug, Subcommand)]
@@ -342,20 +342,9 @@ fn validate_results(
             value: o.value,
             unit: o.unit,
             reference_range: o.reference_range,
-            flag: flag_to_proto(o.flag) as i32,
+            flag: crate::api::convert::flag_to(o.flag) as i32,
         })
         .collect())
-}
-
-fn flag_to_proto(f: ObservationFlag) -> proto::ObservationFlag {
-    match f {
-        ObservationFlag::Normal => proto::ObservationFlag::Normal,
-        ObservationFlag::Low => proto::ObservationFlag::Low,
-        ObservationFlag::High => proto::ObservationFlag::High,
-        ObservationFlag::Abnormal => proto::ObservationFlag::Abnormal,
-        ObservationFlag::CriticalLow => proto::ObservationFlag::CriticalLow,
-        ObservationFlag::CriticalHigh => proto::ObservationFlag::CriticalHigh,
-    }
 }
 
 fn print_list(out: &Output, jobs: &[proto::Job]) -> Result<(), CliError> {

@@ -149,27 +149,13 @@ impl PriorityArg {
     }
 
     pub(crate) fn proto(self) -> proto::Priority {
-        match self {
-            Self::Stat => proto::Priority::Stat,
-            Self::Asap => proto::Priority::Asap,
-            Self::Urgent => proto::Priority::Urgent,
-            Self::Routine => proto::Priority::Routine,
-        }
+        crate::api::convert::priority_to(self.domain())
     }
 }
 
 /// A state filter on the command line.
 pub(crate) fn parse_state(raw: &str) -> Result<proto::RequestState, String> {
-    Ok(match RequestState::parse(raw)? {
-        RequestState::Queued => proto::RequestState::Queued,
-        RequestState::Offered => proto::RequestState::Offered,
-        RequestState::Accepted => proto::RequestState::Accepted,
-        RequestState::Received => proto::RequestState::Received,
-        RequestState::Resulted => proto::RequestState::Resulted,
-        RequestState::Failed => proto::RequestState::Failed,
-        RequestState::Expired => proto::RequestState::Expired,
-        RequestState::Cancelled => proto::RequestState::Cancelled,
-    })
+    RequestState::parse(raw).map(crate::api::convert::state_to)
 }
 
 /// A job or request id, checked before anything is sent.

@@ -217,38 +217,16 @@ fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
 
 /// `stat`, `urgent`, ...
 pub(crate) fn priority_name(p: i32) -> &'static str {
-    match proto::Priority::try_from(p) {
-        Ok(proto::Priority::Routine) => "routine",
-        Ok(proto::Priority::Urgent) => "urgent",
-        Ok(proto::Priority::Asap) => "asap",
-        Ok(proto::Priority::Stat) => "stat",
-        _ => "unknown",
-    }
+    crate::api::convert::priority_from(p).map_or("unknown", crate::domain::Priority::as_str)
 }
 
 /// `offered`, `resulted`, ...
 pub(crate) fn state_name(s: i32) -> &'static str {
-    match proto::RequestState::try_from(s) {
-        Ok(proto::RequestState::Queued) => "queued",
-        Ok(proto::RequestState::Offered) => "offered",
-        Ok(proto::RequestState::Accepted) => "accepted",
-        Ok(proto::RequestState::Received) => "received",
-        Ok(proto::RequestState::Resulted) => "resulted",
-        Ok(proto::RequestState::Failed) => "failed",
-        Ok(proto::RequestState::Expired) => "expired",
-        Ok(proto::RequestState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
+    crate::api::convert::state_from(s).map_or("unknown", crate::domain::RequestState::as_str)
 }
 
 fn failure_name(r: i32) -> Option<&'static str> {
-    match proto::FailureReason::try_from(r) {
-        Ok(proto::FailureReason::Haemolysed) => Some("haemolysed"),
-        Ok(proto::FailureReason::Insufficient) => Some("insufficient"),
-        Ok(proto::FailureReason::Unlabelled) => Some("unlabelled"),
-        Ok(proto::FailureReason::Other) => Some("other"),
-        _ => None,
-    }
+    crate::api::convert::failure_from(r).map(crate::domain::FailureReason::as_str)
 }
 
 /// `normal`, `critical-high`, ...

@@ -174,6 +174,31 @@ pub async fn submit(client: &Client, request: proto::SubmitRequestRequest) -> pr
         .expect("request")
 }
 
+/// A plain HTTP/1.1 GET (for the operations listener): status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.expect("read");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .expect("status line")
+        .parse()
+        .expect("status");
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Next message of a stream, failing the test after 10 s rather than hanging.
 pub async fn next<T>(stream: &mut Streaming<T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
