@@ -2,6 +2,7 @@
 //! service under the same load, and reports each phase's throughput and latency as a ratio to
 //! plain gRPC on this machine.
 
+pub mod journal;
 pub mod load;
 pub mod null;
 pub mod procstat;
@@ -134,6 +135,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 struct Server {
     child: Child,
     dir: Option<PathBuf>,
+    /// The broker's metrics endpoint, for its journal figures.
+    metrics: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -170,7 +173,11 @@ async fn baseline(options: &Options) -> anyhow::Result<Scenario> {
         .stdin(Stdio::null())
         .spawn()
         .context("cannot start the null service")?;
-    let server = Server { child, dir: None };
+    let server = Server {
+        child,
+        dir: None,
+        metrics: None,
+    };
     let url = format!("http://{addr}");
     let trusts = vec![Org {
         ods: "RJ1".into(),
@@ -194,6 +201,7 @@ async fn baseline(options: &Options) -> anyhow::Result<Scenario> {
         "null gRPC service, SubmitRequest answered at once".into(),
         &load,
         Some(server.child.id()),
+        None,
     )
     .await
 }
@@ -253,7 +261,8 @@ async fn broker_scenario(
         label: kind.name().into(),
     };
     let pid = server.as_ref().map(|s| s.child.id());
-    let scenario = measure(kind, description, &load, pid).await;
+    let metrics = server.as_ref().and_then(|s| s.metrics);
+    let scenario = measure(kind, description, &load, pid, metrics).await;
     drop(server);
     scenario
 }
@@ -271,7 +280,8 @@ fn start_broker(options: &Options) -> anyhow::Result<(String, Vec<Org>, Vec<Org>
         .join(format!("labaid-bench-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let addr = free_port()?;
-    let (config, trusts, labs) = generated_config(&dir.join("data"), addr, options)?;
+    let metrics = free_port()?;
+    let (config, trusts, labs) = generated_config(&dir.join("data"), addr, metrics, options)?;
     let config_path = dir.join("labaid.toml");
     std::fs::write(&config_path, config)?;
     let log = std::fs::File::create(dir.join("broker.log"))?;
@@ -290,6 +300,7 @@ fn start_broker(options: &Options) -> anyhow::Result<(String, Vec<Org>, Vec<Org>
         Server {
             child,
             dir: Some(dir),
+            metrics: Some(metrics),
         },
     ))
 }
@@ -299,12 +310,13 @@ fn start_broker(options: &Options) -> anyhow::Result<(String, Vec<Org>, Vec<Org>
 fn generated_config(
     data_dir: &Path,
     addr: SocketAddr,
+    metrics: SocketAddr,
     options: &Options,
 ) -> anyhow::Result<(String, Vec<Org>, Vec<Org>)> {
     let mut out = String::new();
     let mut entries = String::new();
     let _ = writeln!(out, "listen = \"{addr}\"");
-    let _ = writeln!(out, "metrics_listen = \"off\"");
+    let _ = writeln!(out, "metrics_listen = \"{metrics}\"");
     let _ = writeln!(out, "data_dir = {:?}", data_dir.display().to_string());
     let _ = writeln!(out, "allow_plaintext_loopback = true\n");
     let _ = writeln!(
@@ -406,6 +418,7 @@ async fn measure(
     description: String,
     load: &Load,
     pid: Option<u32>,
+    metrics: Option<SocketAddr>,
 ) -> anyhow::Result<Scenario> {
     let start = Instant::now();
     let from = start + load.warmup;
@@ -416,17 +429,26 @@ async fn measure(
             pid.and_then(|p| procstat::read(Some(p))),
             procstat::read(None),
         );
+        let journal_before = match metrics {
+            Some(addr) => journal::read(addr).await,
+            None => None,
+        };
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
         let after = (
             pid.and_then(|p| procstat::read(Some(p))),
             procstat::read(None),
         );
-        (before, after)
+        let journal_after = match metrics {
+            Some(addr) => journal::read(addr).await,
+            None => None,
+        };
+        (before, after, journal_before.zip(journal_after))
     });
     let measured = load::run(load, start).await?;
-    let ((server0, client0), (server1, client1)) = sampler.await?;
+    let ((server0, client0), (server1, client1), journal_readings) = sampler.await?;
     let window = load.duration;
     let secs = window.as_secs_f64().max(1e-9);
+    let journal = journal_readings.map(|(a, b)| journal::between(a, b, secs));
     let cpu = |a: Option<procstat::ProcStat>, b: Option<procstat::ProcStat>| match (a, b) {
         (Some(a), Some(b)) => b.cpu_seconds - a.cpu_seconds,
         _ => 0.0,
@@ -458,6 +480,7 @@ async fn measure(
         server_cores: server_cpu / secs,
         client_cores: cpu(Some(client0.unwrap_or_default()), client1) / secs,
         errors: measured.errors,
+        journal,
         live_requests: if kind == Kind::Baseline {
             0
         } else {

@@ -98,6 +98,8 @@ pub struct Scenario {
     pub errors: u64,
     /// Live requests held by the broker at the end (0 for the baseline).
     pub live_requests: u64,
+    /// The broker's journal syncs in the window (not for the baseline or `--addr`).
+    pub journal: Option<super::journal::JournalFigures>,
 }
 
 /// A whole run.
@@ -168,6 +170,13 @@ impl Report {
                 s.errors,
                 s.live_requests
             );
+            if let Some(j) = &s.journal {
+                let _ = writeln!(
+                    out,
+                    "journal: {:.0} syncs/s, {:.1} commands per sync, {:.2} ms mean append and sync",
+                    j.syncs_per_second, j.commands_per_sync, j.mean_sync_ms
+                );
+            }
         }
         out
     }

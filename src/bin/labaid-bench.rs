@@ -9,6 +9,11 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use labaid::bench::{self, Kind, Options};
 
+// The same allocator as the broker, so that the null service (the baseline) and the load
+// generator are not handicapped against it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Measures the broker per phase (submit acknowledged, offer delivered, accepted, result
 /// delivered) as a ratio to plain gRPC on this machine.
 ///

@@ -13,6 +13,11 @@ use labaid::config::TlsPaths;
 use labaid::domain::OdsCode;
 use labaid::telemetry::{self, LogFormat};
 
+// Every call allocates its messages, request and events on one thread and frees them on another;
+// mimalloc's per-thread heaps take that without the contention of glibc's arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The labaid broker: routes urgent blood-test requests from trusts to partner NHS labs.
 ///
 /// With no config file it runs the bundled south-east London demo on loopback.

@@ -14,16 +14,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::Timestamp;
 use crate::error::Error;
-use crate::routing::{Command, Outcome, Reply, Router};
+use crate::routing::{Command, Outcome, Reply, Router, State};
 use crate::store::{Entry, Journal, Snapshot};
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
-pub use views::{EventLog, Views};
+pub use views::{Changes, EventLog, Views};
 
 /// Most commands decided between two journal syncs.
 const MAX_BATCH: usize = 512;
 /// Commands waiting for the sequencer before callers are held back.
 const QUEUE_DEPTH: usize = 8192;
+/// Decided batches waiting for their journal sync before the sequencer is held back.
+const SYNC_QUEUE: usize = 64;
 
 struct Envelope {
     command: Command,
@@ -132,17 +134,51 @@ impl Engine {
     }
 }
 
+/// A caller waiting for its command's answer.
+type Pending = (oneshot::Sender<Result<Reply, Error>>, Result<Reply, Error>);
+
+/// What the sequencer hands the syncer, in decision order.
+enum ToSync {
+    /// A decided batch: journal it, show it to readers, then answer its callers.
+    Batch {
+        entries: Vec<Entry>,
+        replies: Vec<Pending>,
+        changes: Changes,
+    },
+    /// The state after every batch sent so far, for a snapshot.
+    Snapshot(Box<State>),
+    /// The sequencer stopped; the state after its last batch, for a closing snapshot.
+    Close(Box<State>),
+}
+
+/// Decides batches of commands and hands each to the syncer, without waiting for its journal
+/// sync: the next batch is decided while the previous one is being made durable.
 async fn run(
     mut router: Router,
-    mut journal: Box<dyn Journal>,
+    journal: Box<dyn Journal>,
     views: Arc<Views>,
     clock: Arc<dyn Clock>,
     mut rx: mpsc::Receiver<Envelope>,
     close: Arc<tokio::sync::Notify>,
 ) {
+    let (to_sync, from_sequencer) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+    let snapshot_wanted = Arc::new(AtomicBool::new(false));
+    let syncer = {
+        let views = views.clone();
+        let snapshot_wanted = snapshot_wanted.clone();
+        thread::Builder::new()
+            .name("labaid-syncer".into())
+            .spawn(move || sync(journal, &views, &from_sequencer, &snapshot_wanted))
+    };
+    let syncer = match syncer {
+        Ok(handle) => handle,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the journal syncer; stopping");
+            std::process::abort();
+        }
+    };
     let mut batch: Vec<Envelope> = Vec::with_capacity(MAX_BATCH);
-    let mut entries: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
-    let mut replies = Vec::with_capacity(MAX_BATCH);
+    let mut outcome = Outcome::default();
     loop {
         let next_timer = router.next_timer();
         tokio::select! {
@@ -163,7 +199,8 @@ async fn run(
             }
         }
         let now = clock.now();
-        let mut outcome = Outcome::default();
+        let mut entries = Vec::with_capacity(batch.len() + 1);
+        let mut replies = Vec::with_capacity(batch.len());
         // Timers first: an offer whose lease ran out cannot be accepted in the same batch.
         if router.next_timer().is_some_and(|t| t <= now) {
             let _ = router.apply(&Command::Tick, now, &mut outcome);
@@ -185,44 +222,134 @@ async fn run(
             }
             replies.push((envelope.reply, result));
         }
-        if !entries.is_empty() {
-            let started = std::time::Instant::now();
-            let appended = journal.append(&entries);
-            let metrics = views.metrics();
-            metrics.store_sync.observe(started.elapsed().as_secs_f64());
-            metrics.store_batch.observe(entries.len() as f64);
-            if let Err(err) = appended {
-                // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop,
-                // and let recovery replay what is durable.
-                tracing::error!(error = %err, "journal append failed; stopping");
-                std::process::abort();
-            }
-            entries.clear();
-        }
-        views.apply(&router, &outcome);
-        for (reply, result) in replies.drain(..) {
-            let _ = reply.send(result);
-        }
-        if journal.snapshot_due(false) {
-            snapshot(&router, &views, &mut *journal);
+        // Even a batch that changed nothing goes through the syncer: its answers may depend on
+        // an earlier batch (an idempotent resubmission) that is not durable yet.
+        let changes = Changes::capture(&router, &mut outcome);
+        send(
+            &to_sync,
+            ToSync::Batch {
+                entries,
+                replies,
+                changes,
+            },
+        );
+        if snapshot_wanted.swap(false, Ordering::AcqRel) {
+            send(&to_sync, ToSync::Snapshot(Box::new(router.state().clone())));
         }
     }
-    // A snapshot at a clean stop makes the next start read it instead of replaying the journal.
-    if journal.snapshot_due(true) {
-        snapshot(&router, &views, &mut *journal);
-    }
-    if let Err(err) = journal.close() {
-        tracing::error!(error = %err, "journal close failed; stopping");
+    send(&to_sync, ToSync::Close(Box::new(router.state().clone())));
+    drop(to_sync);
+    if syncer.join().is_err() {
+        tracing::error!("journal syncer panicked; stopping");
         std::process::abort();
     }
     tracing::debug!("sequencer stopped");
 }
 
-/// Hands the journal the state after the last batch. Cloning shares the requests (they are
-/// `Arc`s), so the sequencer pauses for a copy of the indexes, not for encoding or I/O.
-fn snapshot(router: &Router, views: &Views, journal: &mut dyn Journal) {
+fn send(to_sync: &std::sync::mpsc::SyncSender<ToSync>, message: ToSync) {
+    // The syncer only goes away by aborting the process, so a closed channel means a bug.
+    if to_sync.send(message).is_err() {
+        tracing::error!("journal syncer gone; stopping");
+        std::process::abort();
+    }
+}
+
+/// Makes decided batches durable in order, one journal sync for every batch that queued up
+/// while the previous sync ran (group commit sized by load), then updates the read views and
+/// answers the callers.
+fn sync(
+    mut journal: Box<dyn Journal>,
+    views: &Views,
+    from_sequencer: &std::sync::mpsc::Receiver<ToSync>,
+    snapshot_wanted: &AtomicBool,
+) {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut done: Vec<(Vec<Pending>, Changes)> = Vec::new();
+    let mut closing = None;
+    while closing.is_none() {
+        let Ok(first) = from_sequencer.recv() else {
+            break;
+        };
+        let mut next = Some(first);
+        // Bounded, so that a sequencer that never pauses cannot postpone the sync forever.
+        let mut taken = 0;
+        while let Some(message) = next
+            .take()
+            .or_else(|| (taken < SYNC_QUEUE).then(|| from_sequencer.try_recv().ok())?)
+        {
+            taken += 1;
+            match message {
+                ToSync::Batch {
+                    entries: batch,
+                    replies,
+                    changes,
+                } => {
+                    entries.extend(batch);
+                    done.push((replies, changes));
+                }
+                ToSync::Snapshot(state) => {
+                    make_durable(&mut *journal, views, &mut entries, &mut done);
+                    if journal.snapshot_due(false) {
+                        snapshot(*state, views, &mut *journal);
+                    }
+                }
+                ToSync::Close(state) => {
+                    closing = Some(state);
+                    break;
+                }
+            }
+        }
+        make_durable(&mut *journal, views, &mut entries, &mut done);
+        if journal.snapshot_due(false) {
+            snapshot_wanted.store(true, Ordering::Release);
+        }
+    }
+    // A snapshot at a clean stop makes the next start read it instead of replaying the journal.
+    if let Some(state) = closing
+        && journal.snapshot_due(true)
+    {
+        snapshot(*state, views, &mut *journal);
+    }
+    if let Err(err) = journal.close() {
+        tracing::error!(error = %err, "journal close failed; stopping");
+        std::process::abort();
+    }
+}
+
+/// Appends `entries` with one sync, then shows each batch to readers and answers its callers.
+fn make_durable(
+    journal: &mut dyn Journal,
+    views: &Views,
+    entries: &mut Vec<Entry>,
+    done: &mut Vec<(Vec<Pending>, Changes)>,
+) {
+    if !entries.is_empty() {
+        let started = std::time::Instant::now();
+        let appended = journal.append(entries);
+        let metrics = views.metrics();
+        metrics.store_sync.observe(started.elapsed().as_secs_f64());
+        metrics.store_batch.observe(entries.len() as f64);
+        if let Err(err) = appended {
+            // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop, and
+            // let recovery replay what is durable.
+            tracing::error!(error = %err, "journal append failed; stopping");
+            std::process::abort();
+        }
+        entries.clear();
+    }
+    for (replies, changes) in done.drain(..) {
+        views.apply(changes);
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Hands the journal the state after the last durable batch. Cloning shares the requests (they
+/// are `Arc`s), so the sequencer pauses for a copy of the indexes, not for encoding or I/O.
+fn snapshot(state: State, views: &Views, journal: &mut dyn Journal) {
     let snapshot = Snapshot {
-        state: router.state().clone(),
+        state,
         events: views.all_events().into_values().flatten().collect(),
     };
     if let Err(err) = journal.snapshot(snapshot) {

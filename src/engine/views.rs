@@ -86,6 +86,46 @@ fn lab_view(lab: &LabState) -> LabState {
     }
 }
 
+/// What one batch changed, captured from the core right after it was decided: the core moves on
+/// to later batches while this one waits for its journal sync, and readers must see this batch's
+/// state, not a later one.
+#[derive(Debug, Default)]
+pub struct Changes {
+    requests: Vec<Arc<Request>>,
+    purged: Vec<RequestId>,
+    labs: Vec<LabState>,
+    events: Vec<Event>,
+}
+
+impl Changes {
+    /// Takes what `outcome` names from `router`, leaving `outcome` empty for the next batch.
+    pub fn capture(router: &Router, outcome: &mut Outcome) -> Self {
+        // A batch names the same requests and labs many times; the last state is what counts.
+        outcome.requests.sort_unstable();
+        outcome.requests.dedup();
+        outcome.labs.sort_unstable();
+        outcome.labs.dedup();
+        let changes = Self {
+            requests: outcome
+                .requests
+                .iter()
+                .filter_map(|id| router.request(id).cloned())
+                .collect(),
+            purged: std::mem::take(&mut outcome.purged),
+            labs: outcome
+                .labs
+                .iter()
+                .filter_map(|ods| router.labs().get(ods).map(lab_view))
+                .collect(),
+            events: std::mem::take(&mut outcome.events),
+        };
+        outcome.requests.clear();
+        outcome.labs.clear();
+        outcome.changed = false;
+        changes
+    }
+}
+
 /// Everything readers see.
 #[derive(Debug)]
 pub struct Views {
@@ -126,37 +166,28 @@ impl Views {
     }
 
     /// Applies what a durable batch changed, then publishes its events.
-    pub fn apply(&self, router: &Router, outcome: &Outcome) {
-        for id in &outcome.requests {
-            if let Some(r) = router.request(id) {
-                self.put(r.clone());
-            }
+    pub fn apply(&self, changes: Changes) {
+        for r in changes.requests {
+            self.put(r);
         }
-        for id in &outcome.purged {
+        for id in &changes.purged {
             self.remove(id);
         }
-        if !outcome.labs.is_empty() {
-            // Every command that touched a lab names it, so a batch names the same few labs
-            // hundreds of times: copy each once.
-            let mut changed: Vec<&OdsCode> = outcome.labs.iter().collect();
-            changed.sort_unstable();
-            changed.dedup();
+        if !changes.labs.is_empty() {
             let mut labs = self.labs.write().unwrap_or_else(|e| e.into_inner());
-            for ods in changed {
-                if let (Some(slot), Some(now)) = (
-                    labs.iter_mut().find(|l| &l.config.ods == ods),
-                    router.labs().get(ods),
-                ) {
-                    *slot = lab_view(now);
+            for lab in changes.labs {
+                if let Some(slot) = labs.iter_mut().find(|l| l.config.ods == lab.config.ods) {
+                    *slot = lab;
                 }
             }
         }
-        for event in &outcome.events {
-            self.observe(event);
-            self.log(&event.org).publish(event.clone());
+        let latest = changes.events.last().map(|e| e.time);
+        for event in changes.events {
+            self.observe(&event);
+            self.log(&event.org).publish(event);
         }
-        if !outcome.purged.is_empty()
-            && let Some(latest) = outcome.events.last().map(|e| e.time)
+        if !changes.purged.is_empty()
+            && let Some(latest) = latest
         {
             let cutoff = latest.plus_millis(-self.retention_ms);
             for log in self.events.iter() {
