@@ -238,46 +238,61 @@ pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
     });
 
     let mut submitters = Vec::new();
-    let per_task = load
-        .rate
-        .map(|r| Duration::from_secs_f64(load.in_flight as f64 / r.max(1.0)));
-    for i in 0..load.in_flight.max(1) {
-        let client = connections[i % connections.len()].requests();
-        let shared = shared.clone();
-        let run_id = run_id.clone();
-        let track = load.stage >= Stage::Dispatch;
-        let offset = per_task.map(|p| p.mul_f64(i as f64 / load.in_flight.max(1) as f64));
-        submitters.push(tokio::spawn(async move {
-            let mut client = client;
-            let mut local = Samples::default();
-            let mut due = offset.map(|o| tokio::time::Instant::from_std(start) + o);
-            while Instant::now() < shared.until {
-                if let (Some(at), Some(step)) = (due, per_task) {
-                    tokio::time::sleep_until(at).await;
-                    due = Some(at + step);
+    match load.rate {
+        // Open loop: submissions start on schedule whatever the latency, so a slow broker shows
+        // up as latency at the asked rate rather than as a lower rate.
+        Some(rate) => {
+            let clients: Vec<_> = connections.iter().map(Client::requests).collect();
+            let shared = shared.clone();
+            let run_id = run_id.clone();
+            let track = load.stage >= Stage::Dispatch;
+            let step = Duration::from_secs_f64(1.0 / rate.max(1.0));
+            submitters.push(tokio::spawn(async move {
+                let samples = Arc::new(Mutex::new(Samples::default()));
+                let outstanding = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_MAX));
+                let mut due = tokio::time::Instant::from_std(start);
+                let mut k = 0usize;
+                while Instant::now() < shared.until {
+                    tokio::time::sleep_until(due).await;
+                    due += step;
+                    let Ok(permit) = outstanding.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let client = clients[k % clients.len()].clone();
+                    k += 1;
+                    let (shared, run_id, samples) =
+                        (shared.clone(), run_id.clone(), samples.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let mut client = client;
+                        if let Some(took) = submit_one(&mut client, &shared, &run_id, track).await {
+                            samples.lock().unwrap_or_else(|e| e.into_inner()).push(took);
+                        }
+                    });
                 }
-                let n = shared.next.fetch_add(1, Ordering::Relaxed);
-                let message = submission(&run_id, n);
-                let began = Instant::now();
-                if track {
-                    shared.starts.insert(n, began);
-                }
-                match client.submit_request(message).await {
-                    Ok(_) => {
-                        shared.submitted.fetch_add(1, Ordering::Relaxed);
-                        let now = Instant::now();
-                        if now >= shared.from && now <= shared.until {
-                            local.push(now - began);
+                // Wait for the last submissions to be answered.
+                let _ = outstanding.acquire_many(OPEN_LOOP_MAX as u32).await;
+                std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()))
+            }));
+        }
+        None => {
+            for i in 0..load.in_flight.max(1) {
+                let client = connections[i % connections.len()].requests();
+                let shared = shared.clone();
+                let run_id = run_id.clone();
+                let track = load.stage >= Stage::Dispatch;
+                submitters.push(tokio::spawn(async move {
+                    let mut client = client;
+                    let mut local = Samples::default();
+                    while Instant::now() < shared.until {
+                        if let Some(took) = submit_one(&mut client, &shared, &run_id, track).await {
+                            local.push(took);
                         }
                     }
-                    Err(_) => {
-                        shared.errors.fetch_add(1, Ordering::Relaxed);
-                        shared.starts.remove(&n);
-                    }
-                }
+                    local
+                }));
             }
-            local
-        }));
+        }
     }
     let mut measured = Measured::default();
     for s in submitters {
@@ -305,6 +320,40 @@ pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
     measured.submitted = shared.submitted.load(Ordering::Relaxed);
     measured.resulted = shared.resulted.load(Ordering::Relaxed);
     Ok(measured)
+}
+
+/// Most submissions outstanding at once in open-loop (paced) mode.
+const OPEN_LOOP_MAX: usize = 20_000;
+
+type RequestsClient =
+    crate::proto::request_service_client::RequestServiceClient<crate::client::Authed>;
+
+/// Submits the next submission; returns its latency when it was acknowledged inside the
+/// measured window.
+async fn submit_one(
+    client: &mut RequestsClient,
+    shared: &Shared,
+    run_id: &str,
+    track: bool,
+) -> Option<Duration> {
+    let n = shared.next.fetch_add(1, Ordering::Relaxed);
+    let message = submission(run_id, n);
+    let began = Instant::now();
+    if track {
+        shared.starts.insert(n, began);
+    }
+    match client.submit_request(message).await {
+        Ok(_) => {
+            shared.submitted.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            (now >= shared.from && now <= shared.until).then(|| now - began)
+        }
+        Err(_) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            shared.starts.remove(&n);
+            None
+        }
+    }
 }
 
 /// Most jobs one lab works at once.
