@@ -137,6 +137,7 @@ pub async fn serve_on(
                 SharedIncoming {
                     listener: grpc.clone(),
                     done: Some(starting_done.clone()),
+                    keepalive: config.limits.keepalive,
                 },
                 async {
                     let _ = recovered_rx.await;
@@ -254,6 +255,7 @@ pub async fn serve_on(
             SharedIncoming {
                 listener: grpc,
                 done: None,
+                keepalive: config.limits.keepalive,
             },
             async move {
                 let _ = drain_rx.await;
@@ -309,6 +311,9 @@ pub async fn serve_on(
 struct SharedIncoming {
     listener: Arc<TcpListener>,
     done: Option<Arc<AtomicBool>>,
+    /// TCP keepalive for accepted connections (tonic sets socket options only on listeners it
+    /// binds itself, so a given listener needs them set here).
+    keepalive: std::time::Duration,
 }
 
 impl tokio_stream::Stream for SharedIncoming {
@@ -318,9 +323,21 @@ impl tokio_stream::Stream for SharedIncoming {
         if self.done.as_ref().is_some_and(|d| d.load(Ordering::SeqCst)) {
             return Poll::Ready(None);
         }
-        self.listener
-            .poll_accept(cx)
-            .map(|accepted| Some(accepted.map(|(stream, _)| stream)))
+        let keepalive = self.keepalive;
+        self.listener.poll_accept(cx).map(|accepted| {
+            Some(accepted.map(|(stream, _)| {
+                // Without TCP_NODELAY, Nagle's algorithm holds small gRPC answers back until the
+                // previous segment is acknowledged: milliseconds of latency per call.
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                }
+                let options = socket2::TcpKeepalive::new().with_time(keepalive);
+                if let Err(err) = socket2::SockRef::from(&stream).set_tcp_keepalive(&options) {
+                    tracing::debug!(error = %err, "cannot set TCP keepalive");
+                }
+                stream
+            }))
+        })
     }
 }
 
@@ -444,5 +461,4 @@ fn limited(builder: Server, limits: &Limits) -> Server {
         .timeout(limits.request_timeout)
         .http2_keepalive_interval(Some(limits.keepalive))
         .http2_keepalive_timeout(Some(limits.keepalive))
-        .tcp_keepalive(Some(limits.keepalive))
 }
