@@ -19,6 +19,7 @@
 //!   divided by COUNT.
 //!
 //! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
+//! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -112,6 +113,9 @@ fn main() -> anyhow::Result<()> {
             rss.push(m.rss);
         }
         report.push((what, median_f64(&mut times), median_u64(&mut rss)));
+    }
+    if std::env::var_os("LIVE_MILLION_KEEP").is_some() {
+        println!("kept {}", work.keep().display());
     }
     println!("\n{count} live requests, median of {runs} runs:");
     println!(
