@@ -52,7 +52,8 @@ impl<'de, const N: usize> Deserialize<'de> for InlineAscii<N> {
             }
 
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                InlineAscii::new(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                InlineAscii::new(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
             }
         }
         deserializer.deserialize_str(Visitor::<N>)
@@ -66,7 +67,8 @@ mod tests {
     #[test]
     fn order_is_the_order_of_the_strings() {
         let mut codes = ["RJZ", "R1H", "RJ1", "RJ", "RJ11", "A", "ABCDEF"];
-        let mut inline: Vec<InlineAscii<6>> = codes.iter().filter_map(|c| InlineAscii::new(c)).collect();
+        let mut inline: Vec<InlineAscii<6>> =
+            codes.iter().filter_map(|c| InlineAscii::new(c)).collect();
         codes.sort_unstable();
         inline.sort();
         let back: Vec<&str> = inline.iter().map(InlineAscii::as_str).collect();
@@ -78,7 +80,10 @@ mod tests {
         let code = InlineAscii::<6>::new("RJ1").unwrap();
         let bytes = postcard::to_stdvec(&code).unwrap();
         assert_eq!(bytes, postcard::to_stdvec(&"RJ1".to_string()).unwrap());
-        assert_eq!(postcard::from_bytes::<InlineAscii<6>>(&bytes).unwrap(), code);
+        assert_eq!(
+            postcard::from_bytes::<InlineAscii<6>>(&bytes).unwrap(),
+            code
+        );
         let long = postcard::to_stdvec(&"ABCDEFG".to_string()).unwrap();
         assert!(postcard::from_bytes::<InlineAscii<6>>(&long).is_err());
     }

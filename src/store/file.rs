@@ -82,20 +82,30 @@ struct EventRecord {
 }
 
 #[derive(Serialize)]
-struct SnapshotRef<'a> {
+struct HeadRef<'a> {
     lsn: u64,
     directory: &'a Directory,
     state: &'a State,
+}
+
+#[derive(Serialize)]
+struct EventsRef<'a> {
     versions: Vec<&'a Request>,
     events: Vec<EventRecord>,
 }
 
-/// A snapshot file's payload as written by format 2.
+/// A format 2 payload is `[length of the head: u64 LE][head][events]`, two postcard encodings,
+/// so that the events decode on a second thread while the core's state decodes.
 #[derive(Debug, Deserialize)]
-struct SnapshotFileV2 {
+struct Head {
     lsn: u64,
     directory: Directory,
     state: State,
+}
+
+/// The events part of a format 2 payload.
+#[derive(Debug, Deserialize)]
+struct Events {
     versions: Vec<Request>,
     events: Vec<EventRecord>,
 }
@@ -151,10 +161,9 @@ fn event_records<'a>(router: &Router, events: &'a [Event]) -> (Vec<&'a Request>,
 /// that carried the same older version.
 fn resolve_events(
     router: &Router,
-    versions: Vec<Request>,
+    versions: &[Arc<Request>],
     records: Vec<EventRecord>,
 ) -> Result<Vec<Event>, String> {
-    let versions: Vec<Arc<Request>> = versions.into_iter().map(Arc::new).collect();
     records
         .into_iter()
         .map(|r| {
@@ -220,14 +229,19 @@ pub(crate) fn write_snapshot(
     events: &[Event],
 ) -> Result<u64, StoreError> {
     let (versions, events) = event_records(router, events);
-    let payload = postcard::to_stdvec(&SnapshotRef {
-        lsn,
-        directory,
-        state: router.state(),
-        versions,
-        events,
-    })
-    .map_err(|e| StoreError::Corrupt(format!("cannot encode a snapshot: {e}")))?;
+    let encode = |e: postcard::Error| StoreError::Corrupt(format!("cannot encode a snapshot: {e}"));
+    let mut payload = postcard::to_extend(
+        &HeadRef {
+            lsn,
+            directory,
+            state: router.state(),
+        },
+        vec![0; 8],
+    )
+    .map_err(encode)?;
+    let head_len = (payload.len() - 8) as u64;
+    payload[..8].copy_from_slice(&head_len.to_le_bytes());
+    let payload = postcard::to_extend(&EventsRef { versions, events }, payload).map_err(encode)?;
     let len = (payload.len() as u64).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);
@@ -283,12 +297,43 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
             events: v1.events,
         });
     }
-    let v2: SnapshotFileV2 = postcard::from_bytes(payload).map_err(decode)?;
-    let router = Router::from_state(v2.state, policy);
-    let events = resolve_events(&router, v2.versions, v2.events).map_err(|e| damaged(&e))?;
+    let (head, events) = payload
+        .get(8..)
+        .zip(payload.get(..8))
+        .and_then(|(rest, len)| {
+            let len = u64::from_le_bytes(len.try_into().ok()?);
+            let len = usize::try_from(len).ok().filter(|&l| l <= rest.len())?;
+            Some(rest.split_at(len))
+        })
+        .ok_or_else(|| damaged("its head length is out of range"))?;
+    // Two cores at a restart: the events decode while the state does, then each half of them
+    // is linked to the core's requests on its own thread.
+    let (head, events) = std::thread::scope(|scope| {
+        let events = scope.spawn(|| postcard::from_bytes::<Events>(events));
+        let head = postcard::from_bytes::<Head>(head);
+        (head, events.join())
+    });
+    let head = head.map_err(decode)?;
+    let events = events
+        .map_err(|_| damaged("decoding its events panicked"))?
+        .map_err(decode)?;
+    let router = Router::from_state(head.state, policy);
+    let versions: Vec<Arc<Request>> = events.versions.into_iter().map(Arc::new).collect();
+    let mut records = events.events;
+    let second = records.split_off(records.len() / 2);
+    let (first, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| resolve_events(&router, &versions, second));
+        (resolve_events(&router, &versions, records), second.join())
+    });
+    let mut events = first.map_err(|e| damaged(&e))?;
+    events.extend(
+        second
+            .map_err(|_| damaged("linking its events panicked"))?
+            .map_err(|e| damaged(&e))?,
+    );
     Ok(SnapshotFile {
-        lsn: v2.lsn,
-        directory: v2.directory,
+        lsn: head.lsn,
+        directory: head.directory,
         router,
         events,
     })
