@@ -19,7 +19,8 @@
 //!   divided by COUNT.
 //!
 //! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
-//! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling.
+//! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling;
+//! `LIVE_MILLION_FILL_ONLY=1` keeps it right after the fill (journal only) and stops there.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -71,6 +72,10 @@ fn main() -> anyhow::Result<()> {
     );
     let data = work.path().join("data");
     fill(&data, &config, count)?;
+    if std::env::var_os("LIVE_MILLION_FILL_ONLY").is_some() {
+        println!("kept {}", work.keep().display());
+        return Ok(());
+    }
 
     let empty = work.path().join("empty");
     let mut base_rss = Vec::new();
