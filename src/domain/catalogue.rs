@@ -5,34 +5,35 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A catalogue test code, e.g. `FBC`: 1 to 16 upper-case letters, digits or `-`.
+use super::inline::InlineAscii;
+
+/// A catalogue test code, e.g. `FBC`: 1 to 16 upper-case letters, digits or `-`, kept inline.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TestCode(String);
+pub struct TestCode(InlineAscii<16>);
 
 impl TestCode {
     /// Checks the shape of a code (not whether the catalogue has it).
     pub fn parse(raw: &str) -> Result<Self, String> {
         let code = raw.trim().to_ascii_uppercase();
-        if code.is_empty()
-            || code.len() > 16
-            || !code
+        let ok = !code.is_empty()
+            && code
                 .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err("must be a test code such as FBC".into());
-        }
-        Ok(Self(code))
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
+        InlineAscii::new(&code)
+            .filter(|_| ok)
+            .map(Self)
+            .ok_or_else(|| "must be a test code such as FBC".into())
     }
 
     /// The code.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl fmt::Display for TestCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod catalogue;
 mod ids;
+mod inline;
 mod nhs;
 mod request;
 mod time;

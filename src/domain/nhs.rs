@@ -4,9 +4,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::inline::InlineAscii;
+
 /// A valid NHS number. Its `Debug` form is masked so that it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NhsNumber(String);
+pub struct NhsNumber(InlineAscii<10>);
 
 impl NhsNumber {
     /// Parses ten digits (spaces allowed, as printed on NHS cards) and checks the check digit.
@@ -33,17 +35,18 @@ impl NhsNumber {
         if check != digits[9] {
             return Err("is not a valid NHS number (check digit)".into());
         }
-        Ok(Self(
-            digits
-                .iter()
-                .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
-                .collect(),
-        ))
+        let text: String = digits
+            .iter()
+            .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
+            .collect();
+        InlineAscii::new(&text)
+            .map(Self)
+            .ok_or_else(|| "must have exactly 10 digits".into())
     }
 
     /// The ten digits.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 

@@ -126,38 +126,81 @@ impl Changes {
     }
 }
 
+/// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
+type OrgLists = DashMap<OdsCode, BTreeMap<u64, RequestId>>;
+/// Waiting requests by priority and submission time.
+type QueuedSet = BTreeSet<(Priority, Timestamp, RequestId)>;
+
 /// Everything readers see.
 #[derive(Debug)]
 pub struct Views {
     catalogue: Arc<Catalogue>,
     requests: DashMap<RequestId, Arc<Request>>,
     /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
-    by_org: DashMap<OdsCode, BTreeMap<u64, RequestId>>,
+    by_org: OrgLists,
     labs: RwLock<Vec<LabState>>,
     events: DashMap<OdsCode, Arc<EventLog>>,
     /// Waiting requests by priority and submission time, for the oldest-wait gauge.
-    queued: Mutex<BTreeSet<(Priority, Timestamp, RequestId)>>,
+    queued: Mutex<QueuedSet>,
     retention_ms: i64,
     metrics: Arc<Metrics>,
 }
 
 impl Views {
-    /// Views of a core's current state.
+    /// Views of a core's current state. At a restart the core may hold a million requests, so
+    /// the indexes are built in bulk (sorted, then packed into their trees) rather than one
+    /// insertion at a time, on two threads.
     pub fn new(router: &Router, retention_ms: i64, metrics: Arc<Metrics>) -> Self {
-        let views = Self {
+        let requests = DashMap::with_capacity(router.request_count());
+        let (by_org, queued) = std::thread::scope(|scope| {
+            let indexes = scope.spawn(|| Self::indexes(router, &metrics));
+            for r in router.requests() {
+                requests.insert(r.id, r.clone());
+            }
+            indexes.join()
+        })
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Self {
             catalogue: router.catalogue().clone(),
-            requests: DashMap::new(),
-            by_org: DashMap::new(),
+            requests,
+            by_org,
             labs: RwLock::new(router.labs().iter().map(lab_view).collect()),
             events: DashMap::new(),
-            queued: Mutex::new(BTreeSet::new()),
+            queued: Mutex::new(queued),
             retention_ms,
             metrics,
-        };
-        for r in router.requests() {
-            views.put(r.clone());
         }
-        views
+    }
+
+    /// The per-organisation lists and the waiting set of a core's requests, and their counts in
+    /// the metrics.
+    fn indexes(router: &Router, metrics: &Metrics) -> (OrgLists, QueuedSet) {
+        let mut lists: HashMap<&OdsCode, Vec<(u64, RequestId)>> = HashMap::new();
+        let mut queued = Vec::new();
+        let mut counts: HashMap<(RequestState, Priority, Option<&OdsCode>), i64> = HashMap::new();
+        for r in router.requests() {
+            lists.entry(&r.trust).or_default().push((r.ordinal, r.id));
+            if let Some(lab) = &r.lab {
+                lists.entry(lab).or_default().push((r.ordinal, r.id));
+            }
+            if r.state == RequestState::Queued {
+                queued.push((r.submission.priority, r.submitted_at, r.id));
+            }
+            let lab = r.lab.as_ref().filter(|_| r.state == RequestState::Offered);
+            *counts
+                .entry((r.state, r.submission.priority, lab))
+                .or_default() += 1;
+        }
+        for ((state, priority, lab), n) in counts {
+            metrics.count_requests(state, priority, lab, n);
+        }
+        let by_org = DashMap::with_capacity(lists.len());
+        for (org, mut list) in lists {
+            list.sort_unstable();
+            by_org.insert(org.clone(), list.into_iter().collect());
+        }
+        queued.sort_unstable();
+        (by_org, queued.into_iter().collect())
     }
 
     /// The catalogue.
@@ -198,10 +241,21 @@ impl Views {
 
     /// Restores retained events (from a snapshot or a replay), without publishing them live.
     pub fn restore_events(&self, events: impl IntoIterator<Item = Event>) {
+        // Grouped first, so that each log is locked once and sized once.
+        let mut by_org: HashMap<OdsCode, Vec<Event>> = HashMap::new();
         for event in events {
-            let log = self.log(&event.org);
+            by_org.entry(event.org.clone()).or_default().push(event);
+        }
+        for (org, events) in by_org {
+            let log = self.log(&org);
             let mut history = log.history.write().unwrap_or_else(|e| e.into_inner());
-            history.push_back(event);
+            if history.is_empty() {
+                let mut events = events;
+                events.shrink_to_fit();
+                *history = VecDeque::from(events);
+            } else {
+                history.extend(events);
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::domain::{Priority, Request, RequestState};
+use crate::domain::{OdsCode, Priority, Request, RequestState};
 use crate::routing::LabState;
 
 /// Buckets for times from submission to offer, accept and result, in seconds: one second to a day.
@@ -193,15 +193,31 @@ impl Metrics {
 
     /// Counts a request into (or, with `delta = -1`, out of) its state and priority.
     pub(crate) fn count_request(&self, r: &Request, delta: i64) {
-        let p = r.submission.priority.as_str();
+        self.count_requests(
+            r.state,
+            r.submission.priority,
+            r.lab.as_ref().filter(|_| r.state == RequestState::Offered),
+            delta,
+        );
+    }
+
+    /// Counts `delta` requests in `state` of `priority`, offered to `lab` when that is given.
+    pub(crate) fn count_requests(
+        &self,
+        state: RequestState,
+        priority: Priority,
+        lab: Option<&OdsCode>,
+        delta: i64,
+    ) {
+        let p = priority.as_str();
         self.requests
-            .with_label_values(&[r.state.as_str(), p])
+            .with_label_values(&[state.as_str(), p])
             .add(delta);
-        if r.state == RequestState::Queued {
+        if state == RequestState::Queued {
             self.queue_depth.with_label_values(&[p]).add(delta);
         }
-        if r.state == RequestState::Offered
-            && let Some(lab) = &r.lab
+        if state == RequestState::Offered
+            && let Some(lab) = lab
         {
             self.offers_open
                 .with_label_values(&[lab.as_str()])

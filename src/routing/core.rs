@@ -208,9 +208,12 @@ pub struct State {
     retention_ms: i64,
     trusts: BTreeMap<OdsCode, String>,
     labs: Labs,
+    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
     requests: HashMap<RequestId, Arc<Request>>,
+    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
     orders: HashMap<(OdsCode, OrderNumber), RequestId>,
     queue: WaitQueue,
+    #[serde(deserialize_with = "crate::store::bulk::packed_set")]
     timers: BTreeSet<(Timestamp, TimerKind, RequestId)>,
     sequences: HashMap<OdsCode, u64>,
     next_ordinal: u64,

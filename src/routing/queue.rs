@@ -30,6 +30,7 @@ pub type GroupKey = (OdsCode, TestSet);
 /// Waiting requests, grouped by where they could go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WaitQueue {
+    #[serde(deserialize_with = "crate::store::bulk::map_of_packed_sets")]
     groups: HashMap<GroupKey, BTreeSet<QueueKey>>,
     by_priority: [usize; 4],
     len: usize,

@@ -1,6 +1,7 @@
 //! The file journal: segments of checksummed records synced once per append (group commit), and
 //! snapshots written by a background thread so that acknowledgements do not wait for them.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,14 +13,17 @@ use serde::{Deserialize, Serialize};
 
 use super::record;
 use super::{Directory, Entry, Journal, Snapshot, StoreError, StoreOptions, SyncMode};
-use crate::routing::{Event, State};
+use crate::domain::{OdsCode, Request, RequestId, Timestamp};
+use crate::routing::{DefaultPolicy, Event, EventKind, Router, State};
 
 /// First bytes of a journal segment; followed by its first entry number and a checksum.
 const SEGMENT_MAGIC: &[u8; 8] = b"LABAIDJ1";
 /// Length of a segment's header.
 pub(crate) const SEGMENT_HEADER: usize = 20;
-/// First bytes of a snapshot; followed by the payload length, a checksum and the payload.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"LABAIDS1";
+/// First bytes of a snapshot; followed by the payload length, a checksum and the payload. Format
+/// 2 stores each request once (see `RequestRef`); format 1 is still read.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"LABAIDS2";
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"LABAIDS1";
 const SNAPSHOT_HEADER: usize = 20;
 
 /// The segment holding entries from `first` on.
@@ -54,21 +58,132 @@ pub(crate) struct Batch {
     pub(crate) entries: Vec<Entry>,
 }
 
+/// How a retained event's request is stored in a snapshot: most events carry the request exactly
+/// as the state holds it (the same `Arc`), so they name it instead of repeating it; an event
+/// whose request changed since points at one copy of that older version, shared by every event
+/// that carried it. Without this a snapshot held each request once per event, and a restart from
+/// it decoded (and kept in memory) a copy per event.
+#[derive(Debug, Serialize, Deserialize)]
+enum RequestRef {
+    /// The request as the state holds it.
+    Current(RequestId),
+    /// An older version, by index into the snapshot's `versions`.
+    Version(u32),
+}
+
+/// A retained event in a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct EventRecord {
+    org: OdsCode,
+    sequence: u64,
+    time: Timestamp,
+    kind: EventKind,
+    request: RequestRef,
+}
+
 #[derive(Serialize)]
-struct SnapshotRef<'a> {
+struct HeadRef<'a> {
     lsn: u64,
     directory: &'a Directory,
     state: &'a State,
-    events: &'a [Event],
 }
 
-/// A snapshot file's payload, read back.
+#[derive(Serialize)]
+struct EventsRef<'a> {
+    versions: Vec<&'a Request>,
+    events: Vec<EventRecord>,
+}
+
+/// A format 2 payload is `[length of the head: u64 LE][head][events]`, two postcard encodings,
+/// so that the events decode on a second thread while the core's state decodes.
 #[derive(Debug, Deserialize)]
+struct Head {
+    lsn: u64,
+    directory: Directory,
+    state: State,
+}
+
+/// The events part of a format 2 payload.
+#[derive(Debug, Deserialize)]
+struct Events {
+    versions: Vec<Request>,
+    events: Vec<EventRecord>,
+}
+
+/// A snapshot file's payload as written by format 1 (every event with its own request), still
+/// read so that a data directory from an earlier build starts; the next snapshot is format 2.
+#[derive(Debug, Deserialize)]
+struct SnapshotFileV1 {
+    lsn: u64,
+    directory: Directory,
+    state: State,
+    events: Vec<Event>,
+}
+
+/// A snapshot, read back: the core it holds, and its retained events sharing the core's requests.
+#[derive(Debug)]
 pub(crate) struct SnapshotFile {
     pub(crate) lsn: u64,
     pub(crate) directory: Directory,
-    pub(crate) state: State,
+    pub(crate) router: Router,
     pub(crate) events: Vec<Event>,
+}
+
+/// The events of a snapshot as records, and the older request versions they point at.
+fn event_records<'a>(router: &Router, events: &'a [Event]) -> (Vec<&'a Request>, Vec<EventRecord>) {
+    let mut versions = Vec::new();
+    let mut index: HashMap<*const Request, u32> = HashMap::new();
+    let records = events
+        .iter()
+        .map(|e| {
+            let request = match router.request(&e.request.id) {
+                Some(now) if Arc::ptr_eq(now, &e.request) => RequestRef::Current(e.request.id),
+                _ => RequestRef::Version(*index.entry(Arc::as_ptr(&e.request)).or_insert_with(
+                    || {
+                        versions.push(&*e.request);
+                        (versions.len() - 1) as u32
+                    },
+                )),
+            };
+            EventRecord {
+                org: e.org.clone(),
+                sequence: e.sequence,
+                time: e.time,
+                kind: e.kind,
+                request,
+            }
+        })
+        .collect();
+    (versions, records)
+}
+
+/// Events from their records, each sharing its request with the core or with the other events
+/// that carried the same older version.
+fn resolve_events(
+    router: &Router,
+    versions: &[Arc<Request>],
+    records: Vec<EventRecord>,
+) -> Result<Vec<Event>, String> {
+    records
+        .into_iter()
+        .map(|r| {
+            let request = match r.request {
+                RequestRef::Current(id) => router.request(&id).cloned().ok_or_else(|| {
+                    format!("an event names request {id}, which it does not hold")
+                })?,
+                RequestRef::Version(i) => versions.get(i as usize).cloned().ok_or_else(|| {
+                    format!("an event names request version {i} of {}", versions.len())
+                })?,
+            };
+            Ok(Event {
+                org: r.org,
+                sequence: r.sequence,
+                time: r.time,
+                kind: r.kind,
+                request,
+            })
+        })
+        .collect()
 }
 
 /// Syncs a directory, so that files created, renamed or removed in it survive a crash.
@@ -110,15 +225,23 @@ pub(crate) fn write_snapshot(
     dir: &Path,
     lsn: u64,
     directory: &Directory,
-    snapshot: &Snapshot,
+    router: &Router,
+    events: &[Event],
 ) -> Result<u64, StoreError> {
-    let payload = postcard::to_stdvec(&SnapshotRef {
-        lsn,
-        directory,
-        state: &snapshot.state,
-        events: &snapshot.events,
-    })
-    .map_err(|e| StoreError::Corrupt(format!("cannot encode a snapshot: {e}")))?;
+    let (versions, events) = event_records(router, events);
+    let encode = |e: postcard::Error| StoreError::Corrupt(format!("cannot encode a snapshot: {e}"));
+    let mut payload = postcard::to_extend(
+        &HeadRef {
+            lsn,
+            directory,
+            state: router.state(),
+        },
+        vec![0; 8],
+    )
+    .map_err(encode)?;
+    let head_len = (payload.len() - 8) as u64;
+    payload[..8].copy_from_slice(&head_len.to_le_bytes());
+    let payload = postcard::to_extend(&EventsRef { versions, events }, payload).map_err(encode)?;
     let len = (payload.len() as u64).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);
@@ -141,8 +264,13 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
     let buf = fs::read(path)?;
     let damaged =
         |why: &str| StoreError::Corrupt(format!("snapshot {} is damaged: {why}", path.display()));
-    if buf.len() < SNAPSHOT_HEADER || &buf[..8] != SNAPSHOT_MAGIC {
-        return Err(damaged("not a labaid snapshot"));
+    let version = match buf.get(..8) {
+        Some(m) if m == SNAPSHOT_MAGIC => 2,
+        Some(m) if m == SNAPSHOT_MAGIC_V1 => 1,
+        _ => return Err(damaged("not a labaid snapshot")),
+    };
+    if buf.len() < SNAPSHOT_HEADER {
+        return Err(damaged("short header"));
     }
     let len_bytes: [u8; 8] = buf[8..16].try_into().map_err(|_| damaged("short header"))?;
     let crc: [u8; 4] = buf[16..20]
@@ -158,7 +286,57 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
     if h.finalize() != u32::from_le_bytes(crc) {
         return Err(damaged("checksum mismatch"));
     }
-    postcard::from_bytes(payload).map_err(|e| damaged(&format!("cannot decode: {e}")))
+    let decode = |e: postcard::Error| damaged(&format!("cannot decode: {e}"));
+    let policy = Arc::new(DefaultPolicy);
+    if version == 1 {
+        let v1: SnapshotFileV1 = postcard::from_bytes(payload).map_err(decode)?;
+        return Ok(SnapshotFile {
+            lsn: v1.lsn,
+            directory: v1.directory,
+            router: Router::from_state(v1.state, policy),
+            events: v1.events,
+        });
+    }
+    let (head, events) = payload
+        .get(8..)
+        .zip(payload.get(..8))
+        .and_then(|(rest, len)| {
+            let len = u64::from_le_bytes(len.try_into().ok()?);
+            let len = usize::try_from(len).ok().filter(|&l| l <= rest.len())?;
+            Some(rest.split_at(len))
+        })
+        .ok_or_else(|| damaged("its head length is out of range"))?;
+    // Two cores at a restart: the events decode while the state does, then each half of them
+    // is linked to the core's requests on its own thread.
+    let (head, events) = std::thread::scope(|scope| {
+        let events = scope.spawn(|| postcard::from_bytes::<Events>(events));
+        let head = postcard::from_bytes::<Head>(head);
+        (head, events.join())
+    });
+    let head = head.map_err(decode)?;
+    let events = events
+        .map_err(|_| damaged("decoding its events panicked"))?
+        .map_err(decode)?;
+    let router = Router::from_state(head.state, policy);
+    let versions: Vec<Arc<Request>> = events.versions.into_iter().map(Arc::new).collect();
+    let mut records = events.events;
+    let second = records.split_off(records.len() / 2);
+    let (first, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| resolve_events(&router, &versions, second));
+        (resolve_events(&router, &versions, records), second.join())
+    });
+    let mut events = first.map_err(|e| damaged(&e))?;
+    events.extend(
+        second
+            .map_err(|_| damaged("linking its events panicked"))?
+            .map_err(|e| damaged(&e))?,
+    );
+    Ok(SnapshotFile {
+        lsn: head.lsn,
+        directory: head.directory,
+        router,
+        events,
+    })
 }
 
 /// Removes snapshots before `lsn` and segments whose entries all come before `lsn`.
@@ -202,8 +380,11 @@ impl Writer {
             .spawn(move || {
                 for job in rx {
                     let started = std::time::Instant::now();
-                    let written = write_snapshot(&dir, job.lsn, &directory, &job.snapshot)
-                        .and_then(|size| remove_obsolete(&dir, job.lsn).map(|()| size));
+                    // A core around the copied state, for its request lookups.
+                    let router = Router::from_state(job.snapshot.state, Arc::new(DefaultPolicy));
+                    let written =
+                        write_snapshot(&dir, job.lsn, &directory, &router, &job.snapshot.events)
+                            .and_then(|size| remove_obsolete(&dir, job.lsn).map(|()| size));
                     match written {
                         Ok(bytes) => {
                             tracing::info!(

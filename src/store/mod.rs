@@ -9,6 +9,7 @@
 //!   entries, written to a temporary name, synced, renamed and the directory synced.
 //! - `LOCK`: held while a broker runs, so two brokers never write one journal.
 
+pub(crate) mod bulk;
 mod directory;
 mod file;
 mod memory;

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::file::{
@@ -11,9 +10,9 @@ use super::file::{
     read_segment_header, segment_name, snapshot_name, sync_dir,
 };
 use super::record::{self, End};
-use super::{Directory, Snapshot, StoreError, StoreOptions};
+use super::{Directory, StoreError, StoreOptions};
 use crate::domain::Timestamp;
-use crate::routing::{DefaultPolicy, Event, Outcome, Router};
+use crate::routing::{Event, Outcome, Router};
 
 /// A recovered core, its retained events, and the journal to carry on with.
 #[derive(Debug)]
@@ -89,7 +88,7 @@ pub fn open_at(
     // A changed directory is applied after replay: the journal was written under the old one.
     let differences = directory.differences(&snap.directory);
     let last_snapshot_size = fs::metadata(dir.join(snapshot_name(lsn)))?.len();
-    let mut router = Router::from_state(snap.state, Arc::new(DefaultPolicy));
+    let mut router = snap.router;
     let mut events = snap.events;
 
     // Segments that end before the snapshot are leftovers of a stop before their removal.
@@ -225,15 +224,7 @@ pub fn open_at(
         events.append(&mut outcome.events);
         // Pin the new directory: a snapshot at the end of the journal and a fresh segment after
         // it, so that the next start replays only entries made under the new directory.
-        last_snapshot_size = file::write_snapshot(
-            &dir,
-            next,
-            &directory,
-            &Snapshot {
-                state: router.state().clone(),
-                events: events.clone(),
-            },
-        )?;
+        last_snapshot_size = file::write_snapshot(&dir, next, &directory, &router, &events)?;
         if segment_first != next {
             drop(segment);
             segment = create_segment(&dir, next)?;
@@ -296,11 +287,7 @@ fn create(
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
     let router = directory.router();
-    let empty = Snapshot {
-        state: router.state().clone(),
-        events: Vec::new(),
-    };
-    let size = file::write_snapshot(&dir, 0, &directory, &empty)?;
+    let size = file::write_snapshot(&dir, 0, &directory, &router, &[])?;
     let segment = create_segment(&dir, 0)?;
     tracing::info!(data_dir = %dir.display(), "new data directory");
     let journal = FileJournal::new(

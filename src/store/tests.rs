@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::file::segment_name;
 use super::*;
@@ -441,4 +442,80 @@ fn one_sync_per_entry_reads_back_the_same() {
     let expected = d.after_batch.pop().expect("state");
     drop(d);
     assert_eq!(recovered(dir.path()), expected);
+}
+
+/// Each event in full, and which earlier event (if any) holds the very same request allocation,
+/// and whether it is the allocation the core holds: the sharing a restart must keep.
+fn events_and_sharing(router: &Router, events: &[Event]) -> Vec<(Event, Option<usize>, bool)> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let first = events[..i]
+                .iter()
+                .position(|o| Arc::ptr_eq(&o.request, &e.request));
+            let current = router
+                .request(&e.request.id)
+                .is_some_and(|r| Arc::ptr_eq(r, &e.request));
+            (e.clone(), first, current)
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_restores_events_sharing_their_requests_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    let expected = events_and_sharing(&d.router, &d.events);
+    assert!(
+        expected.iter().any(|(_, _, current)| !current),
+        "the history leaves some events with older versions of their requests"
+    );
+    d.snapshot();
+    d.journal.close().expect("close");
+    drop(d);
+    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    assert_eq!(r.replayed, 0);
+    assert_eq!(events_and_sharing(&r.router, &r.events), expected);
+}
+
+#[test]
+fn a_format_1_snapshot_from_an_earlier_build_is_still_read() {
+    #[derive(serde::Serialize)]
+    struct V1<'a> {
+        lsn: u64,
+        directory: &'a Directory,
+        state: &'a State,
+        events: &'a [Event],
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    d.snapshot();
+    d.journal.close().expect("close");
+    let lsn = d.journal.entries();
+    let payload = postcard::to_stdvec(&V1 {
+        lsn,
+        directory: &directory(),
+        state: d.router.state(),
+        events: &d.events,
+    })
+    .expect("encode");
+    let expected = d.after_batch.pop().expect("state");
+    let events: Vec<Event> = d.events.clone();
+    drop(d);
+    let len = (payload.len() as u64).to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(&payload);
+    let mut file = b"LABAIDS1".to_vec();
+    file.extend_from_slice(&len);
+    file.extend_from_slice(&crc.finalize().to_le_bytes());
+    file.extend_from_slice(&payload);
+    fs::write(dir.path().join(super::file::snapshot_name(lsn)), file).expect("write");
+    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    assert_eq!(r.snapshot_entries, lsn);
+    assert_eq!(fingerprint(&r.router, &r.events), expected);
+    assert_eq!(r.events, events);
 }

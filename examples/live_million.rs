@@ -1,0 +1,535 @@
+//! Memory and restart time of the real broker holding 1,000,000 live requests.
+//!
+//! ```sh
+//! cargo build --release --bin labaid-broker --example live_million
+//! ./target/release/examples/live_million [COUNT [RUNS]]      # defaults 1000000 and 3
+//! ```
+//!
+//! It writes a config (10 trusts, 6 labs with modest capacity, the bundled catalogue, 24-hour
+//! leases so that no offer lapses while it measures), fills a data directory with COUNT realistic
+//! submissions through the core and the file journal in batches of 512, as the sequencer would
+//! (mixed priorities, 1 to 4 tests, patient names, dates of birth and clinical notes; the labs'
+//! room is soon full, so most requests wait and a few hundred are offered), then starts the real
+//! `labaid-broker` (found next to this example's directory) on it and reports, RUNS times each:
+//!
+//! - restart: process start to `/readyz` answering 200, from the journal alone (the broker is
+//!   killed with SIGKILL, so no snapshot is written), then from a snapshot (written by a clean
+//!   stop with SIGTERM after the last journal run);
+//! - VmRSS once ready, minus the VmRSS of the same broker ready on an empty data directory,
+//!   divided by COUNT.
+//!
+//! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
+//! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling;
+//! `LIVE_MILLION_FILL_ONLY=1` keeps it right after the fill (journal only) and stops there.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use labaid::config::Config;
+use labaid::domain::{NewRequest, OdsCode, Priority, RawSubmission, RequestId, Timestamp};
+use labaid::routing::{Command, Outcome};
+use labaid::store::{self, Directory, Entry, Journal, StoreOptions};
+
+/// Trusts submitting.
+const TRUSTS: usize = 10;
+/// Labs, each performing every test with `CAPACITY` per test.
+const LABS: usize = 6;
+const CAPACITY: u32 = 40;
+/// The bundled catalogue's tests, most requested first.
+const TESTS: [&str; 11] = [
+    "FBC", "UE", "CRP", "LFT", "K", "INR", "TROP", "GLU", "APTT", "GS", "XM",
+];
+/// Commands per journal append: the sequencer's batch size.
+const BATCH: usize = 512;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let count = args.first().copied().unwrap_or(1_000_000);
+    let runs = args.get(1).copied().unwrap_or(3).max(1);
+    let broker = broker_path()?;
+    let base =
+        std::env::var_os("LABAID_BENCH_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let work = tempfile::Builder::new()
+        .prefix("live-million-")
+        .tempdir_in(&base)?;
+    let (grpc, ops) = (free_port()?, free_port()?);
+    let config_path = work.path().join("labaid.toml");
+    std::fs::write(&config_path, config_text(grpc, ops))?;
+    let config = Config::load(&config_path)?;
+
+    println!(
+        "machine: {}, {} cores",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let data = work.path().join("data");
+    fill(&data, &config, count)?;
+    if std::env::var_os("LIVE_MILLION_FILL_ONLY").is_some() {
+        println!("kept {}", work.keep().display());
+        return Ok(());
+    }
+
+    let empty = work.path().join("empty");
+    let mut base_rss = Vec::new();
+    for run in 0..runs {
+        let mut m = start(&broker, &config_path, &empty, ops, work.path())?;
+        m.stop(Stop::Term)?;
+        println!(
+            "empty data directory, run {}: ready in {:.3} s, VmRSS {:.1} MiB",
+            run + 1,
+            m.ready.as_secs_f64(),
+            mib(m.rss)
+        );
+        base_rss.push(m.rss);
+    }
+    let base_rss = median_u64(&mut base_rss);
+
+    let mut report = Vec::new();
+    for (what, stop) in [("journal", Stop::Kill), ("snapshot", Stop::Term)] {
+        let (mut times, mut rss) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let mut m = start(&broker, &config_path, &data, ops, work.path())?;
+            // The last journal run stops cleanly, which writes the snapshot the next runs read.
+            let stop = if what == "journal" && run + 1 == runs {
+                Stop::Term
+            } else {
+                stop
+            };
+            let recovered = m.recovered_line();
+            let stopped = m.stop(stop)?;
+            println!(
+                "restart from the {what}, run {}: ready in {:.2} s, VmRSS {:.1} MiB (peak {:.1}), \
+                 stopped ({stop:?}) in {:.2} s\n    {recovered}",
+                run + 1,
+                m.ready.as_secs_f64(),
+                mib(m.rss),
+                mib(m.peak),
+                stopped.as_secs_f64(),
+            );
+            times.push(m.ready.as_secs_f64());
+            rss.push(m.rss);
+        }
+        report.push((what, median_f64(&mut times), median_u64(&mut rss)));
+    }
+    if std::env::var_os("LIVE_MILLION_KEEP").is_some() {
+        println!("kept {}", work.keep().display());
+    }
+    println!("\n{count} live requests, median of {runs} runs:");
+    println!(
+        "  broker VmRSS on an empty data directory: {:.1} MiB",
+        mib(base_rss)
+    );
+    for (what, ready, rss) in report {
+        let per = rss.saturating_sub(base_rss) as f64 / count as f64;
+        println!(
+            "  from the {what}: ready in {ready:.2} s; VmRSS {:.1} MiB, {per:.0} bytes ({:.2} KiB) \
+             per live request",
+            mib(rss),
+            per / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+fn median_u64(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn median_f64(v: &mut [f64]) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn broker_path() -> anyhow::Result<PathBuf> {
+    // Examples are built into target/<profile>/examples/, binaries into target/<profile>/.
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("labaid-broker"))
+        .context("cannot find the build directory")?;
+    if !path.exists() {
+        bail!(
+            "{} is missing: cargo build --release --bin labaid-broker",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn trust_code(i: usize) -> String {
+    format!("LT{i:03}")
+}
+
+/// A directory whose labs fill up quickly, so that most requests wait, with leases as long as the
+/// config allows: an offer lapsing mid-measurement would re-route work while RSS is read.
+fn config_text(grpc: SocketAddr, ops: SocketAddr) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "listen = \"{grpc}\"\nmetrics_listen = \"{ops}\"");
+    let _ = writeln!(out, "allow_plaintext_loopback = true\n");
+    let _ = writeln!(
+        out,
+        "[leases]\nstat = 1440\nasap = 1440\nurgent = 1440\nroutine = 1440\n"
+    );
+    let trusts: Vec<String> = (0..TRUSTS).map(trust_code).collect();
+    for t in &trusts {
+        let _ = writeln!(out, "[[trust]]\nods = \"{t}\"\nname = \"Trust {t}\"\n");
+    }
+    let tests: Vec<String> = TESTS.iter().map(|t| format!("\"{t}\"")).collect();
+    let capacity: Vec<String> = TESTS.iter().map(|t| format!("{t} = {CAPACITY}")).collect();
+    let agreements: Vec<String> = trusts.iter().map(|t| format!("\"{t}\"")).collect();
+    for l in 0..LABS {
+        let transport: Vec<String> = trusts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{t} = {}", 20 + (i + l) % 5 * 5))
+            .collect();
+        let _ = writeln!(
+            out,
+            "[[lab]]\nods = \"LL{l:03}\"\nname = \"Lab {l}\"\ntests = [{}]\ncapacity = {{ {} }}\n\
+             transport_minutes = {{ {} }}\nagreements = [{}]\n",
+            tests.join(", "),
+            capacity.join(", "),
+            transport.join(", "),
+            agreements.join(", ")
+        );
+    }
+    out
+}
+
+/// A small deterministic generator (xorshift64*), so every run fills the same data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+}
+
+const FAMILY: [&str; 16] = [
+    "Okonkwo-Reid",
+    "Fitzgerald",
+    "Richardson",
+    "Abernethy",
+    "Kowalczyk",
+    "Thompson",
+    "Chaudhary",
+    "Macdonald",
+    "Williamson",
+    "Oyelaran",
+    "Henderson",
+    "Patterson",
+    "Nakamura",
+    "Gallagher",
+    "Ramasamy",
+    "Whitfield",
+];
+const GIVEN: [&str; 12] = [
+    "Alexandra",
+    "Oluwaseun",
+    "Catherine",
+    "Mohammed",
+    "Josephine",
+    "Benjamin",
+    "Priyanka",
+    "Christopher",
+    "Margaret",
+    "Frederick",
+    "Anastasia",
+    "Sebastian",
+];
+const NOTES: [&str; 8] = [
+    "Query sepsis, on IV co-amoxiclav; phone results to ward 7B",
+    "Pre-op, theatre list tomorrow 08:00",
+    "Chest pain 2h, ECG changes; repeat troponin at 3h",
+    "On warfarin, INR target 2.5; dose due 18:00",
+    "Known CKD stage 3, K was 5.9 yesterday",
+    "Post-partum haemorrhage, crossmatch 2 units",
+    "Routine monitoring, methotrexate",
+    "Collapse at home, query GI bleed",
+];
+
+/// A valid NHS number: nine random digits and the modulus 11 check digit.
+fn nhs_number(rng: &mut Rng) -> String {
+    loop {
+        let digits: Vec<u32> = (0..9).map(|_| rng.below(10) as u32).collect();
+        let sum: u32 = digits.iter().zip((2..=10).rev()).map(|(d, w)| d * w).sum();
+        let check = match 11 - sum % 11 {
+            11 => 0,
+            10 => continue,
+            c => c,
+        };
+        return digits
+            .iter()
+            .chain(std::iter::once(&check))
+            .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
+            .collect();
+    }
+}
+
+fn submission(rng: &mut Rng, i: usize, now: Timestamp) -> RawSubmission {
+    let priority = match rng.below(100) {
+        0..5 => Priority::Stat,
+        5..20 => Priority::Asap,
+        20..50 => Priority::Urgent,
+        _ => Priority::Routine,
+    };
+    let wanted = [1, 1, 1, 2, 2, 2, 3, 3, 4][rng.below(9)];
+    let mut tests: Vec<String> = Vec::with_capacity(wanted);
+    while tests.len() < wanted {
+        // Skewed towards the common tests: the lower of two draws.
+        let t = TESTS[rng.below(TESTS.len()).min(rng.below(TESTS.len()))];
+        if !tests.iter().any(|x| x == t) {
+            tests.push(t.to_string());
+        }
+    }
+    let note = if rng.below(4) == 0 {
+        String::new()
+    } else {
+        rng.pick(&NOTES).to_string()
+    };
+    RawSubmission {
+        order_number: format!("ORD-2026-{i:08}"),
+        nhs_number: nhs_number(rng),
+        family_name: rng.pick(&FAMILY).to_string(),
+        given_name: rng.pick(&GIVEN).to_string(),
+        birth_date: format!(
+            "{}-{:02}-{:02}",
+            1930 + rng.below(90),
+            1 + rng.below(12),
+            1 + rng.below(28)
+        ),
+        tests,
+        priority: Some(priority),
+        // Collected in the last half hour: the shortest stability (4 h) leaves hours to measure.
+        collected_at: Some(now.plus_minutes(-(rng.below(30) as i64))),
+        clinical_note: note,
+    }
+}
+
+/// Fills `dir` with `count` submissions through the core and the journal, in sequencer batches.
+fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
+    let directory = Directory::from(config);
+    let recovered = store::open(dir, directory, StoreOptions::default())?;
+    let (mut router, mut journal) = (recovered.router, recovered.journal);
+    let trusts: Vec<OdsCode> = (0..TRUSTS)
+        .map(|i| OdsCode::parse(&trust_code(i)).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let now = Timestamp::now();
+    let started = Instant::now();
+    let mut entries = Vec::with_capacity(BATCH);
+    let mut i = 0;
+    while i < count {
+        entries.clear();
+        let mut outcome = Outcome::default();
+        for _ in 0..BATCH.min(count - i) {
+            let raw = submission(&mut rng, i, now);
+            let request = NewRequest::validate(&raw, router.catalogue(), now)
+                .map_err(|v| anyhow::anyhow!("generated an invalid submission: {v}"))?;
+            let command = Command::Submit {
+                trust: trusts[rng.below(TRUSTS)].clone(),
+                id: RequestId::new_random(),
+                request,
+            };
+            outcome.changed = false;
+            router.apply(&command, now, &mut outcome)?;
+            entries.push(Entry { time: now, command });
+            i += 1;
+        }
+        journal.append(&entries)?;
+    }
+    journal.close()?;
+    let bytes: u64 = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let next_timer = router
+        .next_timer()
+        .map_or(0.0, |t| t.millis_since(now) as f64 / 3_600_000.0);
+    println!(
+        "filled {} live requests ({} waiting, {} offered) in {:.1} s; data directory {:.1} MiB; \
+         first timer due in {next_timer:.1} h",
+        router.request_count(),
+        router.queue().len(),
+        router.request_count() - router.queue().len(),
+        started.elapsed().as_secs_f64(),
+        mib(bytes)
+    );
+    Ok(())
+}
+
+/// How a measured broker is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGKILL: nothing more is written (the journal stays the only record).
+    Kill,
+    /// SIGTERM: a clean stop, which snapshots a journal that has grown since the last snapshot.
+    Term,
+}
+
+/// A broker started and measured once ready.
+struct Measured {
+    child: Child,
+    log: PathBuf,
+    ready: Duration,
+    rss: u64,
+    peak: u64,
+}
+
+impl Measured {
+    /// The broker's own "store recovered" log line (entries replayed, milliseconds).
+    fn recovered_line(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("store recovered"))
+            .map(|l| l.split_once("store recovered").map_or(l, |(_, rest)| rest))
+            .unwrap_or("(no store recovered line)")
+            .trim()
+            .to_string()
+    }
+
+    fn stop(&mut self, how: Stop) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        match how {
+            Stop::Kill => self.child.kill()?,
+            Stop::Term => {
+                let status = Process::new("kill")
+                    .args(["-TERM", &self.child.id().to_string()])
+                    .status()?;
+                if !status.success() {
+                    bail!("kill -TERM failed");
+                }
+            }
+        }
+        self.child.wait()?;
+        Ok(started.elapsed())
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        // Never leave a broker behind on an error path; after `stop` this is a no-op.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the broker on `data`, waits for `/readyz`, and reads its memory.
+fn start(
+    broker: &Path,
+    config: &Path,
+    data: &Path,
+    ops: SocketAddr,
+    work: &Path,
+) -> anyhow::Result<Measured> {
+    let log = work.join("broker.log");
+    let out = std::fs::File::create(&log)?;
+    let started = Instant::now();
+    let child = Process::new(broker)
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("cannot start {}", broker.display()))?;
+    let mut m = Measured {
+        child,
+        log,
+        ready: Duration::ZERO,
+        rss: 0,
+        peak: 0,
+    };
+    loop {
+        if readyz(ops) {
+            break;
+        }
+        if let Some(status) = m.child.try_wait()? {
+            bail!(
+                "the broker exited ({status}) before it was ready; see {}",
+                m.log.display()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the broker was not ready after 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    m.ready = started.elapsed();
+    // Let anything started at readiness (tasks, buffers) settle before reading memory.
+    std::thread::sleep(Duration::from_secs(1));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", m.child.id()))?;
+    m.rss = status_kib(&status, "VmRSS:") * 1024;
+    m.peak = status_kib(&status, "VmHWM:") * 1024;
+    Ok(m)
+}
+
+fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// True when the operations listener answers `/readyz` with 200.
+fn readyz(ops: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&ops, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.split_whitespace().nth(1) == Some("200")
+}
