@@ -41,7 +41,8 @@ impl CoordinatorService for CoordinatorApi {
         let who = self.coordinator(&request)?;
         self.ctx
             .audit
-            .record(&who, Action::CoordinatorOverview, None)?;
+            .record(&who, Action::CoordinatorOverview, None)
+            .await?;
         let engine = &self.ctx.engine;
         let views = engine.views();
         let waits = views.oldest_waits(engine.now());
@@ -115,7 +116,8 @@ impl CoordinatorService for CoordinatorApi {
         };
         self.ctx
             .audit
-            .record(&who, Action::CoordinatorLabStatus, None)?;
+            .record(&who, Action::CoordinatorLabStatus, None)
+            .await?;
         tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
         Ok(Response::new(proto::SetLabStatusResponse {
             lab: lab.to_string(),
@@ -148,7 +150,8 @@ impl CoordinatorService for CoordinatorApi {
         };
         self.ctx
             .audit
-            .record(&who, Action::CoordinatorReassign, Some(&id))?;
+            .record(&who, Action::CoordinatorReassign, Some(&id))
+            .await?;
         tracing::info!(request.id = %id, "job reassigned by a coordinator");
         Ok(Response::new(proto::ReassignJobResponse {
             id: id.to_string(),

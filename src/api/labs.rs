@@ -70,7 +70,10 @@ impl LabService for LabApi {
     ) -> Result<Response<Self::WatchOffersStream>, Status> {
         let who = self.lab(&request)?;
         let slot = self.ctx.watches.acquire(&who.org)?;
-        self.ctx.audit.record(&who, Action::OffersWatch, None)?;
+        self.ctx
+            .audit
+            .record(&who, Action::OffersWatch, None)
+            .await?;
         let log = self.ctx.engine.views().log(&who.org);
         let present = self.ctx.presence.watching(&who.org, self.ctx.engine.now());
         Ok(Response::new(super::watch::pump(
@@ -97,7 +100,10 @@ impl LabService for LabApi {
                 && (priorities.is_empty() || priorities.contains(&r.submission.priority))
         });
         for r in page.iter().filter(|r| r.patient_visible_to_lab()) {
-            self.ctx.audit.record(&who, Action::JobList, Some(&r.id))?;
+            self.ctx
+                .audit
+                .record(&who, Action::JobList, Some(&r.id))
+                .await?;
         }
         Ok(Response::new(proto::ListJobsResponse {
             jobs: page.iter().map(|r| job_to(r)).collect(),
@@ -119,7 +125,10 @@ impl LabService for LabApi {
             .filter(|r| r.is_job_of(&who.org))
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         if job.patient_visible_to_lab() {
-            self.ctx.audit.record(&who, Action::JobGet, Some(&id))?;
+            self.ctx
+                .audit
+                .record(&who, Action::JobGet, Some(&id))
+                .await?;
         }
         Ok(Response::new(job_to(&job)))
     }
@@ -136,7 +145,10 @@ impl LabService for LabApi {
                 id,
             })
             .await?;
-        self.ctx.audit.record(&who, Action::JobAccept, Some(&id))?;
+        self.ctx
+            .audit
+            .record(&who, Action::JobAccept, Some(&id))
+            .await?;
         tracing::debug!(request.id = %id, org = %who.org, "job accepted");
         Ok(job)
     }
@@ -161,7 +173,10 @@ impl LabService for LabApi {
                 reason,
             })
             .await?;
-        self.ctx.audit.record(&who, Action::JobDecline, Some(&id))?;
+        self.ctx
+            .audit
+            .record(&who, Action::JobDecline, Some(&id))
+            .await?;
         tracing::info!(request.id = %id, org = %who.org, "job declined");
         Ok(Response::new(proto::DeclineJobResponse {
             id: id.to_string(),
@@ -180,7 +195,10 @@ impl LabService for LabApi {
                 id,
             })
             .await?;
-        self.ctx.audit.record(&who, Action::JobReceive, Some(&id))?;
+        self.ctx
+            .audit
+            .record(&who, Action::JobReceive, Some(&id))
+            .await?;
         Ok(job)
     }
 
@@ -240,7 +258,10 @@ impl LabService for LabApi {
                 observations,
             })
             .await?;
-        self.ctx.audit.record(&who, Action::JobResults, Some(&id))?;
+        self.ctx
+            .audit
+            .record(&who, Action::JobResults, Some(&id))
+            .await?;
         tracing::debug!(request.id = %id, org = %who.org, "results posted");
         Ok(job)
     }
@@ -271,7 +292,10 @@ impl LabService for LabApi {
                 detail,
             })
             .await?;
-        self.ctx.audit.record(&who, Action::JobFail, Some(&id))?;
+        self.ctx
+            .audit
+            .record(&who, Action::JobFail, Some(&id))
+            .await?;
         tracing::info!(request.id = %id, org = %who.org, reason = reason.as_str(), "job failed");
         Ok(job)
     }
@@ -307,7 +331,10 @@ impl LabService for LabApi {
             .await?
         {
             Reply::Capacity(state) => {
-                self.ctx.audit.record(&who, Action::LabCapacity, None)?;
+                self.ctx
+                    .audit
+                    .record(&who, Action::LabCapacity, None)
+                    .await?;
                 tracing::info!(org = %who.org, test = %test, capacity = m.capacity, "capacity set");
                 Ok(Response::new(proto::Capacity {
                     lab: who.org.to_string(),
@@ -335,7 +362,7 @@ impl LabService for LabApi {
             .await?
         {
             Reply::Status { status, withdrawn } => {
-                self.ctx.audit.record(&who, Action::LabStatus, None)?;
+                self.ctx.audit.record(&who, Action::LabStatus, None).await?;
                 tracing::info!(org = %who.org, status = status.as_str(), withdrawn, "lab status set");
                 Ok(Response::new(proto::SetStatusResponse {
                     lab: who.org.to_string(),

@@ -57,7 +57,8 @@ impl RequestService for RequestApi {
         };
         self.ctx
             .audit
-            .record(&who, Action::RequestSubmit, Some(&request.id))?;
+            .record(&who, Action::RequestSubmit, Some(&request.id))
+            .await?;
         tracing::Span::current().record("request.id", tracing::field::display(request.id));
         let request = request_to(&request);
         tracing::debug!(request.id = %request.id, org = %who.org, replayed, "request submitted");
@@ -81,7 +82,10 @@ impl RequestService for RequestApi {
             .request(&id)
             .filter(|r| r.trust == who.org)
             .ok_or_else(|| Error::NotFound(format!("request {id} not found")))?;
-        self.ctx.audit.record(&who, Action::RequestGet, Some(&id))?;
+        self.ctx
+            .audit
+            .record(&who, Action::RequestGet, Some(&id))
+            .await?;
         Ok(Response::new(request_to(&r)))
     }
 
@@ -103,7 +107,8 @@ impl RequestService for RequestApi {
         for r in &page {
             self.ctx
                 .audit
-                .record(&who, Action::RequestList, Some(&r.id))?;
+                .record(&who, Action::RequestList, Some(&r.id))
+                .await?;
         }
         Ok(Response::new(proto::ListRequestsResponse {
             requests: page.iter().map(|r| request_to(r)).collect(),
@@ -132,7 +137,8 @@ impl RequestService for RequestApi {
             .await?;
         self.ctx
             .audit
-            .record(&who, Action::RequestCancel, Some(&id))?;
+            .record(&who, Action::RequestCancel, Some(&id))
+            .await?;
         tracing::info!(request.id = %id, org = %who.org, "request cancelled");
         Ok(Response::new(request_reply(reply)?.0))
     }
@@ -146,7 +152,10 @@ impl RequestService for RequestApi {
         let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
         let slot = self.ctx.watches.acquire(&who.org)?;
-        self.ctx.audit.record(&who, Action::RequestWatch, None)?;
+        self.ctx
+            .audit
+            .record(&who, Action::RequestWatch, None)
+            .await?;
         let after = request.get_ref().after_sequence;
         let log = self.ctx.engine.views().log(&who.org);
         Ok(Response::new(super::watch::pump(

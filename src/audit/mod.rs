@@ -2,9 +2,10 @@
 //! as a hash-chained JSON line in `audit.log` in the data directory. Request ids only, never
 //! patient identifiers.
 //!
-//! Appends are cheap for callers: [`AuditLog::record`] hands the entry to a writer thread, which
+//! Appends are cheap for callers: [`AuditLog::record`] hands the entry to a writer thread over a
+//! bounded queue (a writer that falls behind holds callers back instead of growing memory), which
 //! chains and writes whole batches through a buffer, flushes each batch to the OS, and syncs the
-//! file to disk at most every [`SYNC_INTERVAL`] and at shutdown.
+//! file to disk when it goes idle, at least every [`SYNC_INTERVAL`] under load, and at shutdown.
 
 mod chain;
 
@@ -14,9 +15,10 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 pub use chain::{AuditEntry, Broken, GENESIS, ReadError, Verdict, export, verify};
 
@@ -29,6 +31,8 @@ use crate::error::Error;
 pub const AUDIT_FILE: &str = "audit.log";
 /// Longest an appended entry waits for an fsync.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Entries waiting for the writer before callers wait for room.
+const QUEUE: usize = 65_536;
 
 /// What was done. The names are stable: auditors search for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +152,7 @@ impl AuditLog {
             .append(true)
             .open(&path)
             .map_err(|e| Error::Internal(format!("cannot open {}: {e}", path.display())))?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
         let writer_failed = failed.clone();
         let thread = thread::Builder::new()
@@ -170,7 +174,7 @@ impl AuditLog {
 
     /// Records that `who` did `action` (to `request`). Fails closed: once the log cannot be
     /// written, calls that must be audited are refused with UNAVAILABLE.
-    pub fn record(
+    pub async fn record(
         &self,
         who: &Principal,
         action: Action,
@@ -190,6 +194,7 @@ impl AuditLog {
         };
         self.tx
             .send(Message::Record(record))
+            .await
             .map_err(|_| Error::Unavailable("the audit trail is closed".into()))
     }
 }
@@ -197,7 +202,8 @@ impl AuditLog {
 impl AuditWriter {
     /// Writes what is queued, syncs the file and stops the writer.
     pub fn close(mut self) {
-        let _ = self.tx.send(Message::Close);
+        // Called from a blocking context (the server's shutdown hands it to spawn_blocking).
+        let _ = self.tx.blocking_send(Message::Close);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -233,7 +239,7 @@ fn write_loop(
     path: PathBuf,
     mut seq: u64,
     mut head: String,
-    rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Message>,
     failed: Arc<AtomicBool>,
 ) {
     let mut out = BufWriter::new(file);
@@ -252,11 +258,15 @@ fn write_loop(
             thread::sleep(COALESCE);
             rx.try_recv().ok()
         } else {
-            match rx.recv_timeout(SYNC_INTERVAL) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Message::Close),
+            // Going idle: make what was written durable now rather than on a timer.
+            if dirty {
+                if let Err(e) = out.get_ref().sync_data() {
+                    fail(e);
+                }
+                dirty = false;
+                last_sync = Instant::now();
             }
+            Some(rx.blocking_recv().unwrap_or(Message::Close))
         };
         busy = first.is_some();
         let mut closing = false;
@@ -322,8 +332,11 @@ mod tests {
             org: OdsCode::parse("RJ1").unwrap(),
             role: Role::Trust,
         };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         for _ in 0..n {
-            log.record(&who, Action::RequestGet, Some(&RequestId::new_random()))
+            rt.block_on(log.record(&who, Action::RequestGet, Some(&RequestId::new_random())))
                 .unwrap();
         }
         writer.close();
