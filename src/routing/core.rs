@@ -161,7 +161,7 @@ pub enum Reply {
     },
     /// A declined job's id.
     Declined(RequestId),
-    /// A lab after a capacity change.
+    /// A lab after a capacity change (its `open` jobs left out: the reply is about capacity).
     Capacity(LabState),
     /// A lab after a status change.
     Status {
@@ -830,13 +830,20 @@ impl Router {
         if raised {
             self.route_waiting(lab, now, out);
         }
-        Ok(Reply::Capacity(
-            self.state
-                .labs
-                .get(lab)
-                .cloned()
-                .ok_or_else(|| Error::Internal("lab vanished".into()))?,
-        ))
+        let state = self
+            .state
+            .labs
+            .get(lab)
+            .ok_or_else(|| Error::Internal("lab vanished".into()))?;
+        // Without the open jobs: the reply shows capacity, and copying every job the lab holds
+        // made each capacity change cost O(jobs held).
+        Ok(Reply::Capacity(LabState {
+            config: state.config.clone(),
+            status: state.status,
+            slots: state.slots.clone(),
+            open: BTreeSet::new(),
+            last_offer: state.last_offer,
+        }))
     }
 
     fn set_status(
@@ -1030,20 +1037,36 @@ impl Router {
     /// Offers the request to the policy's choice, or queues it (or expires it when no lab can ever
     /// finish in time). Returns true when it was offered.
     fn route_or_queue(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) -> bool {
+        self.route_or_requeue(id, false, now, out)
+    }
+
+    /// [`Router::route_or_queue`] for a request that is in the queue when `waiting`: only then
+    /// does an offer have to take it out (looking it up costs two hashes and two clones).
+    fn route_or_requeue(
+        &mut self,
+        id: &RequestId,
+        waiting: bool,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> bool {
         let placement = {
-            let r = &self.state.requests[id];
+            let st = &mut self.state;
+            let r = &st.requests[id];
+            let reach = st
+                .labs
+                .prepare_reach(&r.trust, &r.submission.tests, &st.catalogue);
             let query = RouteQuery {
                 trust: &r.trust,
                 tests: &r.submission.tests,
                 deadline: r.deadline,
-                turnaround_minutes: r.submission.tests.turnaround_minutes(&self.state.catalogue),
+                turnaround_minutes: reach.turnaround_minutes,
                 excluded: &r.excluded,
             };
-            self.policy.choose(&query, &self.state.labs, now)
+            self.policy.choose(&query, &st.labs, now)
         };
         match placement {
             Some(p) => {
-                self.offer(id, p, now, out);
+                self.offer(id, p, waiting, now, out);
                 true
             }
             None if self.state.requests[id].expire_at <= now => {
@@ -1057,16 +1080,25 @@ impl Router {
         }
     }
 
-    fn offer(&mut self, id: &RequestId, p: Placement, now: Timestamp, out: &mut Outcome) {
-        self.dequeue(id);
-        let (tests, priority) = {
-            let r = &self.state.requests[id];
-            (r.submission.tests.clone(), r.submission.priority)
-        };
+    /// Offers the request to `p`; `waiting` says whether it is in the queue now.
+    fn offer(
+        &mut self,
+        id: &RequestId,
+        p: Placement,
+        waiting: bool,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) {
+        if waiting {
+            self.dequeue(id);
+        }
         self.state.offers_made += 1;
         let counter = self.state.offers_made;
-        if let Some(lab) = self.state.labs.get_mut(&p.lab) {
-            for t in tests.codes() {
+        let st = &mut self.state;
+        let r = &st.requests[id];
+        let priority = r.submission.priority;
+        if let Some(lab) = st.labs.get_mut(&p.lab) {
+            for t in r.submission.tests.codes() {
                 if let Some(slot) = lab.slots.get_mut(t) {
                     slot.in_flight += 1;
                 }
@@ -1085,7 +1117,11 @@ impl Router {
             r.predicted_result_at = Some(p.predicted_at);
             r.transport_minutes = p.transport_minutes;
             r.offers += 1;
-            r.status_detail = format!("offered to {}", r.lab.as_ref().map_or("", |l| l.as_str()));
+            // Plain pushes rather than format!: this runs for every offer.
+            r.status_detail.clear();
+            r.status_detail.push_str("offered to ");
+            r.status_detail
+                .push_str(r.lab.as_ref().map_or("", |l| l.as_str()));
         });
         self.emit_lab(&lab, id, JobEventKind::Offered, now, out);
         self.emit_trust(id, TrustEventKind::StateChanged, now, out);
@@ -1142,7 +1178,7 @@ impl Router {
             let Some(next) = best else {
                 return;
             };
-            if !self.route_or_queue(&next.id, now, out) {
+            if !self.route_or_requeue(&next.id, true, now, out) {
                 return;
             }
         }
@@ -1167,15 +1203,17 @@ impl Router {
     /// Recomputes the last moment any lab that is not excluded could still finish in time, and
     /// re-arms the expiry timer.
     fn refresh_expiry(&mut self, id: &RequestId) {
-        let r = &self.state.requests[id];
-        let tat = i64::from(r.submission.tests.turnaround_minutes(&self.state.catalogue));
-        let min_lead = self
-            .state
+        let st = &mut self.state;
+        let r = &st.requests[id];
+        let reach = st
             .labs
-            .performing(&r.submission.tests)
-            .filter(|l| l.serves(&r.trust) && !r.excludes(&l.config.ods))
-            .map(|l| i64::from(l.transport_from(&r.trust)) + tat)
-            .min();
+            .prepare_reach(&r.trust, &r.submission.tests, &st.catalogue);
+        // Nearest first, so the first lab not excluded has the shortest lead.
+        let min_lead = reach
+            .labs
+            .iter()
+            .find(|&&(i, _)| !r.excludes(&st.labs.at(i).config.ods))
+            .map(|&(_, transport)| i64::from(transport) + i64::from(reach.turnaround_minutes));
         let expire_at = match min_lead {
             Some(lead) => r.deadline.plus_minutes(-lead),
             None => r.submitted_at,
@@ -1183,7 +1221,11 @@ impl Router {
         let old = r.expire_at;
         let live = matches!(r.state, RequestState::Queued | RequestState::Offered);
         self.state.timers.remove(&(old, TimerKind::Expiry, *id));
-        if let Some(r) = self.state.requests.get_mut(id) {
+        // Unchanged is common (a submission's first lab is rarely excluded); make_mut would copy
+        // a request that the read views still share.
+        if expire_at != old
+            && let Some(r) = self.state.requests.get_mut(id)
+        {
             Arc::make_mut(r).expire_at = expire_at;
         }
         if live {
@@ -1241,11 +1283,20 @@ impl Router {
         now: Timestamp,
         out: &mut Outcome,
     ) {
-        let seq = self.state.sequences.entry(org.clone()).or_insert(0);
-        *seq += 1;
+        // Look up before inserting: entry() would clone the code on every event.
+        let sequence = match self.state.sequences.get_mut(org) {
+            Some(seq) => {
+                *seq += 1;
+                *seq
+            }
+            None => {
+                self.state.sequences.insert(org.clone(), 1);
+                1
+            }
+        };
         out.events.push(Event {
             org: org.clone(),
-            sequence: *seq,
+            sequence,
             time: now,
             kind,
             request: self.state.requests[id].clone(),
