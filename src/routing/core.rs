@@ -3,6 +3,7 @@
 //! A rejected command changes nothing: each handler checks everything before its first mutation.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 
+use super::fasthash::FastMap;
 use super::event::{Event, EventKind, JobEventKind, TrustEventKind};
 use super::labs::{LabConfig, LabState, Labs};
 use super::policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
@@ -208,11 +210,12 @@ pub struct State {
     retention_ms: i64,
     trusts: BTreeMap<OdsCode, String>,
     labs: Labs,
-    requests: HashMap<RequestId, Arc<Request>>,
+    // Fast hash: the broker picks request ids. Order numbers are the client's, so SipHash.
+    requests: FastMap<RequestId, Arc<Request>>,
     orders: HashMap<(OdsCode, OrderNumber), RequestId>,
     queue: WaitQueue,
     timers: BTreeSet<(Timestamp, TimerKind, RequestId)>,
-    sequences: HashMap<OdsCode, u64>,
+    sequences: FastMap<OdsCode, u64>,
     next_ordinal: u64,
     offers_made: u64,
 }
@@ -259,11 +262,11 @@ impl Router {
                 retention_ms,
                 trusts,
                 labs: Labs::new(labs),
-                requests: HashMap::new(),
+                requests: FastMap::default(),
                 orders: HashMap::new(),
                 queue: WaitQueue::default(),
                 timers: BTreeSet::new(),
-                sequences: HashMap::new(),
+                sequences: FastMap::default(),
                 next_ordinal: 1,
                 offers_made: 0,
             },
@@ -317,7 +320,7 @@ impl Router {
     }
 
     /// The last sequence number given to each organisation.
-    pub fn sequences(&self) -> &HashMap<OdsCode, u64> {
+    pub fn sequences(&self) -> &FastMap<OdsCode, u64> {
         &self.state.sequences
     }
 
@@ -480,21 +483,25 @@ impl Router {
             )));
         }
         let order_key = (trust.clone(), new.order_number.clone());
-        if let Some(existing) = self.state.orders.get(&order_key) {
-            let original = &self.state.requests[existing];
-            return if &original.submission == new {
+        // One hash of the order key for both the lookup and the insert.
+        let order = match self.state.orders.entry(order_key) {
+            Entry::Vacant(order) => order,
+            Entry::Occupied(existing) => {
+                let original = &self.state.requests[existing.get()];
+                return if &original.submission == new {
                 Ok(Reply::Request {
                     request: original.clone(),
                     replayed: true,
                 })
             } else {
-                Err(Error::AlreadyExists(format!(
-                    "order number {} was already used for a different request ({})",
-                    new.order_number.as_str(),
-                    original.id
-                )))
-            };
-        }
+                    Err(Error::AlreadyExists(format!(
+                        "order number {} was already used for a different request ({})",
+                        new.order_number.as_str(),
+                        original.id
+                    )))
+                };
+            }
+        };
         if self.state.requests.contains_key(&id) {
             return Err(Error::Internal(format!("request id {id} generated twice")));
         }
@@ -521,8 +528,8 @@ impl Router {
             offers: 0,
         };
         self.state.next_ordinal += 1;
+        order.insert(id);
         self.state.requests.insert(id, Arc::new(request));
-        self.state.orders.insert(order_key, id);
         out.changed = true;
         out.requests.push(id);
         self.refresh_expiry(&id);
@@ -1283,23 +1290,14 @@ impl Router {
         now: Timestamp,
         out: &mut Outcome,
     ) {
-        // Look up before inserting: entry() would clone the code on every event.
-        let sequence = match self.state.sequences.get_mut(org) {
-            Some(seq) => {
-                *seq += 1;
-                *seq
-            }
-            None => {
-                self.state.sequences.insert(org.clone(), 1);
-                1
-            }
-        };
+        let request = self.state.requests[id].clone();
+        let sequence = next_sequence(&mut self.state.sequences, org);
         out.events.push(Event {
             org: org.clone(),
             sequence,
             time: now,
             kind,
-            request: self.state.requests[id].clone(),
+            request,
         });
     }
 
@@ -1310,8 +1308,15 @@ impl Router {
         now: Timestamp,
         out: &mut Outcome,
     ) {
-        let trust = self.state.requests[id].trust.clone();
-        self.emit(&trust, id, EventKind::Trust(kind), now, out);
+        let request = self.state.requests[id].clone();
+        let sequence = next_sequence(&mut self.state.sequences, &request.trust);
+        out.events.push(Event {
+            org: request.trust.clone(),
+            sequence,
+            time: now,
+            kind: EventKind::Trust(kind),
+            request,
+        });
     }
 
     fn emit_lab(
@@ -1367,6 +1372,21 @@ impl Router {
                 format!("offer expired {ago} ago and {since}")
             }
         }))
+    }
+}
+
+/// The next number in `org`'s event sequence. Looks up before inserting: `entry` would clone the
+/// code for every event.
+fn next_sequence(sequences: &mut FastMap<OdsCode, u64>, org: &OdsCode) -> u64 {
+    match sequences.get_mut(org) {
+        Some(seq) => {
+            *seq += 1;
+            *seq
+        }
+        None => {
+            sequences.insert(org.clone(), 1);
+            1
+        }
     }
 }
 

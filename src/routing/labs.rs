@@ -1,10 +1,11 @@
 //! Partner labs: what each performs, for whom, how far away, and its capacity per test.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::fasthash::FastMap;
 use crate::domain::{Catalogue, LabStatus, OdsCode, RequestId, TestCode, TestSet};
 
 /// Capacity of one lab for one test.
@@ -113,7 +114,7 @@ const REACH_CACHE_MAX: usize = 4096;
 #[derive(Debug, Clone, Default)]
 struct ReachCache {
     // Nested by trust so a lookup borrows the request's fields instead of cloning a key.
-    by_trust: HashMap<OdsCode, HashMap<TestSet, Arc<Reach>>>,
+    by_trust: FastMap<OdsCode, FastMap<TestSet, Arc<Reach>>>,
     len: usize,
 }
 
@@ -127,8 +128,8 @@ impl PartialEq for ReachCache {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Labs {
     labs: Vec<LabState>,
-    index: HashMap<OdsCode, usize>,
-    by_test: HashMap<TestCode, Vec<usize>>,
+    index: FastMap<OdsCode, usize>,
+    by_test: FastMap<TestCode, Vec<usize>>,
     #[serde(skip)]
     reach: ReachCache,
 }
