@@ -1165,30 +1165,76 @@ impl Router {
             if state.status != LabStatus::Online {
                 return;
             }
-            let mut best: Option<QueueKey> = None;
-            for ((trust, tests), set) in self.state.queue.groups() {
-                if !state.serves(trust) || !state.performs(tests) || !state.has_room_for(tests) {
-                    continue;
-                }
-                let lead = i64::from(state.transport_from(trust))
-                    + i64::from(tests.turnaround_minutes(&self.state.catalogue));
-                let too_soon = now.plus_minutes(lead);
-                let first = set
-                    .iter()
-                    .find(|k| k.deadline > too_soon && !self.state.requests[&k.id].excludes(lab));
-                if let Some(k) = first
-                    && best.as_ref().is_none_or(|b| k < b)
-                {
-                    best = Some(k.clone());
-                }
-            }
-            let Some(next) = best else {
+            let next = self.next_waiting_for(state, now);
+            #[cfg(test)]
+            assert_eq!(
+                next,
+                self.next_waiting_by_scan(state, now),
+                "the head index found a different next request from a scan of every group"
+            );
+            let Some(next) = next else {
                 return;
             };
             if !self.route_or_requeue(&next.id, true, now, out) {
                 return;
             }
         }
+    }
+
+    /// The first waiting request in order of service that `lab` could take now: groups in order of
+    /// their heads, stopping at the first head after the best found (no later group can beat it).
+    fn next_waiting_for(&self, lab: &LabState, now: Timestamp) -> Option<QueueKey> {
+        let mut best: Option<QueueKey> = None;
+        for (head, group) in self.state.queue.groups_by_head() {
+            if best.is_some_and(|b| b < *head) {
+                break;
+            }
+            if let Some(k) = self.first_for(lab, group, now)
+                && best.is_none_or(|b| k < b)
+            {
+                best = Some(k);
+            }
+        }
+        best
+    }
+
+    /// The first request of one group that `lab` could take now, if it serves the group at all.
+    fn first_for(&self, lab: &LabState, group: &GroupKey, now: Timestamp) -> Option<QueueKey> {
+        let (trust, tests) = group;
+        if !lab.serves(trust) || !lab.performs(tests) || !lab.has_room_for(tests) {
+            return None;
+        }
+        let lead = i64::from(lab.transport_from(trust))
+            + i64::from(tests.turnaround_minutes(&self.state.catalogue));
+        let too_soon = now.plus_minutes(lead);
+        let set = self.state.queue.group(group)?;
+        WaitQueue::first_after(set, too_soon, |k| {
+            self.state.requests[&k.id].excludes(&lab.config.ods)
+        })
+        .copied()
+    }
+
+    /// [`Router::next_waiting_for`] by a scan of every group and request, to check it against.
+    #[cfg(test)]
+    fn next_waiting_by_scan(&self, state: &LabState, now: Timestamp) -> Option<QueueKey> {
+        let mut best: Option<QueueKey> = None;
+        for ((trust, tests), set) in self.state.queue.groups() {
+            if !state.serves(trust) || !state.performs(tests) || !state.has_room_for(tests) {
+                continue;
+            }
+            let lead = i64::from(state.transport_from(trust))
+                + i64::from(tests.turnaround_minutes(&self.state.catalogue));
+            let too_soon = now.plus_minutes(lead);
+            let first = set.iter().find(|k| {
+                k.deadline > too_soon && !self.state.requests[&k.id].excludes(&state.config.ods)
+            });
+            if let Some(k) = first
+                && best.as_ref().is_none_or(|b| k < b)
+            {
+                best = Some(*k);
+            }
+        }
+        best
     }
 
     fn release(&mut self, id: &RequestId, lab: &OdsCode, out: &mut Outcome) {
