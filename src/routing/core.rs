@@ -532,7 +532,8 @@ impl Router {
         self.state.requests.insert(id, Arc::new(request));
         out.changed = true;
         out.requests.push(id);
-        self.refresh_expiry(&id);
+        // A new request has no expiry timer to take out: skip that search of the timer tree.
+        self.arm_expiry(&id, false);
         if !self.route_or_queue(&id, now, out) {
             let state = self.state.requests[&id].state;
             if state == RequestState::Queued {
@@ -1256,6 +1257,11 @@ impl Router {
     /// Recomputes the last moment any lab that is not excluded could still finish in time, and
     /// re-arms the expiry timer.
     fn refresh_expiry(&mut self, id: &RequestId) {
+        self.arm_expiry(id, true);
+    }
+
+    /// [`Router::refresh_expiry`]; `armed` says whether an expiry timer may be set already.
+    fn arm_expiry(&mut self, id: &RequestId, armed: bool) {
         let st = &mut self.state;
         let r = &st.requests[id];
         let reach = st
@@ -1273,7 +1279,9 @@ impl Router {
         };
         let old = r.expire_at;
         let live = matches!(r.state, RequestState::Queued | RequestState::Offered);
-        self.state.timers.remove(&(old, TimerKind::Expiry, *id));
+        if armed {
+            self.state.timers.remove(&(old, TimerKind::Expiry, *id));
+        }
         // Unchanged is common (a submission's first lab is rarely excluded); make_mut would copy
         // a request that the read views still share.
         if expire_at != old
