@@ -16,8 +16,8 @@ use crate::domain::{
 };
 use crate::error::Error;
 
-use super::fasthash::FastMap;
 use super::event::{Event, EventKind, JobEventKind, TrustEventKind};
+use super::fasthash::FastMap;
 use super::labs::{LabConfig, LabState, Labs};
 use super::policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
 use super::queue::{GroupKey, QueueKey, WaitQueue};
@@ -489,11 +489,11 @@ impl Router {
             Entry::Occupied(existing) => {
                 let original = &self.state.requests[existing.get()];
                 return if &original.submission == new {
-                Ok(Reply::Request {
-                    request: original.clone(),
-                    replayed: true,
-                })
-            } else {
+                    Ok(Reply::Request {
+                        request: original.clone(),
+                        replayed: true,
+                    })
+                } else {
                     Err(Error::AlreadyExists(format!(
                         "order number {} was already used for a different request ({})",
                         new.order_number.as_str(),

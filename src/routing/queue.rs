@@ -236,7 +236,11 @@ mod tests {
         let mut all = Vec::new();
         for n in 0..60u64 {
             let g = groups[(n * 7 % 3) as usize].clone();
-            let k = key(n, Priority::ALL[(n * 5 % 4) as usize], 1000 - (n as i64 * 13 % 97));
+            let k = key(
+                n,
+                Priority::ALL[(n * 5 % 4) as usize],
+                1000 - (n as i64 * 13 % 97),
+            );
             q.insert(g.clone(), k);
             all.push((g, k));
         }
