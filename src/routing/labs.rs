@@ -82,6 +82,20 @@ impl LabState {
             .all(|t| self.slots.get(t).is_some_and(Slot::has_room))
     }
 
+    /// [`LabState::utilisation`] when every test has room for one more job, else `None`: both
+    /// from one lookup per test (the policy asks both of every lab it compares).
+    pub fn room_and_utilisation(&self, tests: &TestSet) -> Option<(u64, u64)> {
+        let mut busiest = (0, 1);
+        for t in tests.codes() {
+            let slot = self.slots.get(t).filter(|s| s.has_room())?;
+            let util = (u64::from(slot.in_flight), u64::from(slot.capacity.max(1)));
+            if util.0 * busiest.1 > busiest.0 * util.1 {
+                busiest = util;
+            }
+        }
+        Some(busiest)
+    }
+
     /// Utilisation for these tests as a fraction (numerator, denominator): the busiest test counts.
     pub fn utilisation(&self, tests: &TestSet) -> (u64, u64) {
         tests

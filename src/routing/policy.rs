@@ -129,13 +129,13 @@ fn choose_nearest_first(
             break;
         }
         let lab = labs.at(index);
-        if lab.status != LabStatus::Online
-            || !lab.has_room_for(query.tests)
-            || query.excluded.iter().any(|e| e.lab == lab.config.ods)
+        if lab.status != LabStatus::Online || query.excluded.iter().any(|e| e.lab == lab.config.ods)
         {
             continue;
         }
-        let util = lab.utilisation(query.tests);
+        let Some(util) = lab.room_and_utilisation(query.tests) else {
+            continue;
+        };
         if beats(lab, predicted, util, &best) {
             best = Some((lab, predicted, util));
         }
