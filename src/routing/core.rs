@@ -3,6 +3,7 @@
 //! A rejected command changes nothing: each handler checks everything before its first mutation.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::domain::{
 use crate::error::Error;
 
 use super::event::{Event, EventKind, JobEventKind, TrustEventKind};
+use super::fasthash::FastMap;
 use super::labs::{LabConfig, LabState, Labs};
 use super::policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
 use super::queue::{GroupKey, QueueKey, WaitQueue};
@@ -161,7 +163,7 @@ pub enum Reply {
     },
     /// A declined job's id.
     Declined(RequestId),
-    /// A lab after a capacity change.
+    /// A lab after a capacity change (its `open` jobs left out: the reply is about capacity).
     Capacity(LabState),
     /// A lab after a status change.
     Status {
@@ -208,14 +210,15 @@ pub struct State {
     retention_ms: i64,
     trusts: BTreeMap<OdsCode, String>,
     labs: Labs,
+    // Fast hash: the broker picks request ids. Order numbers are the client's, so SipHash.
     #[serde(deserialize_with = "crate::store::bulk::presized_map")]
-    requests: HashMap<RequestId, Arc<Request>>,
+    requests: FastMap<RequestId, Arc<Request>>,
     #[serde(deserialize_with = "crate::store::bulk::presized_map")]
     orders: HashMap<(OdsCode, OrderNumber), RequestId>,
     queue: WaitQueue,
     #[serde(deserialize_with = "crate::store::bulk::packed_set")]
     timers: BTreeSet<(Timestamp, TimerKind, RequestId)>,
-    sequences: HashMap<OdsCode, u64>,
+    sequences: FastMap<OdsCode, u64>,
     next_ordinal: u64,
     offers_made: u64,
 }
@@ -262,11 +265,11 @@ impl Router {
                 retention_ms,
                 trusts,
                 labs: Labs::new(labs),
-                requests: HashMap::new(),
+                requests: FastMap::default(),
                 orders: HashMap::new(),
                 queue: WaitQueue::default(),
                 timers: BTreeSet::new(),
-                sequences: HashMap::new(),
+                sequences: FastMap::default(),
                 next_ordinal: 1,
                 offers_made: 0,
             },
@@ -320,7 +323,7 @@ impl Router {
     }
 
     /// The last sequence number given to each organisation.
-    pub fn sequences(&self) -> &HashMap<OdsCode, u64> {
+    pub fn sequences(&self) -> &FastMap<OdsCode, u64> {
         &self.state.sequences
     }
 
@@ -483,21 +486,25 @@ impl Router {
             )));
         }
         let order_key = (trust.clone(), new.order_number.clone());
-        if let Some(existing) = self.state.orders.get(&order_key) {
-            let original = &self.state.requests[existing];
-            return if &original.submission == new {
-                Ok(Reply::Request {
-                    request: original.clone(),
-                    replayed: true,
-                })
-            } else {
-                Err(Error::AlreadyExists(format!(
-                    "order number {} was already used for a different request ({})",
-                    new.order_number.as_str(),
-                    original.id
-                )))
-            };
-        }
+        // One hash of the order key for both the lookup and the insert.
+        let order = match self.state.orders.entry(order_key) {
+            Entry::Vacant(order) => order,
+            Entry::Occupied(existing) => {
+                let original = &self.state.requests[existing.get()];
+                return if &original.submission == new {
+                    Ok(Reply::Request {
+                        request: original.clone(),
+                        replayed: true,
+                    })
+                } else {
+                    Err(Error::AlreadyExists(format!(
+                        "order number {} was already used for a different request ({})",
+                        new.order_number.as_str(),
+                        original.id
+                    )))
+                };
+            }
+        };
         if self.state.requests.contains_key(&id) {
             return Err(Error::Internal(format!("request id {id} generated twice")));
         }
@@ -524,11 +531,12 @@ impl Router {
             offers: 0,
         };
         self.state.next_ordinal += 1;
+        order.insert(id);
         self.state.requests.insert(id, Arc::new(request));
-        self.state.orders.insert(order_key, id);
         out.changed = true;
         out.requests.push(id);
-        self.refresh_expiry(&id);
+        // A new request has no expiry timer to take out: skip that search of the timer tree.
+        self.arm_expiry(&id, false);
         if !self.route_or_queue(&id, now, out) {
             let state = self.state.requests[&id].state;
             if state == RequestState::Queued {
@@ -833,13 +841,20 @@ impl Router {
         if raised {
             self.route_waiting(lab, now, out);
         }
-        Ok(Reply::Capacity(
-            self.state
-                .labs
-                .get(lab)
-                .cloned()
-                .ok_or_else(|| Error::Internal("lab vanished".into()))?,
-        ))
+        let state = self
+            .state
+            .labs
+            .get(lab)
+            .ok_or_else(|| Error::Internal("lab vanished".into()))?;
+        // Without the open jobs: the reply shows capacity, and copying every job the lab holds
+        // made each capacity change cost O(jobs held).
+        Ok(Reply::Capacity(LabState {
+            config: state.config.clone(),
+            status: state.status,
+            slots: state.slots.clone(),
+            open: BTreeSet::new(),
+            last_offer: state.last_offer,
+        }))
     }
 
     fn set_status(
@@ -1033,20 +1048,36 @@ impl Router {
     /// Offers the request to the policy's choice, or queues it (or expires it when no lab can ever
     /// finish in time). Returns true when it was offered.
     fn route_or_queue(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) -> bool {
+        self.route_or_requeue(id, false, now, out)
+    }
+
+    /// [`Router::route_or_queue`] for a request that is in the queue when `waiting`: only then
+    /// does an offer have to take it out (looking it up costs two hashes and two clones).
+    fn route_or_requeue(
+        &mut self,
+        id: &RequestId,
+        waiting: bool,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) -> bool {
         let placement = {
-            let r = &self.state.requests[id];
+            let st = &mut self.state;
+            let r = &st.requests[id];
+            let reach = st
+                .labs
+                .prepare_reach(&r.trust, &r.submission.tests, &st.catalogue);
             let query = RouteQuery {
                 trust: &r.trust,
                 tests: &r.submission.tests,
                 deadline: r.deadline,
-                turnaround_minutes: r.submission.tests.turnaround_minutes(&self.state.catalogue),
+                turnaround_minutes: reach.turnaround_minutes,
                 excluded: &r.excluded,
             };
-            self.policy.choose(&query, &self.state.labs, now)
+            self.policy.choose(&query, &st.labs, now)
         };
         match placement {
             Some(p) => {
-                self.offer(id, p, now, out);
+                self.offer(id, p, waiting, now, out);
                 true
             }
             None if self.state.requests[id].expire_at <= now => {
@@ -1060,16 +1091,25 @@ impl Router {
         }
     }
 
-    fn offer(&mut self, id: &RequestId, p: Placement, now: Timestamp, out: &mut Outcome) {
-        self.dequeue(id);
-        let (tests, priority) = {
-            let r = &self.state.requests[id];
-            (r.submission.tests.clone(), r.submission.priority)
-        };
+    /// Offers the request to `p`; `waiting` says whether it is in the queue now.
+    fn offer(
+        &mut self,
+        id: &RequestId,
+        p: Placement,
+        waiting: bool,
+        now: Timestamp,
+        out: &mut Outcome,
+    ) {
+        if waiting {
+            self.dequeue(id);
+        }
         self.state.offers_made += 1;
         let counter = self.state.offers_made;
-        if let Some(lab) = self.state.labs.get_mut(&p.lab) {
-            for t in tests.codes() {
+        let st = &mut self.state;
+        let r = &st.requests[id];
+        let priority = r.submission.priority;
+        if let Some(lab) = st.labs.get_mut(&p.lab) {
+            for t in r.submission.tests.codes() {
                 if let Some(slot) = lab.slots.get_mut(t) {
                     slot.in_flight += 1;
                 }
@@ -1088,7 +1128,11 @@ impl Router {
             r.predicted_result_at = Some(p.predicted_at);
             r.transport_minutes = p.transport_minutes;
             r.offers += 1;
-            r.status_detail = format!("offered to {}", r.lab.as_ref().map_or("", |l| l.as_str()));
+            // Plain pushes rather than format!: this runs for every offer.
+            r.status_detail.clear();
+            r.status_detail.push_str("offered to ");
+            r.status_detail
+                .push_str(r.lab.as_ref().map_or("", |l| l.as_str()));
         });
         self.emit_lab(&lab, id, JobEventKind::Offered, now, out);
         self.emit_trust(id, TrustEventKind::StateChanged, now, out);
@@ -1125,30 +1169,76 @@ impl Router {
             if state.status != LabStatus::Online {
                 return;
             }
-            let mut best: Option<QueueKey> = None;
-            for ((trust, tests), set) in self.state.queue.groups() {
-                if !state.serves(trust) || !state.performs(tests) || !state.has_room_for(tests) {
-                    continue;
-                }
-                let lead = i64::from(state.transport_from(trust))
-                    + i64::from(tests.turnaround_minutes(&self.state.catalogue));
-                let too_soon = now.plus_minutes(lead);
-                let first = set
-                    .iter()
-                    .find(|k| k.deadline > too_soon && !self.state.requests[&k.id].excludes(lab));
-                if let Some(k) = first
-                    && best.as_ref().is_none_or(|b| k < b)
-                {
-                    best = Some(k.clone());
-                }
-            }
-            let Some(next) = best else {
+            let next = self.next_waiting_for(state, now);
+            #[cfg(test)]
+            assert_eq!(
+                next,
+                self.next_waiting_by_scan(state, now),
+                "the head index found a different next request from a scan of every group"
+            );
+            let Some(next) = next else {
                 return;
             };
-            if !self.route_or_queue(&next.id, now, out) {
+            if !self.route_or_requeue(&next.id, true, now, out) {
                 return;
             }
         }
+    }
+
+    /// The first waiting request in order of service that `lab` could take now: groups in order of
+    /// their heads, stopping at the first head after the best found (no later group can beat it).
+    fn next_waiting_for(&self, lab: &LabState, now: Timestamp) -> Option<QueueKey> {
+        let mut best: Option<QueueKey> = None;
+        for (head, group) in self.state.queue.groups_by_head() {
+            if best.is_some_and(|b| b < *head) {
+                break;
+            }
+            if let Some(k) = self.first_for(lab, group, now)
+                && best.is_none_or(|b| k < b)
+            {
+                best = Some(k);
+            }
+        }
+        best
+    }
+
+    /// The first request of one group that `lab` could take now, if it serves the group at all.
+    fn first_for(&self, lab: &LabState, group: &GroupKey, now: Timestamp) -> Option<QueueKey> {
+        let (trust, tests) = group;
+        if !lab.serves(trust) || !lab.performs(tests) || !lab.has_room_for(tests) {
+            return None;
+        }
+        let lead = i64::from(lab.transport_from(trust))
+            + i64::from(tests.turnaround_minutes(&self.state.catalogue));
+        let too_soon = now.plus_minutes(lead);
+        let set = self.state.queue.group(group)?;
+        WaitQueue::first_after(set, too_soon, |k| {
+            self.state.requests[&k.id].excludes(&lab.config.ods)
+        })
+        .copied()
+    }
+
+    /// [`Router::next_waiting_for`] by a scan of every group and request, to check it against.
+    #[cfg(test)]
+    fn next_waiting_by_scan(&self, state: &LabState, now: Timestamp) -> Option<QueueKey> {
+        let mut best: Option<QueueKey> = None;
+        for ((trust, tests), set) in self.state.queue.groups() {
+            if !state.serves(trust) || !state.performs(tests) || !state.has_room_for(tests) {
+                continue;
+            }
+            let lead = i64::from(state.transport_from(trust))
+                + i64::from(tests.turnaround_minutes(&self.state.catalogue));
+            let too_soon = now.plus_minutes(lead);
+            let first = set.iter().find(|k| {
+                k.deadline > too_soon && !self.state.requests[&k.id].excludes(&state.config.ods)
+            });
+            if let Some(k) = first
+                && best.as_ref().is_none_or(|b| k < b)
+            {
+                best = Some(*k);
+            }
+        }
+        best
     }
 
     fn release(&mut self, id: &RequestId, lab: &OdsCode, out: &mut Outcome) {
@@ -1170,23 +1260,36 @@ impl Router {
     /// Recomputes the last moment any lab that is not excluded could still finish in time, and
     /// re-arms the expiry timer.
     fn refresh_expiry(&mut self, id: &RequestId) {
-        let r = &self.state.requests[id];
-        let tat = i64::from(r.submission.tests.turnaround_minutes(&self.state.catalogue));
-        let min_lead = self
-            .state
+        self.arm_expiry(id, true);
+    }
+
+    /// [`Router::refresh_expiry`]; `armed` says whether an expiry timer may be set already.
+    fn arm_expiry(&mut self, id: &RequestId, armed: bool) {
+        let st = &mut self.state;
+        let r = &st.requests[id];
+        let reach = st
             .labs
-            .performing(&r.submission.tests)
-            .filter(|l| l.serves(&r.trust) && !r.excludes(&l.config.ods))
-            .map(|l| i64::from(l.transport_from(&r.trust)) + tat)
-            .min();
+            .prepare_reach(&r.trust, &r.submission.tests, &st.catalogue);
+        // Nearest first, so the first lab not excluded has the shortest lead.
+        let min_lead = reach
+            .labs
+            .iter()
+            .find(|&&(i, _)| !r.excludes(&st.labs.at(i).config.ods))
+            .map(|&(_, transport)| i64::from(transport) + i64::from(reach.turnaround_minutes));
         let expire_at = match min_lead {
             Some(lead) => r.deadline.plus_minutes(-lead),
             None => r.submitted_at,
         };
         let old = r.expire_at;
         let live = matches!(r.state, RequestState::Queued | RequestState::Offered);
-        self.state.timers.remove(&(old, TimerKind::Expiry, *id));
-        if let Some(r) = self.state.requests.get_mut(id) {
+        if armed {
+            self.state.timers.remove(&(old, TimerKind::Expiry, *id));
+        }
+        // Unchanged is common (a submission's first lab is rarely excluded); make_mut would copy
+        // a request that the read views still share.
+        if expire_at != old
+            && let Some(r) = self.state.requests.get_mut(id)
+        {
             Arc::make_mut(r).expire_at = expire_at;
         }
         if live {
@@ -1244,14 +1347,14 @@ impl Router {
         now: Timestamp,
         out: &mut Outcome,
     ) {
-        let seq = self.state.sequences.entry(org.clone()).or_insert(0);
-        *seq += 1;
+        let request = self.state.requests[id].clone();
+        let sequence = next_sequence(&mut self.state.sequences, org);
         out.events.push(Event {
             org: org.clone(),
-            sequence: *seq,
+            sequence,
             time: now,
             kind,
-            request: self.state.requests[id].clone(),
+            request,
         });
     }
 
@@ -1262,8 +1365,15 @@ impl Router {
         now: Timestamp,
         out: &mut Outcome,
     ) {
-        let trust = self.state.requests[id].trust.clone();
-        self.emit(&trust, id, EventKind::Trust(kind), now, out);
+        let request = self.state.requests[id].clone();
+        let sequence = next_sequence(&mut self.state.sequences, &request.trust);
+        out.events.push(Event {
+            org: request.trust.clone(),
+            sequence,
+            time: now,
+            kind: EventKind::Trust(kind),
+            request,
+        });
     }
 
     fn emit_lab(
@@ -1319,6 +1429,21 @@ impl Router {
                 format!("offer expired {ago} ago and {since}")
             }
         }))
+    }
+}
+
+/// The next number in `org`'s event sequence. Looks up before inserting: `entry` would clone the
+/// code for every event.
+fn next_sequence(sequences: &mut FastMap<OdsCode, u64>, org: &OdsCode) -> u64 {
+    match sequences.get_mut(org) {
+        Some(seq) => {
+            *seq += 1;
+            *seq
+        }
+        None => {
+            sequences.insert(org.clone(), 1);
+            1
+        }
     }
 }
 

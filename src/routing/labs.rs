@@ -1,10 +1,12 @@
 //! Partner labs: what each performs, for whom, how far away, and its capacity per test.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{LabStatus, OdsCode, RequestId, TestCode, TestSet};
+use super::fasthash::FastMap;
+use crate::domain::{Catalogue, LabStatus, OdsCode, RequestId, TestCode, TestSet};
 
 /// Capacity of one lab for one test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,20 @@ impl LabState {
             .all(|t| self.slots.get(t).is_some_and(Slot::has_room))
     }
 
+    /// [`LabState::utilisation`] when every test has room for one more job, else `None`: both
+    /// from one lookup per test (the policy asks both of every lab it compares).
+    pub fn room_and_utilisation(&self, tests: &TestSet) -> Option<(u64, u64)> {
+        let mut busiest = (0, 1);
+        for t in tests.codes() {
+            let slot = self.slots.get(t).filter(|s| s.has_room())?;
+            let util = (u64::from(slot.in_flight), u64::from(slot.capacity.max(1)));
+            if util.0 * busiest.1 > busiest.0 * util.1 {
+                busiest = util;
+            }
+        }
+        Some(busiest)
+    }
+
     /// Utilisation for these tests as a fraction (numerator, denominator): the busiest test counts.
     pub fn utilisation(&self, tests: &TestSet) -> (u64, u64) {
         tests
@@ -92,12 +108,44 @@ impl LabState {
     }
 }
 
+/// The labs that can ever take requests of one trust and test set, nearest first: they serve the
+/// trust and perform every test. Depends only on the directory and the catalogue, never on status
+/// or capacity, so it stays valid until the directory changes (which builds a new [`Labs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// Longest turnaround among the tests, in minutes.
+    pub turnaround_minutes: u32,
+    /// (index into the table, courier minutes from the trust), by courier minutes then ODS code.
+    pub labs: Vec<(u32, u32)>,
+}
+
+/// Most (trust, test set) pairs whose [`Reach`] is kept; past it the cache starts again, so that
+/// unusual test combinations cannot grow it without bound.
+const REACH_CACHE_MAX: usize = 4096;
+
+/// Derived, not state: skipped by snapshots, rebuilt on demand, and equal whatever it holds, so
+/// that comparing two states compares what they mean.
+#[derive(Debug, Clone, Default)]
+struct ReachCache {
+    // Nested by trust so a lookup borrows the request's fields instead of cloning a key.
+    by_trust: FastMap<OdsCode, FastMap<TestSet, Arc<Reach>>>,
+    len: usize,
+}
+
+impl PartialEq for ReachCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// Every lab, in ODS-code order, with an index from test to the labs that perform it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Labs {
     labs: Vec<LabState>,
-    index: HashMap<OdsCode, usize>,
-    by_test: HashMap<TestCode, Vec<usize>>,
+    index: FastMap<OdsCode, usize>,
+    by_test: FastMap<TestCode, Vec<usize>>,
+    #[serde(skip)]
+    reach: ReachCache,
 }
 
 impl Labs {
@@ -154,7 +202,8 @@ impl Labs {
         self.index.get(ods).map(|&i| &self.labs[i])
     }
 
-    /// The lab with this code, to change it.
+    /// The lab with this code, to change its status, capacity or work; its directory entry and
+    /// the tests it performs must stay as they are (the indexes are built from them).
     pub fn get_mut(&mut self, ods: &OdsCode) -> Option<&mut LabState> {
         self.index.get(ods).map(|&i| &mut self.labs[i])
     }
@@ -178,6 +227,54 @@ impl Labs {
             .iter()
             .map(|&i| &self.labs[i])
             .filter(move |lab| lab.performs(tests))
+    }
+
+    /// The lab at `index` of a [`Reach`] list.
+    pub fn at(&self, index: u32) -> &LabState {
+        &self.labs[index as usize]
+    }
+
+    /// The labs that can ever take requests of `trust` for `tests`, if [`Labs::prepare_reach`]
+    /// has computed them since the directory was loaded.
+    pub fn reach(&self, trust: &OdsCode, tests: &TestSet) -> Option<&Arc<Reach>> {
+        self.reach.by_trust.get(trust)?.get(tests)
+    }
+
+    /// Computes (once per directory) the labs that can ever take requests of `trust` for
+    /// `tests`, nearest first.
+    pub fn prepare_reach(
+        &mut self,
+        trust: &OdsCode,
+        tests: &TestSet,
+        catalogue: &Catalogue,
+    ) -> Arc<Reach> {
+        if let Some(r) = self.reach(trust, tests) {
+            return r.clone();
+        }
+        let mut labs: Vec<(u32, u32)> = self
+            .performing(tests)
+            .filter(|l| l.serves(trust))
+            .map(|l| {
+                let i = self.index[&l.config.ods];
+                (i as u32, l.transport_from(trust))
+            })
+            .collect();
+        // Table order is ODS order, so equal courier minutes stay in ODS order.
+        labs.sort_by_key(|&(i, transport)| (transport, i));
+        let reach = Arc::new(Reach {
+            turnaround_minutes: tests.turnaround_minutes(catalogue),
+            labs,
+        });
+        if self.reach.len >= REACH_CACHE_MAX {
+            self.reach = ReachCache::default();
+        }
+        self.reach
+            .by_trust
+            .entry(trust.clone())
+            .or_default()
+            .insert(tests.clone(), reach.clone());
+        self.reach.len += 1;
+        reach
     }
 
     /// Number of labs.

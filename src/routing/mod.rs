@@ -4,6 +4,7 @@
 
 mod core;
 mod event;
+mod fasthash;
 mod labs;
 mod policy;
 mod queue;
@@ -13,6 +14,7 @@ mod proptests;
 
 pub use core::{Command, Leases, Outcome, Reply, Router, State, TimerKind, human_duration};
 pub use event::{Event, EventKind, JobEventKind, TrustEventKind};
+pub use fasthash::{FastHash, FastHasher, FastMap};
 pub use labs::{LabConfig, LabState, Labs, Slot};
 pub use policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
 pub use queue::{GroupKey, QueueKey, WaitQueue};

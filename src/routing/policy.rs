@@ -66,33 +66,95 @@ pub struct DefaultPolicy;
 
 impl RoutingPolicy for DefaultPolicy {
     fn choose(&self, query: &RouteQuery<'_>, labs: &Labs, now: Timestamp) -> Option<Placement> {
-        let mut best: Option<(&LabState, Timestamp, (u64, u64))> = None;
-        for lab in labs.performing(query.tests) {
-            if !query.is_eligible(lab, now) {
-                continue;
+        match labs.reach(query.trust, query.tests) {
+            Some(reach) if reach.turnaround_minutes == query.turnaround_minutes => {
+                let chosen = choose_nearest_first(query, labs, &reach.labs, now);
+                // Unit and property tests check every choice against the plain scan.
+                #[cfg(test)]
+                assert_eq!(
+                    chosen,
+                    choose_by_scan(query, labs, now),
+                    "the nearest-first walk chose differently from a scan of every lab"
+                );
+                chosen
             }
-            let predicted = query.predicted_at(lab, now);
-            let util = lab.utilisation(query.tests);
-            let better = match &best {
-                None => true,
-                Some((b, bp, bu)) => {
-                    let util_cmp = (util.0 * bu.1).cmp(&(bu.0 * util.1));
-                    predicted
-                        .cmp(bp)
-                        .then(util_cmp)
-                        .then(lab.last_offer.cmp(&b.last_offer))
-                        .then(lab.config.ods.cmp(&b.config.ods))
-                        .is_lt()
-                }
-            };
-            if better {
-                best = Some((lab, predicted, util));
-            }
+            _ => choose_by_scan(query, labs, now),
         }
-        best.map(|(lab, predicted_at, _)| Placement {
-            lab: lab.config.ods.clone(),
-            predicted_at,
-            transport_minutes: lab.transport_from(query.trust),
-        })
     }
+}
+
+/// The best so far: the lab, its predicted result and its utilisation.
+type Best<'a> = Option<(&'a LabState, Timestamp, (u64, u64))>;
+
+/// True when `lab` beats `best`: earlier result, then lower utilisation, then offered less
+/// recently, then the lower ODS code.
+fn beats(lab: &LabState, predicted: Timestamp, util: (u64, u64), best: &Best<'_>) -> bool {
+    match best {
+        None => true,
+        Some((b, bp, bu)) => {
+            let util_cmp = (util.0 * bu.1).cmp(&(bu.0 * util.1));
+            predicted
+                .cmp(bp)
+                .then(util_cmp)
+                .then(lab.last_offer.cmp(&b.last_offer))
+                .then(lab.config.ods.cmp(&b.config.ods))
+                .is_lt()
+        }
+    }
+}
+
+fn placement(query: &RouteQuery<'_>, best: Best<'_>) -> Option<Placement> {
+    best.map(|(lab, predicted_at, _)| Placement {
+        lab: lab.config.ods.clone(),
+        predicted_at,
+        transport_minutes: lab.transport_from(query.trust),
+    })
+}
+
+/// Walks the labs that serve the trust and perform the tests, nearest first, so it stops at the
+/// first lab too far for the deadline or farther than the best found: with room nearby it looks
+/// at a few labs, not all of them. Same choice as [`choose_by_scan`]: predicted results only grow
+/// along the list, and labs at the same distance are all compared.
+fn choose_nearest_first(
+    query: &RouteQuery<'_>,
+    labs: &Labs,
+    reach: &[(u32, u32)],
+    now: Timestamp,
+) -> Option<Placement> {
+    let mut best: Best<'_> = None;
+    let turnaround = i64::from(query.turnaround_minutes);
+    for &(index, transport) in reach {
+        let predicted = now.plus_minutes(i64::from(transport) + turnaround);
+        if predicted >= query.deadline || best.is_some_and(|(_, bp, _)| predicted > bp) {
+            break;
+        }
+        let lab = labs.at(index);
+        if lab.status != LabStatus::Online || query.excluded.iter().any(|e| e.lab == lab.config.ods)
+        {
+            continue;
+        }
+        let Some(util) = lab.room_and_utilisation(query.tests) else {
+            continue;
+        };
+        if beats(lab, predicted, util, &best) {
+            best = Some((lab, predicted, util));
+        }
+    }
+    placement(query, best)
+}
+
+/// Looks at every lab that performs the tests (when no nearest-first list was prepared).
+fn choose_by_scan(query: &RouteQuery<'_>, labs: &Labs, now: Timestamp) -> Option<Placement> {
+    let mut best: Best<'_> = None;
+    for lab in labs.performing(query.tests) {
+        if !query.is_eligible(lab, now) {
+            continue;
+        }
+        let predicted = query.predicted_at(lab, now);
+        let util = lab.utilisation(query.tests);
+        if beats(lab, predicted, util, &best) {
+            best = Some((lab, predicted, util));
+        }
+    }
+    placement(query, best)
 }

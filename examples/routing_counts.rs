@@ -1,0 +1,183 @@
+//! Routing core cost in instructions, for before/after comparisons on a noisy machine: the same
+//! set-up as `benches/routing.rs`, then a fixed number of timed-part operations, each one
+//! `Router::apply` inside `measured_apply`, which callgrind counts alone:
+//!
+//! ```sh
+//! cargo build --release --example routing_counts
+//! valgrind --tool=callgrind --toggle-collect='*measured_apply*' --callgrind-out-file=/tmp/cg.out \
+//!     target/release/examples/routing_counts route_one 100 0 200
+//! callgrind_annotate /tmp/cg.out | head   # total Ir / 200 = instructions per routed request
+//! ```
+//!
+//! Arguments: `route_one|free_capacity LABS WAITING ITERATIONS` (for route_one, WAITING is the
+//! number of requests routed before the count). Without valgrind it prints the
+//! set-up time, the mean wall time per operation and, for route_one, the mean on-CPU time (wall
+//! time less time spent waiting for a core on a shared machine).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use labaid::Config;
+use labaid::domain::{
+    BoundedText, NewRequest, NhsNumber, OdsCode, OrderNumber, Patient, Priority, RequestId,
+    TestCode, TestSet, Timestamp,
+};
+use labaid::routing::{Command, LabConfig, Leases, Outcome, Router};
+
+const TRUSTS: [&str; 2] = ["RJ1", "RJZ"];
+const TESTS: [&str; 6] = ["FBC", "UE", "K", "CRP", "TROP", "INR"];
+const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+fn ods(s: &str) -> OdsCode {
+    OdsCode::parse(s).expect("valid ODS code")
+}
+
+fn code(s: &str) -> TestCode {
+    TestCode::parse(s).expect("valid test code")
+}
+
+fn router(labs: usize, capacity: u32) -> Router {
+    let catalogue = Config::demo().expect("demo config").catalogue;
+    let labs = (0..labs)
+        .map(|i| LabConfig {
+            ods: ods(&format!("L{i:04}")),
+            name: format!("lab {i}"),
+            capacity: TESTS.iter().map(|t| (code(t), capacity)).collect(),
+            transport_minutes: TRUSTS
+                .iter()
+                .map(|t| (ods(t), 20 + (i % 40) as u32))
+                .collect(),
+            agreements: TRUSTS.iter().map(|t| ods(t)).collect::<BTreeSet<_>>(),
+        })
+        .collect();
+    let trusts: BTreeMap<OdsCode, String> =
+        TRUSTS.iter().map(|t| (ods(t), t.to_string())).collect();
+    Router::new(
+        catalogue,
+        trusts,
+        labs,
+        Leases::default(),
+        30 * 24 * 60 * 60_000,
+    )
+}
+
+fn submit(n: u64, tests: &[&str]) -> Command {
+    Command::Submit {
+        trust: ods(TRUSTS[(n % 2) as usize]),
+        id: RequestId::new_random(),
+        request: NewRequest {
+            order_number: OrderNumber::parse(&format!("O{n}")).expect("order number"),
+            patient: Patient {
+                nhs_number: NhsNumber::parse("9434765919").expect("NHS number"),
+                family_name: BoundedText::default(),
+                given_name: BoundedText::default(),
+                birth_date: String::new(),
+            },
+            tests: TestSet::from_codes(tests.iter().map(|t| code(t)).collect()),
+            priority: Priority::ALL[(n % 4) as usize],
+            collected_at: NOW.plus_minutes(-20 - (n % 60) as i64),
+            clinical_note: BoundedText::default(),
+        },
+    }
+}
+
+fn apply(router: &mut Router, command: &Command) {
+    let mut out = Outcome::default();
+    router
+        .apply(command, NOW, &mut out)
+        .expect("command applies");
+}
+
+/// The only code callgrind counts (`--toggle-collect='*measured_apply*'`).
+#[inline(never)]
+fn measured_apply(router: &mut Router, command: &Command, out: &mut Outcome) {
+    router.apply(command, NOW, out).expect("command applies");
+}
+
+/// Nanoseconds this thread has spent on a CPU (Linux `schedstat`), to tell the cost of the code
+/// from time spent waiting for a core on a shared machine.
+fn on_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scenario = args.first().map_or("route_one", String::as_str);
+    let num = |i: usize, default: u64| {
+        args.get(i)
+            .and_then(|a| a.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let (labs, waiting, iters) = (num(1, 100) as usize, num(2, 0), num(3, 200));
+    let started = Instant::now();
+    let mut spent = Duration::ZERO;
+    match scenario {
+        "route_one" => {
+            let mut r = router(labs, u32::MAX / 2);
+            // Live requests before the count (WAITING, default 1,000): criterion's run leaves the
+            // router holding every request it routed, hundreds of thousands by its end.
+            let mut n = 0u64;
+            let next = |n: &mut u64| {
+                *n += 1;
+                let k = (*n % 3) as usize;
+                submit(*n, &TESTS[k..k + 2])
+            };
+            for _ in 0..waiting.max(1000) {
+                apply(&mut r, &next(&mut n));
+            }
+            let setup = started.elapsed();
+            // Commands made and outcomes dropped outside the loop, so that the thread's on-CPU
+            // time over the loop is the applies' alone.
+            let cmds: Vec<Command> = (0..iters).map(|_| next(&mut n)).collect();
+            let mut outs: Vec<Outcome> = (0..iters).map(|_| Outcome::default()).collect();
+            let cpu = on_cpu_ns();
+            let t = Instant::now();
+            for (cmd, out) in cmds.iter().zip(outs.iter_mut()) {
+                measured_apply(&mut r, cmd, out);
+            }
+            spent = t.elapsed();
+            if let (Some(before), Some(after)) = (cpu, on_cpu_ns()) {
+                println!(
+                    "on-CPU {:.2} µs per operation (wall time less waits for a core)",
+                    (after - before) as f64 / iters.max(1) as f64 / 1000.0
+                );
+            }
+            println!("set-up {setup:?}");
+        }
+        "free_capacity" => {
+            let mut r = router(labs, 0);
+            for n in 0..waiting {
+                apply(&mut r, &submit(n, &["FBC"]));
+            }
+            let setup = started.elapsed();
+            let lab = ods("L0000");
+            let mut n = waiting;
+            for capacity in 1..=iters as u32 {
+                let raise = Command::SetCapacity {
+                    lab: lab.clone(),
+                    test: code("FBC"),
+                    capacity,
+                };
+                let mut out = Outcome::default();
+                let t = Instant::now();
+                measured_apply(&mut r, &raise, &mut out);
+                spent += t.elapsed();
+                drop(out);
+                n += 1;
+                apply(&mut r, &submit(n, &["FBC"]));
+            }
+            assert_eq!(r.queue().len() as u64, waiting, "the queue stays full");
+            println!("set-up {setup:?}");
+        }
+        other => panic!("unknown scenario {other}: route_one or free_capacity"),
+    }
+    println!(
+        "{scenario} labs={labs} waiting={waiting}: {:?} per operation over {iters}",
+        spent / iters.max(1) as u32
+    );
+}
