@@ -224,7 +224,8 @@ pub fn open_at(
         events.append(&mut outcome.events);
         // Pin the new directory: a snapshot at the end of the journal and a fresh segment after
         // it, so that the next start replays only entries made under the new directory.
-        last_snapshot_size = file::write_snapshot(&dir, next, &directory, &router, &events)?;
+        last_snapshot_size =
+            file::write_snapshot(&dir, next, &directory, router.state().clone(), &events)?;
         if segment_first != next {
             drop(segment);
             segment = create_segment(&dir, next)?;
@@ -287,7 +288,7 @@ fn create(
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
     let router = directory.router();
-    let size = file::write_snapshot(&dir, 0, &directory, &router, &[])?;
+    let size = file::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
     let segment = create_segment(&dir, 0)?;
     tracing::info!(data_dir = %dir.display(), "new data directory");
     let journal = FileJournal::new(
