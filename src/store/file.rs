@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -401,11 +402,20 @@ pub(crate) fn write_snapshot_v2(
 
 /// Reads a snapshot; any damage is an error (a snapshot is only renamed into place once synced).
 pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
-    let buf = fs::read(path)?;
     let damaged =
         |why: &str| StoreError::Corrupt(format!("snapshot {} is damaged: {why}", path.display()));
+    let file = File::open(path)?;
+    let mut header = [0; SNAPSHOT_HEADER];
+    if file.read_exact_at(&mut header, 0).is_ok() && header[..8] == SNAPSHOT_MAGIC[..] {
+        // Format 3 is read section by section, never whole: a buffer the size of the file would
+        // be a third of a gigabyte of fresh pages at a million requests.
+        return read_sections(&file, &header).map_err(|e| match e {
+            SectionError::Io(e) => StoreError::Io(e),
+            SectionError::Damaged(why) => damaged(&why),
+        });
+    }
+    let buf = fs::read(path)?;
     let version = match buf.get(..8) {
-        Some(m) if m == SNAPSHOT_MAGIC => 3,
         Some(m) if m == SNAPSHOT_MAGIC_V2 => 2,
         Some(m) if m == SNAPSHOT_MAGIC_V1 => 1,
         Some(m) if m.starts_with(b"LABAIDS") => {
@@ -445,9 +455,6 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
             router: Router::from_state(v1.state, policy),
             events: v1.events,
         });
-    }
-    if version == 3 {
-        return read_sections(payload).map_err(|e| damaged(&e));
     }
     let (head, events) = payload
         .get(8..)
@@ -495,36 +502,94 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
 enum Section {
     Head(Box<Head>),
     Events(EventSlots),
-    Requests(Vec<Arc<Request>>),
+    Requests(RequestChunk),
 }
 
-/// Reads a format 3 payload (see `write_snapshot`): its sections decode on every core, taking
-/// the next undecoded one in turn; then the core's request map is filled on one thread while
-/// the events are linked to the requests on another.
-fn read_sections(payload: &[u8]) -> Result<SnapshotFile, String> {
-    let count = payload
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or("its section table is cut short")? as usize;
-    let table_end = count
-        .checked_mul(8)
-        .and_then(|n| n.checked_add(4))
-        .filter(|&n| n <= payload.len() && count >= 2)
-        .ok_or("its section table is out of range")?;
-    let mut sections = Vec::with_capacity(count);
-    let mut at = table_end;
-    for entry in payload[4..table_end].chunks_exact(8) {
+/// Why a format 3 snapshot could not be read.
+enum SectionError {
+    Io(std::io::Error),
+    Damaged(String),
+}
+
+impl From<String> for SectionError {
+    fn from(why: String) -> Self {
+        Self::Damaged(why)
+    }
+}
+
+impl From<&str> for SectionError {
+    fn from(why: &str) -> Self {
+        Self::Damaged(why.into())
+    }
+}
+
+/// A chunk of requests, each decoded straight into its `Arc`, the vector sized once.
+struct RequestChunk(Vec<Arc<Request>>);
+
+impl<'de> Deserialize<'de> for RequestChunk {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChunkVisitor;
+        impl<'de> serde::de::Visitor<'de> for ChunkVisitor {
+            type Value = RequestChunk;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of requests")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut chunk =
+                    Vec::with_capacity(seq.size_hint().unwrap_or(0).min(SNAPSHOT_CHUNK));
+                while let Some(r) = seq.next_element::<Request>()? {
+                    chunk.push(Arc::new(r));
+                }
+                Ok(RequestChunk(chunk))
+            }
+        }
+        deserializer.deserialize_seq(ChunkVisitor)
+    }
+}
+
+/// Reads a format 3 snapshot (see `write_snapshot`) after its `header`: every core takes the
+/// next unread section in turn, reads it into a buffer of its own and decodes it; the checksum
+/// is the sections' checksums combined in order, checked before anything decoded is used. Then
+/// the core's request map is filled on one thread while the events are linked on another.
+fn read_sections(
+    file: &File,
+    header: &[u8; SNAPSHOT_HEADER],
+) -> Result<SnapshotFile, SectionError> {
+    let len_bytes: [u8; 8] = header[8..16].try_into().map_err(|_| "short header")?;
+    let crc: [u8; 4] = header[16..20].try_into().map_err(|_| "short header")?;
+    let payload_len = u64::from_le_bytes(len_bytes);
+    let file_len = file.metadata().map_err(SectionError::Io)?.len();
+    if file_len.checked_sub(SNAPSHOT_HEADER as u64) != Some(payload_len) {
+        return Err("its length does not match its header".into());
+    }
+    let mut count = [0; 4];
+    file.read_exact_at(&mut count, SNAPSHOT_HEADER as u64)
+        .map_err(|_| "its section table is cut short")?;
+    let count = u32::from_le_bytes(count) as u64;
+    let table_len = count * 8 + 4;
+    if count < 2 || table_len > payload_len {
+        return Err("its section table is out of range".into());
+    }
+    let mut table = vec![0; table_len as usize];
+    file.read_exact_at(&mut table, SNAPSHOT_HEADER as u64)
+        .map_err(SectionError::Io)?;
+    let mut sections = Vec::with_capacity(count as usize);
+    let mut at = SNAPSHOT_HEADER as u64 + table_len;
+    for entry in table[4..].chunks_exact(8) {
         let len = entry.try_into().map(u64::from_le_bytes).unwrap_or(u64::MAX);
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| at.checked_add(len))
-            .filter(|&end| end <= payload.len())
+        let end = at
+            .checked_add(len)
+            .filter(|&end| end <= file_len)
             .ok_or("a section runs past its end")?;
-        sections.push(&payload[at..end]);
+        sections.push((at, len as usize));
         at = end;
     }
-    if at != payload.len() {
+    if at != file_len {
         return Err("its sections do not fill it".into());
     }
 
@@ -533,49 +598,66 @@ fn read_sections(payload: &[u8]) -> Result<SnapshotFile, String> {
         Ok(match i {
             0 => Section::Head(Box::new(postcard::from_bytes(bytes).map_err(why)?)),
             1 => Section::Events(postcard::from_bytes(bytes).map_err(why)?),
-            _ => Section::Requests(
-                postcard::from_bytes::<Vec<Request>>(bytes)
-                    .map_err(why)?
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect(),
-            ),
+            _ => Section::Requests(postcard::from_bytes(bytes).map_err(why)?),
         })
     };
+    type Done = (usize, crc32fast::Hasher, Result<Section, String>);
     let next = AtomicUsize::new(0);
-    let work = || {
+    let work = || -> Result<Vec<Done>, std::io::Error> {
         let mut done = Vec::new();
+        let mut buf = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(bytes) = sections.get(i) else {
-                return done;
+            let Some(&(offset, len)) = sections.get(i) else {
+                return Ok(done);
             };
-            done.push((i, decode(i, bytes)));
+            buf.resize(len, 0);
+            file.read_exact_at(&mut buf, offset)?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&buf);
+            done.push((i, crc, decode(i, &buf)));
         }
     };
     let workers = thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(count);
-    let mut decoded: Vec<Option<Result<Section, String>>> = (0..count).map(|_| None).collect();
-    thread::scope(|scope| {
+        .min(sections.len());
+    let mut decoded: Vec<Option<(crc32fast::Hasher, Result<Section, String>)>> =
+        (0..sections.len()).map(|_| None).collect();
+    thread::scope(|scope| -> Result<(), SectionError> {
         let others: Vec<_> = (1..workers).map(|_| scope.spawn(work)).collect();
-        let mine = work();
-        for done in others
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .chain([mine])
-        {
-            for (i, section) in done {
-                decoded[i] = Some(section);
+        let mine = work().map_err(SectionError::Io)?;
+        for handle in others {
+            let done = handle
+                .join()
+                .map_err(|_| "decoding a section panicked")?
+                .map_err(SectionError::Io)?;
+            for (i, crc, section) in done {
+                decoded[i] = Some((crc, section));
             }
         }
-    });
-    let mut decoded = decoded.into_iter();
-    let mut take = || {
+        for (i, crc, section) in mine {
+            decoded[i] = Some((crc, section));
+        }
+        Ok(())
+    })?;
+    let mut whole = crc32fast::Hasher::new();
+    whole.update(&len_bytes);
+    whole.update(&table);
+    let mut parts = Vec::with_capacity(decoded.len());
+    for part in decoded {
+        let (crc, section) = part.ok_or("a section was not read")?;
+        whole.combine(&crc);
+        parts.push(section);
+    }
+    if whole.finalize() != u32::from_le_bytes(crc) {
+        return Err("checksum mismatch".into());
+    }
+    let count = parts.len();
+    let mut decoded = parts.into_iter();
+    let mut take = || -> Result<Section, String> {
         decoded
             .next()
-            .flatten()
-            .unwrap_or_else(|| Err("decoding a section panicked".into()))
+            .unwrap_or_else(|| Err("a section is missing".into()))
     };
     let Section::Head(head) = take()? else {
         return Err("its first section is not the head".into());
@@ -585,7 +667,7 @@ fn read_sections(payload: &[u8]) -> Result<SnapshotFile, String> {
     };
     let mut requests = Vec::new();
     for _ in 2..count {
-        let Section::Requests(chunk) = take()? else {
+        let Section::Requests(RequestChunk(chunk)) = take()? else {
             return Err("a requests section holds something else".into());
         };
         if requests.is_empty() {
@@ -614,7 +696,7 @@ fn read_sections(payload: &[u8]) -> Result<SnapshotFile, String> {
         (filled, linked.join())
     });
     filled?;
-    let events = events.map_err(|_| "linking its events panicked".to_string())??;
+    let events = events.map_err(|_| "linking its events panicked")??;
     Ok(SnapshotFile {
         lsn,
         directory,

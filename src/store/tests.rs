@@ -594,3 +594,28 @@ fn a_snapshot_in_an_unknown_format_is_refused_by_name() {
     let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
     assert!(err.to_string().contains("format '9'"), "{err}");
 }
+
+#[test]
+fn a_flipped_bit_in_any_section_of_a_format_3_snapshot_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    d.snapshot();
+    d.journal.close().expect("close");
+    let lsn = d.journal.entries();
+    drop(d);
+    let path = dir.path().join(super::file::snapshot_name(lsn));
+    let good = fs::read(&path).expect("read");
+    assert_eq!(&good[..8], b"LABAIDS3");
+    // The length, the table, the head, the events and the requests: every byte is covered.
+    for at in (8..good.len()).step_by(good.len() / 97 + 1) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        fs::write(&path, &bad).expect("write");
+        let err = super::file::read_snapshot(&path).expect_err("refused");
+        assert!(
+            matches!(err, StoreError::Corrupt(_)),
+            "a flip at byte {at}: {err}"
+        );
+    }
+}
