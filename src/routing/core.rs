@@ -223,6 +223,14 @@ pub struct State {
     offers_made: u64,
 }
 
+impl State {
+    /// The requests, for the store: a snapshot writes them apart from the rest of the state,
+    /// in chunks that decode in parallel, and fills them back in before the core is rebuilt.
+    pub fn requests_mut(&mut self) -> &mut HashMap<RequestId, Arc<Request>> {
+        &mut self.requests
+    }
+}
+
 /// The core: state plus the routing policy.
 #[derive(Debug)]
 pub struct Router {

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 
@@ -21,10 +22,15 @@ const SEGMENT_MAGIC: &[u8; 8] = b"LABAIDJ1";
 /// Length of a segment's header.
 pub(crate) const SEGMENT_HEADER: usize = 20;
 /// First bytes of a snapshot; followed by the payload length, a checksum and the payload. Format
-/// 2 stores each request once (see `RequestRef`); format 1 is still read.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"LABAIDS2";
+/// 3 writes the requests apart from the rest of the state, in chunks that decode in parallel
+/// (see `write_snapshot`); formats 2 (each request once, see `RequestRef`) and 1 are still read.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"LABAIDS3";
+const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"LABAIDS2";
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"LABAIDS1";
 const SNAPSHOT_HEADER: usize = 20;
+/// Requests per chunk of a format 3 snapshot: enough chunks for every core to take a share, few
+/// enough that the section table stays small.
+const SNAPSHOT_CHUNK: usize = 4096;
 
 /// The segment holding entries from `first` on.
 pub(crate) fn segment_name(first: u64) -> String {
@@ -71,7 +77,41 @@ enum RequestRef {
     Version(u32),
 }
 
-/// A retained event in a snapshot.
+/// How a retained event's request is stored in a format 3 snapshot: as `RequestRef`, but the
+/// current request is named by its position in the snapshot's requests, so that linking an
+/// event at a restart is an index rather than a hash lookup.
+#[derive(Debug, Serialize, Deserialize)]
+enum RequestSlot {
+    /// The request at this position in the snapshot's requests (as the state holds it).
+    Current(u32),
+    /// An older version, by index into the snapshot's `versions`.
+    Version(u32),
+}
+
+/// A retained event in a format 3 snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct EventSlot {
+    org: OdsCode,
+    sequence: u64,
+    time: Timestamp,
+    kind: EventKind,
+    request: RequestSlot,
+}
+
+#[derive(Serialize)]
+struct EventSlotsRef<'a> {
+    versions: Vec<&'a Request>,
+    events: Vec<EventSlot>,
+}
+
+/// The events section of a format 3 payload.
+#[derive(Debug, Deserialize)]
+struct EventSlots {
+    versions: Vec<Request>,
+    events: Vec<EventSlot>,
+}
+
+/// A retained event in a format 2 snapshot.
 #[derive(Debug, Serialize, Deserialize)]
 struct EventRecord {
     org: OdsCode,
@@ -88,6 +128,7 @@ struct HeadRef<'a> {
     state: &'a State,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct EventsRef<'a> {
     versions: Vec<&'a Request>,
@@ -129,7 +170,8 @@ pub(crate) struct SnapshotFile {
     pub(crate) events: Vec<Event>,
 }
 
-/// The events of a snapshot as records, and the older request versions they point at.
+/// The events of a format 2 snapshot as records, and the older request versions they point at.
+#[cfg(test)]
 fn event_records<'a>(router: &Router, events: &'a [Event]) -> (Vec<&'a Request>, Vec<EventRecord>) {
     let mut versions = Vec::new();
     let mut index: HashMap<*const Request, u32> = HashMap::new();
@@ -220,8 +262,107 @@ pub(crate) fn create_segment(dir: &Path, first: u64) -> Result<File, StoreError>
     Ok(file)
 }
 
-/// Writes a snapshot durably (temporary name, sync, rename, directory sync); returns its size.
+/// Writes a format 3 snapshot durably (temporary name, sync, rename, directory sync); returns
+/// its size. The payload is a table of sections, `[count: u32 LE][length: u64 LE; count]`, then
+/// the sections: the head (entry number, directory, and the state with its requests taken out),
+/// the events, and the requests in ordinal order as postcard sequences of `SNAPSHOT_CHUNK`.
 pub(crate) fn write_snapshot(
+    dir: &Path,
+    lsn: u64,
+    directory: &Directory,
+    mut state: State,
+    events: &[Event],
+) -> Result<u64, StoreError> {
+    let encode = |e: postcard::Error| StoreError::Corrupt(format!("cannot encode a snapshot: {e}"));
+    let requests = std::mem::take(state.requests_mut());
+    // Ordinal order: the events (in sequence order) then link to nearby requests, and the
+    // views' per-organisation lists, built in this order at a restart, come out sorted.
+    let mut ordered: Vec<&Arc<Request>> = requests.values().collect();
+    ordered.sort_unstable_by_key(|r| r.ordinal);
+    if u32::try_from(ordered.len()).is_err() {
+        return Err(StoreError::Corrupt(
+            "too many requests for a snapshot".into(),
+        ));
+    }
+    let position: HashMap<RequestId, u32> = ordered
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, i as u32))
+        .collect();
+    let mut versions = Vec::new();
+    let mut index: HashMap<*const Request, u32> = HashMap::new();
+    let slots = events
+        .iter()
+        .map(|e| {
+            let request = match position.get(&e.request.id) {
+                Some(&i) if Arc::ptr_eq(ordered[i as usize], &e.request) => RequestSlot::Current(i),
+                _ => RequestSlot::Version(*index.entry(Arc::as_ptr(&e.request)).or_insert_with(
+                    || {
+                        versions.push(&*e.request);
+                        (versions.len() - 1) as u32
+                    },
+                )),
+            };
+            EventSlot {
+                org: e.org.clone(),
+                sequence: e.sequence,
+                time: e.time,
+                kind: e.kind,
+                request,
+            }
+        })
+        .collect();
+    drop(position);
+    let mut sections = vec![
+        postcard::to_stdvec(&HeadRef {
+            lsn,
+            directory,
+            state: &state,
+        })
+        .map_err(encode)?,
+        postcard::to_stdvec(&EventSlotsRef {
+            versions,
+            events: slots,
+        })
+        .map_err(encode)?,
+    ];
+    for chunk in ordered.chunks(SNAPSHOT_CHUNK) {
+        sections.push(postcard::to_stdvec(chunk).map_err(encode)?);
+    }
+    let count = u32::try_from(sections.len())
+        .map_err(|_| StoreError::Corrupt("too many snapshot sections".into()))?;
+    let mut table = count.to_le_bytes().to_vec();
+    for section in &sections {
+        table.extend_from_slice(&(section.len() as u64).to_le_bytes());
+    }
+    let payload_len = table.len() + sections.iter().map(Vec::len).sum::<usize>();
+    let len = (payload_len as u64).to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(&table);
+    for section in &sections {
+        crc.update(section);
+    }
+    let tmp = dir.join(format!("{}.tmp", snapshot_name(lsn)));
+    let mut file = std::io::BufWriter::new(File::create(&tmp)?);
+    file.write_all(SNAPSHOT_MAGIC)?;
+    file.write_all(&len)?;
+    file.write_all(&crc.finalize().to_le_bytes())?;
+    file.write_all(&table)?;
+    for section in &sections {
+        file.write_all(section)?;
+    }
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
+    sync_dir(dir)?;
+    Ok((SNAPSHOT_HEADER + payload_len) as u64)
+}
+
+/// Writes a format 2 snapshot, as earlier builds did, to test that it is still read.
+#[cfg(test)]
+pub(crate) fn write_snapshot_v2(
     dir: &Path,
     lsn: u64,
     directory: &Directory,
@@ -248,7 +389,7 @@ pub(crate) fn write_snapshot(
     crc.update(&payload);
     let tmp = dir.join(format!("{}.tmp", snapshot_name(lsn)));
     let mut file = File::create(&tmp)?;
-    file.write_all(SNAPSHOT_MAGIC)?;
+    file.write_all(SNAPSHOT_MAGIC_V2)?;
     file.write_all(&len)?;
     file.write_all(&crc.finalize().to_le_bytes())?;
     file.write_all(&payload)?;
@@ -261,12 +402,30 @@ pub(crate) fn write_snapshot(
 
 /// Reads a snapshot; any damage is an error (a snapshot is only renamed into place once synced).
 pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
-    let buf = fs::read(path)?;
     let damaged =
         |why: &str| StoreError::Corrupt(format!("snapshot {} is damaged: {why}", path.display()));
+    let file = File::open(path)?;
+    let mut header = [0; SNAPSHOT_HEADER];
+    if file.read_exact_at(&mut header, 0).is_ok() && header[..8] == SNAPSHOT_MAGIC[..] {
+        // Format 3 is read section by section, never whole: a buffer the size of the file would
+        // be a third of a gigabyte of fresh pages at a million requests.
+        return read_sections(&file, &header).map_err(|e| match e {
+            SectionError::Io(e) => StoreError::Io(e),
+            SectionError::Damaged(why) => damaged(&why),
+        });
+    }
+    let buf = fs::read(path)?;
     let version = match buf.get(..8) {
-        Some(m) if m == SNAPSHOT_MAGIC => 2,
+        Some(m) if m == SNAPSHOT_MAGIC_V2 => 2,
         Some(m) if m == SNAPSHOT_MAGIC_V1 => 1,
+        Some(m) if m.starts_with(b"LABAIDS") => {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {} is in format {:?}, which this build cannot read (it reads formats \
+                 1 to 3); start it with the build that wrote it",
+                path.display(),
+                char::from(m[7])
+            )));
+        }
         _ => return Err(damaged("not a labaid snapshot")),
     };
     if buf.len() < SNAPSHOT_HEADER {
@@ -339,6 +498,243 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
     })
 }
 
+/// One decoded section of a format 3 payload.
+enum Section {
+    Head(Box<Head>),
+    Events(EventSlots),
+    Requests(RequestChunk),
+}
+
+/// Why a format 3 snapshot could not be read.
+enum SectionError {
+    Io(std::io::Error),
+    Damaged(String),
+}
+
+impl From<String> for SectionError {
+    fn from(why: String) -> Self {
+        Self::Damaged(why)
+    }
+}
+
+impl From<&str> for SectionError {
+    fn from(why: &str) -> Self {
+        Self::Damaged(why.into())
+    }
+}
+
+/// A chunk of requests, each decoded straight into its `Arc`, the vector sized once.
+struct RequestChunk(Vec<Arc<Request>>);
+
+impl<'de> Deserialize<'de> for RequestChunk {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChunkVisitor;
+        impl<'de> serde::de::Visitor<'de> for ChunkVisitor {
+            type Value = RequestChunk;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of requests")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut chunk =
+                    Vec::with_capacity(seq.size_hint().unwrap_or(0).min(SNAPSHOT_CHUNK));
+                while let Some(r) = seq.next_element::<Request>()? {
+                    chunk.push(Arc::new(r));
+                }
+                Ok(RequestChunk(chunk))
+            }
+        }
+        deserializer.deserialize_seq(ChunkVisitor)
+    }
+}
+
+/// Reads a format 3 snapshot (see `write_snapshot`) after its `header`: every core takes the
+/// next unread section in turn, reads it into a buffer of its own and decodes it; the checksum
+/// is the sections' checksums combined in order, checked before anything decoded is used. Then
+/// the core's request map is filled on one thread while the events are linked on another.
+fn read_sections(
+    file: &File,
+    header: &[u8; SNAPSHOT_HEADER],
+) -> Result<SnapshotFile, SectionError> {
+    let len_bytes: [u8; 8] = header[8..16].try_into().map_err(|_| "short header")?;
+    let crc: [u8; 4] = header[16..20].try_into().map_err(|_| "short header")?;
+    let payload_len = u64::from_le_bytes(len_bytes);
+    let file_len = file.metadata().map_err(SectionError::Io)?.len();
+    if file_len.checked_sub(SNAPSHOT_HEADER as u64) != Some(payload_len) {
+        return Err("its length does not match its header".into());
+    }
+    let mut count = [0; 4];
+    file.read_exact_at(&mut count, SNAPSHOT_HEADER as u64)
+        .map_err(|_| "its section table is cut short")?;
+    let count = u32::from_le_bytes(count) as u64;
+    let table_len = count * 8 + 4;
+    if count < 2 || table_len > payload_len {
+        return Err("its section table is out of range".into());
+    }
+    let mut table = vec![0; table_len as usize];
+    file.read_exact_at(&mut table, SNAPSHOT_HEADER as u64)
+        .map_err(SectionError::Io)?;
+    let mut sections = Vec::with_capacity(count as usize);
+    let mut at = SNAPSHOT_HEADER as u64 + table_len;
+    for entry in table[4..].chunks_exact(8) {
+        let len = entry.try_into().map(u64::from_le_bytes).unwrap_or(u64::MAX);
+        let end = at
+            .checked_add(len)
+            .filter(|&end| end <= file_len)
+            .ok_or("a section runs past its end")?;
+        sections.push((at, len as usize));
+        at = end;
+    }
+    if at != file_len {
+        return Err("its sections do not fill it".into());
+    }
+
+    let decode = |i: usize, bytes: &[u8]| -> Result<Section, String> {
+        let why = |e: postcard::Error| format!("cannot decode section {i}: {e}");
+        Ok(match i {
+            0 => Section::Head(Box::new(postcard::from_bytes(bytes).map_err(why)?)),
+            1 => Section::Events(postcard::from_bytes(bytes).map_err(why)?),
+            _ => Section::Requests(postcard::from_bytes(bytes).map_err(why)?),
+        })
+    };
+    type Done = (usize, crc32fast::Hasher, Result<Section, String>);
+    let next = AtomicUsize::new(0);
+    let work = || -> Result<Vec<Done>, std::io::Error> {
+        let mut done = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(offset, len)) = sections.get(i) else {
+                return Ok(done);
+            };
+            buf.resize(len, 0);
+            file.read_exact_at(&mut buf, offset)?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&buf);
+            done.push((i, crc, decode(i, &buf)));
+        }
+    };
+    let workers = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(sections.len());
+    let mut decoded: Vec<Option<(crc32fast::Hasher, Result<Section, String>)>> =
+        (0..sections.len()).map(|_| None).collect();
+    thread::scope(|scope| -> Result<(), SectionError> {
+        let others: Vec<_> = (1..workers).map(|_| scope.spawn(work)).collect();
+        let mine = work().map_err(SectionError::Io)?;
+        for handle in others {
+            let done = handle
+                .join()
+                .map_err(|_| "decoding a section panicked")?
+                .map_err(SectionError::Io)?;
+            for (i, crc, section) in done {
+                decoded[i] = Some((crc, section));
+            }
+        }
+        for (i, crc, section) in mine {
+            decoded[i] = Some((crc, section));
+        }
+        Ok(())
+    })?;
+    let mut whole = crc32fast::Hasher::new();
+    whole.update(&len_bytes);
+    whole.update(&table);
+    let mut parts = Vec::with_capacity(decoded.len());
+    for part in decoded {
+        let (crc, section) = part.ok_or("a section was not read")?;
+        whole.combine(&crc);
+        parts.push(section);
+    }
+    if whole.finalize() != u32::from_le_bytes(crc) {
+        return Err("checksum mismatch".into());
+    }
+    let count = parts.len();
+    let mut decoded = parts.into_iter();
+    let mut take = || -> Result<Section, String> {
+        decoded
+            .next()
+            .unwrap_or_else(|| Err("a section is missing".into()))
+    };
+    let Section::Head(head) = take()? else {
+        return Err("its first section is not the head".into());
+    };
+    let Section::Events(events) = take()? else {
+        return Err("its second section is not the events".into());
+    };
+    let mut requests = Vec::new();
+    for _ in 2..count {
+        let Section::Requests(RequestChunk(chunk)) = take()? else {
+            return Err("a requests section holds something else".into());
+        };
+        if requests.is_empty() {
+            requests.reserve_exact((count - 2) * SNAPSHOT_CHUNK);
+        }
+        requests.extend(chunk);
+    }
+
+    let Head {
+        lsn,
+        directory,
+        mut state,
+    } = *head;
+    let versions: Vec<Arc<Request>> = events.versions.into_iter().map(Arc::new).collect();
+    let (filled, events) = thread::scope(|scope| {
+        let linked = scope.spawn(|| link_events(&requests, &versions, events.events));
+        let map = state.requests_mut();
+        map.reserve(requests.len());
+        let mut filled = Ok(());
+        for r in &requests {
+            if map.insert(r.id, r.clone()).is_some() {
+                filled = Err(format!("request {} appears twice", r.id));
+                break;
+            }
+        }
+        (filled, linked.join())
+    });
+    filled?;
+    let events = events.map_err(|_| "linking its events panicked")??;
+    Ok(SnapshotFile {
+        lsn,
+        directory,
+        router: Router::from_state(state, Arc::new(DefaultPolicy)),
+        events,
+    })
+}
+
+/// Format 3 events from their records, each sharing its request with the snapshot's requests
+/// (and so the core's) or with the other events that carried the same older version.
+fn link_events(
+    requests: &[Arc<Request>],
+    versions: &[Arc<Request>],
+    slots: Vec<EventSlot>,
+) -> Result<Vec<Event>, String> {
+    slots
+        .into_iter()
+        .map(|e| {
+            let request = match e.request {
+                RequestSlot::Current(i) => requests
+                    .get(i as usize)
+                    .cloned()
+                    .ok_or_else(|| format!("an event names request {i} of {}", requests.len()))?,
+                RequestSlot::Version(i) => versions.get(i as usize).cloned().ok_or_else(|| {
+                    format!("an event names request version {i} of {}", versions.len())
+                })?,
+            };
+            Ok(Event {
+                org: e.org,
+                sequence: e.sequence,
+                time: e.time,
+                kind: e.kind,
+                request,
+            })
+        })
+        .collect()
+}
+
 /// Removes snapshots before `lsn` and segments whose entries all come before `lsn`.
 fn remove_obsolete(dir: &Path, lsn: u64) -> Result<(), StoreError> {
     for item in fs::read_dir(dir)? {
@@ -380,11 +776,14 @@ impl Writer {
             .spawn(move || {
                 for job in rx {
                     let started = std::time::Instant::now();
-                    // A core around the copied state, for its request lookups.
-                    let router = Router::from_state(job.snapshot.state, Arc::new(DefaultPolicy));
-                    let written =
-                        write_snapshot(&dir, job.lsn, &directory, &router, &job.snapshot.events)
-                            .and_then(|size| remove_obsolete(&dir, job.lsn).map(|()| size));
+                    let written = write_snapshot(
+                        &dir,
+                        job.lsn,
+                        &directory,
+                        job.snapshot.state,
+                        &job.snapshot.events,
+                    )
+                    .and_then(|size| remove_obsolete(&dir, job.lsn).map(|()| size));
                     match written {
                         Ok(bytes) => {
                             tracing::info!(

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use super::file::{
@@ -130,35 +131,50 @@ pub fn open_at(
         }
         let body = &buf[SEGMENT_HEADER..];
         let (payloads, end) = record::scan(body);
-        for payload in payloads {
-            let batch: Batch = postcard::from_bytes(payload).map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "{name}: a record at entry {next} has a valid checksum but cannot be decoded ({e})"
-                ))
-            })?;
-            if batch.first != next {
-                return Err(StoreError::Corrupt(format!(
-                    "{name}: expected entry {next}, found a record starting at entry {}",
-                    batch.first
-                )));
-            }
-            for entry in &batch.entries {
-                if next >= lsn {
-                    let mut outcome = Outcome::default();
-                    router
-                        .apply(&entry.command, entry.time, &mut outcome)
-                        .map_err(|e| {
-                            StoreError::Corrupt(format!(
-                                "entry {next} no longer applies to the state before it ({e}); this \
-                                 broker build decides differently from the one that wrote it"
-                            ))
-                        })?;
-                    events.append(&mut outcome.events);
-                    replayed += 1;
+        // Records decode on a second thread while this one applies them; the channel keeps
+        // their order, and a record that cannot be decoded stops the replay where it stands.
+        std::thread::scope(|scope| -> Result<(), StoreError> {
+            let (tx, rx) = mpsc::sync_channel::<Result<Batch, postcard::Error>>(64);
+            scope.spawn(move || {
+                for payload in payloads {
+                    let batch = postcard::from_bytes::<Batch>(payload);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return;
+                    }
                 }
-                next += 1;
+            });
+            for batch in rx {
+                let batch = batch.map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "{name}: a record at entry {next} has a valid checksum but cannot be decoded ({e})"
+                    ))
+                })?;
+                if batch.first != next {
+                    return Err(StoreError::Corrupt(format!(
+                        "{name}: expected entry {next}, found a record starting at entry {}",
+                        batch.first
+                    )));
+                }
+                for entry in &batch.entries {
+                    if next >= lsn {
+                        let mut outcome = Outcome::default();
+                        router
+                            .apply(&entry.command, entry.time, &mut outcome)
+                            .map_err(|e| {
+                                StoreError::Corrupt(format!(
+                                    "entry {next} no longer applies to the state before it ({e}); \
+                                     this broker build decides differently from the one that wrote it"
+                                ))
+                            })?;
+                        events.append(&mut outcome.events);
+                        replayed += 1;
+                    }
+                    next += 1;
+                }
             }
-        }
+            Ok(())
+        })?;
         let valid = SEGMENT_HEADER
             + match end {
                 End::Clean => body.len(),
@@ -224,7 +240,8 @@ pub fn open_at(
         events.append(&mut outcome.events);
         // Pin the new directory: a snapshot at the end of the journal and a fresh segment after
         // it, so that the next start replays only entries made under the new directory.
-        last_snapshot_size = file::write_snapshot(&dir, next, &directory, &router, &events)?;
+        last_snapshot_size =
+            file::write_snapshot(&dir, next, &directory, router.state().clone(), &events)?;
         if segment_first != next {
             drop(segment);
             segment = create_segment(&dir, next)?;
@@ -287,7 +304,7 @@ fn create(
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
     let router = directory.router();
-    let size = file::write_snapshot(&dir, 0, &directory, &router, &[])?;
+    let size = file::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
     let segment = create_segment(&dir, 0)?;
     tracing::info!(data_dir = %dir.display(), "new data directory");
     let journal = FileJournal::new(
