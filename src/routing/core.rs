@@ -226,7 +226,7 @@ pub struct State {
 impl State {
     /// The requests, for the store: a snapshot writes them apart from the rest of the state,
     /// in chunks that decode in parallel, and fills them back in before the core is rebuilt.
-    pub fn requests_mut(&mut self) -> &mut HashMap<RequestId, Arc<Request>> {
+    pub fn requests_mut(&mut self) -> &mut FastMap<RequestId, Arc<Request>> {
         &mut self.requests
     }
 }
