@@ -5,7 +5,7 @@
 //! Appends are cheap for callers: [`AuditLog::record`] hands the entry to a writer thread over a
 //! bounded queue (a writer that falls behind holds callers back instead of growing memory), which
 //! chains and writes whole batches through a buffer, flushes each batch to the OS, and syncs the
-//! file to disk when it goes idle, at least every [`SYNC_INTERVAL`] under load, and at shutdown.
+//! file to disk every [`SYNC_INTERVAL`] while entries are not yet durable, and at shutdown.
 
 mod chain;
 
@@ -254,18 +254,20 @@ fn write_loop(
         // Under load, nap between batches instead of blocking on the channel: a sender wakes the
         // writer (a futex call and a context switch) only when it is blocked, so entries then
         // arrive without a system call each and are written many to one write.
-        let first = if busy {
+        let first = if busy || dirty {
             thread::sleep(COALESCE);
-            rx.try_recv().ok()
-        } else {
-            // Going idle: make what was written durable now rather than on a timer.
-            if dirty {
+            let next = rx.try_recv().ok();
+            // Quiet with entries not yet durable: sync once SYNC_INTERVAL has passed, not per
+            // entry (a sync per entry at low load cost more CPU than the calls themselves).
+            if next.is_none() && dirty && last_sync.elapsed() >= SYNC_INTERVAL {
                 if let Err(e) = out.get_ref().sync_data() {
                     fail(e);
                 }
                 dirty = false;
                 last_sync = Instant::now();
             }
+            next
+        } else {
             Some(rx.blocking_recv().unwrap_or(Message::Close))
         };
         busy = first.is_some();
