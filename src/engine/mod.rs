@@ -1,7 +1,8 @@
-//! The sequencer: one task owns every mutation. It batches commands, decides each with the pure
-//! core, appends the batch to the journal (one sync per batch), then updates the read views,
-//! publishes events, and only then replies. Between batches it hands the journal a snapshot of
-//! the state when the journal asks for one.
+//! The sequencer and its syncer: one thread owns every mutation. It batches commands, decides
+//! each with the pure core and hands the batch to the syncer thread, which appends every batch
+//! that queued up with one journal sync, then updates the read views, publishes events, and only
+//! then replies. Between batches the sequencer hands the syncer a snapshot of the state when the
+//! journal asks for one.
 
 mod clock;
 mod views;
