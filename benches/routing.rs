@@ -2,75 +2,13 @@
 //! waiting request when capacity frees, with 10, 100 and 1,000 labs and 1,000, 100,000 and
 //! 1,000,000 waiting requests. `cargo bench --bench routing`.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod fixture;
+
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use labaid::Config;
-use labaid::domain::{
-    BoundedText, NewRequest, NhsNumber, OdsCode, OrderNumber, Patient, Priority, RequestId,
-    TestCode, TestSet, Timestamp,
-};
-use labaid::routing::{Command, LabConfig, Leases, Outcome, Router};
-
-const TRUSTS: [&str; 2] = ["RJ1", "RJZ"];
-const TESTS: [&str; 6] = ["FBC", "UE", "K", "CRP", "TROP", "INR"];
-const NOW: Timestamp = Timestamp(1_800_000_000_000);
-
-fn ods(s: &str) -> OdsCode {
-    OdsCode::parse(s).expect("valid ODS code")
-}
-
-fn code(s: &str) -> TestCode {
-    TestCode::parse(s).expect("valid test code")
-}
-
-/// `labs` labs that perform every test in `TESTS` for both trusts, each with `capacity` per test.
-fn router(labs: usize, capacity: u32) -> Router {
-    let catalogue = Config::demo().expect("demo config").catalogue;
-    let labs = (0..labs)
-        .map(|i| LabConfig {
-            ods: ods(&format!("L{i:04}")),
-            name: format!("lab {i}"),
-            capacity: TESTS.iter().map(|t| (code(t), capacity)).collect(),
-            transport_minutes: TRUSTS
-                .iter()
-                .map(|t| (ods(t), 20 + (i % 40) as u32))
-                .collect(),
-            agreements: TRUSTS.iter().map(|t| ods(t)).collect::<BTreeSet<_>>(),
-        })
-        .collect();
-    let trusts: BTreeMap<OdsCode, String> =
-        TRUSTS.iter().map(|t| (ods(t), t.to_string())).collect();
-    Router::new(
-        catalogue,
-        trusts,
-        labs,
-        Leases::default(),
-        30 * 24 * 60 * 60_000,
-    )
-}
-
-/// Submission number `n`: a mix of priorities and test sets.
-fn submit(n: u64, tests: &[&str]) -> Command {
-    Command::Submit {
-        trust: ods(TRUSTS[(n % 2) as usize]),
-        id: RequestId::new_random(),
-        request: NewRequest {
-            order_number: OrderNumber::parse(&format!("O{n}")).expect("order number"),
-            patient: Patient {
-                nhs_number: NhsNumber::parse("9434765919").expect("NHS number"),
-                family_name: BoundedText::default(),
-                given_name: BoundedText::default(),
-                birth_date: String::new(),
-            },
-            tests: TestSet::from_codes(tests.iter().map(|t| code(t)).collect()),
-            priority: Priority::ALL[(n % 4) as usize],
-            collected_at: NOW.plus_minutes(-20 - (n % 60) as i64),
-            clinical_note: BoundedText::default(),
-        },
-    }
-}
+use fixture::{NOW, TESTS, code, ods, router, submit};
+use labaid::routing::{Command, Outcome, Router};
 
 fn apply(router: &mut Router, command: &Command) {
     let mut out = Outcome::default();
