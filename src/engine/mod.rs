@@ -271,14 +271,10 @@ fn sync(
         let Ok(first) = from_sequencer.recv() else {
             break;
         };
-        let mut next = Some(first);
-        // Bounded, so that a sequencer that never pauses cannot postpone the sync forever.
-        let mut taken = 0;
-        while let Some(message) = next
-            .take()
-            .or_else(|| (taken < SYNC_QUEUE).then(|| from_sequencer.try_recv().ok())?)
-        {
-            taken += 1;
+        // What queued up while the last sync ran, bounded so that a sequencer that never pauses
+        // cannot postpone the sync forever.
+        let queued = std::iter::from_fn(|| from_sequencer.try_recv().ok()).take(SYNC_QUEUE);
+        for message in std::iter::once(first).chain(queued) {
             match message {
                 ToSync::Batch {
                     entries: batch,
