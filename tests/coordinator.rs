@@ -199,14 +199,7 @@ async fn coordinator_calls_need_the_coordinator_role_and_check_state() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let lab = broker.client(&r.lab).await;
-    lab.labs()
-        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
-        .await
-        .unwrap();
-    lab.labs()
-        .receive_sample(proto::ReceiveSampleRequest { id: r.id.clone() })
-        .await
-        .unwrap();
+    accept_and_receive(&lab, &r.id).await;
     let err = coord
         .reassign_job(proto::ReassignJobRequest {
             id: r.id.clone(),

@@ -640,14 +640,7 @@ async fn exercised_metrics() -> String {
     assert_eq!(r.state, proto::RequestState::Offered as i32, "routed again");
     let lab = broker.client(&r.lab).await;
     broker.advance(std::time::Duration::from_secs(30));
-    lab.labs()
-        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
-        .await
-        .unwrap();
-    lab.labs()
-        .receive_sample(proto::ReceiveSampleRequest { id: r.id.clone() })
-        .await
-        .unwrap();
+    accept_and_receive(&lab, &r.id).await;
     broker.advance(std::time::Duration::from_secs(40 * 60));
     lab.labs()
         .post_results(proto::PostResultsRequest {

@@ -300,14 +300,7 @@ async fn results_must_cover_every_requested_test() {
     .await;
     let lab = broker.client(&lab_code.lab).await;
     let id = lab_code.id.clone();
-    lab.labs()
-        .accept_job(proto::AcceptJobRequest { id: id.clone() })
-        .await
-        .unwrap();
-    lab.labs()
-        .receive_sample(proto::ReceiveSampleRequest { id: id.clone() })
-        .await
-        .unwrap();
+    accept_and_receive(&lab, &id).await;
     let err = lab
         .labs()
         .post_results(proto::PostResultsRequest {

@@ -28,14 +28,7 @@ async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
     let r = submit(&trust, submission("M-1", Priority::Stat, broker.now())).await;
     let lab = broker.client(&r.lab).await;
     broker.advance(Duration::from_secs(30));
-    lab.labs()
-        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
-        .await
-        .unwrap();
-    lab.labs()
-        .receive_sample(proto::ReceiveSampleRequest { id: r.id.clone() })
-        .await
-        .unwrap();
+    accept_and_receive(&lab, &r.id).await;
     broker.advance(Duration::from_secs(60 * 60));
     lab.labs()
         .post_results(proto::PostResultsRequest {

@@ -292,14 +292,7 @@ async fn waiting_requests_are_routed_when_capacity_frees() {
     assert_eq!(a.state, RequestState::Offered as i32);
     assert_eq!(b.state, RequestState::Queued as i32);
     // Work A through to a result; B is offered as soon as A's capacity frees.
-    lab.labs()
-        .accept_job(proto::AcceptJobRequest { id: a.id.clone() })
-        .await
-        .unwrap();
-    lab.labs()
-        .receive_sample(proto::ReceiveSampleRequest { id: a.id.clone() })
-        .await
-        .unwrap();
+    accept_and_receive(&lab, &a.id).await;
     let b_now = trust
         .requests()
         .get_request(proto::GetRequestRequest { id: b.id.clone() })

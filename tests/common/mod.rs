@@ -174,6 +174,18 @@ pub async fn submit(client: &Client, request: proto::SubmitRequestRequest) -> pr
         .expect("request")
 }
 
+/// The lab accepts the job and receives its sample; both must succeed.
+pub async fn accept_and_receive(lab: &Client, id: &str) {
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest { id: id.to_string() })
+        .await
+        .expect("accept");
+    lab.labs()
+        .receive_sample(proto::ReceiveSampleRequest { id: id.to_string() })
+        .await
+        .expect("receive");
+}
+
 /// A plain HTTP/1.1 GET (for the operations listener): status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
