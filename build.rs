@@ -17,6 +17,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reflection serves this descriptor set, so grpcurl needs no proto files.
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out.join("labaid_descriptor.bin"), fds.encode_to_vec())?;
+    // Every rpc's path, so that metrics label known methods only (a caller cannot mint labels).
+    let mut methods = String::from("&[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push_str(&format!(
+                    "    \"/{}.{}/{}\",\n",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    methods.push_str("]\n");
+    std::fs::write(out.join("labaid_methods.rs"), methods)?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

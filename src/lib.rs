@@ -30,4 +30,7 @@ pub mod proto {
     /// The encoded descriptor set, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/labaid_descriptor.bin"));
+
+    /// The path of every labaid.v1 rpc, e.g. `/labaid.v1.RequestService/SubmitRequest`.
+    pub const METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/labaid_methods.rs"));
 }

@@ -94,7 +94,7 @@ pub struct Authenticator {
     trusts: BTreeSet<OdsCode>,
     labs: BTreeSet<OdsCode>,
     coordinators: BTreeSet<OdsCode>,
-    tokens: Arc<[TokenHash]>,
+    tokens: Arc<token::TokenIndex>,
     demo_tokens: bool,
     limiter: Option<RateLimiter>,
 }
@@ -124,7 +124,7 @@ impl Authenticator {
             trusts: trusts.into_iter().collect(),
             labs: labs.into_iter().collect(),
             coordinators: BTreeSet::new(),
-            tokens: Arc::from(Vec::new()),
+            tokens: Arc::default(),
             demo_tokens,
             limiter: None,
         }
@@ -138,7 +138,7 @@ impl Authenticator {
 
     /// The configured bearer tokens (hashes only).
     pub fn with_tokens(mut self, tokens: impl IntoIterator<Item = TokenHash>) -> Self {
-        self.tokens = tokens.into_iter().collect();
+        self.tokens = Arc::new(token::TokenIndex::new(tokens));
         self
     }
 
@@ -225,7 +225,8 @@ impl Authenticator {
             }
             return self.principal_for_demo(org);
         }
-        token::find(&self.tokens, token)
+        self.tokens
+            .find(token)
             .map(|t| Principal {
                 org: t.org.clone(),
                 role: t.role,

@@ -1,10 +1,10 @@
 //! Bearer tokens for sites without a PKI: 256 random bits, kept in the config only as a SHA-256
 //! hash bound to one organisation and role, compared in constant time.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::Role;
 use crate::domain::OdsCode;
@@ -52,17 +52,33 @@ pub fn digest(token: &str) -> [u8; 32] {
     out
 }
 
-/// The configured token whose hash matches `token`, comparing against every entry in constant
-/// time so timing reveals nothing about how close a guess came.
-pub(crate) fn find<'a>(tokens: &'a [TokenHash], token: &str) -> Option<&'a TokenHash> {
-    let d = digest(token);
-    let mut found = None;
-    for t in tokens {
-        if bool::from(t.sha256.ct_eq(&d)) {
-            found = Some(t);
+/// The configured tokens, indexed by their SHA-256.
+///
+/// A lookup by hash is safe without a constant-time scan: the map compares digests of what the
+/// caller sent, and timing that reveals how close a guess's digest came to a stored one says
+/// nothing about the token itself (it would take a SHA-256 preimage). One lookup per call, however
+/// many tokens are configured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenIndex {
+    by_digest: HashMap<[u8; 32], TokenHash>,
+}
+
+impl TokenIndex {
+    pub(crate) fn new(tokens: impl IntoIterator<Item = TokenHash>) -> Self {
+        Self {
+            by_digest: tokens.into_iter().map(|t| (t.sha256, t)).collect(),
         }
     }
-    found
+
+    /// Number of configured tokens.
+    pub(crate) fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    /// The configured token whose hash matches `token`.
+    pub(crate) fn find(&self, token: &str) -> Option<&TokenHash> {
+        self.by_digest.get(&digest(token))
+    }
 }
 
 /// A newly created token: the secret (shown once) and the config lines that admit it.
@@ -119,9 +135,9 @@ mod tests {
             role: Role::Lab,
             sha256: TokenHash::parse_hex(hex_digest).unwrap(),
         };
-        let tokens = [entry];
-        assert!(find(&tokens, &a.token).is_some());
-        assert!(find(&tokens, &b.token).is_none());
+        let tokens = TokenIndex::new([entry]);
+        assert_eq!(tokens.find(&a.token).map(|t| t.role), Some(Role::Lab));
+        assert!(tokens.find(&b.token).is_none());
         assert!(
             !a.config_entry.contains(&a.token),
             "only the hash is stored"

@@ -9,18 +9,23 @@ use futures_core::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use prometheus::{Histogram, IntCounter};
+
 use super::Metrics;
+use crate::routing::FastMap;
 
 /// Wraps every RPC in a span and counts it.
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
     metrics: Arc<Metrics>,
+    methods: Arc<Methods>,
 }
 
 impl RpcLayer {
     /// A layer that records into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        let methods = Arc::new(Methods::new(&metrics));
+        Self { metrics, methods }
     }
 }
 
@@ -31,6 +36,7 @@ impl<S> Layer<S> for RpcLayer {
         RpcService {
             inner,
             metrics: self.metrics.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -40,15 +46,59 @@ impl<S> Layer<S> for RpcLayer {
 pub struct RpcService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    methods: Arc<Methods>,
 }
 
-/// The method as a metric label: known services by name, anything else as `other`, so a caller
+/// gRPC's own services the broker serves, labelled by name like labaid's.
+const GRPC_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The metric handles of one method label, resolved once: a label lookup hashes the values and
+/// takes a lock, which every call would otherwise pay.
+#[derive(Debug)]
+struct MethodMetrics {
+    label: &'static str,
+    ok: IntCounter,
+    latency: Histogram,
+}
+
+impl MethodMetrics {
+    fn new(metrics: &Metrics, label: &'static str) -> Self {
+        Self {
+            label,
+            ok: metrics.grpc_calls.with_label_values(&[label, "OK"]),
+            latency: metrics.grpc_latency.with_label_values(&[label]),
+        }
+    }
+}
+
+/// Every method the broker serves, by path; anything else is labelled `other`, so a caller
 /// cannot mint label values.
-fn method_label(path: &str) -> String {
-    if path.starts_with("/labaid.v1.") || path.starts_with("/grpc.") {
-        path.trim_start_matches('/').to_string()
-    } else {
-        "other".to_string()
+#[derive(Debug)]
+struct Methods {
+    by_path: FastMap<&'static str, Arc<MethodMetrics>>,
+    other: Arc<MethodMetrics>,
+}
+
+impl Methods {
+    fn new(metrics: &Metrics) -> Self {
+        let by_path = crate::proto::METHODS
+            .iter()
+            .chain(GRPC_METHODS)
+            .map(|path| (*path, Arc::new(MethodMetrics::new(metrics, &path[1..]))))
+            .collect();
+        Self {
+            by_path,
+            other: Arc::new(MethodMetrics::new(metrics, "other")),
+        }
+    }
+
+    fn get(&self, path: &str) -> Arc<MethodMetrics> {
+        self.by_path.get(path).unwrap_or(&self.other).clone()
     }
 }
 
@@ -89,10 +139,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let method = self.methods.get(request.uri().path());
         let span = tracing::info_span!(
             "rpc",
-            rpc.method = %method,
+            rpc.method = method.label,
             org = tracing::field::Empty,
             request.id = tracing::field::Empty,
         );
@@ -113,19 +163,45 @@ where
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<i32>().ok())
                         .unwrap_or(0);
-                    metrics
-                        .grpc_calls
-                        .with_label_values(&[method.as_str(), code_name(code)])
-                        .inc();
-                    metrics
-                        .grpc_latency
-                        .with_label_values(&[method.as_str()])
-                        .observe(started.elapsed().as_secs_f64());
+                    if code == 0 {
+                        method.ok.inc();
+                    } else {
+                        metrics
+                            .grpc_calls
+                            .with_label_values(&[method.label, code_name(code)])
+                            .inc();
+                    }
+                    method.latency.observe(started.elapsed().as_secs_f64());
                     tracing::debug!(grpc.code = code_name(code), "rpc done");
                 }
                 response
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_methods_keep_their_name_and_anything_else_is_other() {
+        let methods = Methods::new(&Metrics::new());
+        assert_eq!(
+            methods.get("/labaid.v1.RequestService/SubmitRequest").label,
+            "labaid.v1.RequestService/SubmitRequest"
+        );
+        assert_eq!(
+            methods.get("/grpc.health.v1.Health/Check").label,
+            "grpc.health.v1.Health/Check"
+        );
+        // A made-up method under a real package must not become a label of its own.
+        assert_eq!(
+            methods.get("/labaid.v1.RequestService/Nope1").label,
+            "other"
+        );
+        assert_eq!(methods.get("/").label, "other");
+        assert!(methods.by_path.len() > 20, "every labaid.v1 rpc is listed");
     }
 }
