@@ -35,19 +35,34 @@ pub struct AuditEntry {
 }
 
 /// The hashed part of an entry, in a fixed field order: serde_json writes struct fields in
-/// declaration order, so this serialisation is canonical.
+/// declaration order, so this serialisation is canonical. `request_id` is always present (null
+/// if none).
 #[derive(Serialize)]
-struct Body<'a> {
+pub(crate) struct Body<'a> {
+    pub(crate) seq: u64,
+    pub(crate) time_ms: i64,
+    pub(crate) org: &'a str,
+    pub(crate) role: &'a str,
+    pub(crate) action: &'a str,
+    pub(crate) request_id: Option<&'a str>,
+}
+
+/// An entry as written: the same JSON line an [`AuditEntry`] makes, from borrowed parts.
+#[derive(Serialize)]
+struct Line<'a> {
     seq: u64,
     time_ms: i64,
     org: &'a str,
     role: &'a str,
     action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    prev_hash: &'a str,
+    hash: &'a str,
 }
 
 impl AuditEntry {
-    /// The hash this entry must carry, given its fields and `prev_hash`.
+    /// The hash this entry should carry, from its fields and `prev_hash`.
     pub fn compute_hash(&self) -> String {
         let body = Body {
             seq: self.seq,
@@ -57,17 +72,54 @@ impl AuditEntry {
             action: &self.action,
             request_id: self.request_id.as_deref(),
         };
-        // Serialising a struct of plain fields cannot fail.
-        let canonical = serde_json::to_string(&body).unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(self.prev_hash.as_bytes());
-        h.update(b"\n");
-        h.update(canonical.as_bytes());
-        hex::encode(h.finalize())
+        let mut hash = String::new();
+        chain_hash(&self.prev_hash, &body, &mut Vec::new(), &mut hash);
+        hash
     }
 }
 
-/// Where the chain first breaks.
+/// Writes into `hash` the hex SHA-256 of `prev_hash`, a newline and `body`'s canonical JSON.
+/// `scratch` is reused between entries.
+pub(crate) fn chain_hash(
+    prev_hash: &str,
+    body: &Body<'_>,
+    scratch: &mut Vec<u8>,
+    hash: &mut String,
+) {
+    scratch.clear();
+    // Serialising a struct of plain fields into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *scratch, body);
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(scratch);
+    let mut hex_digest = [0u8; 64];
+    let _ = hex::encode_to_slice(h.finalize(), &mut hex_digest);
+    hash.clear();
+    hash.extend(hex_digest.iter().map(|&b| char::from(b)));
+}
+
+/// Writes one entry as its JSON line, chained to `prev_hash`, whose hash is `hash`.
+pub(crate) fn write_line(
+    out: &mut impl Write,
+    body: &Body<'_>,
+    prev_hash: &str,
+    hash: &str,
+) -> std::io::Result<()> {
+    let line = Line {
+        seq: body.seq,
+        time_ms: body.time_ms,
+        org: body.org,
+        role: body.role,
+        action: body.action,
+        request_id: body.request_id,
+        prev_hash,
+        hash,
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("audit chain broken at line {line}{}: {reason}", seq.map(|s| format!(" (entry seq {s})")).unwrap_or_default())]
 pub struct Broken {

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 pub use chain::{AuditEntry, Broken, GENESIS, ReadError, Verdict, export, verify};
 
 use crate::auth::Principal;
-use crate::domain::RequestId;
+use crate::domain::{OdsCode, RequestId};
 use crate::engine::Clock;
 use crate::error::Error;
 
@@ -103,10 +103,10 @@ impl Action {
 
 struct Record {
     time_ms: i64,
-    org: String,
+    org: OdsCode,
     role: &'static str,
     action: Action,
-    request_id: Option<String>,
+    request_id: Option<RequestId>,
 }
 
 enum Message {
@@ -187,10 +187,10 @@ impl AuditLog {
         }
         let record = Record {
             time_ms: self.clock.now().millis(),
-            org: who.org.to_string(),
+            org: who.org.clone(),
             role: who.role.as_str(),
             action,
-            request_id: request.map(ToString::to_string),
+            request_id: request.copied(),
         };
         self.tx
             .send(Message::Record(record))
@@ -243,6 +243,8 @@ fn write_loop(
     failed: Arc<AtomicBool>,
 ) {
     let mut out = BufWriter::new(file);
+    let mut scratch = Vec::new();
+    let mut next_head = String::with_capacity(64);
     let mut dirty = false;
     let mut last_sync = Instant::now();
     let fail = |e: std::io::Error| {
@@ -279,22 +281,22 @@ fn write_loop(
             match message {
                 Message::Record(r) => {
                     seq += 1;
-                    let mut entry = AuditEntry {
+                    let mut id_text = uuid::Uuid::encode_buffer();
+                    let body = chain::Body {
                         seq,
                         time_ms: r.time_ms,
-                        org: r.org,
-                        role: r.role.to_string(),
-                        action: r.action.as_str().to_string(),
-                        request_id: r.request_id,
-                        prev_hash: std::mem::take(&mut head),
-                        hash: String::new(),
+                        org: r.org.as_str(),
+                        role: r.role,
+                        action: r.action.as_str(),
+                        request_id: r
+                            .request_id
+                            .map(|id| &*id.0.hyphenated().encode_lower(&mut id_text)),
                     };
-                    entry.hash = entry.compute_hash();
-                    head = entry.hash.clone();
-                    let line = serde_json::to_string(&entry).unwrap_or_default();
-                    if let Err(e) = writeln!(out, "{line}") {
+                    chain::chain_hash(&head, &body, &mut scratch, &mut next_head);
+                    if let Err(e) = chain::write_line(&mut out, &body, &head, &next_head) {
                         fail(e);
                     }
+                    std::mem::swap(&mut head, &mut next_head);
                     dirty = true;
                 }
                 Message::Close => {
@@ -353,6 +355,41 @@ mod tests {
             Verdict::Intact { entries, .. } => assert_eq!(entries, 5),
             Verdict::Broken(b) => panic!("{b}"),
         }
+    }
+
+    #[test]
+    fn lines_parse_back_as_entries_with_the_request_id_only_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_700_000_000_000)));
+        let (log, writer) = AuditLog::open(dir.path(), clock).unwrap();
+        let who = Principal {
+            org: OdsCode::parse("RJ1").unwrap(),
+            role: Role::Lab,
+        };
+        let id = RequestId::new_random();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(log.record(&who, Action::JobAccept, Some(&id)))
+            .unwrap();
+        rt.block_on(log.record(&who, Action::OffersWatch, None))
+            .unwrap();
+        writer.close();
+        let text = fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        let entries: Vec<AuditEntry> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].request_id, Some(id.to_string()));
+        assert_eq!(
+            (entries[0].org.as_str(), entries[0].role.as_str()),
+            ("RJ1", "lab")
+        );
+        assert_eq!(entries[0].action, "job.accept");
+        assert!(!text.lines().nth(1).unwrap().contains("request_id"));
+        assert_eq!(entries[1].prev_hash, entries[0].hash);
+        assert_eq!(entries[1].hash, entries[1].compute_hash());
     }
 
     #[test]
