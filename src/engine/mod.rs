@@ -1,17 +1,18 @@
-//! The sequencer and its syncer: one thread owns every mutation. It batches commands, decides
-//! each with the pure core and hands the batch to the syncer thread, which appends every batch
-//! that queued up with one journal sync, then updates the read views, publishes events, and only
-//! then replies. Between batches the sequencer hands the syncer a snapshot of the state when the
-//! journal asks for one.
+//! The sequencer and its syncer. Every mutation is decided under one lock, in the caller's own
+//! task, by the pure core; the syncer thread takes everything decided since its last sync,
+//! appends it with one journal sync (group commit sized by load), then updates the read views,
+//! publishes events and only then replies. A timer thread fires leases and expiries when no
+//! command comes to fire them first. Between syncs the syncer takes a snapshot of the state when
+//! the journal asks for one.
 
 mod clock;
 mod views;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, oneshot};
 
 use crate::domain::Timestamp;
 use crate::error::Error;
@@ -21,97 +22,213 @@ use crate::store::{Entry, Journal, Snapshot};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use views::{Changes, EventLog, Views};
 
-/// Most commands decided between two journal syncs.
-const MAX_BATCH: usize = 512;
-/// Commands waiting for the sequencer before callers are held back.
-const QUEUE_DEPTH: usize = 8192;
-/// Decided batches waiting for their journal sync before the sequencer is held back.
-const SYNC_QUEUE: usize = 64;
+/// A caller waiting for its command's answer until the command is durable.
+type Pending = (oneshot::Sender<Result<Reply, Error>>, Result<Reply, Error>);
 
-struct Envelope {
-    command: Command,
-    reply: oneshot::Sender<Result<Reply, Error>>,
+/// What has been decided and not yet taken by the syncer, with the state it was decided on.
+struct Decided {
+    router: Router,
+    /// What changed since the syncer last took: the read views' next update.
+    outcome: Outcome,
+    entries: Vec<Entry>,
+    replies: Vec<Pending>,
+    /// The syncer found nothing to take and is parked: the next decision must wake it.
+    syncer_parked: bool,
+    /// The instant the timer thread sleeps until; an earlier timer must wake it.
+    timer_target: Option<Timestamp>,
+    /// The syncer has taken its last batch: nothing more may be decided.
+    closed: bool,
 }
 
-/// A handle to the running sequencer and its read views. Cheap to clone.
-#[derive(Debug, Clone)]
+impl Decided {
+    /// Fires every timer due at `now`, journaling the tick if it changed anything. Done before
+    /// each command, so an offer whose lease ran out cannot be accepted after it.
+    fn fire_timers(&mut self, now: Timestamp) {
+        if self.router.next_timer().is_some_and(|t| t <= now) {
+            self.outcome.changed = false;
+            let _ = self.router.apply(&Command::Tick, now, &mut self.outcome);
+            if self.outcome.changed {
+                self.entries.push(Entry {
+                    time: now,
+                    command: Command::Tick,
+                });
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.entries.is_empty() || !self.replies.is_empty()
+    }
+}
+
+/// State shared by every handle, the syncer and the timer thread.
+struct Shared {
+    decided: Mutex<Decided>,
+    /// Set by `close` (or the last handle going): the syncer finishes what was decided and stops.
+    closing: AtomicBool,
+    syncer: OnceLock<thread::Thread>,
+    /// Wakes the timer thread when an earlier timer is armed, or at close.
+    timers_changed: Notify,
+}
+
+impl Shared {
+    fn wake_syncer(&self) {
+        if let Some(t) = self.syncer.get() {
+            t.unpark();
+        }
+    }
+
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.wake_syncer();
+        self.timers_changed.notify_one();
+    }
+}
+
+/// Closes the engine when the last handle is dropped.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// A handle to the sequencer and its read views. Cheap to clone.
+#[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::Sender<Envelope>,
+    shared: Arc<Shared>,
     views: Arc<Views>,
     clock: Arc<dyn Clock>,
     stopping: Arc<AtomicBool>,
-    close: Arc<tokio::sync::Notify>,
+    _close_on_drop: Arc<CloseOnDrop>,
 }
 
-impl std::fmt::Debug for Envelope {
+impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Envelope").finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("stopping", &self.stopping.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
 impl Engine {
-    /// Starts the sequencer on its own thread, so that journal syncs never block the runtime that
-    /// serves gRPC. The returned handle joins when every `Engine` clone is dropped.
+    /// Starts the syncer and timer threads (journal syncs never block the runtime that serves
+    /// gRPC). The returned handle joins once the engine is closed or every `Engine` clone is
+    /// dropped, with everything decided durable.
     pub fn start(
         router: Router,
         journal: Box<dyn Journal>,
         views: Arc<Views>,
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, thread::JoinHandle<()>), Error> {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let seq_views = views.clone();
-        let seq_clock = clock.clone();
-        let close = Arc::new(tokio::sync::Notify::new());
-        let seq_close = close.clone();
-        let handle = thread::Builder::new()
-            .name("labaid-sequencer".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(err) => {
-                        tracing::error!(error = %err, "sequencer runtime failed to start");
-                        return;
+        let shared = Arc::new(Shared {
+            decided: Mutex::new(Decided {
+                router,
+                outcome: Outcome::default(),
+                entries: Vec::new(),
+                replies: Vec::new(),
+                syncer_parked: false,
+                timer_target: None,
+                closed: false,
+            }),
+            closing: AtomicBool::new(false),
+            syncer: OnceLock::new(),
+            timers_changed: Notify::new(),
+        });
+        let timers = {
+            let shared = shared.clone();
+            let clock = clock.clone();
+            thread::Builder::new()
+                .name("labaid-timers".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(drive_timers(&shared, &*clock)),
+                        Err(err) => {
+                            tracing::error!(error = %err, "timer runtime failed to start; stopping");
+                            std::process::abort();
+                        }
                     }
-                };
-                rt.block_on(run(router, journal, seq_views, seq_clock, rx, seq_close));
-            })
-            .map_err(|e| Error::Internal(format!("cannot start the sequencer thread: {e}")))?;
+                })
+                .map_err(|e| Error::Internal(format!("cannot start the timer thread: {e}")))?
+        };
+        let syncer = {
+            let shared = shared.clone();
+            let views = views.clone();
+            thread::Builder::new()
+                .name("labaid-syncer".into())
+                .spawn(move || {
+                    sync(&shared, journal, &views);
+                    if timers.join().is_err() {
+                        tracing::error!("timer thread panicked");
+                    }
+                    tracing::debug!("sequencer stopped");
+                })
+                .map_err(|e| Error::Internal(format!("cannot start the journal syncer: {e}")))?
+        };
+        let _ = shared.syncer.set(syncer.thread().clone());
         Ok((
             Self {
-                tx,
+                shared: shared.clone(),
                 views,
                 clock,
                 stopping: Arc::new(AtomicBool::new(false)),
-                close,
+                _close_on_drop: Arc::new(CloseOnDrop(shared)),
             },
-            handle,
+            syncer,
         ))
     }
 
-    /// Sends a command to the sequencer and waits until it is decided and durable.
+    /// Decides a command and waits until it is durable.
     pub async fn execute(&self, command: Command) -> Result<Reply, Error> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(Error::Unavailable(
                 "the broker is shutting down; retry on its replacement".into(),
             ));
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Envelope { command, reply })
+        let (reply, answer) = oneshot::channel();
+        let (wake_syncer, wake_timers) = {
+            let mut decided = self.shared.decided.lock().await;
+            if decided.closed {
+                return Err(Error::Unavailable("the broker is shutting down".into()));
+            }
+            let d = &mut *decided;
+            let now = self.clock.now();
+            d.fire_timers(now);
+            d.outcome.changed = false;
+            let result = d.router.apply(&command, now, &mut d.outcome);
+            if d.outcome.changed {
+                d.entries.push(Entry { time: now, command });
+            }
+            // Even a command that changed nothing waits for the next sync: its answer may
+            // depend on an earlier decision (an idempotent resubmission) not yet durable.
+            d.replies.push((reply, result));
+            let next_timer = d.router.next_timer();
+            let wake_timers = next_timer.is_some_and(|t| d.timer_target.is_none_or(|at| t < at));
+            if wake_timers {
+                d.timer_target = next_timer;
+            }
+            (std::mem::take(&mut d.syncer_parked), wake_timers)
+        };
+        if wake_syncer {
+            self.shared.wake_syncer();
+        }
+        if wake_timers {
+            self.shared.timers_changed.notify_one();
+        }
+        answer
             .await
-            .map_err(|_| Error::Unavailable("the broker is shutting down".into()))?;
-        rx.await
             .map_err(|_| Error::Unavailable("the broker is shutting down".into()))?
     }
 
-    /// Tells the sequencer to finish the commands it has been sent and stop, even while handles
+    /// Tells the sequencer to finish the commands already decided and stop, even while handles
     /// remain (a connection cut off at shutdown may still hold one).
     pub fn close(&self) {
         self.stop_accepting();
-        self.close.notify_one();
+        self.shared.close();
     }
 
     /// Refuses new commands from now on (graceful shutdown).
@@ -135,177 +252,97 @@ impl Engine {
     }
 }
 
-/// A caller waiting for its command's answer.
-type Pending = (oneshot::Sender<Result<Reply, Error>>, Result<Reply, Error>);
-
-/// What the sequencer hands the syncer, in decision order.
-enum ToSync {
-    /// A decided batch: journal it, show it to readers, then answer its callers.
-    Batch {
-        entries: Vec<Entry>,
-        replies: Vec<Pending>,
-        changes: Changes,
-    },
-    /// The state after every batch sent so far, for a snapshot.
-    Snapshot(Box<State>),
-    /// The sequencer stopped; the state after its last batch, for a closing snapshot.
-    Close(Box<State>),
-}
-
-/// Decides batches of commands and hands each to the syncer, without waiting for its journal
-/// sync: the next batch is decided while the previous one is being made durable.
-async fn run(
-    mut router: Router,
-    journal: Box<dyn Journal>,
-    views: Arc<Views>,
-    clock: Arc<dyn Clock>,
-    mut rx: mpsc::Receiver<Envelope>,
-    close: Arc<tokio::sync::Notify>,
-) {
-    let (to_sync, from_sequencer) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
-    let snapshot_wanted = Arc::new(AtomicBool::new(false));
-    let syncer = {
-        let views = views.clone();
-        let snapshot_wanted = snapshot_wanted.clone();
-        thread::Builder::new()
-            .name("labaid-syncer".into())
-            .spawn(move || sync(journal, &views, &from_sequencer, &snapshot_wanted))
-    };
-    let syncer = match syncer {
-        Ok(handle) => handle,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot start the journal syncer; stopping");
-            std::process::abort();
-        }
-    };
-    let mut batch: Vec<Envelope> = Vec::with_capacity(MAX_BATCH);
-    let mut outcome = Outcome::default();
+/// Fires timers that no command fired first, sleeping until the next one is due.
+async fn drive_timers(shared: &Shared, clock: &dyn Clock) {
     loop {
-        let next_timer = router.next_timer();
-        tokio::select! {
-            biased;
-            received = rx.recv() => match received {
-                Some(envelope) => batch.push(envelope),
-                None => break,
-            },
-            // Closing refuses new sends; what is already queued is still decided and replied
-            // to, then `recv` returns None.
-            () = close.notified() => rx.close(),
-            () = sleep_until(&*clock, next_timer) => {}
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(envelope) => batch.push(envelope),
-                Err(_) => break,
+        let next = {
+            let mut d = shared.decided.lock().await;
+            if d.closed {
+                return;
             }
-        }
-        let now = clock.now();
-        let mut entries = Vec::with_capacity(batch.len() + 1);
-        let mut replies = Vec::with_capacity(batch.len());
-        // Timers first: an offer whose lease ran out cannot be accepted in the same batch.
-        if router.next_timer().is_some_and(|t| t <= now) {
-            let _ = router.apply(&Command::Tick, now, &mut outcome);
-            if outcome.changed {
-                entries.push(Entry {
-                    time: now,
-                    command: Command::Tick,
-                });
+            let now = clock.now();
+            d.fire_timers(now);
+            if d.has_work() && std::mem::take(&mut d.syncer_parked) {
+                shared.wake_syncer();
             }
-        }
-        for envelope in batch.drain(..) {
-            outcome.changed = false;
-            let result = router.apply(&envelope.command, now, &mut outcome);
-            if outcome.changed {
-                entries.push(Entry {
-                    time: now,
-                    command: envelope.command,
-                });
-            }
-            replies.push((envelope.reply, result));
-        }
-        // Even a batch that changed nothing goes through the syncer: its answers may depend on
-        // an earlier batch (an idempotent resubmission) that is not durable yet.
-        let changes = Changes::capture(&router, &mut outcome);
-        send(
-            &to_sync,
-            ToSync::Batch {
-                entries,
-                replies,
-                changes,
-            },
-        );
-        if snapshot_wanted.swap(false, Ordering::AcqRel) {
-            send(&to_sync, ToSync::Snapshot(Box::new(router.state().clone())));
-        }
-    }
-    send(&to_sync, ToSync::Close(Box::new(router.state().clone())));
-    drop(to_sync);
-    if syncer.join().is_err() {
-        tracing::error!("journal syncer panicked; stopping");
-        std::process::abort();
-    }
-    tracing::debug!("sequencer stopped");
-}
-
-fn send(to_sync: &std::sync::mpsc::SyncSender<ToSync>, message: ToSync) {
-    // The syncer only goes away by aborting the process, so a closed channel means a bug.
-    if to_sync.send(message).is_err() {
-        tracing::error!("journal syncer gone; stopping");
-        std::process::abort();
-    }
-}
-
-/// Makes decided batches durable in order, one journal sync for every batch that queued up
-/// while the previous sync ran (group commit sized by load), then updates the read views and
-/// answers the callers.
-fn sync(
-    mut journal: Box<dyn Journal>,
-    views: &Views,
-    from_sequencer: &std::sync::mpsc::Receiver<ToSync>,
-    snapshot_wanted: &AtomicBool,
-) {
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut done: Vec<(Vec<Pending>, Changes)> = Vec::new();
-    let mut closing = None;
-    while closing.is_none() {
-        let Ok(first) = from_sequencer.recv() else {
-            break;
+            d.timer_target = d.router.next_timer();
+            d.timer_target
         };
-        // What queued up while the last sync ran, bounded so that a sequencer that never pauses
-        // cannot postpone the sync forever.
-        let queued = std::iter::from_fn(|| from_sequencer.try_recv().ok()).take(SYNC_QUEUE);
-        for message in std::iter::once(first).chain(queued) {
-            match message {
-                ToSync::Batch {
-                    entries: batch,
-                    replies,
-                    changes,
-                } => {
-                    entries.extend(batch);
-                    done.push((replies, changes));
-                }
-                ToSync::Snapshot(state) => {
-                    make_durable(&mut *journal, views, &mut entries, &mut done);
-                    if journal.snapshot_due(false) {
-                        snapshot(*state, views, &mut *journal);
-                    }
-                }
-                ToSync::Close(state) => {
-                    closing = Some(state);
-                    break;
-                }
-            }
+        if shared.closing.load(Ordering::Acquire) {
+            return;
         }
-        make_durable(&mut *journal, views, &mut entries, &mut done);
-        if journal.snapshot_due(false) {
-            snapshot_wanted.store(true, Ordering::Release);
+        tokio::select! {
+            () = sleep_until(clock, next) => {}
+            () = shared.timers_changed.notified() => {}
         }
     }
+}
+
+/// What the syncer takes in one go: everything decided since it last took.
+struct Taken {
+    entries: Vec<Entry>,
+    replies: Vec<Pending>,
+    changes: Changes,
+    /// The state after `entries`, when a snapshot is due.
+    state: Option<Box<State>>,
+}
+
+/// Makes decisions durable in order, one journal sync for everything decided while the previous
+/// sync ran, then updates the read views and answers the callers.
+fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
+    let mut snapshot_wanted = false;
+    // Emptied vectors go back for the next decisions, so taking allocates nothing.
+    let mut spare_entries = Vec::new();
+    let mut spare_replies = Vec::new();
+    let closing_state = loop {
+        let taken = {
+            let mut decided = shared.decided.blocking_lock();
+            let d = &mut *decided;
+            if !d.has_work() {
+                if shared.closing.load(Ordering::Acquire) {
+                    d.closed = true;
+                    break Box::new(d.router.state().clone());
+                }
+                d.syncer_parked = true;
+                drop(decided);
+                // An unpark since the check above makes this return at once.
+                thread::park();
+                continue;
+            }
+            d.syncer_parked = false;
+            Taken {
+                entries: std::mem::replace(&mut d.entries, std::mem::take(&mut spare_entries)),
+                replies: std::mem::replace(&mut d.replies, std::mem::take(&mut spare_replies)),
+                changes: Changes::capture(&d.router, &mut d.outcome),
+                state: snapshot_wanted.then(|| Box::new(d.router.state().clone())),
+            }
+        };
+        let Taken {
+            mut entries,
+            mut replies,
+            changes,
+            state,
+        } = taken;
+        if !entries.is_empty() {
+            append(&mut *journal, views, &entries);
+            entries.clear();
+        }
+        views.apply(changes);
+        for (reply, result) in replies.drain(..) {
+            let _ = reply.send(result);
+        }
+        spare_entries = entries;
+        spare_replies = replies;
+        if let Some(state) = state
+            && journal.snapshot_due(false)
+        {
+            snapshot(*state, views, &mut *journal);
+        }
+        snapshot_wanted = journal.snapshot_due(false);
+    };
     // A snapshot at a clean stop makes the next start read it instead of replaying the journal.
-    if let Some(state) = closing
-        && journal.snapshot_due(true)
-    {
-        snapshot(*state, views, &mut *journal);
+    if journal.snapshot_due(true) {
+        snapshot(*closing_state, views, &mut *journal);
     }
     if let Err(err) = journal.close() {
         tracing::error!(error = %err, "journal close failed; stopping");
@@ -313,37 +350,23 @@ fn sync(
     }
 }
 
-/// Appends `entries` with one sync, then shows each batch to readers and answers its callers.
-fn make_durable(
-    journal: &mut dyn Journal,
-    views: &Views,
-    entries: &mut Vec<Entry>,
-    done: &mut Vec<(Vec<Pending>, Changes)>,
-) {
-    if !entries.is_empty() {
-        let started = std::time::Instant::now();
-        let appended = journal.append(entries);
-        let metrics = views.metrics();
-        metrics.store_sync.observe(started.elapsed().as_secs_f64());
-        metrics.store_batch.observe(entries.len() as f64);
-        if let Err(err) = appended {
-            // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop, and
-            // let recovery replay what is durable.
-            tracing::error!(error = %err, "journal append failed; stopping");
-            std::process::abort();
-        }
-        entries.clear();
-    }
-    for (replies, changes) in done.drain(..) {
-        views.apply(changes);
-        for (reply, result) in replies {
-            let _ = reply.send(result);
-        }
+/// Appends `entries` with one sync.
+fn append(journal: &mut dyn Journal, views: &Views, entries: &[Entry]) {
+    let started = std::time::Instant::now();
+    let appended = journal.append(entries);
+    let metrics = views.metrics();
+    metrics.store_sync.observe(started.elapsed().as_secs_f64());
+    metrics.store_batch.observe(entries.len() as f64);
+    if let Err(err) = appended {
+        // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop, and let
+        // recovery replay what is durable.
+        tracing::error!(error = %err, "journal append failed; stopping");
+        std::process::abort();
     }
 }
 
-/// Hands the journal the state after the last durable batch. Cloning shares the requests (they
-/// are `Arc`s), so the sequencer pauses for a copy of the indexes, not for encoding or I/O.
+/// Hands the journal the state after the last durable decision. Cloning shares the requests
+/// (they are `Arc`s), so deciding pauses for a copy of the indexes, not for encoding or I/O.
 fn snapshot(state: State, views: &Views, journal: &mut dyn Journal) {
     let snapshot = Snapshot {
         state,
