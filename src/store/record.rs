@@ -43,6 +43,12 @@ fn record_at(buf: &[u8]) -> Option<(&[u8], usize)> {
 pub(crate) enum End {
     /// Every byte belongs to a whole, valid record.
     Clean,
+    /// From `at` to the end only zeros: space the journal reserved ahead of its writes, so that
+    /// a sync need not also write the file's new size. Nothing was written there.
+    Reserved {
+        /// Offset of the first reserved byte.
+        at: usize,
+    },
     /// From `at` to the end nothing valid follows: a write cut short (or damaged) by a crash.
     Torn {
         /// Offset of the first bad byte.
@@ -66,6 +72,10 @@ pub(crate) fn scan(buf: &[u8]) -> (Vec<&[u8]>, End) {
             Some((payload, len)) => {
                 records.push(payload);
                 at += len;
+            }
+            None if buf[at..].iter().all(|&b| b == 0) => {
+                // Not even a record's length reached the disk here: reserved space, not damage.
+                return (records, End::Reserved { at });
             }
             None => {
                 // Records are written one after another, each synced before the next is written, so
@@ -161,11 +171,21 @@ mod tests {
     }
 
     #[test]
-    fn zeros_after_the_last_record_are_a_torn_tail() {
-        // A file extended by a crash before its data reached the disk reads back as zeros.
+    fn zeros_after_the_last_record_are_reserved_space() {
+        // Zeros the journal wrote ahead, or a file extended by a crash before its data reached
+        // the disk: either way no record was written there, so nothing is dropped.
         let mut buf = file(&PAYLOADS);
         let end = buf.len();
         buf.extend_from_slice(&[0; 100]);
-        assert_eq!(scan(&buf), (PAYLOADS.to_vec(), End::Torn { at: end }));
+        assert_eq!(scan(&buf), (PAYLOADS.to_vec(), End::Reserved { at: end }));
+        // A record cut short before zeros is still a torn tail.
+        let mut torn = file(&PAYLOADS);
+        torn.truncate(end - 3);
+        torn.extend_from_slice(&[0; 100]);
+        let last = end - (HEADER + PAYLOADS[2].len());
+        assert_eq!(
+            scan(&torn),
+            (PAYLOADS[..2].to_vec(), End::Torn { at: last })
+        );
     }
 }

@@ -15,6 +15,9 @@ use super::{Directory, StoreError, StoreOptions};
 use crate::domain::Timestamp;
 use crate::routing::{Event, Outcome, Router};
 
+/// Where a new segment's records start.
+const HEADER_LEN: u64 = SEGMENT_HEADER as u64;
+
 /// A recovered core, its retained events, and the journal to carry on with.
 #[derive(Debug)]
 pub struct Recovered {
@@ -107,7 +110,8 @@ pub fn open_at(
     let mut replayed = 0;
     let mut dropped_bytes = 0;
     let mut since_snapshot = 0;
-    let mut tail: Option<(File, u64)> = None;
+    // The last segment: its file, first entry, end of its records, and length on disk.
+    let mut tail: Option<(File, u64, u64, u64)> = None;
     for (i, &first) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         let path = dir.join(segment_name(first));
@@ -178,6 +182,7 @@ pub fn open_at(
         let valid = SEGMENT_HEADER
             + match end {
                 End::Clean => body.len(),
+                End::Reserved { at } => at,
                 End::Torn { at } if last => {
                     let dropped = body.len() - at;
                     tracing::warn!(
@@ -208,12 +213,13 @@ pub fn open_at(
             since_snapshot += valid as u64 - SEGMENT_HEADER as u64;
         }
         if last {
-            let file = OpenOptions::new().append(true).open(&path)?;
-            if valid < buf.len() {
+            let file = OpenOptions::new().write(true).open(&path)?;
+            let reserved = matches!(end, End::Reserved { .. });
+            if valid < buf.len() && !reserved {
                 file.set_len(valid as u64)?;
                 file.sync_all()?;
             }
-            tail = Some((file, first));
+            tail = Some((file, first, valid as u64, buf.len().max(valid) as u64));
         }
     }
     if next < lsn {
@@ -221,9 +227,9 @@ pub fn open_at(
             "the journal ends at entry {next}, before the snapshot's {lsn}"
         )));
     }
-    let (mut segment, mut segment_first) = match tail {
+    let (mut segment, mut segment_first, mut segment_end, mut segment_len) = match tail {
         Some(t) => t,
-        None => (create_segment(&dir, next)?, next),
+        None => (create_segment(&dir, next)?, next, HEADER_LEN, HEADER_LEN),
     };
     let mut pinned = snap.directory;
     let mut last_snapshot_size = last_snapshot_size;
@@ -246,6 +252,8 @@ pub fn open_at(
             drop(segment);
             segment = create_segment(&dir, next)?;
             segment_first = next;
+            segment_end = HEADER_LEN;
+            segment_len = HEADER_LEN;
         }
         for old in fs::read_dir(&dir)? {
             let name = old?.file_name();
@@ -280,6 +288,8 @@ pub fn open_at(
         Tail {
             segment,
             segment_first,
+            segment_end,
+            segment_len,
             next,
             since_snapshot,
             last_snapshot_size,
@@ -314,6 +324,8 @@ fn create(
         Tail {
             segment,
             segment_first: 0,
+            segment_end: HEADER_LEN,
+            segment_len: HEADER_LEN,
             next: 0,
             since_snapshot: 0,
             last_snapshot_size: size,
