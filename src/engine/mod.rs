@@ -61,6 +61,20 @@ impl Decided {
     }
 }
 
+/// Aborts the process if dropped while unwinding. A panic part-way through a decision could leave
+/// the state changed but not journaled (the lock does not poison), and a dead syncer or timer
+/// thread would leave callers waiting for ever; recovery replays what is durable instead.
+struct AbortOnPanic(&'static str);
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            tracing::error!(part = self.0, "panicked; stopping");
+            std::process::abort();
+        }
+    }
+}
+
 /// State shared by every handle, the syncer and the timer thread.
 struct Shared {
     decided: Mutex<Decided>,
@@ -195,6 +209,7 @@ impl Engine {
             if decided.closed {
                 return Err(Error::Unavailable("the broker is shutting down".into()));
             }
+            let _abort = AbortOnPanic("sequencer");
             let d = &mut *decided;
             let now = self.clock.now();
             d.fire_timers(now);
@@ -254,6 +269,7 @@ impl Engine {
 
 /// Fires timers that no command fired first, sleeping until the next one is due.
 async fn drive_timers(shared: &Shared, clock: &dyn Clock) {
+    let _abort = AbortOnPanic("timer thread");
     loop {
         let next = {
             let mut d = shared.decided.lock().await;
@@ -290,6 +306,7 @@ struct Taken {
 /// Makes decisions durable in order, one journal sync for everything decided while the previous
 /// sync ran, then updates the read views and answers the callers.
 fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
+    let _abort = AbortOnPanic("journal syncer");
     let mut snapshot_wanted = false;
     // Emptied vectors go back for the next decisions, so taking allocates nothing.
     let mut spare_entries = Vec::new();
