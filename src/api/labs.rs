@@ -1,6 +1,5 @@
 //! LabService: labs watch their offers, work their jobs, and report capacity and status.
 
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
@@ -62,7 +61,7 @@ impl LabApi {
 
 #[tonic::async_trait]
 impl LabService for LabApi {
-    type WatchOffersStream = ReceiverStream<Result<proto::JobEvent, Status>>;
+    type WatchOffersStream = super::EventStream<proto::JobEvent>;
 
     async fn watch_offers(
         &self,
@@ -76,7 +75,7 @@ impl LabService for LabApi {
             .await?;
         let log = self.ctx.engine.views().log(&who.org);
         let present = self.ctx.presence.watching(&who.org, self.ctx.engine.now());
-        Ok(Response::new(super::watch::pump(
+        Ok(Response::new(super::watch::stream(
             log,
             request.get_ref().after_sequence,
             (slot, present),

@@ -23,6 +23,7 @@ pub use coordinator::CoordinatorApi;
 pub use directory::DirectoryApi;
 pub use labs::LabApi;
 pub use requests::RequestApi;
+pub use watch::EventStream;
 
 /// What every service shares.
 #[derive(Debug, Clone)]

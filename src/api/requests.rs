@@ -1,6 +1,5 @@
 //! RequestService: trusts submit, read, list, cancel and watch their own requests.
 
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{raw_submission, request_event_to, request_to};
@@ -143,7 +142,7 @@ impl RequestService for RequestApi {
         Ok(Response::new(request_reply(reply)?.0))
     }
 
-    type WatchRequestEventsStream = ReceiverStream<Result<proto::RequestEvent, Status>>;
+    type WatchRequestEventsStream = super::EventStream<proto::RequestEvent>;
 
     async fn watch_request_events(
         &self,
@@ -158,7 +157,7 @@ impl RequestService for RequestApi {
             .await?;
         let after = request.get_ref().after_sequence;
         let log = self.ctx.engine.views().log(&who.org);
-        Ok(Response::new(super::watch::pump(
+        Ok(Response::new(super::watch::stream(
             log,
             after,
             slot,

@@ -1,84 +1,214 @@
 //! Event streams: the retained backlog after a sequence number, then live events, none twice and
 //! none missing, even for a watcher that falls behind the live channel.
 
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use tokio::sync::{broadcast, mpsc, watch as signal};
-use tokio_stream::wrappers::ReceiverStream;
+use futures_core::Stream;
+use tokio::sync::watch as signal;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::Status;
 
 use crate::engine::EventLog;
 use crate::routing::Event;
 
-/// Messages buffered per watcher before the pump waits for the client.
-const BUFFER: usize = 256;
+/// One watcher's stream, polled by the connection that serves it: events are rendered and
+/// encoded where they are sent, with no task or channel of their own in between.
+pub struct EventStream<T> {
+    log: Arc<EventLog>,
+    /// Retained events still to send: the backlog at first, then a catch-up after lagging.
+    pending: std::vec::IntoIter<Event>,
+    live: BroadcastStream<Event>,
+    /// The sequence number of the last event sent (or skipped as not for this watcher).
+    last: u64,
+    render: fn(&Event) -> Option<T>,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    done: bool,
+    /// Held while the stream lives: the watch slot, and for a lab its presence.
+    _guard: Box<dyn Any + Send>,
+}
+
+impl<T> fmt::Debug for EventStream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream")
+            .field("last", &self.last)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Streams `log` after `after` through `render` until the client goes away or the broker stops;
-/// `slot` (the organisation's watch quota) is held until then.
-/// `guard` lives as long as the stream (its watch slot, and for a lab its presence).
-pub(crate) fn pump<T: Send + 'static, G: Send + 'static>(
+/// `guard` is held until then.
+pub(crate) fn stream<T, G: Send + 'static>(
     log: Arc<EventLog>,
     after: u64,
     guard: G,
     mut shutdown: signal::Receiver<bool>,
     render: fn(&Event) -> Option<T>,
-) -> ReceiverStream<Result<T, Status>> {
-    let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(async move {
-        let _guard = guard;
-        let (backlog, mut live) = log.subscribe(after);
-        let mut last = after;
-        if !send_all(&tx, backlog, &mut last, render).await {
-            return;
+) -> EventStream<T> {
+    // Subscribing takes the backlog and the live receiver at one instant, so nothing falls
+    // between them.
+    let (backlog, live) = log.subscribe(after);
+    EventStream {
+        log,
+        pending: backlog.into_iter(),
+        live: BroadcastStream::new(live),
+        last: after,
+        render,
+        stopping: Box::pin(async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        }),
+        done: false,
+        _guard: Box::new(guard),
+    }
+}
+
+impl<T> EventStream<T> {
+    /// The rendering of `event` if it is new to this watcher and meant for it.
+    fn take(&mut self, event: &Event) -> Option<T> {
+        if event.sequence <= self.last {
+            return None;
+        }
+        self.last = event.sequence;
+        (self.render)(event)
+    }
+}
+
+impl<T> Stream for EventStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
         }
         loop {
-            tokio::select! {
-                () = tx.closed() => return,
-                () = stopped(&mut shutdown) => {
-                    let _ = tx.send(Err(Status::unavailable(format!(
-                        "the broker is shutting down; reconnect with after_sequence={last}"
-                    )))).await;
-                    return;
+            while let Some(event) = this.pending.next() {
+                if let Some(message) = this.take(&event) {
+                    return Poll::Ready(Some(Ok(message)));
                 }
-                received = live.recv() => match received {
-                    Ok(event) if event.sequence <= last => {}
-                    Ok(event) => {
-                        if !send_all(&tx, vec![event], &mut last, render).await {
-                            return;
-                        }
+            }
+            if this.stopping.as_mut().poll(cx).is_ready() {
+                this.done = true;
+                return Poll::Ready(Some(Err(Status::unavailable(format!(
+                    "the broker is shutting down; reconnect with after_sequence={}",
+                    this.last
+                )))));
+            }
+            match ready!(Pin::new(&mut this.live).poll_next(cx)) {
+                Some(Ok(event)) => {
+                    if let Some(message) = this.take(&event) {
+                        return Poll::Ready(Some(Ok(message)));
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Fell behind the live channel: catch up from the retained log.
-                        if !send_all(&tx, log.since(last), &mut last, render).await {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                // Fell behind the live channel: catch up from the retained log.
+                Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                    this.pending = this.log.since(this.last).into_iter();
+                }
+                None => {
+                    this.done = true;
+                    return Poll::Ready(None);
                 }
             }
         }
-    });
-    ReceiverStream::new(rx)
-}
-
-async fn send_all<T>(
-    tx: &mpsc::Sender<Result<T, Status>>,
-    events: Vec<Event>,
-    last: &mut u64,
-    render: fn(&Event) -> Option<T>,
-) -> bool {
-    for event in events {
-        *last = event.sequence;
-        if let Some(message) = render(&event)
-            && tx.send(Ok(message)).await.is_err()
-        {
-            return false;
-        }
     }
-    true
 }
 
-/// Resolves once the broker begins to shut down (or the signal's sender is gone).
-async fn stopped(shutdown: &mut signal::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::{NewRequest, OdsCode, Priority, RawSubmission, RequestId, Timestamp};
+    use crate::routing::{Command, Outcome};
+    use crate::store::Directory;
+
+    /// One real event for trust RJ1, from the demo directory's router.
+    fn an_event() -> Event {
+        let now = Timestamp::from_millis(1_750_000_000_000);
+        let mut router = Directory::from(&Config::demo().unwrap()).router();
+        let raw = RawSubmission {
+            order_number: "ORD-1".into(),
+            nhs_number: "9434765919".into(),
+            family_name: "Testpatient".into(),
+            given_name: "Alex".into(),
+            birth_date: "1970-01-01".into(),
+            tests: vec!["K".into()],
+            priority: Some(Priority::Urgent),
+            collected_at: Some(now.plus_minutes(-20)),
+            clinical_note: String::new(),
+        };
+        let command = Command::Submit {
+            trust: OdsCode::parse("RJ1").unwrap(),
+            id: RequestId::new_random(),
+            request: NewRequest::validate(&raw, router.catalogue(), now).unwrap(),
+        };
+        let mut outcome = Outcome::default();
+        router.apply(&command, now, &mut outcome).unwrap();
+        outcome.events.remove(0)
+    }
+
+    fn poll_now<T>(stream: &mut EventStream<T>) -> Poll<Option<Result<T, Status>>> {
+        Pin::new(stream).poll_next(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_watcher_that_lags_behind_the_live_channel_catches_up_with_nothing_missed_or_repeated() {
+        let log = Arc::new(EventLog::empty());
+        let template = an_event();
+        let publish = |sequence: u64| {
+            let mut event = template.clone();
+            event.sequence = sequence;
+            log.publish_for_tests(event);
+        };
+        for sequence in 1..=3 {
+            publish(sequence);
+        }
+        let (_stopping, shutdown) = signal::channel(false);
+        let mut stream = stream(log.clone(), 1, (), shutdown, |e: &Event| Some(e.sequence));
+        // Far more than the live channel holds, before the watcher reads anything.
+        let last = 3 + 3 * EventLog::LIVE_CAPACITY as u64;
+        for sequence in 4..=last {
+            publish(sequence);
+        }
+        let mut seen = Vec::new();
+        while let Poll::Ready(Some(item)) = poll_now(&mut stream) {
+            seen.push(item.unwrap());
+        }
+        assert_eq!(seen, (2..=last).collect::<Vec<u64>>());
+        // Then live again: the next event arrives once.
+        publish(last + 1);
+        assert!(matches!(poll_now(&mut stream), Poll::Ready(Some(Ok(s))) if s == last + 1));
+        assert!(poll_now(&mut stream).is_pending());
+    }
+
+    #[test]
+    fn shutdown_ends_the_stream_with_unavailable_naming_where_to_resume() {
+        let log = Arc::new(EventLog::empty());
+        let mut event = an_event();
+        event.sequence = 1;
+        log.publish_for_tests(event);
+        let (stopping, shutdown) = signal::channel(false);
+        let mut stream = stream(log, 0, (), shutdown, |e: &Event| Some(e.sequence));
+        assert!(matches!(poll_now(&mut stream), Poll::Ready(Some(Ok(1)))));
+        assert!(poll_now(&mut stream).is_pending());
+        stopping.send_replace(true);
+        match poll_now(&mut stream) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable);
+                assert!(status.message().contains("after_sequence=1"), "{status}");
+            }
+            other => panic!(
+                "expected UNAVAILABLE, got {:?}",
+                other.map(|o| o.map(|r| r.is_ok()))
+            ),
+        }
+        assert!(matches!(poll_now(&mut stream), Poll::Ready(None)));
+    }
 }

@@ -73,6 +73,22 @@ impl EventLog {
     }
 }
 
+#[cfg(test)]
+impl EventLog {
+    /// An empty log, for tests of its readers.
+    pub(crate) fn empty() -> Self {
+        Self::new()
+    }
+
+    /// Publishes `event` as the syncer would.
+    pub(crate) fn publish_for_tests(&self, event: Event) {
+        self.publish(event);
+    }
+
+    /// Events the live channel holds before a receiver lags.
+    pub(crate) const LIVE_CAPACITY: usize = LIVE_EVENTS;
+}
+
 /// A lab as readers see it: everything but the set of its open jobs, which only the core needs
 /// and which grows with the work in flight (copying it on every batch made each submission cost
 /// time proportional to the offers already open).
