@@ -927,6 +927,18 @@ impl FileJournal {
         Ok(())
     }
 
+    /// Gives back the zeros reserved past the last record, so that a segment no longer written
+    /// to (rotated at a snapshot, or at a clean stop) ends at its last record, as segments from
+    /// earlier builds did. A crash before this is durable leaves the zeros: still a valid tail.
+    fn drop_reserved(&mut self) -> Result<(), StoreError> {
+        if self.segment_len > self.segment_end {
+            self.segment.set_len(self.segment_end)?;
+            self.segment.sync_all()?;
+            self.segment_len = self.segment_end;
+        }
+        Ok(())
+    }
+
     /// Writes zeros up to `len`. Records then overwrite blocks the file already has, so a sync
     /// flushes their data alone instead of also writing the file's new size (one I/O fewer per
     /// sync). Recovery reads a zero tail as reserved space, not damage. The next sync makes the
@@ -978,6 +990,7 @@ impl Journal for FileJournal {
         // Later entries go to a new segment, so that once the snapshot is durable every older
         // segment can be removed whole.
         if self.segment_first != self.next {
+            self.drop_reserved()?;
             self.segment = create_segment(&self.dir, self.next)?;
             self.segment_first = self.next;
             self.segment_end = SEGMENT_HEADER as u64;
@@ -991,6 +1004,7 @@ impl Journal for FileJournal {
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
+        self.drop_reserved()?;
         self.writer.finish()
     }
 }
