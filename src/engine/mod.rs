@@ -99,10 +99,11 @@ impl Shared {
     }
 }
 
-/// Closes the engine when the last handle is dropped.
-struct CloseOnDrop(Arc<Shared>);
+/// What every `Engine` clone shares: closes the engine when the last clone is dropped. (The
+/// syncer and timer threads hold `Shared` itself, so that they do not keep the engine open.)
+struct Handle(Arc<Shared>);
 
-impl Drop for CloseOnDrop {
+impl Drop for Handle {
     fn drop(&mut self) {
         self.0.close();
     }
@@ -111,11 +112,10 @@ impl Drop for CloseOnDrop {
 /// A handle to the sequencer and its read views. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    shared: Arc<Shared>,
+    handle: Arc<Handle>,
     views: Arc<Views>,
     clock: Arc<dyn Clock>,
     stopping: Arc<AtomicBool>,
-    _close_on_drop: Arc<CloseOnDrop>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -186,11 +186,10 @@ impl Engine {
         let _ = shared.syncer.set(syncer.thread().clone());
         Ok((
             Self {
-                shared: shared.clone(),
+                handle: Arc::new(Handle(shared)),
                 views,
                 clock,
                 stopping: Arc::new(AtomicBool::new(false)),
-                _close_on_drop: Arc::new(CloseOnDrop(shared)),
             },
             syncer,
         ))
@@ -205,7 +204,7 @@ impl Engine {
         }
         let (reply, answer) = oneshot::channel();
         let (wake_syncer, wake_timers) = {
-            let mut decided = self.shared.decided.lock().await;
+            let mut decided = self.handle.0.decided.lock().await;
             if decided.closed {
                 return Err(Error::Unavailable("the broker is shutting down".into()));
             }
@@ -229,10 +228,10 @@ impl Engine {
             (std::mem::take(&mut d.syncer_parked), wake_timers)
         };
         if wake_syncer {
-            self.shared.wake_syncer();
+            self.handle.0.wake_syncer();
         }
         if wake_timers {
-            self.shared.timers_changed.notify_one();
+            self.handle.0.timers_changed.notify_one();
         }
         answer
             .await
@@ -243,7 +242,7 @@ impl Engine {
     /// remain (a connection cut off at shutdown may still hold one).
     pub fn close(&self) {
         self.stop_accepting();
-        self.shared.close();
+        self.handle.0.close();
     }
 
     /// Refuses new commands from now on (graceful shutdown).

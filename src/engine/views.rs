@@ -1,6 +1,6 @@
 //! Read views: requests, labs and event logs that Get, List and Watch read without the sequencer.
 //!
-//! Only the sequencer writes here, after a batch is durable; readers never wait for it.
+//! Only the syncer writes here, after a batch is durable; readers never wait for it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
