@@ -7,7 +7,7 @@ mod fixture;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use fixture::{NOW, TESTS, code, ods, router, submit};
+use fixture::{NOW, TESTS, arrival, code, ods, router, submit, submit_at};
 use labaid::routing::{Command, Outcome, Router};
 
 fn apply(router: &mut Router, command: &Command) {
@@ -20,7 +20,9 @@ fn apply_into(router: &mut Router, command: &Command, out: &mut Outcome) {
     router.apply(command, NOW, out).expect("command applies");
 }
 
-/// Routing one request with capacity free. Only `apply` is timed: the command and the outcome are
+/// Routing one request with capacity free, every request at the same instant: the worst case for
+/// the timer tree, whose entries then differ only by request id, so that each insert walks to a
+/// random leaf. Only `apply` is timed: the command and the outcome are
 /// made before and dropped after (iter_batched drops what the routine returns untimed). The router
 /// keeps every request it routed, as a broker would while they are live.
 fn route_one(c: &mut Criterion) {
@@ -40,6 +42,35 @@ fn route_one(c: &mut Criterion) {
                 },
                 |(cmd, mut out)| {
                     apply_into(&mut r, &cmd, &mut out);
+                    (cmd, out)
+                },
+                criterion::BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+/// [`route_one`] with the clock moving on as submissions arrive at 20,000 a second, as a broker's
+/// does: each request's lease and expiry land near the others armed at about the same time.
+fn route_one_clock_moving(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_one_clock_moving");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
+    for labs in [10usize, 100, 1000] {
+        let mut r = router(labs, u32::MAX / 2);
+        let mut n = 0u64;
+        group.bench_function(BenchmarkId::from_parameter(labs), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    let k = (n % 3) as usize;
+                    let now = arrival(n);
+                    (submit_at(n, &TESTS[k..k + 2], now), now, Outcome::default())
+                },
+                |(cmd, now, mut out)| {
+                    r.apply(&cmd, now, &mut out).expect("command applies");
                     (cmd, out)
                 },
                 criterion::BatchSize::SmallInput,
@@ -95,5 +126,5 @@ fn free_capacity(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route_one, free_capacity);
+criterion_group!(benches, route_one, route_one_clock_moving, free_capacity);
 criterion_main!(benches);
