@@ -454,9 +454,11 @@ fn authenticator(config: &Config, demo_tokens: bool) -> Authenticator {
 }
 
 /// Per-connection limits; per-organisation ones are in the authenticator and the watch limiter.
+/// HTTP/2's stream limit bounds the calls running on a connection: a call runs only while its
+/// stream is open, so a per-connection concurrency layer as well would take a semaphore permit
+/// per call (2 % of the broker's CPU) and never wait.
 fn limited(builder: Server, limits: &Limits) -> Server {
     builder
-        .concurrency_limit_per_connection(limits.streams_per_connection as usize)
         .max_concurrent_streams(limits.streams_per_connection)
         .timeout(limits.request_timeout)
         .http2_keepalive_interval(Some(limits.keepalive))
