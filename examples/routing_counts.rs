@@ -12,7 +12,7 @@
 //! Arguments: `route_one|route_one_clock_moving|free_capacity LABS WAITING ITERATIONS` (for the
 //! route_one scenarios, WAITING is the number of requests routed before the count; the second
 //! moves the clock on as submissions arrive at 20,000 a second, as the criterion bench's
-//! `route_one_clock_moving` does). Without valgrind it prints the
+//! `route_one_live` does). Without valgrind it prints the
 //! set-up time, the mean wall time per operation and, for route_one, the mean on-CPU time (wall
 //! time less time spent waiting for a core on a shared machine).
 
