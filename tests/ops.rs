@@ -145,6 +145,36 @@ async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
 }
 
 #[tokio::test]
+async fn metrics_show_how_long_deciding_paused_to_copy_the_state_for_a_snapshot() {
+    let mut config = labaid::Config::demo().unwrap();
+    config.store.snapshot_min_bytes = 1;
+    let broker = TestBroker::spawn_with(config).await;
+    let (_, before) = http_get(broker.ops_addr, "/metrics").await;
+    assert_eq!(
+        sample(&before, "labaid_store_snapshot_copy_seconds_count"),
+        0.0
+    );
+    let trust = broker.client("RJ1").await;
+    // A snapshot is due once the journal since the last one outgrows that snapshot (the store
+    // writes one of the empty state when it starts), then taken at the next sync.
+    let mut copies = 0.0;
+    for i in 0..200 {
+        submit(
+            &trust,
+            submission(&format!("SNAP-{i}"), Priority::Urgent, broker.now()),
+        )
+        .await;
+        let (_, after) = http_get(broker.ops_addr, "/metrics").await;
+        copies = sample(&after, "labaid_store_snapshot_copy_seconds_count");
+        if copies >= 1.0 {
+            break;
+        }
+    }
+    assert!(copies >= 1.0, "no snapshot copy after 200 submissions");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn healthz_and_readyz_answer_for_load_balancers() {
     let broker = TestBroker::spawn().await;
     assert_eq!(http_get(broker.ops_addr, "/healthz").await.0, 200);

@@ -330,7 +330,7 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                 entries: std::mem::replace(&mut d.entries, std::mem::take(&mut spare_entries)),
                 replies: std::mem::replace(&mut d.replies, std::mem::take(&mut spare_replies)),
                 changes: Changes::capture(&d.router, &mut d.outcome),
-                state: snapshot_wanted.then(|| Box::new(d.router.state().clone())),
+                state: snapshot_wanted.then(|| copy_for_snapshot(&d.router, views)),
             }
         };
         let Taken {
@@ -364,6 +364,24 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
         tracing::error!(error = %err, "journal close failed; stopping");
         std::process::abort();
     }
+}
+
+/// Copies the state for a snapshot. Deciding waits for the copy (it is taken under the lock, so
+/// that it matches the journal's position), which grows with the live requests: the metric and
+/// the log show operators how long.
+fn copy_for_snapshot(router: &Router, views: &Views) -> Box<State> {
+    let started = std::time::Instant::now();
+    let state = Box::new(router.state().clone());
+    let paused = started.elapsed();
+    views
+        .metrics()
+        .store_snapshot_copy
+        .observe(paused.as_secs_f64());
+    tracing::info!(
+        ms = paused.as_millis() as u64,
+        "state copied for a snapshot"
+    );
+    state
 }
 
 /// Appends `entries` with one sync.

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub store_sync: Histogram,
     /// Commands per journal sync.
     pub store_batch: Histogram,
+    /// Seconds deciding paused while the state was copied for a snapshot.
+    pub store_snapshot_copy: Histogram,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -104,6 +106,14 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(1.0, 2.0, 10).unwrap_or_default()),
         ));
         must(registry.register(Box::new(store_batch.clone())));
+        let store_snapshot_copy = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "store_snapshot_copy_seconds",
+                "Time deciding paused while the state was copied for a snapshot.",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_5, 2.0, 14).unwrap_or_default()),
+        ));
+        must(registry.register(Box::new(store_snapshot_copy.clone())));
         Self {
             requests: gauge(
                 "requests",
@@ -187,6 +197,7 @@ impl Metrics {
             ),
             store_sync,
             store_batch,
+            store_snapshot_copy,
             registry,
         }
     }
