@@ -93,27 +93,28 @@ impl Metrics {
             h
         };
         let life = LIFE_BUCKETS.to_vec();
-        let store_sync = must(Histogram::with_opts(
-            HistogramOpts::new("store_sync_seconds", "Journal append and sync latency.")
-                .buckets(prometheus::exponential_buckets(0.000_025, 2.0, 16).unwrap_or_default()),
-        ));
-        must(registry.register(Box::new(store_sync.clone())));
-        let store_batch = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "store_batch_commands",
-                "Commands made durable per journal sync.",
-            )
-            .buckets(prometheus::exponential_buckets(1.0, 2.0, 10).unwrap_or_default()),
-        ));
-        must(registry.register(Box::new(store_batch.clone())));
-        let store_snapshot_copy = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "store_snapshot_copy_seconds",
-                "Time deciding paused while the state was copied for a snapshot.",
-            )
-            .buckets(prometheus::exponential_buckets(0.000_5, 2.0, 14).unwrap_or_default()),
-        ));
-        must(registry.register(Box::new(store_snapshot_copy.clone())));
+        let plain_hist = |name: &str, help: &str, buckets: prometheus::Result<Vec<f64>>| {
+            let h = must(Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets.unwrap_or_default()),
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
+        };
+        let store_sync = plain_hist(
+            "store_sync_seconds",
+            "Journal append and sync latency.",
+            prometheus::exponential_buckets(0.000_025, 2.0, 16),
+        );
+        let store_batch = plain_hist(
+            "store_batch_commands",
+            "Commands made durable per journal sync.",
+            prometheus::exponential_buckets(1.0, 2.0, 10),
+        );
+        let store_snapshot_copy = plain_hist(
+            "store_snapshot_copy_seconds",
+            "Time deciding paused while the state was copied for a snapshot.",
+            prometheus::exponential_buckets(0.000_5, 2.0, 14),
+        );
         Self {
             requests: gauge(
                 "requests",
