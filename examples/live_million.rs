@@ -16,7 +16,10 @@
 //!   killed with SIGKILL, so no snapshot is written), then from a snapshot (written by a clean
 //!   stop with SIGTERM after the last journal run);
 //! - VmRSS once ready, minus the VmRSS of the same broker ready on an empty data directory,
-//!   divided by COUNT.
+//!   divided by COUNT;
+//!
+//! and, after the fill, how long copying the state for a snapshot takes (three copies): the pause
+//! to deciding that the broker reports as `labaid_store_snapshot_copy_seconds`.
 //!
 //! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
 //! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling;
@@ -30,6 +33,10 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+/// The broker's allocator, so that copying the state costs here what it costs the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use labaid::config::Config;
 use labaid::domain::{NewRequest, OdsCode, Priority, RawSubmission, RequestId, Timestamp};
 use labaid::routing::{Command, Outcome};
@@ -395,6 +402,21 @@ fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
         router.request_count() - router.queue().len(),
         started.elapsed().as_secs_f64(),
         mib(bytes)
+    );
+    // The copy the broker's syncer makes of this state, under the decision lock, whenever a
+    // snapshot is due (its `labaid_store_snapshot_copy_seconds`), with the broker's allocator.
+    let copies: Vec<String> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let copy = router.state().clone();
+            let took = started.elapsed();
+            drop(copy);
+            format!("{:.2} s", took.as_secs_f64())
+        })
+        .collect();
+    println!(
+        "copying the state for a snapshot (deciding waits meanwhile): {}",
+        copies.join(", ")
     );
     Ok(())
 }
