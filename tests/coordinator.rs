@@ -99,6 +99,60 @@ async fn a_job_stranded_at_an_offline_lab_is_seen_and_reassigned_by_the_coordina
 }
 
 #[tokio::test]
+async fn a_reassigned_job_that_no_lab_can_take_still_expires_at_its_deadline() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    let mut trust_events = trust
+        .requests()
+        .watch_request_events(proto::WatchRequestEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Potassium keeps 4 h; collected 20 minutes ago.
+    let r = submit(
+        &trust,
+        submission("REASSIGN-EXP-1", Priority::Stat, broker.now()),
+    )
+    .await;
+    let lab = broker.client(&r.lab).await;
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    close_all_labs(&broker).await;
+    let moved = broker
+        .client("coordinator")
+        .await
+        .coordinator()
+        .reassign_job(proto::ReassignJobRequest {
+            id: r.id.clone(),
+            reason: "courier lost the box".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.state, RequestState::Queued as i32);
+
+    // Past the sample's deadline the trust must hear that it expired, so that it recollects.
+    broker.advance(std::time::Duration::from_secs(4 * 3600));
+    loop {
+        let e = next(&mut trust_events).await;
+        if e.kind == RequestEventKind::Expired as i32 {
+            assert_eq!(e.request.map(|r| r.id), Some(r.id.clone()));
+            break;
+        }
+    }
+    let after = trust
+        .requests()
+        .get_request(proto::GetRequestRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.state, RequestState::Expired as i32);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_overview_counts_waiting_requests_per_priority() {
     let broker = TestBroker::spawn().await;
     close_all_labs(&broker).await;

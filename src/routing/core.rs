@@ -961,9 +961,13 @@ impl Router {
                 reason.as_str()
             );
         });
+        // Sets the expiry the routing below goes by; no timer yet, as the job is still accepted.
         self.refresh_expiry(id);
         self.emit_lab(&lab, id, JobEventKind::Withdrawn, now, out);
         self.route_or_queue(id, now, out);
+        // Arms the expiry timer now that the request waits or is offered again: accepting had
+        // disarmed it, and without it a reassigned request would never expire.
+        self.refresh_expiry(id);
         self.route_waiting(&lab, now, out);
         Ok(self.reply(id))
     }

@@ -102,6 +102,9 @@ enum Op {
     Advance {
         minutes: i64,
     },
+    Reassign {
+        pick: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -117,6 +120,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize, 0..3usize, 0u32..4).prop_map(|(lab, test, capacity)| Op::Capacity { lab, test, capacity }),
         1 => (0..3usize, 0..3usize).prop_map(|(lab, status)| Op::Status { lab, status }),
         2 => (1i64..30).prop_map(|minutes| Op::Advance { minutes }),
+        1 => any::<usize>().prop_map(|pick| Op::Reassign { pick }),
     ]
 }
 
@@ -287,6 +291,27 @@ fn command(router: &Router, op: &Op, now: Timestamp, n: usize) -> Command {
             status: [LabStatus::Online, LabStatus::Draining, LabStatus::Offline][*status],
         },
         Op::Advance { .. } => Command::Tick,
+        Op::Reassign { pick: p } => {
+            // Mostly an accepted job, the only kind a coordinator can reassign.
+            let accepted: Vec<RequestId> = ids
+                .iter()
+                .copied()
+                .filter(|id| {
+                    router
+                        .request(id)
+                        .is_some_and(|r| r.state == RequestState::Accepted)
+                })
+                .collect();
+            let id = if accepted.is_empty() || p.is_multiple_of(10) {
+                pick(*p)
+            } else {
+                accepted[p % accepted.len()]
+            };
+            Command::Reassign {
+                id,
+                reason: BoundedText::parse("courier lost", 40).unwrap(),
+            }
+        }
     }
 }
 
