@@ -18,8 +18,10 @@
 //! - VmRSS once ready, minus the VmRSS of the same broker ready on an empty data directory,
 //!   divided by COUNT;
 //!
-//! and, after the fill, how long copying the state for a snapshot takes (three copies): the pause
-//! to deciding that the broker reports as `labaid_store_snapshot_copy_seconds`.
+//! and, after the fill, three times each: how long copying the state for a snapshot takes (the
+//! pause to deciding that the broker reports as `labaid_store_snapshot_copy_seconds`), how long
+//! the snapshot writer then takes to rebuild the indexes that copy leaves out (off the lock), and
+//! how long a copy of the whole state takes, as earlier builds made it.
 //!
 //! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
 //! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling;
@@ -404,19 +406,30 @@ fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
         mib(bytes)
     );
     // The copy the broker's syncer makes of this state, under the decision lock, whenever a
-    // snapshot is due (its `labaid_store_snapshot_copy_seconds`), with the broker's allocator.
-    let copies: Vec<String> = (0..3)
-        .map(|_| {
-            let started = Instant::now();
-            let copy = router.state().clone();
-            let took = started.elapsed();
-            drop(copy);
-            format!("{:.2} s", took.as_secs_f64())
-        })
-        .collect();
+    // snapshot is due (its `labaid_store_snapshot_copy_seconds`), with the broker's allocator;
+    // then the snapshot writer's rebuild of the indexes the copy leaves out, off the lock; and,
+    // for comparison in the same run, a copy of the whole state as earlier builds made it.
+    let secs = |d: std::time::Duration| format!("{:.2} s", d.as_secs_f64());
+    let (mut lean, mut rebuilt, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let started = Instant::now();
+        let copy = router.state().lean_copy();
+        lean.push(secs(started.elapsed()));
+        let started = Instant::now();
+        let state = copy.into_state();
+        rebuilt.push(secs(started.elapsed()));
+        drop(state);
+        let started = Instant::now();
+        let copy = router.state().clone();
+        whole.push(secs(started.elapsed()));
+        drop(copy);
+    }
     println!(
-        "copying the state for a snapshot (deciding waits meanwhile): {}",
-        copies.join(", ")
+        "copying the state for a snapshot (deciding waits meanwhile): {}; rebuilding its \
+         indexes on the snapshot writer: {}; copying the whole state (earlier builds): {}",
+        lean.join(", "),
+        rebuilt.join(", "),
+        whole.join(", ")
     );
     Ok(())
 }

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Notify, oneshot};
 
 use crate::domain::Timestamp;
 use crate::error::Error;
-use crate::routing::{Command, Outcome, Reply, Router, State};
+use crate::routing::{Command, LeanState, Outcome, Reply, Router};
 use crate::store::{Entry, Journal, Snapshot};
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
@@ -299,7 +299,7 @@ struct Taken {
     replies: Vec<Pending>,
     changes: Changes,
     /// The state after `entries`, when a snapshot is due.
-    state: Option<Box<State>>,
+    state: Option<Box<LeanState>>,
 }
 
 /// Makes decisions durable in order, one journal sync for everything decided while the previous
@@ -321,7 +321,7 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                     // requests a copy takes up to a second and a gigabyte.
                     break journal
                         .snapshot_due(true)
-                        .then(|| Box::new(d.router.state().clone()));
+                        .then(|| Box::new(d.router.state().lean_copy()));
                 }
                 d.syncer_parked = true;
                 drop(decided);
@@ -371,12 +371,12 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
 }
 
 /// Copies the state for a snapshot. Deciding waits for the copy (it is taken under the lock, so
-/// that it matches the journal's position), but not for encoding or I/O. The copy shares the
-/// requests (they are `Arc`s) yet still grows with them: the metric and the log show operators
-/// how long it took.
-fn copy_for_snapshot(router: &Router, views: &Views) -> Box<State> {
+/// that it matches the journal's position), but not for rebuilding its indexes, encoding or I/O.
+/// The copy shares the requests (they are `Arc`s) yet still grows with them: the metric and the
+/// log show operators how long it took.
+fn copy_for_snapshot(router: &Router, views: &Views) -> Box<LeanState> {
     let started = std::time::Instant::now();
-    let state = Box::new(router.state().clone());
+    let state = Box::new(router.state().lean_copy());
     let paused = started.elapsed();
     views
         .metrics()
@@ -405,7 +405,7 @@ fn append(journal: &mut dyn Journal, views: &Views, entries: &[Entry]) {
 }
 
 /// Hands the journal the state after the last durable decision.
-fn snapshot(state: State, views: &Views, journal: &mut dyn Journal) {
+fn snapshot(state: LeanState, views: &Views, journal: &mut dyn Journal) {
     let snapshot = Snapshot {
         state,
         events: views.all_events().into_values().flatten().collect(),

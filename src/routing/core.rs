@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{
     BoundedText, Catalogue, Exclusion, ExclusionReason, FailureReason, LabStatus, MINUTE_MS,
     NewRequest, Observation, OdsCode, OrderNumber, Priority, Request, RequestId, RequestState,
-    TestCode, Timestamp, Violations,
+    TestCode, TestSet, Timestamp, Violations,
 };
 use crate::error::Error;
 
@@ -229,6 +229,95 @@ impl State {
     pub fn requests_mut(&mut self) -> &mut FastMap<RequestId, Arc<Request>> {
         &mut self.requests
     }
+
+    /// A copy for a snapshot, without the indexes that the requests determine. Deciding waits
+    /// while a snapshot copies the state, and at a million live requests those indexes are three
+    /// quarters of the copy; the snapshot writer rebuilds them on its own thread.
+    pub fn lean_copy(&self) -> LeanState {
+        LeanState(State {
+            catalogue: self.catalogue.clone(),
+            leases: self.leases,
+            retention_ms: self.retention_ms,
+            trusts: self.trusts.clone(),
+            labs: self.labs.copy_without_open(),
+            requests: self.requests.clone(),
+            orders: HashMap::new(),
+            queue: WaitQueue::default(),
+            timers: BTreeSet::new(),
+            sequences: self.sequences.clone(),
+            next_ordinal: self.next_ordinal,
+            offers_made: self.offers_made,
+        })
+    }
+
+    /// Fills in, from the requests alone, the indexes a lean copy leaves out: order numbers, the
+    /// wait queue, the labs' open jobs and the timers. Each holds exactly what the commands that
+    /// built the state left in it (the routing property tests check this after every command).
+    fn rebuild_indexes(&mut self) {
+        let State {
+            retention_ms,
+            labs,
+            requests,
+            orders,
+            queue,
+            timers,
+            ..
+        } = self;
+        let mut armed = Vec::with_capacity(requests.len());
+        let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
+        orders.reserve(requests.len());
+        for r in requests.values() {
+            orders.insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
+            if matches!(r.state, RequestState::Queued | RequestState::Offered) {
+                armed.push((r.expire_at, TimerKind::Expiry, r.id));
+            }
+            match r.state {
+                RequestState::Queued => {
+                    waiting
+                        .entry((&r.trust, &r.submission.tests))
+                        .or_default()
+                        .push(queue_key(r));
+                }
+                RequestState::Offered | RequestState::Accepted | RequestState::Received => {
+                    if r.state == RequestState::Offered
+                        && let Some(lease) = r.lease_expires_at
+                    {
+                        armed.push((lease, TimerKind::Lease, r.id));
+                    }
+                    if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
+                        lab.open.insert(r.id);
+                    }
+                }
+                // Finishing is a request's last change: its purge is due a retention after it.
+                _ => armed.push((
+                    r.updated_at.plus_millis(*retention_ms),
+                    TimerKind::Purge,
+                    r.id,
+                )),
+            }
+        }
+        *queue = WaitQueue::from_groups(
+            waiting
+                .into_iter()
+                .map(|((trust, tests), keys)| ((trust.clone(), tests.clone()), keys)),
+        );
+        // Collected whole: the tree is then sorted and built in one pass, not by inserts.
+        *timers = armed.into_iter().collect();
+    }
+}
+
+/// The state as a snapshot copies it under the decision lock: everything but the indexes that
+/// the requests determine, which [`LeanState::into_state`] rebuilds off the lock.
+#[derive(Debug, Clone)]
+pub struct LeanState(State);
+
+impl LeanState {
+    /// The whole state, its indexes rebuilt from the requests.
+    pub fn into_state(self) -> State {
+        let mut state = self.0;
+        state.rebuild_indexes();
+        state
+    }
 }
 
 /// The core: state plus the routing policy.
@@ -380,7 +469,8 @@ impl Router {
 
     /// Applies a changed directory (catalogue, trusts, labs, leases, retention) to a recovered
     /// state: new labs start ONLINE; kept labs keep their status, work and live capacities (a
-    /// capacity the config file changed takes the new value); waiting requests are routed to
+    /// capacity the config file changed takes the new value); a new retention applies to every
+    /// finished request, counted from when it finished; waiting requests are routed to
     /// whatever now has room. Refused, changing nothing, when the change would strand work: a
     /// removed lab that holds jobs, a removed test that is in flight or requested, a removed
     /// trust with live requests.
@@ -459,7 +549,10 @@ impl Router {
         self.state.trusts = trusts.clone();
         self.state.labs = table;
         self.state.leases = new.leases;
-        self.state.retention_ms = new.retention_ms;
+        if self.state.retention_ms != new.retention_ms {
+            self.state.retention_ms = new.retention_ms;
+            self.rearm_purges();
+        }
         out.changed = true;
         out.labs.extend(codes.iter().cloned());
         let live: Vec<RequestId> = self
@@ -1319,6 +1412,23 @@ impl Router {
         ));
     }
 
+    /// Moves every purge to a retention after its request finished (a request's last change),
+    /// after the retention changed.
+    fn rearm_purges(&mut self) {
+        let retention = self.state.retention_ms;
+        self.state
+            .timers
+            .retain(|(_, kind, _)| *kind != TimerKind::Purge);
+        let purges: Vec<_> = self
+            .state
+            .requests
+            .values()
+            .filter(|r| r.state.is_final())
+            .map(|r| (r.updated_at.plus_millis(retention), TimerKind::Purge, r.id))
+            .collect();
+        self.state.timers.extend(purges);
+    }
+
     fn remove_timer(&mut self, id: &RequestId, kind: TimerKind) {
         let r = &self.state.requests[id];
         let at = match kind {
@@ -1460,15 +1570,16 @@ fn next_sequence(sequences: &mut FastMap<OdsCode, u64>, org: &OdsCode) -> u64 {
 }
 
 fn queue_entry(r: &Request) -> (GroupKey, QueueKey) {
-    (
-        (r.trust.clone(), r.submission.tests.clone()),
-        QueueKey {
-            priority: Reverse(r.submission.priority),
-            deadline: r.deadline,
-            ordinal: r.ordinal,
-            id: r.id,
-        },
-    )
+    ((r.trust.clone(), r.submission.tests.clone()), queue_key(r))
+}
+
+fn queue_key(r: &Request) -> QueueKey {
+    QueueKey {
+        priority: Reverse(r.submission.priority),
+        deadline: r.deadline,
+        ordinal: r.ordinal,
+        id: r.id,
+    }
 }
 
 fn not_found(what: &str, id: &RequestId) -> Error {

@@ -277,6 +277,27 @@ impl Labs {
         reach
     }
 
+    /// A copy without the labs' open jobs, which the requests determine (see
+    /// [`crate::routing::LeanState`]); the reach cache starts empty.
+    pub(crate) fn copy_without_open(&self) -> Self {
+        Self {
+            labs: self
+                .labs
+                .iter()
+                .map(|lab| LabState {
+                    config: lab.config.clone(),
+                    status: lab.status,
+                    slots: lab.slots.clone(),
+                    open: BTreeSet::new(),
+                    last_offer: lab.last_offer,
+                })
+                .collect(),
+            index: self.index.clone(),
+            by_test: self.by_test.clone(),
+            reach: ReachCache::default(),
+        }
+    }
+
     /// Number of labs.
     pub fn len(&self) -> usize {
         self.labs.len()

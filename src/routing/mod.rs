@@ -12,7 +12,9 @@ mod queue;
 #[cfg(test)]
 mod proptests;
 
-pub use core::{Command, Leases, Outcome, Reply, Router, State, TimerKind, human_duration};
+pub use core::{
+    Command, LeanState, Leases, Outcome, Reply, Router, State, TimerKind, human_duration,
+};
 pub use event::{Event, EventKind, JobEventKind, TrustEventKind};
 pub use fasthash::{FastHash, FastHasher, FastMap};
 pub use labs::{LabConfig, LabState, Labs, Slot};

@@ -455,6 +455,8 @@ proptest! {
             }
             submitted.retain(|id| router.request(id).is_some() || !out.purged.contains(id));
             check(&router, &before, &out, now, &submitted);
+            // A snapshot's copy leaves out the indexes; rebuilt, they are exactly the live ones.
+            prop_assert!(router.state().lean_copy().into_state() == *router.state());
             for e in &out.events {
                 if let EventKind::Lab(k) = e.kind {
                     *seen.entry(format!("{k:?}")).or_insert(0usize) += 1;

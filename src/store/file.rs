@@ -786,7 +786,7 @@ impl Writer {
                         &dir,
                         job.lsn,
                         &directory,
-                        job.snapshot.state,
+                        job.snapshot.state.into_state(),
                         &job.snapshot.events,
                     )
                     .and_then(|size| remove_obsolete(&dir, job.lsn).map(|()| size));

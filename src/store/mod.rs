@@ -23,7 +23,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Timestamp;
-use crate::routing::{Command, Event, State};
+use crate::routing::{Command, Event, LeanState};
 
 pub use directory::Directory;
 pub use file::FileJournal;
@@ -43,8 +43,8 @@ pub struct Entry {
 /// The core's state and the read views' retained events at a batch boundary.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The core's state.
-    pub state: State,
+    /// The core's state, as copied under the decision lock (the writer rebuilds its indexes).
+    pub state: LeanState,
     /// Every retained event, in sequence order within each organisation.
     pub events: Vec<Event>,
 }

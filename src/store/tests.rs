@@ -12,7 +12,7 @@ use crate::domain::{
     BoundedText, LabStatus, MINUTE_MS, NewRequest, Observation, ObservationFlag, OdsCode, Priority,
     RawSubmission, Request, RequestId, TestCode,
 };
-use crate::routing::{LabState, Outcome, QueueKey, Reply, Router};
+use crate::routing::{LabState, Outcome, QueueKey, Reply, Router, State};
 
 const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
 
@@ -135,7 +135,7 @@ impl Driver {
     fn snapshot(&mut self) {
         self.journal
             .snapshot(Snapshot {
-                state: self.router.state().clone(),
+                state: self.router.state().lean_copy(),
                 events: self.events.clone(),
             })
             .expect("snapshot");
@@ -462,6 +462,35 @@ fn a_changed_directory_is_applied_and_pinned_by_a_snapshot() {
         .expect("a snapshot");
     let snapshot = super::file::read_snapshot(&newest).expect("snapshot");
     assert!(snapshot.directory.differences(&other).is_empty());
+}
+
+#[test]
+fn a_new_retention_applies_to_requests_already_finished() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    let replies = d.batch(T0, vec![submit(&d.router, "RJ1", 1, Priority::Urgent, T0)]);
+    let (_, id) = job(&replies[0]);
+    let cancelled_at = T0.plus_millis(1_000);
+    d.batch(
+        cancelled_at,
+        vec![Command::Cancel {
+            trust: ods("RJ1"),
+            id,
+            reason: BoundedText::default(),
+        }],
+    );
+    drop(d);
+    let mut shorter = directory();
+    shorter.retention_ms = 60_000;
+    let recovered = open(dir.path(), shorter, StoreOptions::default()).expect("applied");
+    assert_eq!(
+        recovered.router.next_timer(),
+        Some(cancelled_at.plus_millis(60_000)),
+        "the purge moved to the new retention"
+    );
+    // The timers still follow from the requests alone, as a snapshot's rebuild assumes.
+    let state = recovered.router.state();
+    assert!(state.lean_copy().into_state() == *state);
 }
 
 #[test]
