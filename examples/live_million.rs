@@ -409,7 +409,7 @@ fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
     // snapshot is due (its `labaid_store_snapshot_copy_seconds`), with the broker's allocator;
     // then the snapshot writer's rebuild of the indexes the copy leaves out, off the lock; and,
     // for comparison in the same run, a copy of the whole state as earlier builds made it.
-    let secs = |d: std::time::Duration| format!("{:.2} s", d.as_secs_f64());
+    let secs = |d: std::time::Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     let (mut lean, mut rebuilt, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
