@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Notify, oneshot};
 
 use crate::domain::Timestamp;
 use crate::error::Error;
-use crate::routing::{Command, LeanState, Outcome, Reply, Router};
+use crate::routing::{Command, Outcome, Reply, Router, SnapshotState};
 use crate::store::{Entry, Journal, Snapshot};
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
@@ -299,7 +299,7 @@ struct Taken {
     replies: Vec<Pending>,
     changes: Changes,
     /// The state after `entries`, when a snapshot is due.
-    state: Option<Box<LeanState>>,
+    state: Option<Box<SnapshotState>>,
 }
 
 /// Makes decisions durable in order, one journal sync for everything decided while the previous
@@ -318,10 +318,11 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                 if shared.closing.load(Ordering::Acquire) {
                     d.closed = true;
                     // Copied only when a closing snapshot will be written: at a million live
-                    // requests a copy takes up to a second and a gigabyte.
+                    // requests a copy takes up to a second and a gigabyte. Whole, as nothing
+                    // more is decided: copying the indexes is quicker than rebuilding them.
                     break journal
                         .snapshot_due(true)
-                        .then(|| Box::new(d.router.state().lean_copy()));
+                        .then(|| Box::new(SnapshotState::whole(d.router.state().clone())));
                 }
                 d.syncer_parked = true;
                 drop(decided);
@@ -374,7 +375,7 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
 /// that it matches the journal's position), but not for rebuilding its indexes, encoding or I/O.
 /// The copy shares the requests (they are `Arc`s) yet still grows with them: the metric and the
 /// log show operators how long it took.
-fn copy_for_snapshot(router: &Router, views: &Views) -> Box<LeanState> {
+fn copy_for_snapshot(router: &Router, views: &Views) -> Box<SnapshotState> {
     let started = std::time::Instant::now();
     let state = Box::new(router.state().lean_copy());
     let paused = started.elapsed();
@@ -405,7 +406,7 @@ fn append(journal: &mut dyn Journal, views: &Views, entries: &[Entry]) {
 }
 
 /// Hands the journal the state after the last durable decision.
-fn snapshot(state: LeanState, views: &Views, journal: &mut dyn Journal) {
+fn snapshot(state: SnapshotState, views: &Views, journal: &mut dyn Journal) {
     let snapshot = Snapshot {
         state,
         events: views.all_events().into_values().flatten().collect(),

@@ -278,7 +278,7 @@ impl Labs {
     }
 
     /// A copy without the labs' open jobs, which the requests determine (see
-    /// [`crate::routing::LeanState`]); the reach cache starts empty.
+    /// [`crate::routing::SnapshotState`]); the reach cache starts empty.
     pub(crate) fn copy_without_open(&self) -> Self {
         Self {
             labs: self

@@ -13,7 +13,7 @@ mod queue;
 mod proptests;
 
 pub use core::{
-    Command, LeanState, Leases, Outcome, Reply, Router, State, TimerKind, human_duration,
+    Command, Leases, Outcome, Reply, Router, SnapshotState, State, TimerKind, human_duration,
 };
 pub use event::{Event, EventKind, JobEventKind, TrustEventKind};
 pub use fasthash::{FastHash, FastHasher, FastMap};

@@ -23,7 +23,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Timestamp;
-use crate::routing::{Command, Event, LeanState};
+use crate::routing::{Command, Event, SnapshotState};
 
 pub use directory::Directory;
 pub use file::FileJournal;
@@ -44,7 +44,7 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The core's state, as copied under the decision lock (the writer rebuilds its indexes).
-    pub state: LeanState,
+    pub state: SnapshotState,
     /// Every retained event, in sequence order within each organisation.
     pub events: Vec<Event>,
 }
