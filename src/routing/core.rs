@@ -292,12 +292,7 @@ impl State {
                         lab.open.insert(r.id);
                     }
                 }
-                // Finishing is a request's last change: its purge is due a retention after it.
-                _ => armed.push((
-                    r.updated_at.plus_millis(*retention_ms),
-                    TimerKind::Purge,
-                    r.id,
-                )),
+                _ => armed.push(purge_timer(r, *retention_ms)),
             }
         }
         *queue = WaitQueue::from_groups(
@@ -1422,16 +1417,16 @@ impl Router {
         }
     }
 
+    /// Arms the purge of a request that just became final (its `updated_at` is `now`).
     fn finish(&mut self, id: &RequestId, now: Timestamp) {
-        self.state.timers.insert((
-            now.plus_millis(self.state.retention_ms),
-            TimerKind::Purge,
-            *id,
-        ));
+        let r = &self.state.requests[id];
+        debug_assert_eq!(r.updated_at, now);
+        self.state
+            .timers
+            .insert(purge_timer(r, self.state.retention_ms));
     }
 
-    /// Moves every purge to a retention after its request finished (a request's last change),
-    /// after the retention changed.
+    /// Moves every purge to a retention after its request finished, after the retention changed.
     fn rearm_purges(&mut self) {
         let retention = self.state.retention_ms;
         self.state
@@ -1442,7 +1437,7 @@ impl Router {
             .requests
             .values()
             .filter(|r| r.state.is_final())
-            .map(|r| (r.updated_at.plus_millis(retention), TimerKind::Purge, r.id))
+            .map(|r| purge_timer(r, retention))
             .collect();
         self.state.timers.extend(purges);
     }
@@ -1585,6 +1580,15 @@ fn next_sequence(sequences: &mut FastMap<OdsCode, u64>, org: &OdsCode) -> u64 {
             1
         }
     }
+}
+
+/// The purge timer of a final request: a retention after it finished, which was its last change.
+fn purge_timer(r: &Request, retention_ms: i64) -> (Timestamp, TimerKind, RequestId) {
+    (
+        r.updated_at.plus_millis(retention_ms),
+        TimerKind::Purge,
+        r.id,
+    )
 }
 
 fn queue_entry(r: &Request) -> (GroupKey, QueueKey) {
