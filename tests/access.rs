@@ -213,12 +213,7 @@ async fn another_organisations_id_is_not_found_exactly_like_an_unknown_one() {
         .into_inner();
     assert!(jobs.jobs.is_empty());
     // And the request is untouched.
-    let still = rj1
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id })
-        .await
-        .unwrap()
-        .into_inner();
+    let still = get_request(&rj1, &r.id).await;
     assert_eq!(still.state, proto::RequestState::Offered as i32);
     broker.shutdown().await;
 }

@@ -11,12 +11,7 @@ use tonic::Code;
 async fn a_job_stranded_at_an_offline_lab_is_seen_and_reassigned_by_the_coordinator() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let mut trust_events = trust
-        .requests()
-        .watch_request_events(proto::WatchRequestEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut trust_events = watch_request_events(&trust).await;
     let r = submit(&trust, submission("STRAND-1", Priority::Stat, broker.now())).await;
     let lab = broker.client(&r.lab).await;
     let mut lab_events = lab
@@ -81,12 +76,7 @@ async fn a_job_stranded_at_an_offline_lab_is_seen_and_reassigned_by_the_coordina
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("reassigned"), "{}", err.message());
-    let now = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = get_request(&trust, &r.id).await;
     assert_eq!(now.lab, moved.lab);
     let overview = coord
         .get_overview(proto::GetOverviewRequest {})
@@ -102,12 +92,7 @@ async fn a_job_stranded_at_an_offline_lab_is_seen_and_reassigned_by_the_coordina
 async fn a_reassigned_job_that_no_lab_can_take_still_expires_at_its_deadline() {
     let broker = TestBroker::spawn().await;
     let trust = broker.client("RJ1").await;
-    let mut trust_events = trust
-        .requests()
-        .watch_request_events(proto::WatchRequestEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut trust_events = watch_request_events(&trust).await;
     // Potassium keeps 4 h; collected 20 minutes ago.
     let r = submit(
         &trust,
@@ -142,12 +127,7 @@ async fn a_reassigned_job_that_no_lab_can_take_still_expires_at_its_deadline() {
             break;
         }
     }
-    let after = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = get_request(&trust, &r.id).await;
     assert_eq!(after.state, RequestState::Expired as i32);
     broker.shutdown().await;
 }

@@ -631,12 +631,7 @@ async fn exercised_metrics() -> String {
         })
         .await
         .unwrap();
-    let r = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = get_request(&trust, &r.id).await;
     assert_eq!(r.state, proto::RequestState::Offered as i32, "routed again");
     let lab = broker.client(&r.lab).await;
     broker.advance(std::time::Duration::from_secs(30));

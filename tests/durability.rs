@@ -773,14 +773,7 @@ async fn an_open_offer_keeps_its_lease_across_a_restart_and_is_routed_again_once
         "the lab's sequence carries on from before the restart"
     );
     let trust = broker.client("RJ1").await;
-    let rerouted = trust
-        .requests()
-        .get_request(proto::GetRequestRequest {
-            id: offered.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let rerouted = common::get_request(&trust, &offered.id).await;
     assert_eq!(rerouted.state, RequestState::Offered as i32);
     assert_ne!(rerouted.lab, lab);
     assert_eq!(clock.now(), t0.plus_minutes(3));
@@ -827,14 +820,7 @@ async fn a_lab_added_to_the_directory_takes_waiting_work_after_a_restart() {
     let full = config_in(data.path());
     let broker = common::TestBroker::spawn_with(full.clone()).await;
     let trust = broker.client("RJ1").await;
-    let now = trust
-        .requests()
-        .get_request(proto::GetRequestRequest {
-            id: waiting.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let now = common::get_request(&trust, &waiting.id).await;
     assert_eq!(
         now.state,
         RequestState::Offered as i32,

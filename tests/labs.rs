@@ -104,12 +104,7 @@ async fn a_request_goes_from_submission_to_result_and_the_trust_sees_it() {
         .map(|s| s as i32)
     );
     assert_eq!(kinds[3], RequestEventKind::Resulted as i32);
-    let seen = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let seen = get_request(&trust, &r.id).await;
     assert_eq!(seen.results[0].value, "6.9");
 
     let jobs = lab
@@ -258,12 +253,7 @@ async fn failing_a_job_tells_the_trust_to_recollect_and_frees_capacity() {
         .unwrap()
         .into_inner();
     assert_eq!(failed.state, RequestState::Failed as i32);
-    let seen = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let seen = get_request(&trust, &r.id).await;
     assert_eq!(seen.failure_reason, proto::FailureReason::Haemolysed as i32);
     assert!(seen.status_detail.contains("recollect"));
     let after = lab
@@ -473,12 +463,7 @@ async fn a_lab_silent_past_its_heartbeat_timeout_goes_offline_and_its_offers_mov
         .unwrap()
         .into_inner();
     let trust = broker.client("RJ1").await;
-    let mut events = trust
-        .requests()
-        .watch_request_events(proto::WatchRequestEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_request_events(&trust).await;
     let r = submit(&trust, submission("HB-1", Priority::Routine, broker.now())).await;
     assert_eq!(r.lab, "R1H");
     next(&mut events).await;

@@ -235,12 +235,7 @@ async fn a_request_submitted_during_shutdown_is_kept_or_refused_never_lost() {
             outcomes
         }));
     }
-    let mut events = trust
-        .requests()
-        .watch_request_events(proto::WatchRequestEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_request_events(&trust).await;
     for _ in 0..20 {
         next(&mut events).await;
     }

@@ -21,12 +21,7 @@ async fn a_submitted_request_is_offered_to_the_earliest_lab_and_readable_by_its_
     assert_eq!(r.state, RequestState::Offered as i32);
     // K at RJ1: R1H is 25 min away (the nearest), turnaround 45 min.
     assert_eq!(r.lab, "R1H");
-    let got = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_request(&trust, &r.id).await;
     assert_eq!(got.id, r.id);
     assert_eq!(got.patient.unwrap().nhs_number, "9434765919");
     broker.shutdown().await;

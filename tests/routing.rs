@@ -123,12 +123,7 @@ async fn a_lab_that_cannot_finish_before_the_deadline_is_not_offered_the_request
         })
         .await
         .unwrap();
-    let after = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = get_request(&trust, &r.id).await;
     assert_eq!(
         after.state,
         RequestState::Expired as i32,
@@ -163,12 +158,7 @@ async fn decline_routes_to_the_next_lab_and_never_back() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
-        let now = trust
-            .requests()
-            .get_request(proto::GetRequestRequest { id: r.id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let now = get_request(&trust, &r.id).await;
         lab_code = now.lab.clone();
         if now.state == RequestState::Queued as i32 {
             break;
@@ -214,12 +204,7 @@ async fn offer_lease_expiry_routes_to_the_next_lab() {
     broker.advance(Duration::from_secs(121));
     let expired = next_job_event(&mut first_offers, JobEventKind::LeaseExpired).await;
     assert_eq!(expired.job.unwrap().id, r.id);
-    let now = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = get_request(&trust, &r.id).await;
     assert_eq!(now.state, RequestState::Offered as i32);
     // RJ7 and RJ2 tie on 30 min; RJ2 (never offered, lower ODS after RJ7? no) — either way not R1H.
     assert_ne!(now.lab, "R1H");
@@ -254,12 +239,7 @@ async fn a_lab_going_offline_has_its_open_offers_routed_again() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.offers_withdrawn, 1);
-    let now = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = get_request(&trust, &r.id).await;
     assert_eq!(now.state, RequestState::Offered as i32);
     assert_ne!(now.lab, "R1H");
     // Back online, it gets new work again.
@@ -293,12 +273,7 @@ async fn waiting_requests_are_routed_when_capacity_frees() {
     assert_eq!(b.state, RequestState::Queued as i32);
     // Work A through to a result; B is offered as soon as A's capacity frees.
     accept_and_receive(&lab, &a.id).await;
-    let b_now = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: b.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let b_now = get_request(&trust, &b.id).await;
     assert_eq!(b_now.state, RequestState::Queued as i32);
     lab.labs()
         .post_results(proto::PostResultsRequest {
@@ -313,12 +288,7 @@ async fn waiting_requests_are_routed_when_capacity_frees() {
         })
         .await
         .unwrap();
-    let b_now = trust
-        .requests()
-        .get_request(proto::GetRequestRequest { id: b.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let b_now = get_request(&trust, &b.id).await;
     assert_eq!(b_now.state, RequestState::Offered as i32);
     assert_eq!(b_now.lab, "RJ7");
     broker.shutdown().await;

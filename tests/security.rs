@@ -631,12 +631,7 @@ const BIRTH: &str = "1961-07-23";
 /// A request's whole life, plus a cancellation and some refused calls; returns the request ids.
 async fn walkthrough(broker: &TestBroker) -> Vec<String> {
     let trust = broker.client("RJ1").await;
-    let mut events = trust
-        .requests()
-        .watch_request_events(proto::WatchRequestEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_request_events(&trust).await;
     let mut sub = submission("WALK-1", Priority::Stat, broker.now());
     sub.patient = Some(proto::Patient {
         nhs_number: NHS.into(),

@@ -73,12 +73,7 @@ async fn each_organisation_sees_only_its_own_events() {
     let broker = TestBroker::spawn().await;
     let rj1 = broker.client("RJ1").await;
     let rjz = broker.client("RJZ").await;
-    let mut rjz_stream = rjz
-        .requests()
-        .watch_request_events(proto::WatchRequestEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut rjz_stream = watch_request_events(&rjz).await;
     rj1.requests()
         .submit_request(submission("MINE-1", Priority::Urgent, broker.now()))
         .await

@@ -174,6 +174,26 @@ pub async fn submit(client: &Client, request: proto::SubmitRequestRequest) -> pr
         .expect("request")
 }
 
+/// A request as its trust sees it now; the call must succeed.
+pub async fn get_request(trust: &Client, id: &str) -> proto::Request {
+    trust
+        .requests()
+        .get_request(proto::GetRequestRequest { id: id.to_string() })
+        .await
+        .expect("get request")
+        .into_inner()
+}
+
+/// The trust's request events from the start of its history.
+pub async fn watch_request_events(trust: &Client) -> Streaming<proto::RequestEvent> {
+    trust
+        .requests()
+        .watch_request_events(proto::WatchRequestEventsRequest::default())
+        .await
+        .expect("watch request events")
+        .into_inner()
+}
+
 /// The lab accepts the job and receives its sample; both must succeed.
 pub async fn accept_and_receive(lab: &Client, id: &str) {
     lab.labs()
