@@ -79,6 +79,11 @@ impl RequestState {
         Self::Cancelled,
     ];
 
+    /// True for QUEUED and OFFERED: no lab has taken the sample on, so it may still expire.
+    pub fn can_expire(self) -> bool {
+        matches!(self, Self::Queued | Self::Offered)
+    }
+
     /// True for RESULTED, FAILED, EXPIRED and CANCELLED.
     pub fn is_final(self) -> bool {
         matches!(

@@ -272,7 +272,7 @@ impl State {
         orders.reserve(requests.len());
         for r in requests.values() {
             orders.insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
-            if matches!(r.state, RequestState::Queued | RequestState::Offered) {
+            if r.state.can_expire() {
                 armed.push((r.expire_at, TimerKind::Expiry, r.id));
             }
             match r.state {
@@ -572,7 +572,7 @@ impl Router {
             .state
             .requests
             .values()
-            .filter(|r| matches!(r.state, RequestState::Queued | RequestState::Offered))
+            .filter(|r| r.state.can_expire())
             .map(|r| r.id)
             .collect();
         for id in &live {
@@ -1092,11 +1092,7 @@ impl Router {
                 TimerKind::Lease if r.state == RequestState::Offered => {
                     self.lease_expired(&id, now, out)
                 }
-                TimerKind::Expiry
-                    if matches!(r.state, RequestState::Queued | RequestState::Offered) =>
-                {
-                    self.expire(&id, now, out)
-                }
+                TimerKind::Expiry if r.state.can_expire() => self.expire(&id, now, out),
                 TimerKind::Purge if r.state.is_final() => self.purge(&id, out),
                 _ => {}
             }
@@ -1399,7 +1395,7 @@ impl Router {
             None => r.submitted_at,
         };
         let old = r.expire_at;
-        let live = matches!(r.state, RequestState::Queued | RequestState::Offered);
+        let live = r.state.can_expire();
         if armed {
             self.state.timers.remove(&(old, TimerKind::Expiry, *id));
         }
