@@ -57,6 +57,8 @@ const TESTS: [&str; 11] = [
 const BATCH: usize = 512;
 
 fn main() -> anyhow::Result<()> {
+    // As the broker does, so that filling and copying the state cost here what they cost there.
+    labaid::memory::disable_transparent_huge_pages()?;
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

@@ -12,6 +12,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod memory;
 pub mod ops;
 pub mod routing;
 pub mod server;

@@ -88,6 +88,10 @@ fn duration(raw: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // As the broker does, for itself and the null service (a child of this process).
+    if let Err(e) = labaid::memory::disable_transparent_huge_pages() {
+        eprintln!("labaid-bench: cannot turn transparent huge pages off: {e}");
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -120,11 +120,15 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    let huge_pages_off = labaid::memory::disable_transparent_huge_pages();
     let args = Args::parse();
     telemetry::init(match args.log_format {
         Format::Text => LogFormat::Text,
         Format::Json => LogFormat::Json,
     });
+    if let Err(err) = huge_pages_off {
+        tracing::warn!(error = %err, "cannot turn transparent huge pages off");
+    }
     // Exit codes: 0 fine; 1 a failure (for `audit`, a broken chain); 2 an audit log unreadable.
     let failure = if matches!(args.command, Some(Command::Audit(_))) {
         2
