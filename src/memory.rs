@@ -5,9 +5,9 @@
 /// mimalloc asks the kernel for huge pages. A fault on a fresh one then zeroes 2 MiB while a call
 /// waits, and memory mimalloc returns and takes back is zeroed again 2 MiB at a time. The
 /// broker's heap grows and shrinks by small requests and messages, so those faults come in the
-/// middle of calls: with huge pages off, dispatches ran 15 % faster with a third off their p99,
-/// and restarts at a million live requests were no slower (BENCHMARKS.md). Called first thing in
-/// `main`, before the runtime's threads start.
+/// middle of calls. With huge pages off, the p99 of durable submissions was lower in each of six
+/// paired runs, throughput moved within the noise, and restarts at a million live requests were
+/// no slower (BENCHMARKS.md). Called first thing in `main`, before the runtime's threads start.
 pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     rustix::thread::disable_transparent_huge_pages(true)?;
