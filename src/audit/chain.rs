@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -258,27 +259,72 @@ fn walk(
     Ok(None)
 }
 
-/// The last entry of a log that is being reopened: the chain continues from it.
+/// Bytes read at a time when a log is read from its end.
+const TAIL_BLOCK: usize = 64 * 1024;
+
+/// The last entry of a log that is being reopened: the chain continues from it. Read from the
+/// end, a block at a time: the log only grows (an entry per audited call, about a gigabyte per
+/// four million), and reopening it must not cost time or memory in proportion. A line that is
+/// not an entry is passed over, as a reader from the start would.
 pub(crate) fn last_entry(path: &Path) -> Result<Option<AuditEntry>, ReadError> {
+    last_entry_by_blocks(path, TAIL_BLOCK)
+}
+
+/// [`last_entry`], reading `block` bytes at a time (the tests cut lines across small blocks).
+pub(crate) fn last_entry_by_blocks(
+    path: &Path,
+    block: usize,
+) -> Result<Option<AuditEntry>, ReadError> {
+    let read_error = |source| ReadError {
+        path: path.display().to_string(),
+        source,
+    };
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(ReadError {
-                path: path.display().to_string(),
-                source,
-            });
-        }
+        Err(e) => return Err(read_error(e)),
     };
-    let mut last = None;
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(|source| ReadError {
-            path: path.display().to_string(),
-            source,
-        })?;
-        if let Ok(e) = serde_json::from_str::<AuditEntry>(&line) {
-            last = Some(e);
+    let mut end = file.metadata().map_err(read_error)?.len();
+    // The start of a line cut by the block boundary, to be completed by the block before.
+    let mut cut = Vec::new();
+    let mut buf = vec![0; block];
+    loop {
+        let start = end.saturating_sub(block as u64);
+        let n = (end - start) as usize;
+        file.read_exact_at(&mut buf[..n], start)
+            .map_err(read_error)?;
+        let mut bytes = Vec::with_capacity(n + cut.len());
+        bytes.extend_from_slice(&buf[..n]);
+        bytes.append(&mut cut);
+        let mut line_end = bytes.len();
+        while let Some(newline) = bytes[..line_end].iter().rposition(|&b| b == b'\n') {
+            if let Ok(entry) = serde_json::from_slice(&bytes[newline + 1..line_end]) {
+                return Ok(Some(entry));
+            }
+            line_end = newline;
         }
+        if start == 0 {
+            return Ok(serde_json::from_slice(&bytes[..line_end]).ok());
+        }
+        bytes.truncate(line_end);
+        cut = bytes;
+        end = start;
     }
-    Ok(last)
+}
+
+/// Where the log's last whole line ends (0 if it has none): anything after it is an entry whose
+/// write was cut short. Read from the end, like [`last_entry`].
+pub(crate) fn end_of_last_line(file: &fs::File) -> std::io::Result<u64> {
+    let mut end = file.metadata()?.len();
+    let mut buf = vec![0; TAIL_BLOCK];
+    while end > 0 {
+        let start = end.saturating_sub(TAIL_BLOCK as u64);
+        let n = (end - start) as usize;
+        file.read_exact_at(&mut buf[..n], start)?;
+        if let Some(newline) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            return Ok(start + newline as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }

@@ -212,20 +212,22 @@ impl AuditWriter {
 
 /// Drops a partial last line left by a crash mid-write: it was never complete, so never counted.
 fn drop_torn_tail(path: &Path) -> Result<(), Error> {
-    let Ok(bytes) = fs::read(path) else {
+    let Ok(file) = fs::File::open(path) else {
         return Ok(());
     };
-    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    if keep < bytes.len() {
+    let (keep, len) = chain::end_of_last_line(&file)
+        .and_then(|keep| Ok((keep, file.metadata()?.len())))
+        .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
+    if keep < len {
         tracing::warn!(
             path = %path.display(),
-            dropped_bytes = bytes.len() - keep,
+            dropped_bytes = len - keep,
             "audit log ends in a partial entry from an interrupted write; dropping it"
         );
         fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .and_then(|f| f.set_len(keep as u64))
+            .and_then(|f| f.set_len(keep))
             .map_err(|e| Error::Internal(format!("cannot repair {}: {e}", path.display())))?;
     }
     Ok(())
@@ -405,5 +407,55 @@ mod tests {
             verify(&path).unwrap(),
             Verdict::Intact { entries: 3, .. }
         ));
+    }
+
+    #[test]
+    fn a_torn_tail_longer_than_a_read_block_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        log_some(dir.path(), 2);
+        let path = dir.path().join(AUDIT_FILE);
+        let whole = fs::metadata(&path).unwrap().len();
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&vec![b'x'; 200_000]).unwrap();
+        drop(f);
+        drop_torn_tail(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
+        log_some(dir.path(), 1);
+        assert!(matches!(
+            verify(&path).unwrap(),
+            Verdict::Intact { entries: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn the_last_entry_is_read_from_the_end_whatever_the_block_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_FILE);
+        assert_eq!(chain::last_entry(&path).unwrap(), None);
+        log_some(dir.path(), 5);
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let last: AuditEntry = serde_json::from_str(lines[4]).unwrap();
+        assert_eq!(last.seq, 5);
+        let n = lines[4].len();
+        // Blocks smaller than a line, about a line, and larger than the whole log.
+        let blocks = [1, 7, n - 1, n, n + 1, n + 2, 4096, 1 << 20];
+        let found =
+            |path: &Path| blocks.map(|block| chain::last_entry_by_blocks(path, block).unwrap());
+        assert_eq!(found(&path), blocks.map(|_| Some(last.clone())));
+
+        // Lines that are not entries after it (a write cut short, damage) are passed over.
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":6,\"ti\nnot an entry\n\n{\"seq\":7")
+            .unwrap();
+        drop(f);
+        assert_eq!(found(&path), blocks.map(|_| Some(last.clone())));
+
+        // The first line is found with no newline before it, and without one after it.
+        let first: AuditEntry = serde_json::from_str(lines[0]).unwrap();
+        fs::write(&path, lines[0]).unwrap();
+        assert_eq!(found(&path), blocks.map(|_| Some(first.clone())));
+        fs::write(&path, "not an entry\n").unwrap();
+        assert_eq!(found(&path), blocks.map(|_| None));
     }
 }
