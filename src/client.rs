@@ -10,6 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
+use crate::proto;
 use crate::proto::coordinator_service_client::CoordinatorServiceClient;
 use crate::proto::directory_service_client::DirectoryServiceClient;
 use crate::proto::lab_service_client::LabServiceClient;
@@ -200,5 +201,108 @@ impl Client {
     /// The underlying channel (for health and reflection clients).
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// This trust's requests, newest first, in these states and priorities (empty for all), at
+    /// most `limit` (0 means 100). Follows the broker's pages: with filters a page may come back
+    /// short, even empty, while more follow.
+    pub async fn list_requests(
+        &self,
+        states: &[proto::RequestState],
+        priorities: &[proto::Priority],
+        limit: u32,
+    ) -> Result<Vec<proto::Request>, Status> {
+        collect_pages(limit, |page_size, page_token| {
+            let mut client = self.requests();
+            let request = proto::ListRequestsRequest {
+                states: states.iter().map(|s| *s as i32).collect(),
+                priorities: priorities.iter().map(|p| *p as i32).collect(),
+                page_size,
+                page_token,
+            };
+            async move {
+                let page = client.list_requests(request).await?.into_inner();
+                Ok((page.requests, page.next_page_token))
+            }
+        })
+        .await
+    }
+
+    /// This lab's jobs, newest first, like [`Client::list_requests`].
+    pub async fn list_jobs(
+        &self,
+        states: &[proto::RequestState],
+        priorities: &[proto::Priority],
+        limit: u32,
+    ) -> Result<Vec<proto::Job>, Status> {
+        collect_pages(limit, |page_size, page_token| {
+            let mut client = self.labs();
+            let request = proto::ListJobsRequest {
+                states: states.iter().map(|s| *s as i32).collect(),
+                priorities: priorities.iter().map(|p| *p as i32).collect(),
+                page_size,
+                page_token,
+            };
+            async move {
+                let page = client.list_jobs(request).await?.into_inner();
+                Ok((page.jobs, page.next_page_token))
+            }
+        })
+        .await
+    }
+}
+
+/// Asks for pages (the size still wanted, the token) until `limit` items (0 means 100, as the
+/// broker reads it) or the last page.
+async fn collect_pages<T, F, Fut>(limit: u32, mut page: F) -> Result<Vec<T>, Status>
+where
+    F: FnMut(u32, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let limit = if limit == 0 { 100 } else { limit };
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let wanted = limit.saturating_sub(u32::try_from(found.len()).unwrap_or(u32::MAX));
+        let (items, next) = page(wanted, token).await?;
+        found.extend(items);
+        if next.is_empty() || found.len() >= limit as usize {
+            found.truncate(limit as usize);
+            return Ok(found);
+        }
+        token = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `pages` in turn, recording what each call asked for.
+    async fn listing(limit: u32, pages: &[(&[u32], &str)]) -> (Vec<u32>, Vec<(u32, String)>) {
+        let mut asked = Vec::new();
+        let mut served = pages.iter();
+        let found = collect_pages(limit, |size, token| {
+            asked.push((size, token));
+            let (items, next) = served.next().expect("asked past the last page");
+            std::future::ready(Ok((items.to_vec(), next.to_string())))
+        })
+        .await
+        .expect("listed");
+        (found, asked)
+    }
+
+    #[tokio::test]
+    async fn pages_are_followed_through_short_and_empty_ones_until_the_limit() {
+        let pages: &[(&[u32], &str)] = &[(&[], "a"), (&[1], "b"), (&[], "c"), (&[2, 3], "d")];
+        let (found, asked) = listing(3, pages).await;
+        assert_eq!(found, [1, 2, 3]);
+        let want = [(3, ""), (3, "a"), (2, "b"), (2, "c")];
+        assert_eq!(asked, want.map(|(n, t)| (n, t.to_string())));
+
+        // The last page ends the listing, however short.
+        let (found, asked) = listing(0, &[(&[7], "x"), (&[], "")]).await;
+        assert_eq!((found, asked.len()), (vec![7], 2));
+        assert_eq!(asked[0].0, 100);
     }
 }

@@ -72,16 +72,23 @@ impl CoordinatorService for CoordinatorApi {
             .sum::<i64>();
         let mut stranded = Vec::new();
         for lab in labs.iter().filter(|l| l.status == LabStatus::Offline) {
-            let (jobs, _) = views.list(&lab.config.ods, None, usize::MAX, |r| {
-                r.is_job_of(&lab.config.ods) && r.state == RequestState::Accepted
-            });
-            stranded.extend(jobs.iter().map(|r| proto::StrandedJob {
-                id: r.id.to_string(),
-                trust: r.trust.to_string(),
-                lab: lab.config.ods.to_string(),
-                priority: priority_to(r.submission.priority) as i32,
-                tests: test_codes(r),
-            }));
+            let mut before = None;
+            loop {
+                let (jobs, next) = views.list(&lab.config.ods, before, usize::MAX, |r| {
+                    r.is_job_of(&lab.config.ods) && r.state == RequestState::Accepted
+                });
+                stranded.extend(jobs.iter().map(|r| proto::StrandedJob {
+                    id: r.id.to_string(),
+                    trust: r.trust.to_string(),
+                    lab: lab.config.ods.to_string(),
+                    priority: priority_to(r.submission.priority) as i32,
+                    tests: test_codes(r),
+                }));
+                match next {
+                    Some(n) => before = Some(n),
+                    None => break,
+                }
+            }
         }
         Ok(Response::new(proto::Overview {
             queues,

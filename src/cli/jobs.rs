@@ -101,18 +101,12 @@ pub(crate) async fn run(ctx: &Ctx, command: JobsCommand) -> Result<(), CliError>
             limit,
         } => {
             let client = ctx.connect().await?;
-            let resp = client
-                .labs()
-                .list_jobs(proto::ListJobsRequest {
-                    states: status.iter().map(|s| *s as i32).collect(),
-                    priorities: priority.iter().map(|p| p.proto() as i32).collect(),
-                    page_size: limit,
-                    page_token: String::new(),
-                })
+            let priorities: Vec<_> = priority.iter().map(|p| p.proto()).collect();
+            let jobs = client
+                .list_jobs(&status, &priorities, limit)
                 .await
-                .map_err(fail)?
-                .into_inner();
-            print_list(out, &resp.jobs)
+                .map_err(fail)?;
+            print_list(out, &jobs)
         }
         JobsCommand::Show { id } => {
             let id = parse_id(&id)?;

@@ -120,18 +120,12 @@ pub(crate) async fn run(ctx: &Ctx, command: RequestsCommand) -> Result<(), CliEr
             limit,
         } => {
             let client = ctx.connect().await?;
-            let resp = client
-                .requests()
-                .list_requests(proto::ListRequestsRequest {
-                    states: status.iter().map(|s| *s as i32).collect(),
-                    priorities: priority.iter().map(|p| p.proto() as i32).collect(),
-                    page_size: limit,
-                    page_token: String::new(),
-                })
+            let priorities: Vec<_> = priority.iter().map(|p| p.proto()).collect();
+            let requests = client
+                .list_requests(&status, &priorities, limit)
                 .await
-                .map_err(fail)?
-                .into_inner();
-            print_list(out, &resp.requests)
+                .map_err(fail)?;
+            print_list(out, &requests)
         }
         RequestsCommand::Show { id } => {
             let id = parse_id(&id)?;

@@ -142,6 +142,9 @@ impl Changes {
     }
 }
 
+/// Most of an organisation's requests one listing call looks at (about a millisecond's work).
+const LIST_SCAN: usize = 10_000;
+
 /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
 type OrgLists = DashMap<OdsCode, BTreeMap<u64, RequestId>>;
 /// Waiting requests by priority and submission time.
@@ -408,7 +411,9 @@ impl Views {
 
     /// An organisation's requests (a trust's own, or a lab's jobs), newest first, starting below
     /// ordinal `before` (exclusive), that pass `keep`, at most `limit` of them. Also returns the
-    /// ordinal to continue from when more may follow.
+    /// ordinal to continue from when more may follow. Looks at no more than `LIST_SCAN` of the
+    /// organisation's requests per call, so a page may come back short, even empty, with more to
+    /// follow: a filter that matches few of a million requests costs each call a bounded time.
     pub fn list(
         &self,
         org: &OdsCode,
@@ -416,16 +421,34 @@ impl Views {
         limit: usize,
         keep: impl Fn(&Request) -> bool,
     ) -> (Vec<Arc<Request>>, Option<u64>) {
-        let Some(index) = self.by_org.get(org) else {
-            return (Vec::new(), None);
+        self.list_scanning(org, before, limit, LIST_SCAN, keep)
+    }
+
+    fn list_scanning(
+        &self,
+        org: &OdsCode,
+        before: Option<u64>,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&Request) -> bool,
+    ) -> (Vec<Arc<Request>>, Option<u64>) {
+        // Copied out, so that the index is not locked while requests are looked up and filtered:
+        // the syncer waits on that lock to add this organisation's next request.
+        let window: Vec<(u64, RequestId)> = match self.by_org.get(org) {
+            Some(index) => index
+                .range(..before.unwrap_or(u64::MAX))
+                .rev()
+                .take(scan.saturating_add(1))
+                .map(|(&ordinal, &id)| (ordinal, id))
+                .collect(),
+            None => return (Vec::new(), None),
         };
         let mut page = Vec::new();
-        let range = index.range(..before.unwrap_or(u64::MAX));
-        for (&ordinal, id) in range.rev() {
-            if page.len() == limit {
+        for (looked_at, &(ordinal, id)) in window.iter().enumerate() {
+            if page.len() == limit || looked_at == scan {
                 return (page, Some(ordinal + 1));
             }
-            if let Some(r) = self.requests.get(id)
+            if let Some(r) = self.requests.get(&id)
                 && keep(&r)
             {
                 page.push(r.clone());
@@ -459,5 +482,97 @@ impl Views {
             .iter()
             .map(|e| (e.key().clone(), e.value().all()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::{NewRequest, RawSubmission};
+    use crate::routing::Command;
+    use crate::store::Directory;
+
+    const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
+
+    /// Views of 40 requests from RJ1, every fifth one STAT, the rest ROUTINE.
+    fn views_of_forty() -> Views {
+        let mut router = Directory::from(&Config::demo().expect("demo config")).router();
+        let trust = OdsCode::parse("RJ1").expect("ods");
+        for i in 0..40 {
+            let raw = RawSubmission {
+                order_number: format!("ORD-{i}"),
+                nhs_number: "9434765919".into(),
+                family_name: "Testpatient".into(),
+                given_name: "Alex".into(),
+                birth_date: "1970-01-01".into(),
+                tests: vec!["K".into()],
+                priority: Some(if i % 5 == 0 {
+                    Priority::Stat
+                } else {
+                    Priority::Routine
+                }),
+                collected_at: Some(T0.plus_minutes(-20)),
+                clinical_note: String::new(),
+            };
+            let request = NewRequest::validate(&raw, router.catalogue(), T0).expect("valid");
+            let submit = Command::Submit {
+                trust: trust.clone(),
+                id: RequestId::new_random(),
+                request,
+            };
+            router
+                .apply(&submit, T0, &mut Outcome::default())
+                .expect("submitted");
+        }
+        Views::new(&router, 60_000, Arc::new(Metrics::new()))
+    }
+
+    /// Every page of a listing, following its tokens.
+    fn pages(
+        views: &Views,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&Request) -> bool,
+    ) -> Vec<Vec<String>> {
+        let org = OdsCode::parse("RJ1").expect("ods");
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let (page, next) = views.list_scanning(&org, before, limit, scan, &keep);
+            pages.push(
+                page.iter()
+                    .map(|r| r.submission.order_number.as_str().to_string())
+                    .collect(),
+            );
+            match next {
+                Some(n) => before = Some(n),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn a_filtered_listing_looks_at_a_bounded_number_per_call_and_misses_nothing() {
+        let views = views_of_forty();
+        let stat = |r: &Request| r.submission.priority == Priority::Stat;
+        let all_at_once = pages(&views, 100, 1_000, stat);
+        let expected: Vec<String> = (0..40)
+            .rev()
+            .filter(|i| i % 5 == 0)
+            .map(|i| format!("ORD-{i}"))
+            .collect();
+        assert_eq!(all_at_once, vec![expected.clone()]);
+
+        // Looking at 3 per call: 14 calls, most pages short or empty, the same requests in order.
+        let bounded = pages(&views, 100, 3, stat);
+        assert_eq!(bounded.len(), 14);
+        assert!(bounded.iter().any(Vec::is_empty));
+        assert_eq!(bounded.concat(), expected);
+
+        // A page fills before the bound: the next call carries on after its last request.
+        let small = pages(&views, 2, 1_000, stat);
+        assert_eq!(small.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 2]);
+        assert_eq!(small.concat(), expected);
     }
 }
