@@ -178,7 +178,7 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
     let capture = Instant::now();
     let snapshot = Snapshot {
         state: r.router.state().lean_copy(),
-        events: views.all_events().into_values().flatten().collect(),
+        events: views.retained_events(),
     };
     let pause = capture.elapsed();
     let mut journal = r.journal;

@@ -60,9 +60,14 @@ impl EventLog {
         history.range(start..).cloned().collect()
     }
 
-    /// Every retained event (for snapshots).
-    pub fn all(&self) -> Vec<Event> {
-        self.since(0)
+    fn len(&self) -> usize {
+        self.history.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Appends every retained event to `out` (for snapshots).
+    fn copy_into(&self, out: &mut Vec<Event>) {
+        let history = self.history.read().unwrap_or_else(|e| e.into_inner());
+        out.extend(history.iter().cloned());
     }
 
     fn prune_before(&self, cutoff: Timestamp) {
@@ -476,12 +481,15 @@ impl Views {
             .clone()
     }
 
-    /// Every retained event of every organisation (for snapshots).
-    pub fn all_events(&self) -> HashMap<OdsCode, Vec<Event>> {
-        self.events
-            .iter()
-            .map(|e| (e.key().clone(), e.value().all()))
-            .collect()
+    /// Every retained event of every organisation (for snapshots), in one vector sized once: only
+    /// the syncer changes the logs, and it is the caller.
+    pub fn retained_events(&self) -> Vec<Event> {
+        let logs: Vec<Arc<EventLog>> = self.events.iter().map(|e| e.value().clone()).collect();
+        let mut events = Vec::with_capacity(logs.iter().map(|log| log.len()).sum());
+        for log in &logs {
+            log.copy_into(&mut events);
+        }
+        events
     }
 }
 
