@@ -17,12 +17,17 @@ use tonic::Status;
 use crate::engine::EventLog;
 use crate::routing::Event;
 
+/// Retained events a watcher copies from the log at a time.
+const BACKLOG_PART: usize = 4096;
+
 /// One watcher's stream, polled by the connection that serves it: events are rendered and
 /// encoded where they are sent, with no task or channel of their own in between.
 pub struct EventStream<T> {
     log: Arc<EventLog>,
     /// Retained events still to send: the backlog at first, then a catch-up after lagging.
     pending: std::vec::IntoIter<Event>,
+    /// `pending` was a whole part: the retained log may hold more after it.
+    more_retained: bool,
     live: BroadcastStream<Event>,
     /// The sequence number of the last event sent (or skipped as not for this watcher).
     last: u64,
@@ -53,9 +58,10 @@ pub(crate) fn stream<T, G: Send + 'static>(
 ) -> EventStream<T> {
     // Subscribing takes the backlog and the live receiver at one instant, so nothing falls
     // between them.
-    let (backlog, live) = log.subscribe(after);
+    let (backlog, live) = log.subscribe(after, BACKLOG_PART);
     EventStream {
         log,
+        more_retained: backlog.len() == BACKLOG_PART,
         pending: backlog.into_iter(),
         live: BroadcastStream::new(live),
         last: after,
@@ -69,6 +75,14 @@ pub(crate) fn stream<T, G: Send + 'static>(
 }
 
 impl<T> EventStream<T> {
+    /// The next part of the retained log after the last event sent. Events published meanwhile
+    /// are in the log too, and the live channel's copies of them are skipped as already sent.
+    fn catch_up(&mut self) {
+        let part = self.log.since(self.last, BACKLOG_PART);
+        self.more_retained = part.len() == BACKLOG_PART;
+        self.pending = part.into_iter();
+    }
+
     /// The rendering of `event` if it is new to this watcher and meant for it.
     fn take(&mut self, event: &Event) -> Option<T> {
         if event.sequence <= self.last {
@@ -93,6 +107,10 @@ impl<T> Stream for EventStream<T> {
                     return Poll::Ready(Some(Ok(message)));
                 }
             }
+            if this.more_retained {
+                this.catch_up();
+                continue;
+            }
             if this.stopping.as_mut().poll(cx).is_ready() {
                 this.done = true;
                 return Poll::Ready(Some(Err(Status::unavailable(format!(
@@ -107,9 +125,7 @@ impl<T> Stream for EventStream<T> {
                     }
                 }
                 // Fell behind the live channel: catch up from the retained log.
-                Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
-                    this.pending = this.log.since(this.last).into_iter();
-                }
+                Some(Err(BroadcastStreamRecvError::Lagged(_))) => this.catch_up(),
                 None => {
                     this.done = true;
                     return Poll::Ready(None);
@@ -186,6 +202,45 @@ mod tests {
         publish(last + 1);
         assert!(matches!(poll_now(&mut stream), Poll::Ready(Some(Ok(s))) if s == last + 1));
         assert!(poll_now(&mut stream).is_pending());
+    }
+
+    #[test]
+    fn a_long_backlog_is_copied_a_part_at_a_time_with_nothing_missed_or_repeated() {
+        let log = Arc::new(EventLog::empty());
+        let template = an_event();
+        let publish = |sequence: u64| {
+            let mut event = template.clone();
+            event.sequence = sequence;
+            log.publish_for_tests(event);
+        };
+        let retained = 2 * BACKLOG_PART as u64 + 10;
+        for sequence in 1..=retained {
+            publish(sequence);
+        }
+        for after in [0, 5, BACKLOG_PART as u64, retained - 1] {
+            let (_stopping, shutdown) = signal::channel(false);
+            let mut stream = stream(log.clone(), after, (), shutdown, |e: &Event| {
+                Some(e.sequence)
+            });
+            let mut seen = Vec::new();
+            while let Poll::Ready(Some(item)) = poll_now(&mut stream) {
+                assert!(stream.pending.len() < BACKLOG_PART, "a part at a time");
+                seen.push(item.unwrap());
+                // Published while the backlog is read: sent once, after it.
+                if seen.len() == 3 {
+                    publish(retained + 1 + after);
+                }
+            }
+            // Every event the log holds after `after`, in order, each once: the backlog, the
+            // one published while it was read, and those published in earlier rounds.
+            let expected: Vec<u64> = log
+                .since(after, usize::MAX)
+                .iter()
+                .map(|e| e.sequence)
+                .collect();
+            assert_eq!(seen, expected, "from {after}");
+            assert_eq!(seen.last(), Some(&(retained + 1 + after)));
+        }
     }
 
     #[test]

@@ -42,22 +42,24 @@ impl EventLog {
         history.push_back(event);
     }
 
-    /// Events after `after`, and a receiver for every later one.
-    pub fn subscribe(&self, after: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
+    /// At most `limit` retained events after `after`, and a receiver for every later event.
+    pub fn subscribe(&self, after: u64, limit: usize) -> (Vec<Event>, broadcast::Receiver<Event>) {
         let history = self.history.read().unwrap_or_else(|e| e.into_inner());
         let rx = self.live.subscribe();
-        (Self::after(&history, after), rx)
+        (Self::after(&history, after, limit), rx)
     }
 
-    /// Retained events after `after` (to catch up after falling behind).
-    pub fn since(&self, after: u64) -> Vec<Event> {
+    /// At most `limit` retained events after `after`: a watcher reads its backlog a part at a
+    /// time, so that the syncer, which publishes under this lock, never waits for a copy of a
+    /// whole history (a million events for a large trust).
+    pub fn since(&self, after: u64, limit: usize) -> Vec<Event> {
         let history = self.history.read().unwrap_or_else(|e| e.into_inner());
-        Self::after(&history, after)
+        Self::after(&history, after, limit)
     }
 
-    fn after(history: &VecDeque<Event>, after: u64) -> Vec<Event> {
+    fn after(history: &VecDeque<Event>, after: u64, limit: usize) -> Vec<Event> {
         let start = history.partition_point(|e| e.sequence <= after);
-        history.range(start..).cloned().collect()
+        history.range(start..).take(limit).cloned().collect()
     }
 
     fn len(&self) -> usize {
