@@ -591,6 +591,49 @@ async fn json_output_parses_and_carries_what_the_tables_show() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_watch_ends_with_exit_0_once_its_reader_goes_away() {
+    let broker = TestBroker::spawn().await;
+    let cli = Cli::new(broker.url());
+    submit(&cli, "ORD-1").await;
+    let mut child = labctl_command(
+        &cli.addr,
+        Some("demo:RJ1"),
+        cli.home.path(),
+        &["requests", "watch", "-o", "json"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn labctl");
+    // As `labctl requests watch | head -1`: read one event, then close the pipe.
+    let stdout = child.stdout.take().expect("stdout");
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .expect("join")
+    .expect("read an event");
+    assert!(first.contains("\"sequence\""), "{first}");
+    // The next event finds no reader, and the watch ends instead of following for no one.
+    submit(&cli, "ORD-2").await;
+    let pid = child.id().to_string();
+    let waited = tokio::time::timeout(
+        LINE_TIMEOUT,
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await;
+    let Ok(status) = waited else {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        panic!("labctl went on watching with no reader");
+    };
+    assert_eq!(status.expect("join").expect("wait").code(), Some(0));
+    // Stopped before its data directory goes: the submissions just made leave a closing snapshot
+    // to write.
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_request_watch_whose_connection_drops_reconnects_and_misses_no_event() {
     let broker = TestBroker::spawn().await;
     let proxy = Proxy::start(broker.addr).await;

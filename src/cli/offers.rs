@@ -198,6 +198,10 @@ pub(crate) async fn run(ctx: &Ctx, command: OffersCommand) -> Result<(), CliErro
         ))
     };
     loop {
+        // Stdout's reader went away (`| head`): no one to watch for.
+        if out.closed() {
+            return Ok(());
+        }
         tokio::select! {
             () = &mut interrupted => return Ok(()),
             _ = tick.tick(), if live => redraw(&view)?,

@@ -2,6 +2,8 @@
 //! NO_COLOR), relative times, and the JSON form of every message labctl prints.
 
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 
@@ -52,6 +54,9 @@ pub(crate) struct Output {
     format: Format,
     color: bool,
     tty: bool,
+    /// Stdout's reader went away (`labctl ... watch | head -1`): a watch then has no one to
+    /// follow for, and ends.
+    closed: Arc<AtomicBool>,
 }
 
 impl Output {
@@ -63,6 +68,7 @@ impl Output {
             format,
             color: tty && !no_color && format == Format::Table,
             tty,
+            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -76,6 +82,11 @@ impl Output {
         self.tty
     }
 
+    /// True once a write found stdout's reader gone.
+    pub(crate) fn closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// `text` in `style`, when colour is on.
     pub(crate) fn paint(&self, text: &str, style: Style) -> String {
         if self.color && style != Style::Plain {
@@ -85,12 +96,16 @@ impl Output {
         }
     }
 
-    /// Writes `text` and a newline to stdout. A closed pipe (`labctl ... | head`) is not an error.
+    /// Writes `text` and a newline to stdout. A closed pipe (`labctl ... | head`) is not an error,
+    /// but is remembered (see [`Output::closed`]).
     pub(crate) fn line(&self, text: &str) -> Result<(), CliError> {
         let mut stdout = std::io::stdout().lock();
         match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             Err(e) => Err(CliError::Other(format!("cannot write the output: {e}"))),
         }
     }
@@ -466,6 +481,7 @@ mod tests {
             format: Format::Table,
             color: false,
             tty: false,
+            closed: Arc::default(),
         }
     }
 

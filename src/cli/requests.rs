@@ -245,7 +245,12 @@ async fn watch(ctx: &Ctx, after: u64) -> Result<(), CliError> {
             event = events.recv() => match event {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e),
-                Some(Ok(e)) => print_event(out, &e)?,
+                Some(Ok(e)) => {
+                    print_event(out, &e)?;
+                    if out.closed() {
+                        return Ok(());
+                    }
+                }
             },
         }
     }
