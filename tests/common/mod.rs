@@ -125,6 +125,27 @@ impl TestBroker {
     }
 }
 
+impl Drop for TestBroker {
+    /// Stops the broker (unless `shutdown` did), and removes its temporary data directory only
+    /// once the store has let go of it: a closing snapshot written into a removed directory
+    /// fails, and the store aborts the process on a failed snapshot, taking every other test in
+    /// it along. The store's lock is released when its journal closes; a thread waits for that,
+    /// so that dropping never blocks the test's runtime.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(dir) = self._data.take() {
+            std::thread::spawn(move || {
+                if let Ok(lock) = std::fs::File::open(dir.path().join("LOCK")) {
+                    let _ = lock.lock();
+                }
+                drop(dir);
+            });
+        }
+    }
+}
+
 pub fn ts(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.millis().div_euclid(1000),
