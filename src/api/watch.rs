@@ -170,6 +170,16 @@ mod tests {
         outcome.events.remove(0)
     }
 
+    /// Publishes copies of one real event under the sequence numbers it is given.
+    fn publisher(log: &EventLog) -> impl Fn(u64) + '_ {
+        let template = an_event();
+        move |sequence| {
+            let mut event = template.clone();
+            event.sequence = sequence;
+            log.publish_for_tests(event);
+        }
+    }
+
     fn poll_now<T>(stream: &mut EventStream<T>) -> Poll<Option<Result<T, Status>>> {
         Pin::new(stream).poll_next(&mut Context::from_waker(Waker::noop()))
     }
@@ -177,12 +187,7 @@ mod tests {
     #[test]
     fn a_watcher_that_lags_behind_the_live_channel_catches_up_with_nothing_missed_or_repeated() {
         let log = Arc::new(EventLog::empty());
-        let template = an_event();
-        let publish = |sequence: u64| {
-            let mut event = template.clone();
-            event.sequence = sequence;
-            log.publish_for_tests(event);
-        };
+        let publish = publisher(&log);
         for sequence in 1..=3 {
             publish(sequence);
         }
@@ -207,12 +212,7 @@ mod tests {
     #[test]
     fn a_long_backlog_is_copied_a_part_at_a_time_with_nothing_missed_or_repeated() {
         let log = Arc::new(EventLog::empty());
-        let template = an_event();
-        let publish = |sequence: u64| {
-            let mut event = template.clone();
-            event.sequence = sequence;
-            log.publish_for_tests(event);
-        };
+        let publish = publisher(&log);
         let retained = 2 * BACKLOG_PART as u64 + 10;
         for sequence in 1..=retained {
             publish(sequence);
