@@ -151,6 +151,8 @@ impl Changes {
 
 /// Most of an organisation's requests one listing call looks at (about a millisecond's work).
 const LIST_SCAN: usize = 10_000;
+/// Index entries copied out of the lock at a time while listing.
+const LIST_RUN: usize = 1024;
 
 /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
 type OrgLists = DashMap<OdsCode, BTreeMap<u64, RequestId>>;
@@ -428,7 +430,7 @@ impl Views {
         limit: usize,
         keep: impl Fn(&Request) -> bool,
     ) -> (Vec<Arc<Request>>, Option<u64>) {
-        self.list_scanning(org, before, limit, LIST_SCAN, keep)
+        self.list_scanning(org, before, limit, (LIST_SCAN, LIST_RUN), keep)
     }
 
     fn list_scanning(
@@ -436,32 +438,41 @@ impl Views {
         org: &OdsCode,
         before: Option<u64>,
         limit: usize,
-        scan: usize,
+        (scan, run_len): (usize, usize),
         keep: impl Fn(&Request) -> bool,
     ) -> (Vec<Arc<Request>>, Option<u64>) {
-        // Copied out, so that the index is not locked while requests are looked up and filtered:
-        // the syncer waits on that lock to add this organisation's next request.
-        let window: Vec<(u64, RequestId)> = match self.by_org.get(org) {
-            Some(index) => index
-                .range(..before.unwrap_or(u64::MAX))
-                .rev()
-                .take(scan.saturating_add(1))
-                .map(|(&ordinal, &id)| (ordinal, id))
-                .collect(),
-            None => return (Vec::new(), None),
-        };
         let mut page = Vec::new();
-        for (looked_at, &(ordinal, id)) in window.iter().enumerate() {
-            if page.len() == limit || looked_at == scan {
-                return (page, Some(ordinal + 1));
+        let mut below = before.unwrap_or(u64::MAX);
+        let mut looked_at = 0;
+        loop {
+            // Copied out a run at a time, so that the index is not locked while requests are
+            // looked up and filtered: the syncer waits on that lock to add this organisation's
+            // next request. One more than the bound allows shows whether more follow.
+            let run: Vec<(u64, RequestId)> = match self.by_org.get(org) {
+                Some(index) => index
+                    .range(..below)
+                    .rev()
+                    .take(run_len.min(scan.saturating_sub(looked_at).saturating_add(1)))
+                    .map(|(&ordinal, &id)| (ordinal, id))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if run.is_empty() {
+                return (page, None);
             }
-            if let Some(r) = self.requests.get(&id)
-                && keep(&r)
-            {
-                page.push(r.clone());
+            for (ordinal, id) in run {
+                if page.len() == limit || looked_at == scan {
+                    return (page, Some(ordinal + 1));
+                }
+                looked_at += 1;
+                below = ordinal;
+                if let Some(r) = self.requests.get(&id)
+                    && keep(&r)
+                {
+                    page.push(r.clone());
+                }
             }
         }
-        (page, None)
     }
 
     /// One lab's current state (its `open` set is left empty in the views).
@@ -542,14 +553,14 @@ mod tests {
     fn pages(
         views: &Views,
         limit: usize,
-        scan: usize,
+        bounds: (usize, usize),
         keep: impl Fn(&Request) -> bool,
     ) -> Vec<Vec<String>> {
         let org = OdsCode::parse("RJ1").expect("ods");
         let mut pages = Vec::new();
         let mut before = None;
         loop {
-            let (page, next) = views.list_scanning(&org, before, limit, scan, &keep);
+            let (page, next) = views.list_scanning(&org, before, limit, bounds, &keep);
             pages.push(
                 page.iter()
                     .map(|r| r.submission.order_number.as_str().to_string())
@@ -566,23 +577,33 @@ mod tests {
     fn a_filtered_listing_looks_at_a_bounded_number_per_call_and_misses_nothing() {
         let views = views_of_forty();
         let stat = |r: &Request| r.submission.priority == Priority::Stat;
-        let all_at_once = pages(&views, 100, 1_000, stat);
+        let all_at_once = pages(&views, 100, (1_000, 1_000), stat);
         let expected: Vec<String> = (0..40)
             .rev()
             .filter(|i| i % 5 == 0)
             .map(|i| format!("ORD-{i}"))
             .collect();
         assert_eq!(all_at_once, vec![expected.clone()]);
+        // Copied out of the index two entries at a time: the same.
+        assert_eq!(pages(&views, 100, (1_000, 2), stat), all_at_once);
 
         // Looking at 3 per call: 14 calls, most pages short or empty, the same requests in order.
-        let bounded = pages(&views, 100, 3, stat);
-        assert_eq!(bounded.len(), 14);
-        assert!(bounded.iter().any(Vec::is_empty));
-        assert_eq!(bounded.concat(), expected);
+        for run in [1, 2, 3, 1_000] {
+            let bounded = pages(&views, 100, (3, run), stat);
+            assert_eq!(bounded.len(), 14, "runs of {run}");
+            assert!(bounded.iter().any(Vec::is_empty));
+            assert_eq!(bounded.concat(), expected, "runs of {run}");
+        }
 
         // A page fills before the bound: the next call carries on after its last request.
-        let small = pages(&views, 2, 1_000, stat);
-        assert_eq!(small.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 2]);
-        assert_eq!(small.concat(), expected);
+        for run in [1, 3, 1_000] {
+            let small = pages(&views, 2, (1_000, run), stat);
+            assert_eq!(small.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 2]);
+            assert_eq!(small.concat(), expected, "runs of {run}");
+        }
+        // Unfiltered, a page of 3 from a run of 2: the pages are whole.
+        let all = pages(&views, 3, (1_000, 2), |_| true);
+        assert_eq!(all.len(), 14);
+        assert_eq!(all.concat().len(), 40);
     }
 }
