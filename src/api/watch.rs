@@ -141,30 +141,15 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::domain::{NewRequest, OdsCode, Priority, RawSubmission, RequestId, Timestamp};
-    use crate::routing::{Command, Outcome};
+    use crate::domain::{Priority, Timestamp};
+    use crate::routing::{Outcome, fixtures};
     use crate::store::Directory;
 
     /// One real event for trust RJ1, from the demo directory's router.
     fn an_event() -> Event {
         let now = Timestamp::from_millis(1_750_000_000_000);
         let mut router = Directory::from(&Config::demo().unwrap()).router();
-        let raw = RawSubmission {
-            order_number: "ORD-1".into(),
-            nhs_number: "9434765919".into(),
-            family_name: "Testpatient".into(),
-            given_name: "Alex".into(),
-            birth_date: "1970-01-01".into(),
-            tests: vec!["K".into()],
-            priority: Some(Priority::Urgent),
-            collected_at: Some(now.plus_minutes(-20)),
-            clinical_note: String::new(),
-        };
-        let command = Command::Submit {
-            trust: OdsCode::parse("RJ1").unwrap(),
-            id: RequestId::new_random(),
-            request: NewRequest::validate(&raw, router.catalogue(), now).unwrap(),
-        };
+        let command = fixtures::submit(&router, "RJ1", 1, Priority::Urgent, now);
         let mut outcome = Outcome::default();
         router.apply(&command, now, &mut outcome).unwrap();
         outcome.events.remove(0)

@@ -240,17 +240,16 @@ async fn watch(ctx: &Ctx, after: u64) -> Result<(), CliError> {
         eprintln!("labctl: following request events; Ctrl-C to stop");
     }
     loop {
+        // Stdout's reader went away (`| head`): no one to watch for.
+        if out.closed() {
+            return Ok(());
+        }
         tokio::select! {
             () = &mut interrupted => return Ok(()),
             event = events.recv() => match event {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e),
-                Some(Ok(e)) => {
-                    print_event(out, &e)?;
-                    if out.closed() {
-                        return Ok(());
-                    }
-                }
+                Some(Ok(e)) => print_event(out, &e)?,
             },
         }
     }

@@ -510,8 +510,7 @@ impl Views {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::domain::{NewRequest, RawSubmission};
-    use crate::routing::Command;
+    use crate::routing::fixtures;
     use crate::store::Directory;
 
     const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
@@ -519,29 +518,13 @@ mod tests {
     /// Views of 40 requests from RJ1, every fifth one STAT, the rest ROUTINE.
     fn views_of_forty() -> Views {
         let mut router = Directory::from(&Config::demo().expect("demo config")).router();
-        let trust = OdsCode::parse("RJ1").expect("ods");
         for i in 0..40 {
-            let raw = RawSubmission {
-                order_number: format!("ORD-{i}"),
-                nhs_number: "9434765919".into(),
-                family_name: "Testpatient".into(),
-                given_name: "Alex".into(),
-                birth_date: "1970-01-01".into(),
-                tests: vec!["K".into()],
-                priority: Some(if i % 5 == 0 {
-                    Priority::Stat
-                } else {
-                    Priority::Routine
-                }),
-                collected_at: Some(T0.plus_minutes(-20)),
-                clinical_note: String::new(),
+            let priority = if i % 5 == 0 {
+                Priority::Stat
+            } else {
+                Priority::Routine
             };
-            let request = NewRequest::validate(&raw, router.catalogue(), T0).expect("valid");
-            let submit = Command::Submit {
-                trust: trust.clone(),
-                id: RequestId::new_random(),
-                request,
-            };
+            let submit = fixtures::submit(&router, "RJ1", i, priority, T0);
             router
                 .apply(&submit, T0, &mut Outcome::default())
                 .expect("submitted");

@@ -10,6 +10,8 @@ mod policy;
 mod queue;
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod proptests;
 
 pub use core::{

@@ -9,9 +9,10 @@ use super::file::segment_name;
 use super::*;
 use crate::config::Config;
 use crate::domain::{
-    BoundedText, LabStatus, MINUTE_MS, NewRequest, Observation, ObservationFlag, OdsCode, Priority,
-    RawSubmission, Request, RequestId, TestCode,
+    BoundedText, LabStatus, MINUTE_MS, Observation, ObservationFlag, OdsCode, Priority, Request,
+    RequestId, TestCode,
 };
+use crate::routing::fixtures::submit;
 use crate::routing::{LabState, Outcome, QueueKey, Reply, Router, State};
 
 const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
@@ -22,31 +23,6 @@ fn directory() -> Directory {
 
 fn ods(code: &str) -> OdsCode {
     OdsCode::parse(code).expect("ods")
-}
-
-fn submit(
-    router: &Router,
-    trust: &str,
-    order: usize,
-    priority: Priority,
-    now: Timestamp,
-) -> Command {
-    let raw = RawSubmission {
-        order_number: format!("ORD-{order}"),
-        nhs_number: "9434765919".into(),
-        family_name: "Testpatient".into(),
-        given_name: "Alex".into(),
-        birth_date: "1970-01-01".into(),
-        tests: vec!["K".into()],
-        priority: Some(priority),
-        collected_at: Some(now.plus_minutes(-20)),
-        clinical_note: String::new(),
-    };
-    Command::Submit {
-        trust: ods(trust),
-        id: RequestId::new_random(),
-        request: NewRequest::validate(&raw, router.catalogue(), now).expect("valid submission"),
-    }
 }
 
 /// What recovery must rebuild exactly.
