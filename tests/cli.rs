@@ -290,6 +290,10 @@ async fn a_request_goes_from_submit_to_result_and_the_trust_sees_the_result() {
     let broker = TestBroker::spawn().await;
     let cli = Cli::new(broker.url());
     let mut offers = cli.watch("demo:R1H", &["offers", "watch", "--output", "json"]);
+    let mut outcomes = cli.watch(
+        "demo:RJ1",
+        &["requests", "watch", "--kind", "resulted", "-o", "json"],
+    );
 
     let id = submit(&cli, "ORD-1").await;
     let offered = offers.next_event().await;
@@ -322,6 +326,12 @@ async fn a_request_goes_from_submit_to_result_and_the_trust_sees_the_result() {
         );
     }
     assert_eq!(seen, ["accepted", "received", "resulted"]);
+    // The trust asked for results only: the offer, accept and receipt before it were left out.
+    let outcome = outcomes.next_event().await;
+    assert_eq!(outcome["kind"], "resulted");
+    assert_eq!(outcome["request"]["id"], id.as_str());
+    assert!(outcome["sequence"].as_u64().unwrap() > 1, "{outcome}");
+    assert_eq!(outcomes.interrupt().await, 0);
 
     let shown = cli
         .run(Some("demo:RJ1"), &["requests", "show", &id, "-o", "json"])

@@ -376,6 +376,7 @@ async fn lab_worker(client: Client, lab: &'static str, mut rng: Rng, ledger: Sha
     let Ok(stream) = labs
         .watch_offers(proto::WatchOffersRequest {
             after_sequence: after,
+            ..Default::default()
         })
         .await
     else {
@@ -414,6 +415,7 @@ async fn trust_watcher(client: Client, trust: &'static str, ledger: Shared) {
         .requests()
         .watch_request_events(proto::WatchRequestEventsRequest {
             after_sequence: after,
+            ..Default::default()
         })
         .await
     else {
@@ -562,7 +564,7 @@ async fn verify_history(broker: &Broker, ledger: &Shared) {
         if TRUSTS.contains(&org.as_str()) {
             let mut s = client
                 .requests()
-                .watch_request_events(proto::WatchRequestEventsRequest { after_sequence: 0 })
+                .watch_request_events(proto::WatchRequestEventsRequest::default())
                 .await
                 .expect("watch")
                 .into_inner();
@@ -577,7 +579,7 @@ async fn verify_history(broker: &Broker, ledger: &Shared) {
         } else {
             let mut s = client
                 .labs()
-                .watch_offers(proto::WatchOffersRequest { after_sequence: 0 })
+                .watch_offers(proto::WatchOffersRequest::default())
                 .await
                 .expect("watch")
                 .into_inner();
@@ -763,7 +765,10 @@ async fn an_open_offer_keeps_its_lease_across_a_restart_and_is_routed_again_once
         .client(&lab)
         .await
         .labs()
-        .watch_offers(proto::WatchOffersRequest { after_sequence: 1 })
+        .watch_offers(proto::WatchOffersRequest {
+            after_sequence: 1,
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();

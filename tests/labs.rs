@@ -24,7 +24,7 @@ async fn a_request_goes_from_submission_to_result_and_the_trust_sees_it() {
     let trust = broker.client("RJ1").await;
     let mut events = trust
         .requests()
-        .watch_request_events(proto::WatchRequestEventsRequest { after_sequence: 0 })
+        .watch_request_events(proto::WatchRequestEventsRequest::default())
         .await
         .unwrap()
         .into_inner();

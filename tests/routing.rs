@@ -27,7 +27,7 @@ async fn stat_request_is_offered_before_a_hundred_waiting_routine_ones() {
     let lab = broker.client("RJ7").await;
     let mut offers = lab
         .labs()
-        .watch_offers(proto::WatchOffersRequest { after_sequence: 0 })
+        .watch_offers(proto::WatchOffersRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -4,6 +4,7 @@ use crate::domain::{
     FailureReason, LabStatus, Observation, ObservationFlag, Priority, RawSubmission, Request,
     RequestState, TestDef, Timestamp,
 };
+use crate::error::Error;
 use crate::proto;
 use crate::routing::{Event, EventKind, JobEventKind, LabState, TrustEventKind};
 
@@ -227,8 +228,8 @@ pub(crate) fn job_to(r: &Request) -> proto::Job {
     }
 }
 
-/// A trust's event, or `None` for a lab's.
-pub(crate) fn request_event_to(e: &Event) -> Option<proto::RequestEvent> {
+/// A trust's event of a kind in `kinds`, or `None` (for a lab's event too).
+pub(crate) fn request_event_to(e: &Event, kinds: KindFilter) -> Option<proto::RequestEvent> {
     let EventKind::Trust(kind) = e.kind else {
         return None;
     };
@@ -240,6 +241,10 @@ pub(crate) fn request_event_to(e: &Event) -> Option<proto::RequestEvent> {
         TrustEventKind::LabOffline => proto::RequestEventKind::LabOffline,
         TrustEventKind::Failed => proto::RequestEventKind::Failed,
     };
+    // Checked before rendering: a left-out event costs no copy of its request.
+    if !kinds.admits(kind as i32) {
+        return None;
+    }
     Some(proto::RequestEvent {
         sequence: e.sequence,
         time: Some(ts(e.time)),
@@ -248,8 +253,8 @@ pub(crate) fn request_event_to(e: &Event) -> Option<proto::RequestEvent> {
     })
 }
 
-/// A lab's event, or `None` for a trust's.
-pub(crate) fn job_event_to(e: &Event) -> Option<proto::JobEvent> {
+/// A lab's event of a kind in `kinds`, or `None` (for a trust's event too).
+pub(crate) fn job_event_to(e: &Event, kinds: KindFilter) -> Option<proto::JobEvent> {
     let EventKind::Lab(kind) = e.kind else {
         return None;
     };
@@ -264,12 +269,46 @@ pub(crate) fn job_event_to(e: &Event) -> Option<proto::JobEvent> {
         JobEventKind::Resulted => proto::JobEventKind::Resulted,
         JobEventKind::Failed => proto::JobEventKind::Failed,
     };
+    if !kinds.admits(kind as i32) {
+        return None;
+    }
     Some(proto::JobEvent {
         sequence: e.sequence,
         time: Some(ts(e.time)),
         kind: kind as i32,
         job: Some(job_to(&e.request)),
     })
+}
+
+/// The event kinds a watcher asked for, as a set of proto enum values; empty asks for every kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KindFilter(u32);
+
+impl KindFilter {
+    /// Validates a `WatchRequestEventsRequest.kinds`.
+    pub(crate) fn request_kinds(values: &[i32]) -> Result<Self, Error> {
+        Self::parse(values, |v| proto::RequestEventKind::try_from(v).is_ok())
+    }
+
+    /// Validates a `WatchOffersRequest.kinds`.
+    pub(crate) fn job_kinds(values: &[i32]) -> Result<Self, Error> {
+        Self::parse(values, |v| proto::JobEventKind::try_from(v).is_ok())
+    }
+
+    fn parse(values: &[i32], named: impl Fn(i32) -> bool) -> Result<Self, Error> {
+        values.iter().try_fold(Self(0), |set, &v| {
+            // 0 is UNSPECIFIED, never sent, so asking for it is a mistake, not "every kind".
+            if (1..32).contains(&v) && named(v) {
+                Ok(Self(set.0 | 1 << v))
+            } else {
+                Err(Error::invalid("kinds", format!("{v} is not an event kind")))
+            }
+        })
+    }
+
+    fn admits(self, kind: i32) -> bool {
+        self.0 == 0 || self.0 & (1 << kind) != 0
+    }
 }
 
 /// Capacity rows of a lab, in test-code order.

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    capacity_to, failure_from, flag_from, job_event_to, job_to, status_from, status_to,
+    KindFilter, capacity_to, failure_from, flag_from, job_event_to, job_to, status_from, status_to,
 };
 use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
@@ -68,6 +68,7 @@ impl LabService for LabApi {
         request: Request<proto::WatchOffersRequest>,
     ) -> Result<Response<Self::WatchOffersStream>, Status> {
         let who = self.lab(&request)?;
+        let kinds = KindFilter::job_kinds(&request.get_ref().kinds)?;
         let slot = self.ctx.watches.acquire(&who.org)?;
         self.ctx
             .audit
@@ -80,7 +81,7 @@ impl LabService for LabApi {
             request.get_ref().after_sequence,
             (slot, present),
             self.ctx.shutdown.clone(),
-            job_event_to,
+            move |e| job_event_to(e, kinds),
         )))
     }
 

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{raw_submission, request_event_to, request_to};
+use super::convert::{KindFilter, raw_submission, request_event_to, request_to};
 use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
 use crate::auth::Role;
@@ -150,6 +150,7 @@ impl RequestService for RequestApi {
     ) -> Result<Response<Self::WatchRequestEventsStream>, Status> {
         let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
+        let kinds = KindFilter::request_kinds(&request.get_ref().kinds)?;
         let slot = self.ctx.watches.acquire(&who.org)?;
         self.ctx
             .audit
@@ -162,7 +163,7 @@ impl RequestService for RequestApi {
             after,
             slot,
             self.ctx.shutdown.clone(),
-            request_event_to,
+            move |e| request_event_to(e, kinds),
         )))
     }
 }

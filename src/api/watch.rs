@@ -17,6 +17,9 @@ use tonic::Status;
 use crate::engine::EventLog;
 use crate::routing::Event;
 
+/// Renders an event for a watcher: its message, or `None` for an event not meant for it.
+type Render<T> = Box<dyn Fn(&Event) -> Option<T> + Send>;
+
 /// Retained events a watcher copies from the log at a time.
 const BACKLOG_PART: usize = 4096;
 
@@ -31,7 +34,7 @@ pub struct EventStream<T> {
     live: BroadcastStream<Event>,
     /// The sequence number of the last event sent (or skipped as not for this watcher).
     last: u64,
-    render: fn(&Event) -> Option<T>,
+    render: Render<T>,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     done: bool,
     /// Held while the stream lives: the watch slot, and for a lab its presence.
@@ -54,7 +57,7 @@ pub(crate) fn stream<T, G: Send + 'static>(
     after: u64,
     guard: G,
     mut shutdown: signal::Receiver<bool>,
-    render: fn(&Event) -> Option<T>,
+    render: impl Fn(&Event) -> Option<T> + Send + 'static,
 ) -> EventStream<T> {
     // Subscribing takes the backlog and the live receiver at one instant, so nothing falls
     // between them.
@@ -65,7 +68,7 @@ pub(crate) fn stream<T, G: Send + 'static>(
         pending: backlog.into_iter(),
         live: BroadcastStream::new(live),
         last: after,
-        render,
+        render: Box::new(render),
         stopping: Box::pin(async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         }),

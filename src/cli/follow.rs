@@ -22,6 +22,7 @@ pub(crate) trait Feed: Send + Sync + 'static {
     type Event: Send + 'static;
     /// Opens the stream of events after `after`.
     fn open(
+        &self,
         client: Client,
         after: u64,
     ) -> impl Future<Output = Result<Streaming<Self::Event>, Status>> + Send;
@@ -46,10 +47,12 @@ fn is_fatal(code: Code) -> bool {
 /// comes, arrive on the returned channel.
 pub(crate) async fn start<F: Feed>(
     ctx: &Ctx,
+    feed: F,
     after: u64,
 ) -> Result<mpsc::Receiver<Result<F::Event, CliError>>, CliError> {
     let client = ctx.connect_streaming().await?;
-    let stream = F::open(client, after)
+    let stream = feed
+        .open(client, after)
         .await
         .map_err(|s| ctx.status(&s, Subject::Other))?;
     let (tx, rx) = mpsc::channel(64);
@@ -57,12 +60,13 @@ pub(crate) async fn start<F: Feed>(
         settings: ctx.settings.clone(),
         out: ctx.out.clone(),
     };
-    tokio::spawn(pump::<F>(ctx, stream, after, tx));
+    tokio::spawn(pump(ctx, feed, stream, after, tx));
     Ok(rx)
 }
 
 async fn pump<F: Feed>(
     ctx: Ctx,
+    feed: F,
     mut stream: Streaming<F::Event>,
     mut after: u64,
     tx: mpsc::Sender<Result<F::Event, CliError>>,
@@ -107,7 +111,7 @@ async fn pump<F: Feed>(
                     return;
                 }
             };
-            match F::open(client, after).await {
+            match feed.open(client, after).await {
                 Ok(s) => break s,
                 Err(status) if is_fatal(status.code()) => {
                     let _ = tx.send(Err(ctx.status(&status, Subject::Other))).await;

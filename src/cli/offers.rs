@@ -41,6 +41,7 @@ impl Feed for OfferFeed {
     type Event = proto::JobEvent;
 
     async fn open(
+        &self,
         client: Client,
         after: u64,
     ) -> Result<tonic::Streaming<proto::JobEvent>, tonic::Status> {
@@ -48,6 +49,7 @@ impl Feed for OfferFeed {
             .labs()
             .watch_offers(proto::WatchOffersRequest {
                 after_sequence: after,
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -181,7 +183,7 @@ pub(crate) async fn run(ctx: &Ctx, command: OffersCommand) -> Result<(), CliErro
     let OffersCommand::Watch { after } = command;
     let interrupted = follow::interrupted()?;
     tokio::pin!(interrupted);
-    let mut events = follow::start::<OfferFeed>(ctx, after).await?;
+    let mut events = follow::start(ctx, OfferFeed, after).await?;
     let out = ctx.out();
     let live = out.is_tty() && !out.is_json();
     if !live && !out.is_json() {

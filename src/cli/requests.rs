@@ -41,6 +41,9 @@ pub(crate) enum RequestsCommand {
         /// Start after this event sequence number (0 replays every retained event)
         #[arg(long, default_value_t = 0, value_name = "SEQUENCE")]
         after: u64,
+        /// Show only events of this kind (repeat for several); the broker leaves out the rest
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<EventKindArg>,
     },
     /// Cancel a request that is not yet final; a lab that accepted it is told
     Cancel {
@@ -85,13 +88,40 @@ pub(crate) struct SubmitArgs {
     note: String,
 }
 
-/// The trust's event stream.
-struct RequestFeed;
+/// A kind of request event, by the name labctl prints for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum EventKindArg {
+    StateChanged,
+    Resulted,
+    CriticalResult,
+    Expired,
+    LabOffline,
+    Failed,
+}
+
+impl EventKindArg {
+    fn proto(self) -> proto::RequestEventKind {
+        match self {
+            Self::StateChanged => proto::RequestEventKind::StateChanged,
+            Self::Resulted => proto::RequestEventKind::Resulted,
+            Self::CriticalResult => proto::RequestEventKind::CriticalResult,
+            Self::Expired => proto::RequestEventKind::Expired,
+            Self::LabOffline => proto::RequestEventKind::LabOffline,
+            Self::Failed => proto::RequestEventKind::Failed,
+        }
+    }
+}
+
+/// The trust's event stream, of the kinds asked for (every kind when none is).
+struct RequestFeed {
+    kinds: Vec<i32>,
+}
 
 impl Feed for RequestFeed {
     type Event = proto::RequestEvent;
 
     async fn open(
+        &self,
         client: Client,
         after: u64,
     ) -> Result<tonic::Streaming<proto::RequestEvent>, tonic::Status> {
@@ -99,6 +129,7 @@ impl Feed for RequestFeed {
             .requests()
             .watch_request_events(proto::WatchRequestEventsRequest {
                 after_sequence: after,
+                kinds: self.kinds.clone(),
             })
             .await
             .map(tonic::Response::into_inner)
@@ -138,7 +169,7 @@ pub(crate) async fn run(ctx: &Ctx, command: RequestsCommand) -> Result<(), CliEr
                 .into_inner();
             print_request(out, &r)
         }
-        RequestsCommand::Watch { after } => watch(ctx, after).await,
+        RequestsCommand::Watch { after, kinds } => watch(ctx, after, &kinds).await,
         RequestsCommand::Cancel { id, reason } => {
             let id = parse_id(&id)?;
             let client = ctx.connect().await?;
@@ -231,10 +262,13 @@ async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn watch(ctx: &Ctx, after: u64) -> Result<(), CliError> {
+async fn watch(ctx: &Ctx, after: u64, kinds: &[EventKindArg]) -> Result<(), CliError> {
     let interrupted = follow::interrupted()?;
     tokio::pin!(interrupted);
-    let mut events = follow::start::<RequestFeed>(ctx, after).await?;
+    let feed = RequestFeed {
+        kinds: kinds.iter().map(|k| k.proto() as i32).collect(),
+    };
+    let mut events = follow::start(ctx, feed, after).await?;
     let out = ctx.out();
     if !out.is_json() {
         eprintln!("labctl: following request events; Ctrl-C to stop");
