@@ -133,6 +133,9 @@ fn number(order: &str) -> Option<u64> {
 
 struct Shared {
     starts: DashMap<u64, Instant>,
+    /// Cycles that may begin (cycle scenario only): one taken per submission, one given back
+    /// when its result arrives or it fails on the way.
+    open: Option<tokio::sync::Semaphore>,
     from: Instant,
     until: Instant,
     offer: Mutex<Samples>,
@@ -146,6 +149,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// Submission `n` is done with (resulted, or failed on the way): forgets its start, and lets
+    /// another cycle begin. Its start, if it was tracked.
+    fn finish(&self, n: u64) -> Option<Instant> {
+        let start = self.starts.remove(&n).map(|(_, start)| start);
+        if let (Some(_), Some(open)) = (start, &self.open) {
+            open.add_permits(1);
+        }
+        start
+    }
+
     fn record(&self, samples: &Mutex<Samples>, start: Instant) {
         let now = Instant::now();
         if now >= self.from && now <= self.until {
@@ -182,6 +195,8 @@ pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
     let until = from + load.duration;
     let shared = Arc::new(Shared {
         starts: DashMap::new(),
+        open: (load.stage == Stage::Cycle)
+            .then(|| tokio::sync::Semaphore::new(open_cycles(load.labs.len()))),
         from,
         until,
         offer: Mutex::default(),
@@ -285,6 +300,13 @@ pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
                     let mut client = client;
                     let mut local = Samples::default();
                     while Instant::now() < shared.until {
+                        if let Some(open) = &shared.open {
+                            let until = tokio::time::Instant::from_std(shared.until);
+                            match tokio::time::timeout_at(until, open.acquire()).await {
+                                Ok(Ok(permit)) => permit.forget(),
+                                _ => break,
+                            }
+                        }
                         if let Some(took) = submit_one(&mut client, &shared, &run_id, track).await {
                             local.push(took);
                         }
@@ -350,7 +372,7 @@ async fn submit_one(
         }
         Err(_) => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
-            shared.starts.remove(&n);
+            shared.finish(n);
             None
         }
     }
@@ -358,6 +380,13 @@ async fn submit_one(
 
 /// Most jobs one lab works at once.
 const LAB_CONCURRENCY: usize = 256;
+
+/// Most requests between submission and result at once in the cycle scenario: what the labs'
+/// workers hold. Unbounded, the trusts submit faster than the labs finish, and the broker's time
+/// goes on routing requests that then wait seconds for a worker, not on whole cycles.
+pub(crate) fn open_cycles(labs: usize) -> usize {
+    LAB_CONCURRENCY * labs.max(1)
+}
 
 async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
     let mut offers = match client
@@ -407,12 +436,12 @@ async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
                 .is_err()
             {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
-                shared.starts.remove(&n);
+                shared.finish(n);
                 return;
             }
             shared.record(&shared.accept, start);
             if stage < Stage::Cycle {
-                shared.starts.remove(&n);
+                shared.finish(n);
                 return;
             }
             let received = labs
@@ -439,7 +468,7 @@ async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
             };
             if posted.is_err() {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
-                shared.starts.remove(&n);
+                shared.finish(n);
             }
         });
     }
@@ -471,7 +500,7 @@ async fn watch_results(client: Client, shared: Arc<Shared>) {
         let Some(n) = event.request.as_ref().and_then(|r| number(&r.order_number)) else {
             continue;
         };
-        if let Some((_, start)) = shared.starts.remove(&n) {
+        if let Some(start) = shared.finish(n) {
             shared.resulted.fetch_add(1, Ordering::Relaxed);
             shared.record(&shared.result, start);
         }

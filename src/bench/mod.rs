@@ -242,9 +242,11 @@ async fn broker_scenario(
     let description = match (kind, rate) {
         (Kind::Submit, _) => "durable submissions; labs idle".to_string(),
         (Kind::Dispatch, _) => "submit, offer to the lab, accept".to_string(),
-        (Kind::Cycle, _) => {
-            "submit, offer, accept, receive, result, result delivered to the trust".to_string()
-        }
+        (Kind::Cycle, _) => format!(
+            "submit, offer, accept, receive, result, result delivered to the trust; \
+             at most {} requests open",
+            load::open_cycles(labs.len())
+        ),
         (_, Some(r)) => format!("dispatch paced at {r:.0} submissions/s"),
         _ => String::new(),
     };
