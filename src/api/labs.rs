@@ -1,6 +1,6 @@
 //! LabService: labs watch their offers, work their jobs, and report capacity and status.
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{
     KindFilter, capacity_to, failure_from, flag_from, job_event_to, job_to, status_from, status_to,
@@ -41,11 +41,240 @@ impl LabApi {
         Ok(who)
     }
 
-    async fn job_command(&self, command: Command) -> Result<Response<proto::Job>, Status> {
+    /// Opens the lab's event stream (WatchOffers, or the first message of a Work stream).
+    async fn watch(
+        &self,
+        who: &Principal,
+        m: &proto::WatchOffersRequest,
+    ) -> Result<super::EventStream<proto::JobEvent>, Error> {
+        let kinds = KindFilter::job_kinds(&m.kinds)?;
+        let slot = self.ctx.watches.acquire(&who.org)?;
+        self.ctx
+            .audit
+            .record(who, Action::OffersWatch, None)
+            .await?;
+        let log = self.ctx.engine.views().log(&who.org);
+        let present = self.ctx.presence.watching(&who.org, self.ctx.engine.now());
+        Ok(super::watch::stream(
+            log,
+            m.after_sequence,
+            (slot, present),
+            self.ctx.shutdown.clone(),
+            move |e| job_event_to(e, kinds),
+        ))
+    }
+
+    /// Runs one action of a Work stream as its call would, charged to the lab's rate limit as a
+    /// call is.
+    pub(super) async fn act(&self, who: &Principal, m: proto::WorkRequest) -> proto::WorkResult {
+        use proto::work_request::Action as Do;
+        let name = match &m.action {
+            Some(Do::Watch(_)) => "watch",
+            Some(Do::Accept(_)) => "accept",
+            Some(Do::Decline(_)) => "decline",
+            Some(Do::Receive(_)) => "receive",
+            Some(Do::PostResults(_)) => "post_results",
+            Some(Do::Fail(_)) => "fail",
+            None => "none",
+        };
+        let outcome = match self.ctx.auth.charge(&who.org) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.ctx.presence.touch(&who.org, self.ctx.engine.now());
+                match m.action {
+                    Some(Do::Accept(a)) => self.accept(who, a).await.map(Some),
+                    Some(Do::Decline(a)) => self.decline(who, a).await.map(|_| None),
+                    Some(Do::Receive(a)) => self.receive(who, a).await.map(Some),
+                    Some(Do::PostResults(a)) => self.post(who, a).await.map(Some),
+                    Some(Do::Fail(a)) => self.fail(who, a).await.map(Some),
+                    Some(Do::Watch(_)) => Err(Error::invalid(
+                        "action",
+                        "watch may only be the first message of a Work stream",
+                    )),
+                    None => Err(Error::invalid("action", "is required")),
+                }
+            }
+        };
+        super::work::answer(m.tag, name, outcome, self.ctx.engine.views().metrics())
+    }
+
+    async fn job_command(&self, command: Command) -> Result<proto::Job, Error> {
         match self.ctx.engine.execute(command).await? {
-            Reply::Request { request, .. } => Ok(Response::new(job_to(&request))),
-            other => Err(Error::Internal(format!("unexpected reply {other:?}")).into()),
+            Reply::Request { request, .. } => Ok(job_to(&request)),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Accepts an open offer (AcceptJob, or an action on a Work stream).
+    pub(super) async fn accept(
+        &self,
+        who: &Principal,
+        m: proto::AcceptJobRequest,
+    ) -> Result<proto::Job, Error> {
+        let id = parse_id(&m.id)?;
+        let job = self
+            .job_command(Command::Accept {
+                lab: who.org.clone(),
+                id,
+            })
+            .await?;
+        self.ctx
+            .audit
+            .record(who, Action::JobAccept, Some(&id))
+            .await?;
+        tracing::debug!(request.id = %id, org = %who.org, "job accepted");
+        Ok(job)
+    }
+
+    /// Declines an open offer.
+    pub(super) async fn decline(
+        &self,
+        who: &Principal,
+        m: proto::DeclineJobRequest,
+    ) -> Result<proto::DeclineJobResponse, Error> {
+        let id = parse_id(&m.id)?;
+        if m.reason.trim().is_empty() {
+            return Err(Error::invalid(
+                "reason",
+                "is required: say why the lab declines",
+            ));
+        }
+        let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
+            .map_err(|e| Error::invalid("reason", e))?;
+        self.ctx
+            .engine
+            .execute(Command::Decline {
+                lab: who.org.clone(),
+                id,
+                reason,
+            })
+            .await?;
+        self.ctx
+            .audit
+            .record(who, Action::JobDecline, Some(&id))
+            .await?;
+        tracing::info!(request.id = %id, org = %who.org, "job declined");
+        Ok(proto::DeclineJobResponse { id: id.to_string() })
+    }
+
+    /// Records that an accepted job's sample arrived.
+    pub(super) async fn receive(
+        &self,
+        who: &Principal,
+        m: proto::ReceiveSampleRequest,
+    ) -> Result<proto::Job, Error> {
+        let id = parse_id(&m.id)?;
+        let job = self
+            .job_command(Command::Receive {
+                lab: who.org.clone(),
+                id,
+            })
+            .await?;
+        self.ctx
+            .audit
+            .record(who, Action::JobReceive, Some(&id))
+            .await?;
+        Ok(job)
+    }
+
+    /// Posts a received job's results.
+    pub(super) async fn post(
+        &self,
+        who: &Principal,
+        m: proto::PostResultsRequest,
+    ) -> Result<proto::Job, Error> {
+        let id = parse_id(&m.id)?;
+        if m.observations.len() > MAX_OBSERVATIONS {
+            return Err(Error::invalid(
+                "observations",
+                format!("at most {MAX_OBSERVATIONS} per call"),
+            ));
+        }
+        let views = self.ctx.engine.views();
+        // Validate against the job's tests only when the caller holds the job; otherwise the
+        // sequencer answers NOT_FOUND (or why the offer was lost) before looking at results.
+        let observations = match views.request(&id).filter(|r| r.is_job_of(&who.org)) {
+            Some(job) => {
+                let mut v = Violations::default();
+                let obs: Vec<Observation> = m
+                    .observations
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| {
+                        let raw = RawObservation {
+                            test: &o.test,
+                            analyte: &o.analyte,
+                            value: &o.value,
+                            unit: &o.unit,
+                            reference_range: &o.reference_range,
+                            flag: flag_from(o.flag),
+                        };
+                        Observation::validate(
+                            &format!("observations[{i}]"),
+                            &raw,
+                            &job.submission.tests,
+                            views.catalogue(),
+                            &mut v,
+                        )
+                    })
+                    .collect();
+                if !v.is_empty() {
+                    return Err(Error::InvalidArgument(v));
+                }
+                obs
+            }
+            None => Vec::new(),
+        };
+        let job = self
+            .job_command(Command::PostResults {
+                lab: who.org.clone(),
+                id,
+                observations,
+            })
+            .await?;
+        self.ctx
+            .audit
+            .record(who, Action::JobResults, Some(&id))
+            .await?;
+        tracing::debug!(request.id = %id, org = %who.org, "results posted");
+        Ok(job)
+    }
+
+    /// Fails a job whose sample cannot be used.
+    pub(super) async fn fail(
+        &self,
+        who: &Principal,
+        m: proto::FailJobRequest,
+    ) -> Result<proto::Job, Error> {
+        let id = parse_id(&m.id)?;
+        let reason = failure_from(m.reason).ok_or_else(|| {
+            Error::invalid(
+                "reason",
+                "must be one of haemolysed, insufficient, unlabelled, other",
+            )
+        })?;
+        let detail = BoundedText::parse(&m.detail, MAX_NOTE_CHARS)
+            .map_err(|e| Error::invalid("detail", e))?;
+        if reason == FailureReason::Other && detail.as_str().trim().is_empty() {
+            return Err(Error::invalid(
+                "detail",
+                "is required when the reason is other",
+            ));
+        }
+        let job = self
+            .job_command(Command::Fail {
+                lab: who.org.clone(),
+                id,
+                reason,
+                detail,
+            })
+            .await?;
+        self.ctx
+            .audit
+            .record(who, Action::JobFail, Some(&id))
+            .await?;
+        tracing::info!(request.id = %id, org = %who.org, reason = reason.as_str(), "job failed");
+        Ok(job)
     }
 
     fn capacity(&self, lab: &OdsCode) -> Result<proto::Capacity, Error> {
@@ -68,20 +297,32 @@ impl LabService for LabApi {
         request: Request<proto::WatchOffersRequest>,
     ) -> Result<Response<Self::WatchOffersStream>, Status> {
         let who = self.lab(&request)?;
-        let kinds = KindFilter::job_kinds(&request.get_ref().kinds)?;
-        let slot = self.ctx.watches.acquire(&who.org)?;
-        self.ctx
-            .audit
-            .record(&who, Action::OffersWatch, None)
-            .await?;
-        let log = self.ctx.engine.views().log(&who.org);
-        let present = self.ctx.presence.watching(&who.org, self.ctx.engine.now());
-        Ok(Response::new(super::watch::stream(
-            log,
-            request.get_ref().after_sequence,
-            (slot, present),
-            self.ctx.shutdown.clone(),
-            move |e| job_event_to(e, kinds),
+        Ok(Response::new(self.watch(&who, request.get_ref()).await?))
+    }
+
+    type WorkStream = super::work::WorkStream;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<proto::WorkRequest>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let who = self.lab(&request)?;
+        let mut inbound = request.into_inner();
+        let Some(proto::work_request::Action::Watch(watch)) =
+            inbound.message().await?.and_then(|m| m.action)
+        else {
+            return Err(Error::invalid(
+                "action",
+                "the first message of a Work stream must be watch",
+            )
+            .into());
+        };
+        let events = self.watch(&who, &watch).await?;
+        Ok(Response::new(super::work::serve(
+            self.clone(),
+            who,
+            inbound,
+            events,
         )))
     }
 
@@ -138,19 +379,9 @@ impl LabService for LabApi {
         request: Request<proto::AcceptJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.lab(&request)?;
-        let id = parse_id(&request.get_ref().id)?;
-        let job = self
-            .job_command(Command::Accept {
-                lab: who.org.clone(),
-                id,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(&who, Action::JobAccept, Some(&id))
-            .await?;
-        tracing::debug!(request.id = %id, org = %who.org, "job accepted");
-        Ok(job)
+        Ok(Response::new(
+            self.accept(&who, request.into_inner()).await?,
+        ))
     }
 
     async fn decline_job(
@@ -158,29 +389,9 @@ impl LabService for LabApi {
         request: Request<proto::DeclineJobRequest>,
     ) -> Result<Response<proto::DeclineJobResponse>, Status> {
         let who = self.lab(&request)?;
-        let m = request.into_inner();
-        let id = parse_id(&m.id)?;
-        if m.reason.trim().is_empty() {
-            return Err(Error::invalid("reason", "is required: say why the lab declines").into());
-        }
-        let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
-            .map_err(|e| Error::invalid("reason", e))?;
-        self.ctx
-            .engine
-            .execute(Command::Decline {
-                lab: who.org.clone(),
-                id,
-                reason,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(&who, Action::JobDecline, Some(&id))
-            .await?;
-        tracing::info!(request.id = %id, org = %who.org, "job declined");
-        Ok(Response::new(proto::DeclineJobResponse {
-            id: id.to_string(),
-        }))
+        Ok(Response::new(
+            self.decline(&who, request.into_inner()).await?,
+        ))
     }
 
     async fn receive_sample(
@@ -188,18 +399,9 @@ impl LabService for LabApi {
         request: Request<proto::ReceiveSampleRequest>,
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.lab(&request)?;
-        let id = parse_id(&request.get_ref().id)?;
-        let job = self
-            .job_command(Command::Receive {
-                lab: who.org.clone(),
-                id,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(&who, Action::JobReceive, Some(&id))
-            .await?;
-        Ok(job)
+        Ok(Response::new(
+            self.receive(&who, request.into_inner()).await?,
+        ))
     }
 
     async fn post_results(
@@ -207,63 +409,7 @@ impl LabService for LabApi {
         request: Request<proto::PostResultsRequest>,
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.lab(&request)?;
-        let m = request.into_inner();
-        let id = parse_id(&m.id)?;
-        if m.observations.len() > MAX_OBSERVATIONS {
-            return Err(Error::invalid(
-                "observations",
-                format!("at most {MAX_OBSERVATIONS} per call"),
-            )
-            .into());
-        }
-        let views = self.ctx.engine.views();
-        // Validate against the job's tests only when the caller holds the job; otherwise the
-        // sequencer answers NOT_FOUND (or why the offer was lost) before looking at results.
-        let observations = match views.request(&id).filter(|r| r.is_job_of(&who.org)) {
-            Some(job) => {
-                let mut v = Violations::default();
-                let obs: Vec<Observation> = m
-                    .observations
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, o)| {
-                        let raw = RawObservation {
-                            test: &o.test,
-                            analyte: &o.analyte,
-                            value: &o.value,
-                            unit: &o.unit,
-                            reference_range: &o.reference_range,
-                            flag: flag_from(o.flag),
-                        };
-                        Observation::validate(
-                            &format!("observations[{i}]"),
-                            &raw,
-                            &job.submission.tests,
-                            views.catalogue(),
-                            &mut v,
-                        )
-                    })
-                    .collect();
-                if !v.is_empty() {
-                    return Err(Error::InvalidArgument(v).into());
-                }
-                obs
-            }
-            None => Vec::new(),
-        };
-        let job = self
-            .job_command(Command::PostResults {
-                lab: who.org.clone(),
-                id,
-                observations,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(&who, Action::JobResults, Some(&id))
-            .await?;
-        tracing::debug!(request.id = %id, org = %who.org, "results posted");
-        Ok(job)
+        Ok(Response::new(self.post(&who, request.into_inner()).await?))
     }
 
     async fn fail_job(
@@ -271,33 +417,7 @@ impl LabService for LabApi {
         request: Request<proto::FailJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.lab(&request)?;
-        let m = request.into_inner();
-        let id = parse_id(&m.id)?;
-        let reason = failure_from(m.reason).ok_or_else(|| {
-            Error::invalid(
-                "reason",
-                "must be one of haemolysed, insufficient, unlabelled, other",
-            )
-        })?;
-        let detail = BoundedText::parse(&m.detail, MAX_NOTE_CHARS)
-            .map_err(|e| Error::invalid("detail", e))?;
-        if reason == FailureReason::Other && detail.as_str().trim().is_empty() {
-            return Err(Error::invalid("detail", "is required when the reason is other").into());
-        }
-        let job = self
-            .job_command(Command::Fail {
-                lab: who.org.clone(),
-                id,
-                reason,
-                detail,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(&who, Action::JobFail, Some(&id))
-            .await?;
-        tracing::info!(request.id = %id, org = %who.org, reason = reason.as_str(), "job failed");
-        Ok(job)
+        Ok(Response::new(self.fail(&who, request.into_inner()).await?))
     }
 
     async fn get_capacity(

@@ -7,6 +7,7 @@ mod directory;
 mod labs;
 mod requests;
 mod watch;
+mod work;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub use directory::DirectoryApi;
 pub use labs::LabApi;
 pub use requests::RequestApi;
 pub use watch::EventStream;
+pub use work::WorkStream;
 
 /// What every service shares.
 #[derive(Debug, Clone)]

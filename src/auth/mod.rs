@@ -185,10 +185,17 @@ impl Authenticator {
             }
         };
         tracing::Span::current().record("org", tracing::field::display(&principal.org));
-        if let Some(limiter) = &self.limiter {
-            limiter.check(&principal.org)?;
-        }
+        self.charge(&principal.org)?;
         Ok(principal)
+    }
+
+    /// Charges one call to `org`'s rate limit: RESOURCE_EXHAUSTED when it is used up. An action
+    /// on a stream is charged as the call it stands for.
+    pub fn charge(&self, org: &OdsCode) -> Result<(), Error> {
+        match &self.limiter {
+            Some(limiter) => limiter.check(org),
+            None => Ok(()),
+        }
     }
 
     fn principal_for_cert(&self, leaf: &CertificateDer<'static>) -> Result<Principal, Error> {

@@ -25,6 +25,15 @@ pub enum Stage {
     Cycle,
 }
 
+/// How the bench's labs take and work offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabsUse {
+    /// One Work stream per lab: offers, actions and their answers on one stream.
+    Work,
+    /// WatchOffers, and a call per action (AcceptJob, ReceiveSample, PostResults).
+    Calls,
+}
+
 /// One organisation the load acts as.
 #[derive(Debug, Clone)]
 pub struct Org {
@@ -49,6 +58,8 @@ pub struct Load {
     pub in_flight: usize,
     /// Submissions per second in all, or as fast as acknowledgements come back.
     pub rate: Option<f64>,
+    /// How the labs take and work offers.
+    pub labs_use: LabsUse,
     /// How far each submission is taken.
     pub stage: Stage,
     /// Load before measuring.
@@ -214,11 +225,10 @@ pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
     if load.stage >= Stage::Dispatch {
         for lab in &load.labs {
             let client = connect(&load.addr, lab).await?;
-            watchers.push(tokio::spawn(work_offers(
-                client,
-                shared.clone(),
-                load.stage,
-            )));
+            watchers.push(match load.labs_use {
+                LabsUse::Work => tokio::spawn(work_stream(client, shared.clone(), load.stage)),
+                LabsUse::Calls => tokio::spawn(work_offers(client, shared.clone(), load.stage)),
+            });
         }
     }
     if load.stage == Stage::Cycle {
@@ -471,6 +481,162 @@ async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
                 shared.finish(n);
             }
         });
+    }
+}
+
+/// Where a job worked on a Work stream has got to: the action whose answer it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Accept,
+    Receive,
+    Post,
+}
+
+/// A job taken on a Work stream.
+#[derive(Debug)]
+struct Taken {
+    n: u64,
+    start: Instant,
+    job: proto::Job,
+    step: Step,
+}
+
+/// The observations that result `job`.
+fn observations(job: &proto::Job) -> Vec<proto::Observation> {
+    job.tests
+        .iter()
+        .map(|t| proto::Observation {
+            test: t.clone(),
+            analyte: String::new(),
+            value: "4.2".into(),
+            unit: "mmol/L".into(),
+            reference_range: String::new(),
+            flag: proto::ObservationFlag::Normal as i32,
+        })
+        .collect()
+}
+
+/// The action that takes `taken` a step further.
+fn action(taken: &Taken) -> proto::work_request::Action {
+    use proto::work_request::Action;
+    let id = taken.job.id.clone();
+    match taken.step {
+        Step::Accept => Action::Accept(proto::AcceptJobRequest { id }),
+        Step::Receive => Action::Receive(proto::ReceiveSampleRequest { id }),
+        Step::Post => Action::PostResults(proto::PostResultsRequest {
+            id,
+            observations: observations(&taken.job),
+        }),
+    }
+}
+
+/// A lab on one Work stream: each offer is accepted (and in cycles received and resulted) by
+/// actions on the same stream, at most `LAB_CONCURRENCY` jobs at once; later offers wait here,
+/// so that reading the stream, which brings the answers that free a place, never stops.
+async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
+    use proto::work_response::Item;
+    // At most one action per job in progress is outstanding, so sending never waits.
+    let (actions, outbound) = tokio::sync::mpsc::channel(LAB_CONCURRENCY + 1);
+    let watch = proto::WorkRequest {
+        tag: 0,
+        action: Some(proto::work_request::Action::Watch(
+            proto::WatchOffersRequest {
+                after_sequence: 0,
+                kinds: vec![proto::JobEventKind::Offered as i32],
+            },
+        )),
+    };
+    if actions.try_send(watch).is_err() {
+        return;
+    }
+    let opened = client
+        .labs()
+        .work(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await;
+    let Ok(mut replies) = opened.map(tonic::Response::into_inner) else {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut working: std::collections::HashMap<u64, Taken> = std::collections::HashMap::new();
+    let mut waiting = std::collections::VecDeque::new();
+    let mut next_tag = 1u64;
+    let send =
+        |taken: Taken, working: &mut std::collections::HashMap<u64, Taken>, next_tag: &mut u64| {
+            let tag = *next_tag;
+            *next_tag += 1;
+            let message = proto::WorkRequest {
+                tag,
+                action: Some(action(&taken)),
+            };
+            if actions.try_send(message).is_err() {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                shared.finish(taken.n);
+                return;
+            }
+            working.insert(tag, taken);
+        };
+    while let Some(reply) = replies.next().await {
+        let Ok(reply) = reply else {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match reply.item {
+            Some(Item::Event(event)) => {
+                let Some(job) = event.job else { continue };
+                let Some(n) = number(&job.order_number) else {
+                    continue;
+                };
+                let Some(start) = shared.starts.get(&n).map(|s| *s) else {
+                    continue;
+                };
+                shared.record(&shared.offer, start);
+                let taken = Taken {
+                    n,
+                    start,
+                    job,
+                    step: Step::Accept,
+                };
+                if working.len() < LAB_CONCURRENCY {
+                    send(taken, &mut working, &mut next_tag);
+                } else {
+                    waiting.push_back(taken);
+                }
+            }
+            Some(Item::Result(result)) => {
+                let Some(mut taken) = working.remove(&result.tag) else {
+                    continue;
+                };
+                let next_step = match (result.error.is_some(), taken.step) {
+                    (true, _) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    (false, Step::Accept) => {
+                        shared.record(&shared.accept, taken.start);
+                        (stage == Stage::Cycle).then_some(Step::Receive)
+                    }
+                    (false, Step::Receive) => Some(Step::Post),
+                    // The trust's watch records the result and finishes the submission.
+                    (false, Step::Post) => None,
+                };
+                match next_step {
+                    Some(step) => {
+                        taken.step = step;
+                        send(taken, &mut working, &mut next_tag);
+                    }
+                    None => {
+                        // Done with it here: a dispatch ends at the accept, a failure anywhere.
+                        if result.error.is_some() || taken.step == Step::Accept {
+                            shared.finish(taken.n);
+                        }
+                        if let Some(next) = waiting.pop_front() {
+                            send(next, &mut working, &mut next_tag);
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod journal;
 pub mod load;
+
+pub use load::LabsUse;
 pub mod null;
 pub mod procstat;
 pub mod report;
@@ -86,6 +88,8 @@ pub struct Options {
     pub labs: usize,
     /// Submissions per second for the offer-latency scenario (default: half the submit peak).
     pub rate: Option<f64>,
+    /// How the labs take and work offers.
+    pub labs_use: LabsUse,
     /// Scenarios to run, in order.
     pub kinds: Vec<Kind>,
     /// Where temporary data directories go (must be the disk to measure; not a tmpfs).
@@ -117,13 +121,18 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let mut report = Report {
         machine: report::machine(),
         settings: format!(
-            "{} connections, {} in flight, {} s measured after {} s warm-up, {} trusts, {} labs",
+            "{} connections, {} in flight, {} s measured after {} s warm-up, {} trusts, {} labs \
+             ({})",
             options.connections,
             options.in_flight,
             options.duration.as_secs_f64(),
             options.warmup.as_secs_f64(),
             options.trusts,
-            options.labs
+            options.labs,
+            match options.labs_use {
+                LabsUse::Work => "a Work stream each",
+                LabsUse::Calls => "WatchOffers and a call per action",
+            }
         ),
         scenarios,
     };
@@ -191,6 +200,7 @@ async fn baseline(options: &Options) -> anyhow::Result<Scenario> {
         connections: options.connections,
         in_flight: options.in_flight,
         rate: None,
+        labs_use: options.labs_use,
         stage: Stage::Submit,
         warmup: options.warmup,
         duration: options.duration,
@@ -257,6 +267,7 @@ async fn broker_scenario(
         connections: options.connections,
         in_flight: options.in_flight,
         rate,
+        labs_use: options.labs_use,
         stage,
         warmup: options.warmup,
         duration: options.duration,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use labaid::bench::{self, Kind, Options};
+use labaid::bench::{self, Kind, LabsUse, Options};
 
 // The same allocator as the broker, so that the null service (the baseline) and the load
 // generator are not handicapped against it.
@@ -46,6 +46,10 @@ struct Args {
     /// Submissions per second for the offer-latency scenario [default: half the submit peak].
     #[arg(long)]
     rate: Option<f64>,
+    /// How the labs take and work offers: one Work stream each (offers in, actions and their
+    /// answers on the same stream), or WatchOffers and a call per action.
+    #[arg(long, value_enum, default_value_t = LabsUse::Work)]
+    labs_use: LabsUse,
     /// Scenarios to run [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         trusts: args.trusts,
         labs: args.labs,
         rate: args.rate,
+        labs_use: args.labs_use,
         kinds,
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
     };

@@ -112,7 +112,8 @@ fn is_server_fault(code: i32) -> bool {
     )
 }
 
-fn code_name(code: i32) -> &'static str {
+/// The canonical name of a gRPC status code, as metrics label it.
+pub(crate) fn code_name(code: i32) -> &'static str {
     match tonic::Code::from_i32(code) {
         tonic::Code::Ok => "OK",
         tonic::Code::Cancelled => "CANCELLED",

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub grpc_calls: IntCounterVec,
     /// gRPC call latency by method, seconds.
     pub grpc_latency: HistogramVec,
+    /// Actions on labs' Work streams by action and status code (the stream is one call).
+    pub work_actions: IntCounterVec,
     /// Journal sync latency, seconds.
     pub store_sync: Histogram,
     /// Commands per journal sync.
@@ -195,6 +197,11 @@ impl Metrics {
                 "gRPC call latency (to response headers).",
                 &["method"],
                 prometheus::exponential_buckets(0.000_05, 2.0, 18).unwrap_or_default(),
+            ),
+            work_actions: counter(
+                "work_actions_total",
+                "Actions on labs' Work streams by action and status code.",
+                &["action", "code"],
             ),
             store_sync,
             store_batch,

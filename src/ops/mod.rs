@@ -9,6 +9,7 @@ mod starting;
 
 pub use http::{Readiness, serve_http};
 pub use layer::RpcLayer;
+pub(crate) use layer::code_name;
 pub use metrics::Metrics;
 pub use presence::{Presence, Watching, watch_heartbeats};
 pub use starting::StartingLayer;
