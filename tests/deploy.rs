@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use labaid::Config;
+use labaid::proto::work_request::Action;
+use labaid::proto::work_response::Item;
 use labaid::proto::{self, Priority};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
@@ -666,6 +668,29 @@ async fn exercised_metrics() -> String {
         .submit_request(submission("DASH-3", Priority::Routine, broker.now()))
         .await
         .unwrap();
+    // An action on a Work stream (the job is resulted, so accepting it is refused), so that the
+    // actions' counter has a series.
+    let (actions, outbound) = tokio::sync::mpsc::channel(2);
+    for (tag, action) in [
+        (0, Action::Watch(proto::WatchOffersRequest::default())),
+        (
+            1,
+            Action::Accept(proto::AcceptJobRequest { id: r.id.clone() }),
+        ),
+    ] {
+        let message = proto::WorkRequest {
+            tag,
+            action: Some(action),
+        };
+        actions.send(message).await.unwrap();
+    }
+    let mut replies = lab
+        .labs()
+        .work(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .unwrap()
+        .into_inner();
+    while !matches!(next(&mut replies).await.item, Some(Item::Result(_))) {}
     let (status, body) = http_get(broker.ops_addr, "/metrics").await;
     assert_eq!(status, 200);
     broker.shutdown().await;
