@@ -1,4 +1,5 @@
-//! A client in another language, generated from `proto/` alone, can submit and follow a request.
+//! A client in another language, generated from `proto/` alone, can submit and follow a request,
+//! and work a job over a lab's bidirectional Work stream.
 //!
 //! Runs `tests/interop/python_client.py` (Python with grpcio-tools) against a real broker. Where
 //! grpcio-tools is not installed the test says so and passes, unless `LABAID_REQUIRE_INTEROP` is
@@ -46,6 +47,8 @@ async fn a_python_client_generated_from_the_protos_takes_a_request_to_its_result
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("to RESULTED"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("to RESULTED via"), "{stdout}");
+    assert!(stdout.contains("RESULTED over a Work stream"), "{stdout}");
     broker.shutdown().await;
 }

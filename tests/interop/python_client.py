@@ -4,11 +4,13 @@
 Usage: python_client.py BROKER_ADDR PROTO_DIR
 
 Generates Python stubs from the .proto files with grpcio-tools, then, as trust RJ1 and as
-whichever lab the request is offered to, takes one request from submission to result while
-following the trust's event stream. Exits non-zero on any mismatch.
+whichever lab the request is offered to, takes one request from submission to result with a call
+per step while following the trust's event stream, and a second one over the lab's Work stream
+(events and tagged actions on one bidirectional stream). Exits non-zero on any mismatch.
 """
 import importlib
 import os
+import queue
 import subprocess
 import sys
 import tempfile
@@ -78,6 +80,58 @@ def main() -> int:
     expected = [common.REQUEST_STATE_OFFERED, common.REQUEST_STATE_ACCEPTED, common.REQUEST_STATE_RECEIVED, common.REQUEST_STATE_RESULTED]
     assert states == expected, states
     print(f"python client: request {submitted.id} went {len(states)} states to RESULTED via {submitted.lab}")
+
+    # The second request, worked by its lab over one Work stream: watch first, then each step as
+    # a tagged action, sent once the answer to the one before has come back.
+    second = trust.SubmitRequest(
+        req.SubmitRequestRequest(
+            order_number=f"PY-W-{int(time.time() * 1000)}",
+            patient=common.Patient(nhs_number="6541003238"),
+            tests=["K"],
+            priority=common.PRIORITY_URGENT,
+            collected_at=collected,
+        ),
+        metadata=as_trust,
+    ).request
+    outbox = queue.Queue()
+
+    def outgoing():
+        while (message := outbox.get()) is not None:
+            yield message
+
+    outbox.put(labs.WorkRequest(watch=labs.WatchOffersRequest(kinds=[labs.JOB_EVENT_KIND_OFFERED])))
+    steps = [
+        labs.WorkRequest(tag=1, accept=labs.AcceptJobRequest(id=second.id)),
+        labs.WorkRequest(tag=2, receive=labs.ReceiveSampleRequest(id=second.id)),
+        labs.WorkRequest(
+            tag=3,
+            post_results=labs.PostResultsRequest(
+                id=second.id,
+                observations=[common.Observation(test="K", value="4.1", unit="mmol/L", reference_range="3.5-5.3")],
+            ),
+        ),
+    ]
+    replies = lab_stub.Work(outgoing(), metadata=[("authorization", f"Bearer demo:{second.lab}")])
+    worked = []
+    for reply in replies:
+        if reply.WhichOneof("item") == "event":
+            assert reply.event.kind == labs.JOB_EVENT_KIND_OFFERED, reply
+            if reply.event.job.id == second.id and not worked:
+                outbox.put(steps[0])
+            continue
+        answer = reply.result
+        assert not answer.HasField("error"), answer
+        assert answer.tag == len(worked) + 1, answer
+        worked.append(answer.job.state)
+        if len(worked) == len(steps):
+            break
+        outbox.put(steps[len(worked)])
+    outbox.put(None)
+    replies.cancel()
+    assert worked == [common.REQUEST_STATE_ACCEPTED, common.REQUEST_STATE_RECEIVED, common.REQUEST_STATE_RESULTED], worked
+    final = trust.GetRequest(req.GetRequestRequest(id=second.id), metadata=as_trust)
+    assert final.state == common.REQUEST_STATE_RESULTED and final.results[0].value == "4.1", final
+    print(f"python client: request {second.id} worked to RESULTED over a Work stream via {second.lab}")
     return 0
 
 
