@@ -301,3 +301,48 @@ async fn each_action_is_charged_to_the_rate_limit_as_a_call() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_a_work_stream_with_unavailable_naming_where_to_resume() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    let lab = broker.client("R1H").await;
+    let mut work = Work::offers(&lab).await;
+    submit(&trust, submission("WORK-4", Priority::Stat, broker.now())).await;
+    let offer = work.event().await;
+    let stopping = tokio::spawn(broker.shutdown());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), work.replies.message())
+        .await
+        .expect("the stream ended in time")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let resume = format!("after_sequence={}", offer.sequence);
+    assert!(status.message().contains(&resume), "{status}");
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn more_actions_than_run_at_once_are_all_answered_once() {
+    let broker = TestBroker::spawn().await;
+    let lab = broker.client("R1H").await;
+    let mut work = Work::offers(&lab).await;
+    let unknown = "7f8c0d6e-0000-4000-8000-000000000000";
+    // More than the 256 a stream runs at once, all sent before any answer is read.
+    let sent = 700u64;
+    for tag in 1..=sent {
+        work.send(tag, accept(unknown)).await;
+    }
+    let answers = work.answers(sent as usize).await;
+    let mut tags: Vec<u64> = answers.keys().copied().collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (1..=sent).collect::<Vec<_>>());
+    for answer in answers.values() {
+        let code = code(answer);
+        // The demo's rate limit may refuse some; every one is answered either way.
+        assert!(
+            matches!(code, Code::NotFound | Code::ResourceExhausted),
+            "{code:?}"
+        );
+    }
+    broker.shutdown().await;
+}
