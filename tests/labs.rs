@@ -8,16 +8,6 @@ use labaid::proto::{self, JobEventKind, Priority, RequestEventKind, RequestState
 use tonic::Code;
 use tonic_types::StatusExt;
 
-fn k_result(value: &str) -> proto::Observation {
-    proto::Observation {
-        test: "K".into(),
-        value: value.into(),
-        unit: "mmol/L".into(),
-        reference_range: "3.5-5.3".into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_request_goes_from_submission_to_result_and_the_trust_sees_it() {
     let broker = TestBroker::spawn().await;

@@ -123,13 +123,7 @@ async fn work(lab: &labaid::client::Client, id: &str, value: &str) {
     lab.labs()
         .post_results(proto::PostResultsRequest {
             id: id.to_string(),
-            observations: vec![proto::Observation {
-                test: "K".into(),
-                value: value.into(),
-                unit: "mmol/L".into(),
-                reference_range: "3.5-5.3".into(),
-                ..Default::default()
-            }],
+            observations: vec![k_result(value)],
         })
         .await
         .expect("post results");

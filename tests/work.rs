@@ -128,13 +128,7 @@ async fn a_lab_takes_an_offer_and_works_the_job_over_one_stream() {
 
     let results = proto::PostResultsRequest {
         id: r.id.clone(),
-        observations: vec![proto::Observation {
-            test: "K".into(),
-            value: "6.9".into(),
-            unit: "mmol/L".into(),
-            reference_range: "3.5-5.3".into(),
-            ..Default::default()
-        }],
+        observations: vec![k_result("6.9")],
     };
     work.send(3, Some(Action::PostResults(results))).await;
     let resulted = work.answer().await;

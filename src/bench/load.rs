@@ -439,7 +439,7 @@ async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let id = job.id;
+            let id = job.id.clone();
             if labs
                 .accept_job(proto::AcceptJobRequest { id: id.clone() })
                 .await
@@ -457,18 +457,7 @@ async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
             let received = labs
                 .receive_sample(proto::ReceiveSampleRequest { id: id.clone() })
                 .await;
-            let observations = job
-                .tests
-                .iter()
-                .map(|t| proto::Observation {
-                    test: t.clone(),
-                    analyte: String::new(),
-                    value: "4.2".into(),
-                    unit: "mmol/L".into(),
-                    reference_range: String::new(),
-                    flag: proto::ObservationFlag::Normal as i32,
-                })
-                .collect();
+            let observations = observations(&job);
             let posted = match received {
                 Ok(_) => labs
                     .post_results(proto::PostResultsRequest { id, observations })

@@ -215,6 +215,17 @@ pub async fn watch_request_events(trust: &Client) -> Streaming<proto::RequestEve
         .into_inner()
 }
 
+/// A potassium result of `value` mmol/L (reference range 3.5-5.3: above 6.5 is critical).
+pub fn k_result(value: &str) -> proto::Observation {
+    proto::Observation {
+        test: "K".into(),
+        value: value.into(),
+        unit: "mmol/L".into(),
+        reference_range: "3.5-5.3".into(),
+        ..Default::default()
+    }
+}
+
 /// The lab accepts the job and receives its sample; both must succeed.
 pub async fn accept_and_receive(lab: &Client, id: &str) {
     lab.labs()
