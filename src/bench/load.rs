@@ -170,6 +170,19 @@ impl Shared {
         start
     }
 
+    /// An offer of one of this run's tracked submissions, timed as delivered: its submission
+    /// number, start and job. `None` for other events and other runs' jobs.
+    fn offered(&self, event: proto::JobEvent) -> Option<(u64, Instant, proto::Job)> {
+        if event.kind != proto::JobEventKind::Offered as i32 {
+            return None;
+        }
+        let job = event.job?;
+        let n = number(&job.order_number)?;
+        let start = *self.starts.get(&n)?;
+        self.record(&self.offer, start);
+        Some((n, start, job))
+    }
+
     fn record(&self, samples: &Mutex<Samples>, start: Instant) {
         let now = Instant::now();
         if now >= self.from && now <= self.until {
@@ -421,17 +434,9 @@ async fn work_offers(client: Client, shared: Arc<Shared>, stage: Stage) {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if event.kind != proto::JobEventKind::Offered as i32 {
-            continue;
-        }
-        let Some(job) = event.job else { continue };
-        let Some(n) = number(&job.order_number) else {
+        let Some((n, start, job)) = shared.offered(event) else {
             continue;
         };
-        let Some(start) = shared.starts.get(&n).map(|s| *s) else {
-            continue;
-        };
-        shared.record(&shared.offer, start);
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
@@ -571,14 +576,9 @@ async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
         };
         match reply.item {
             Some(Item::Event(event)) => {
-                let Some(job) = event.job else { continue };
-                let Some(n) = number(&job.order_number) else {
+                let Some((n, start, job)) = shared.offered(event) else {
                     continue;
                 };
-                let Some(start) = shared.starts.get(&n).map(|s| *s) else {
-                    continue;
-                };
-                shared.record(&shared.offer, start);
                 let taken = Taken {
                     n,
                     start,
