@@ -77,24 +77,23 @@ impl LabApi {
             Some(Do::Fail(_)) => "fail",
             None => "none",
         };
-        let outcome = match self.ctx.auth.charge(&who.org) {
-            Err(e) => Err(e),
-            Ok(()) => {
-                self.ctx.presence.touch(&who.org, self.ctx.engine.now());
-                match m.action {
-                    Some(Do::Accept(a)) => self.accept(who, a).await.map(Some),
-                    Some(Do::Decline(a)) => self.decline(who, a).await.map(|_| None),
-                    Some(Do::Receive(a)) => self.receive(who, a).await.map(Some),
-                    Some(Do::PostResults(a)) => self.post(who, a).await.map(Some),
-                    Some(Do::Fail(a)) => self.fail(who, a).await.map(Some),
-                    Some(Do::Watch(_)) => Err(Error::invalid(
-                        "action",
-                        "watch may only be the first message of a Work stream",
-                    )),
-                    None => Err(Error::invalid("action", "is required")),
-                }
+        let outcome = async {
+            self.ctx.auth.charge(&who.org)?;
+            self.ctx.presence.touch(&who.org, self.ctx.engine.now());
+            match m.action {
+                Some(Do::Accept(a)) => self.accept(who, a).await.map(Some),
+                Some(Do::Decline(a)) => self.decline(who, a).await.map(|_| None),
+                Some(Do::Receive(a)) => self.receive(who, a).await.map(Some),
+                Some(Do::PostResults(a)) => self.post(who, a).await.map(Some),
+                Some(Do::Fail(a)) => self.fail(who, a).await.map(Some),
+                Some(Do::Watch(_)) => Err(Error::invalid(
+                    "action",
+                    "watch may only be the first message of a Work stream",
+                )),
+                None => Err(Error::invalid("action", "is required")),
             }
-        };
+        }
+        .await;
         super::work::answer(m.tag, name, outcome, self.ctx.engine.views().metrics())
     }
 
@@ -106,7 +105,7 @@ impl LabApi {
     }
 
     /// Accepts an open offer (AcceptJob, or an action on a Work stream).
-    pub(super) async fn accept(
+    async fn accept(
         &self,
         who: &Principal,
         m: proto::AcceptJobRequest,
@@ -127,7 +126,7 @@ impl LabApi {
     }
 
     /// Declines an open offer.
-    pub(super) async fn decline(
+    async fn decline(
         &self,
         who: &Principal,
         m: proto::DeclineJobRequest,
@@ -158,7 +157,7 @@ impl LabApi {
     }
 
     /// Records that an accepted job's sample arrived.
-    pub(super) async fn receive(
+    async fn receive(
         &self,
         who: &Principal,
         m: proto::ReceiveSampleRequest,
@@ -178,7 +177,7 @@ impl LabApi {
     }
 
     /// Posts a received job's results.
-    pub(super) async fn post(
+    async fn post(
         &self,
         who: &Principal,
         m: proto::PostResultsRequest,
@@ -241,11 +240,7 @@ impl LabApi {
     }
 
     /// Fails a job whose sample cannot be used.
-    pub(super) async fn fail(
-        &self,
-        who: &Principal,
-        m: proto::FailJobRequest,
-    ) -> Result<proto::Job, Error> {
+    async fn fail(&self, who: &Principal, m: proto::FailJobRequest) -> Result<proto::Job, Error> {
         let id = parse_id(&m.id)?;
         let reason = failure_from(m.reason).ok_or_else(|| {
             Error::invalid(
