@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Request, Status};
+use tonic::{Request, Status, Streaming};
 
 use crate::proto;
 use crate::proto::coordinator_service_client::CoordinatorServiceClient;
@@ -228,6 +230,29 @@ impl Client {
         .await
     }
 
+    /// Opens this lab's Work stream, watching as `watch` asks: the sender of its actions (up to
+    /// `queued` wait to be sent; the broker reads more only as earlier ones finish), and the
+    /// lab's events and the actions' answers, in the order the broker sends them.
+    pub async fn work(
+        &self,
+        watch: proto::WatchOffersRequest,
+        queued: usize,
+    ) -> Result<(WorkSender, Streaming<proto::WorkResponse>), Status> {
+        let (actions, outbound) = mpsc::channel(queued.max(1) + 1);
+        let first = proto::WorkRequest {
+            tag: 0,
+            action: Some(proto::work_request::Action::Watch(watch)),
+        };
+        // Room for it was made above, and the receiver is held below.
+        let _ = actions.try_send(first);
+        let replies = self
+            .labs()
+            .work(ReceiverStream::new(outbound))
+            .await?
+            .into_inner();
+        Ok((WorkSender(actions), replies))
+    }
+
     /// This lab's jobs, newest first, like [`Client::list_requests`].
     pub async fn list_jobs(
         &self,
@@ -249,6 +274,31 @@ impl Client {
             }
         })
         .await
+    }
+}
+
+/// Sends tagged actions on a lab's open Work stream; dropping it closes the lab's side (events
+/// and answers still come).
+#[derive(Debug, Clone)]
+pub struct WorkSender(mpsc::Sender<proto::WorkRequest>);
+
+impl WorkSender {
+    /// Queues an action, waiting for room; false once the stream has ended.
+    pub async fn send(&self, tag: u64, action: proto::work_request::Action) -> bool {
+        let request = proto::WorkRequest {
+            tag,
+            action: Some(action),
+        };
+        self.0.send(request).await.is_ok()
+    }
+
+    /// Queues an action without waiting; false when the queue is full or the stream has ended.
+    pub fn try_send(&self, tag: u64, action: proto::work_request::Action) -> bool {
+        let request = proto::WorkRequest {
+            tag,
+            action: Some(action),
+        };
+        self.0.try_send(request).is_ok()
     }
 }
 

@@ -340,3 +340,34 @@ async fn more_actions_than_run_at_once_are_all_answered_once() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_typed_client_works_a_job_and_events_go_on_after_its_sender_is_dropped() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    let lab = broker.client("R1H").await;
+    let watch = proto::WatchOffersRequest {
+        after_sequence: 0,
+        kinds: vec![JobEventKind::Offered as i32],
+    };
+    let (actions, mut replies) = lab.work(watch, 4).await.expect("open a Work stream");
+    let first = submit(&trust, submission("WORK-5", Priority::Stat, broker.now())).await;
+    let offered = |item: Option<Item>| match item {
+        Some(Item::Event(e)) => e.job.expect("a job").id,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    assert_eq!(offered(next(&mut replies).await.item), first.id);
+    assert!(actions.send(7, accept(&first.id).unwrap()).await);
+    match next(&mut replies).await.item {
+        Some(Item::Result(r)) => {
+            assert_eq!((r.tag, code(&r)), (7, Code::Ok));
+            assert_eq!(r.job.unwrap().state, RequestState::Accepted as i32);
+        }
+        other => panic!("expected the answer, got {other:?}"),
+    }
+    // The lab closes its side: no more actions, but its offers still arrive.
+    drop(actions);
+    let second = submit(&trust, submission("WORK-6", Priority::Stat, broker.now())).await;
+    assert_eq!(offered(next(&mut replies).await.item), second.id);
+    broker.shutdown().await;
+}

@@ -529,25 +529,12 @@ fn action(taken: &Taken) -> proto::work_request::Action {
 /// so that reading the stream, which brings the answers that free a place, never stops.
 async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
     use proto::work_response::Item;
-    // At most one action per job in progress is outstanding, so sending never waits.
-    let (actions, outbound) = tokio::sync::mpsc::channel(LAB_CONCURRENCY + 1);
-    let watch = proto::WorkRequest {
-        tag: 0,
-        action: Some(proto::work_request::Action::Watch(
-            proto::WatchOffersRequest {
-                after_sequence: 0,
-                kinds: vec![proto::JobEventKind::Offered as i32],
-            },
-        )),
+    let watch = proto::WatchOffersRequest {
+        after_sequence: 0,
+        kinds: vec![proto::JobEventKind::Offered as i32],
     };
-    if actions.try_send(watch).is_err() {
-        return;
-    }
-    let opened = client
-        .labs()
-        .work(tokio_stream::wrappers::ReceiverStream::new(outbound))
-        .await;
-    let Ok(mut replies) = opened.map(tonic::Response::into_inner) else {
+    // At most one action per job in progress is outstanding, so sending never waits.
+    let Ok((actions, mut replies)) = client.work(watch, LAB_CONCURRENCY).await else {
         shared.errors.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -558,11 +545,7 @@ async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
         |taken: Taken, working: &mut std::collections::HashMap<u64, Taken>, next_tag: &mut u64| {
             let tag = *next_tag;
             *next_tag += 1;
-            let message = proto::WorkRequest {
-                tag,
-                action: Some(action(&taken)),
-            };
-            if actions.try_send(message).is_err() {
+            if !actions.try_send(tag, action(&taken)) {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 shared.finish(taken.n);
                 return;
