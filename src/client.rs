@@ -239,12 +239,8 @@ impl Client {
         queued: usize,
     ) -> Result<(WorkSender, Streaming<proto::WorkResponse>), Status> {
         let (actions, outbound) = mpsc::channel(queued.max(1) + 1);
-        let first = proto::WorkRequest {
-            tag: 0,
-            action: Some(proto::work_request::Action::Watch(watch)),
-        };
         // Room for it was made above, and the receiver is held below.
-        let _ = actions.try_send(first);
+        let _ = actions.try_send(tagged(0, proto::work_request::Action::Watch(watch)));
         let replies = self
             .labs()
             .work(ReceiverStream::new(outbound))
@@ -285,20 +281,19 @@ pub struct WorkSender(mpsc::Sender<proto::WorkRequest>);
 impl WorkSender {
     /// Queues an action, waiting for room; false once the stream has ended.
     pub async fn send(&self, tag: u64, action: proto::work_request::Action) -> bool {
-        let request = proto::WorkRequest {
-            tag,
-            action: Some(action),
-        };
-        self.0.send(request).await.is_ok()
+        self.0.send(tagged(tag, action)).await.is_ok()
     }
 
     /// Queues an action without waiting; false when the queue is full or the stream has ended.
     pub fn try_send(&self, tag: u64, action: proto::work_request::Action) -> bool {
-        let request = proto::WorkRequest {
-            tag,
-            action: Some(action),
-        };
-        self.0.try_send(request).is_ok()
+        self.0.try_send(tagged(tag, action)).is_ok()
+    }
+}
+
+fn tagged(tag: u64, action: proto::work_request::Action) -> proto::WorkRequest {
+    proto::WorkRequest {
+        tag,
+        action: Some(action),
     }
 }
 
