@@ -538,20 +538,18 @@ async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
         shared.errors.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    // Jobs in progress by submission number, which also tags their actions: a job has one
+    // action outstanding at a time.
     let mut working: std::collections::HashMap<u64, Taken> = std::collections::HashMap::new();
     let mut waiting = std::collections::VecDeque::new();
-    let mut next_tag = 1u64;
-    let send =
-        |taken: Taken, working: &mut std::collections::HashMap<u64, Taken>, next_tag: &mut u64| {
-            let tag = *next_tag;
-            *next_tag += 1;
-            if !actions.try_send(tag, action(&taken)) {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-                shared.finish(taken.n);
-                return;
-            }
-            working.insert(tag, taken);
-        };
+    let send = |taken: Taken, working: &mut std::collections::HashMap<u64, Taken>| {
+        if !actions.try_send(taken.n, action(&taken)) {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            shared.finish(taken.n);
+            return;
+        }
+        working.insert(taken.n, taken);
+    };
     while let Some(reply) = replies.next().await {
         let Ok(reply) = reply else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -569,7 +567,7 @@ async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
                     step: Step::Accept,
                 };
                 if working.len() < LAB_CONCURRENCY {
-                    send(taken, &mut working, &mut next_tag);
+                    send(taken, &mut working);
                 } else {
                     waiting.push_back(taken);
                 }
@@ -594,7 +592,7 @@ async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
                 match next_step {
                     Some(step) => {
                         taken.step = step;
-                        send(taken, &mut working, &mut next_tag);
+                        send(taken, &mut working);
                     }
                     None => {
                         // Done with it here: a dispatch ends at the accept, a failure anywhere.
@@ -602,7 +600,7 @@ async fn work_stream(client: Client, shared: Arc<Shared>, stage: Stage) {
                             shared.finish(taken.n);
                         }
                         if let Some(next) = waiting.pop_front() {
-                            send(next, &mut working, &mut next_tag);
+                            send(next, &mut working);
                         }
                     }
                 }
