@@ -296,6 +296,20 @@ pub(crate) fn request_event_name(k: i32) -> &'static str {
     }
 }
 
+/// Parses `--kind` of a request watch: a request event kind by the name [`request_event_name`]
+/// prints for it (`resulted`, `critical-result`, ...), to its proto value.
+pub(crate) fn request_event_kind_arg() -> impl clap::builder::TypedValueParser<Value = i32> {
+    use clap::builder::TypedValueParser as _;
+    let kinds = || (1..).map_while(|k| proto::RequestEventKind::try_from(k).ok().map(|_| k));
+    let names: Vec<&'static str> = kinds().map(request_event_name).collect();
+    clap::builder::PossibleValuesParser::new(names).map(move |name| {
+        // The parser above let through only these names.
+        kinds()
+            .find(|&k| request_event_name(k) == name)
+            .unwrap_or_default()
+    })
+}
+
 /// The colour of a state: attention for offers, green for results, red for what needs recollection.
 pub(crate) fn state_style(s: i32) -> Style {
     match proto::RequestState::try_from(s) {
@@ -475,6 +489,28 @@ pub(crate) fn observation_lines(out: &Output, results: &[proto::Observation]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_request_event_kind_is_taken_by_the_name_labctl_prints() {
+        let command = clap::Command::new("watch").arg(
+            clap::Arg::new("kind")
+                .long("kind")
+                .value_parser(request_event_kind_arg()),
+        );
+        for k in 1..=6 {
+            let name = request_event_name(k);
+            let parsed = command
+                .clone()
+                .try_get_matches_from(["watch", "--kind", name])
+                .unwrap();
+            assert_eq!(parsed.get_one::<i32>("kind"), Some(&k), "{name}");
+        }
+        assert!(
+            command
+                .try_get_matches_from(["watch", "--kind", "unknown"])
+                .is_err()
+        );
+    }
 
     fn plain() -> Output {
         Output {

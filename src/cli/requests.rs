@@ -7,7 +7,8 @@ use super::error::{CliError, Subject, from_violations};
 use super::follow::{self, Feed};
 use super::output::{
     Output, Style, Table, instant, observation_lines, priority_name, priority_style, relative,
-    request_event_json, request_event_name, request_json, state_name, state_style,
+    request_event_json, request_event_kind_arg, request_event_name, request_json, state_name,
+    state_style,
 };
 use super::{Ctx, PriorityArg, catalogue, parse_id, parse_state, time};
 use crate::client::Client;
@@ -42,8 +43,8 @@ pub(crate) enum RequestsCommand {
         #[arg(long, default_value_t = 0, value_name = "SEQUENCE")]
         after: u64,
         /// Show only events of this kind (repeat for several); the broker leaves out the rest
-        #[arg(long = "kind", value_name = "KIND")]
-        kinds: Vec<EventKindArg>,
+        #[arg(long = "kind", value_name = "KIND", value_parser = request_event_kind_arg())]
+        kinds: Vec<i32>,
     },
     /// Cancel a request that is not yet final; a lab that accepted it is told
     Cancel {
@@ -86,30 +87,6 @@ pub(crate) struct SubmitArgs {
     /// Clinical details for the lab, at most 500 characters
     #[arg(long, default_value = "", value_name = "TEXT")]
     note: String,
-}
-
-/// A kind of request event, by the name labctl prints for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum EventKindArg {
-    StateChanged,
-    Resulted,
-    CriticalResult,
-    Expired,
-    LabOffline,
-    Failed,
-}
-
-impl EventKindArg {
-    fn proto(self) -> proto::RequestEventKind {
-        match self {
-            Self::StateChanged => proto::RequestEventKind::StateChanged,
-            Self::Resulted => proto::RequestEventKind::Resulted,
-            Self::CriticalResult => proto::RequestEventKind::CriticalResult,
-            Self::Expired => proto::RequestEventKind::Expired,
-            Self::LabOffline => proto::RequestEventKind::LabOffline,
-            Self::Failed => proto::RequestEventKind::Failed,
-        }
-    }
 }
 
 /// The trust's event stream, of the kinds asked for (every kind when none is).
@@ -262,11 +239,11 @@ async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn watch(ctx: &Ctx, after: u64, kinds: &[EventKindArg]) -> Result<(), CliError> {
+async fn watch(ctx: &Ctx, after: u64, kinds: &[i32]) -> Result<(), CliError> {
     let interrupted = follow::interrupted()?;
     tokio::pin!(interrupted);
     let feed = RequestFeed {
-        kinds: kinds.iter().map(|k| k.proto() as i32).collect(),
+        kinds: kinds.to_vec(),
     };
     let mut events = follow::start(ctx, feed, after).await?;
     let out = ctx.out();
