@@ -380,7 +380,7 @@ fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
                 .map_err(|v| anyhow::anyhow!("generated an invalid submission: {v}"))?;
             let command = Command::Submit {
                 trust: trusts[rng.below(TRUSTS)].clone(),
-                id: RequestId::new_random(),
+                id: RequestId::generate(),
                 request,
             };
             outcome.changed = false;

@@ -145,7 +145,7 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
                 .map_err(|v| anyhow::anyhow!("{v}"))?;
             let command = Command::Submit {
                 trust,
-                id: RequestId::new_random(),
+                id: RequestId::generate(),
                 request,
             };
             outcome.changed = false;

@@ -47,7 +47,7 @@ impl RequestService for RequestApi {
         let reply = engine
             .execute(Command::Submit {
                 trust: who.org.clone(),
-                id: RequestId::new_random(),
+                id: RequestId::generate(),
                 request: new,
             })
             .await?;

@@ -342,7 +342,7 @@ mod tests {
             .build()
             .unwrap();
         for _ in 0..n {
-            rt.block_on(log.record(&who, Action::RequestGet, Some(&RequestId::new_random())))
+            rt.block_on(log.record(&who, Action::RequestGet, Some(&RequestId::generate())))
                 .unwrap();
         }
         writer.close();
@@ -368,7 +368,7 @@ mod tests {
             org: OdsCode::parse("RJ1").unwrap(),
             role: Role::Lab,
         };
-        let id = RequestId::new_random();
+        let id = RequestId::generate();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

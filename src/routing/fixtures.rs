@@ -25,7 +25,7 @@ pub(crate) fn submit(
     };
     Command::Submit {
         trust: OdsCode::parse(trust).expect("ods"),
-        id: RequestId::new_random(),
+        id: RequestId::generate(),
         request: NewRequest::validate(&raw, router.catalogue(), now).expect("valid submission"),
     }
 }

@@ -171,7 +171,7 @@ fn command(router: &Router, op: &Op, now: Timestamp, n: usize) -> Command {
     let pick = |p: usize| {
         ids.get(p % ids.len().max(1))
             .copied()
-            .unwrap_or_else(RequestId::new_random)
+            .unwrap_or_else(RequestId::generate)
     };
     let lab = |l: usize| ods(LABS[l]);
     // Lab commands mostly name one of that lab's jobs, so that transitions actually happen.
@@ -205,7 +205,7 @@ fn command(router: &Router, op: &Op, now: Timestamp, n: usize) -> Command {
             }
             Command::Submit {
                 trust: ods(TRUSTS[*trust]),
-                id: RequestId::new_random(),
+                id: RequestId::generate(),
                 request: NewRequest {
                     order_number: OrderNumber::parse(&format!("O{n}")).unwrap(),
                     patient: Patient {

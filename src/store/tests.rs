@@ -591,7 +591,7 @@ fn a_format_3_snapshot_round_trips_every_request_across_many_chunks() {
     let requests = state.requests_mut();
     for i in 0..10_000u64 {
         let mut r = (*template).clone();
-        r.id = RequestId::new_random();
+        r.id = RequestId::generate();
         r.ordinal = 1_000_000 + i;
         requests.insert(r.id, Arc::new(r));
     }
