@@ -13,7 +13,9 @@ use std::sync::Mutex;
 
 use crate::domain::{Catalogue, OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
 use crate::ops::Metrics;
-use crate::routing::{Event, EventKind, JobEventKind, LabState, Outcome, Router, TrustEventKind};
+use crate::routing::{
+    Event, EventKind, FastHash, FastMap, JobEventKind, LabState, Outcome, Router, TrustEventKind,
+};
 
 /// Capacity of each organisation's live event channel; a watcher that falls further behind
 /// catches up from the retained log instead.
@@ -155,7 +157,7 @@ const LIST_SCAN: usize = 10_000;
 const LIST_RUN: usize = 1024;
 
 /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
-type OrgLists = DashMap<OdsCode, BTreeMap<u64, RequestId>>;
+type OrgLists = DashMap<OdsCode, BTreeMap<u64, RequestId>, FastHash>;
 /// Waiting requests by priority and submission time.
 type QueuedSet = BTreeSet<(Priority, Timestamp, RequestId)>;
 
@@ -163,11 +165,13 @@ type QueuedSet = BTreeSet<(Priority, Timestamp, RequestId)>;
 #[derive(Debug)]
 pub struct Views {
     catalogue: Arc<Catalogue>,
-    requests: DashMap<RequestId, Arc<Request>>,
+    // Keyed by what the broker or the directory chose, never by client text, so the fast hash
+    // (SipHash was a tenth of rebuilding these views at a restart).
+    requests: DashMap<RequestId, Arc<Request>, FastHash>,
     /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
     by_org: OrgLists,
     labs: RwLock<Vec<LabState>>,
-    events: DashMap<OdsCode, Arc<EventLog>>,
+    events: DashMap<OdsCode, Arc<EventLog>, FastHash>,
     /// Waiting requests by priority and submission time, for the oldest-wait gauge.
     queued: Mutex<QueuedSet>,
     retention_ms: i64,
@@ -179,7 +183,8 @@ impl Views {
     /// the indexes are built in bulk (sorted, then packed into their trees) rather than one
     /// insertion at a time, on two threads.
     pub fn new(router: &Router, retention_ms: i64, metrics: Arc<Metrics>) -> Self {
-        let requests = DashMap::with_capacity(router.request_count());
+        let requests =
+            DashMap::with_capacity_and_hasher(router.request_count(), FastHash::default());
         let (by_org, queued) = std::thread::scope(|scope| {
             let indexes = scope.spawn(|| Self::indexes(router, &metrics));
             for r in router.requests() {
@@ -193,7 +198,7 @@ impl Views {
             requests,
             by_org,
             labs: RwLock::new(router.labs().iter().map(lab_view).collect()),
-            events: DashMap::new(),
+            events: DashMap::default(),
             queued: Mutex::new(queued),
             retention_ms,
             metrics,
@@ -203,9 +208,10 @@ impl Views {
     /// The per-organisation lists and the waiting set of a core's requests, and their counts in
     /// the metrics.
     fn indexes(router: &Router, metrics: &Metrics) -> (OrgLists, QueuedSet) {
-        let mut lists: HashMap<&OdsCode, Vec<(u64, RequestId)>> = HashMap::new();
+        let mut lists: FastMap<&OdsCode, Vec<(u64, RequestId)>> = FastMap::default();
         let mut queued = Vec::new();
-        let mut counts: HashMap<(RequestState, Priority, Option<&OdsCode>), i64> = HashMap::new();
+        let mut counts: FastMap<(RequestState, Priority, Option<&OdsCode>), i64> =
+            FastMap::default();
         for r in router.requests() {
             lists.entry(&r.trust).or_default().push((r.ordinal, r.id));
             if let Some(lab) = &r.lab {
@@ -222,7 +228,7 @@ impl Views {
         for ((state, priority, lab), n) in counts {
             metrics.count_requests(state, priority, lab, n);
         }
-        let by_org = DashMap::with_capacity(lists.len());
+        let by_org = DashMap::with_capacity_and_hasher(lists.len(), FastHash::default());
         for (org, mut list) in lists {
             list.sort_unstable();
             by_org.insert(org.clone(), list.into_iter().collect());
