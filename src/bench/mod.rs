@@ -461,7 +461,7 @@ async fn measure(
     let ((server0, client0), (server1, client1), journal_readings) = sampler.await?;
     let window = load.duration;
     let secs = window.as_secs_f64().max(1e-9);
-    let journal = journal_readings.map(|(a, b)| journal::between(a, b, secs));
+    let journal = journal_readings.map(|(a, b)| journal::between(&a, &b, secs));
     let cpu = |a: Option<procstat::ProcStat>, b: Option<procstat::ProcStat>| match (a, b) {
         (Some(a), Some(b)) => b.cpu_seconds - a.cpu_seconds,
         _ => 0.0,

@@ -171,10 +171,19 @@ impl Report {
                 s.live_requests
             );
             if let Some(j) = &s.journal {
+                let bound =
+                    |ms: Option<f64>| ms.map_or_else(|| "-".into(), |ms| format!("{ms:.2} ms"));
                 let _ = writeln!(
                     out,
-                    "journal: {:.0} syncs/s, {:.1} commands per sync, {:.2} ms mean append and sync",
-                    j.syncs_per_second, j.commands_per_sync, j.mean_sync_ms
+                    "journal: {:.0} syncs/s, {:.1} commands per sync, {:.2} ms mean append and sync, \
+                     p99 under {}, {} syncs over {:.1} ms, slowest under {}",
+                    j.syncs_per_second,
+                    j.commands_per_sync,
+                    j.mean_sync_ms,
+                    bound(j.p99_sync_ms),
+                    j.slow_syncs,
+                    super::journal::SLOW_SYNC_SECONDS * 1000.0,
+                    bound(j.max_sync_ms),
                 );
             }
         }
