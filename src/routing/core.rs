@@ -3,8 +3,8 @@
 //! A rejected command changes nothing: each handler checks everything before its first mutation.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use super::fasthash::FastMap;
 use super::labs::{LabConfig, LabState, Labs};
 use super::policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
 use super::queue::{GroupKey, QueueKey, WaitQueue};
+use super::sharded::{ShardEntry, ShardedMap};
 
 /// Offer lease per priority, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,10 +212,11 @@ pub struct State {
     trusts: BTreeMap<OdsCode, String>,
     labs: Labs,
     // Fast hash: the broker picks request ids. Order numbers are the client's, so SipHash.
-    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
-    requests: FastMap<RequestId, Arc<Request>>,
-    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
-    orders: HashMap<(OdsCode, OrderNumber), RequestId>,
+    // Sharded, so that neither grows by rehashing every live request inside one decision.
+    #[serde(deserialize_with = "crate::store::bulk::presized_sharded")]
+    requests: ShardedMap<RequestId, Arc<Request>>,
+    #[serde(deserialize_with = "crate::store::bulk::presized_sharded")]
+    orders: ShardedMap<(OdsCode, OrderNumber), RequestId, RandomState>,
     queue: WaitQueue,
     #[serde(deserialize_with = "crate::store::bulk::packed_set")]
     timers: BTreeSet<(Timestamp, TimerKind, RequestId)>,
@@ -226,7 +228,7 @@ pub struct State {
 impl State {
     /// The requests, for the store: a snapshot writes them apart from the rest of the state,
     /// in chunks that decode in parallel, and fills them back in before the core is rebuilt.
-    pub fn requests_mut(&mut self) -> &mut FastMap<RequestId, Arc<Request>> {
+    pub fn requests_mut(&mut self) -> &mut ShardedMap<RequestId, Arc<Request>> {
         &mut self.requests
     }
 
@@ -241,7 +243,7 @@ impl State {
             trusts: self.trusts.clone(),
             labs: self.labs.copy_without_open(),
             requests: self.requests.clone(),
-            orders: HashMap::new(),
+            orders: ShardedMap::default(),
             queue: WaitQueue::default(),
             timers: BTreeSet::new(),
             sequences: self.sequences.clone(),
@@ -375,8 +377,8 @@ impl Router {
                 retention_ms,
                 trusts,
                 labs: Labs::new(labs),
-                requests: FastMap::default(),
-                orders: HashMap::new(),
+                requests: ShardedMap::default(),
+                orders: ShardedMap::default(),
                 queue: WaitQueue::default(),
                 timers: BTreeSet::new(),
                 sequences: FastMap::default(),
@@ -602,9 +604,9 @@ impl Router {
         let order_key = (trust.clone(), new.order_number.clone());
         // One hash of the order key for both the lookup and the insert.
         let order = match self.state.orders.entry(order_key) {
-            Entry::Vacant(order) => order,
-            Entry::Occupied(existing) => {
-                let original = &self.state.requests[existing.get()];
+            ShardEntry::Vacant(order) => order,
+            ShardEntry::Occupied(existing) => {
+                let original = &self.state.requests[existing];
                 return if &original.submission == new {
                     Ok(Reply::Request {
                         request: original.clone(),

@@ -8,6 +8,7 @@ mod fasthash;
 mod labs;
 mod policy;
 mod queue;
+mod sharded;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -22,3 +23,4 @@ pub use fasthash::{FastHash, FastHasher, FastMap};
 pub use labs::{LabConfig, LabState, Labs, Slot};
 pub use policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
 pub use queue::{GroupKey, QueueKey, WaitQueue};
+pub use sharded::{ShardEntry, ShardedMap, VacantShardEntry};

@@ -11,8 +11,45 @@ use std::marker::PhantomData;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::routing::ShardedMap;
+
 /// Most entries reserved up front; a longer map still decodes, growing past it.
 const MAX_RESERVE: usize = 1 << 26;
+
+/// A [`ShardedMap`] reserved at the length its encoding states (the same encoding as a map).
+pub(crate) fn presized_sharded<'de, D, K, V, S>(
+    deserializer: D,
+) -> Result<ShardedMap<K, V, S>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Eq + Hash,
+    V: Deserialize<'de>,
+    S: BuildHasher + Default,
+{
+    struct MapVisitor<K, V, S>(PhantomData<(K, V, S)>);
+    impl<'de, K, V, S> Visitor<'de> for MapVisitor<K, V, S>
+    where
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        S: BuildHasher + Default,
+    {
+        type Value = ShardedMap<K, V, S>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = ShardedMap::default();
+            map.reserve(access.size_hint().unwrap_or(0).min(MAX_RESERVE));
+            while let Some((k, v)) = access.next_entry()? {
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+    }
+    deserializer.deserialize_map(MapVisitor(PhantomData))
+}
 
 /// A hash map reserved at the length its encoding states.
 pub(crate) fn presized_map<'de, D, K, V, S>(deserializer: D) -> Result<HashMap<K, V, S>, D::Error>
