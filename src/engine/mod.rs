@@ -5,6 +5,7 @@
 //! command comes to fire them first. Between syncs the syncer takes a snapshot of the state when
 //! the journal asks for one.
 
+mod chunked;
 mod clock;
 mod views;
 

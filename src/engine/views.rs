@@ -2,7 +2,7 @@
 //!
 //! Only the syncer writes here, after a batch is durable; readers never wait for it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use super::chunked::ChunkedQueue;
 use crate::domain::{Catalogue, OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
 use crate::ops::Metrics;
 use crate::routing::{
@@ -24,14 +25,14 @@ const LIVE_EVENTS: usize = 1024;
 /// One organisation's events: the retained log and the live channel.
 #[derive(Debug)]
 pub struct EventLog {
-    history: RwLock<VecDeque<Event>>,
+    history: RwLock<ChunkedQueue<Event>>,
     live: broadcast::Sender<Event>,
 }
 
 impl EventLog {
     fn new() -> Self {
         Self {
-            history: RwLock::new(VecDeque::new()),
+            history: RwLock::new(ChunkedQueue::default()),
             live: broadcast::channel(LIVE_EVENTS).0,
         }
     }
@@ -59,9 +60,12 @@ impl EventLog {
         Self::after(&history, after, limit)
     }
 
-    fn after(history: &VecDeque<Event>, after: u64, limit: usize) -> Vec<Event> {
-        let start = history.partition_point(|e| e.sequence <= after);
-        history.range(start..).take(limit).cloned().collect()
+    fn after(history: &ChunkedQueue<Event>, after: u64, limit: usize) -> Vec<Event> {
+        history
+            .iter_from(|e| e.sequence <= after)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     fn len(&self) -> usize {
@@ -151,6 +155,11 @@ impl Changes {
     }
 }
 
+/// Shards of the requests' view: the syncer inserts under one shard's lock, and a shard that
+/// grows rehashes under it, so more shards make each growth shorter (dashmap's default is four
+/// per core, eight here).
+const VIEW_SHARDS: usize = 64;
+
 /// Most of an organisation's requests one listing call looks at (about a millisecond's work).
 const LIST_SCAN: usize = 10_000;
 /// Index entries copied out of the lock at a time while listing.
@@ -183,8 +192,11 @@ impl Views {
     /// the indexes are built in bulk (sorted, then packed into their trees) rather than one
     /// insertion at a time, on two threads.
     pub fn new(router: &Router, retention_ms: i64, metrics: Arc<Metrics>) -> Self {
-        let requests =
-            DashMap::with_capacity_and_hasher(router.request_count(), FastHash::default());
+        let requests = DashMap::with_capacity_and_hasher_and_shard_amount(
+            router.request_count(),
+            FastHash::default(),
+            VIEW_SHARDS,
+        );
         let (by_org, queued) = std::thread::scope(|scope| {
             let indexes = scope.spawn(|| Self::indexes(router, &metrics));
             for r in router.requests() {
@@ -275,7 +287,7 @@ impl Views {
 
     /// Restores retained events (from a snapshot or a replay), without publishing them live.
     pub fn restore_events(&self, events: impl IntoIterator<Item = Event>) {
-        // Grouped first, so that each log is locked once and sized once.
+        // Grouped first, so that each log is locked once.
         let mut by_org: HashMap<OdsCode, Vec<Event>> = HashMap::new();
         for event in events {
             by_org.entry(event.org.clone()).or_default().push(event);
@@ -283,13 +295,7 @@ impl Views {
         for (org, events) in by_org {
             let log = self.log(&org);
             let mut history = log.history.write().unwrap_or_else(|e| e.into_inner());
-            if history.is_empty() {
-                let mut events = events;
-                events.shrink_to_fit();
-                *history = VecDeque::from(events);
-            } else {
-                history.extend(events);
-            }
+            history.extend(events);
         }
     }
 
