@@ -140,6 +140,10 @@ async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
         0.0
     );
     assert!(sample(&body, "labaid_store_batch_commands_count") >= 5.0);
+    // One decision per command: three submissions, an accept, a receipt, results, and a status
+    // change per lab; reads decide nothing.
+    assert!(sample(&body, "labaid_decision_seconds_count") >= 6.0);
+    assert!(sample(&body, "labaid_decision_seconds_sum") > 0.0);
     assert!(!body.contains("9434765919"), "no patient data in metrics");
     broker.shutdown().await;
 }

@@ -214,7 +214,13 @@ impl Engine {
             let now = self.clock.now();
             d.fire_timers(now);
             d.outcome.changed = false;
+            let started = std::time::Instant::now();
             let result = d.router.apply(&command, now, &mut d.outcome);
+            // Every other command waits while one is decided: a slow one shows here.
+            self.views
+                .metrics()
+                .decision
+                .observe(started.elapsed().as_secs_f64());
             if d.outcome.changed {
                 d.entries.push(Entry { time: now, command });
             }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub store_batch: Histogram,
     /// Seconds deciding paused while the state was copied for a snapshot.
     pub store_snapshot_copy: Histogram,
+    /// Seconds one command held the decision lock, being decided.
+    pub decision: Histogram,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -116,6 +118,11 @@ impl Metrics {
             "store_snapshot_copy_seconds",
             "Time deciding paused while the state was copied for a snapshot.",
             prometheus::exponential_buckets(0.000_5, 2.0, 14),
+        );
+        let decision = plain_hist(
+            "decision_seconds",
+            "Time one command held the decision lock, being decided (every other waits).",
+            prometheus::exponential_buckets(0.000_002, 2.0, 18),
         );
         Self {
             requests: gauge(
@@ -206,6 +213,7 @@ impl Metrics {
             store_sync,
             store_batch,
             store_snapshot_copy,
+            decision,
             registry,
         }
     }
