@@ -213,9 +213,9 @@ pub struct State {
     labs: Labs,
     // Fast hash: the broker picks request ids. Order numbers are the client's, so SipHash.
     // Sharded, so that neither grows by rehashing every live request inside one decision.
-    #[serde(deserialize_with = "crate::store::bulk::presized_sharded")]
+    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
     requests: ShardedMap<RequestId, Arc<Request>>,
-    #[serde(deserialize_with = "crate::store::bulk::presized_sharded")]
+    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
     orders: ShardedMap<(OdsCode, OrderNumber), RequestId, RandomState>,
     queue: WaitQueue,
     #[serde(deserialize_with = "crate::store::bulk::packed_set")]

@@ -16,67 +16,60 @@ use crate::routing::ShardedMap;
 /// Most entries reserved up front; a longer map still decodes, growing past it.
 const MAX_RESERVE: usize = 1 << 26;
 
-/// A [`ShardedMap`] reserved at the length its encoding states (the same encoding as a map).
-pub(crate) fn presized_sharded<'de, D, K, V, S>(
-    deserializer: D,
-) -> Result<ShardedMap<K, V, S>, D::Error>
-where
-    D: Deserializer<'de>,
-    K: Deserialize<'de> + Eq + Hash,
-    V: Deserialize<'de>,
-    S: BuildHasher + Default,
-{
-    struct MapVisitor<K, V, S>(PhantomData<(K, V, S)>);
-    impl<'de, K, V, S> Visitor<'de> for MapVisitor<K, V, S>
-    where
-        K: Deserialize<'de> + Eq + Hash,
-        V: Deserialize<'de>,
-        S: BuildHasher + Default,
-    {
-        type Value = ShardedMap<K, V, S>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-            let mut map = ShardedMap::default();
-            map.reserve(access.size_hint().unwrap_or(0).min(MAX_RESERVE));
-            while let Some((k, v)) = access.next_entry()? {
-                map.insert(k, v);
-            }
-            Ok(map)
-        }
-    }
-    deserializer.deserialize_map(MapVisitor(PhantomData))
+/// A map that can be sized before it is filled: a `HashMap`, or the core's [`ShardedMap`].
+pub(crate) trait Presized<K, V>: Default {
+    /// Makes room for `additional` entries.
+    fn reserve(&mut self, additional: usize);
+    /// Adds an entry.
+    fn put(&mut self, key: K, value: V);
 }
 
-/// A hash map reserved at the length its encoding states.
-pub(crate) fn presized_map<'de, D, K, V, S>(deserializer: D) -> Result<HashMap<K, V, S>, D::Error>
+impl<K: Eq + Hash, V, S: BuildHasher + Default> Presized<K, V> for HashMap<K, V, S> {
+    fn reserve(&mut self, additional: usize) {
+        HashMap::reserve(self, additional);
+    }
+
+    fn put(&mut self, key: K, value: V) {
+        self.insert(key, value);
+    }
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher + Default> Presized<K, V> for ShardedMap<K, V, S> {
+    fn reserve(&mut self, additional: usize) {
+        ShardedMap::reserve(self, additional);
+    }
+
+    fn put(&mut self, key: K, value: V) {
+        self.insert(key, value);
+    }
+}
+
+/// A map reserved at the length its encoding states.
+pub(crate) fn presized_map<'de, D, K, V, M>(deserializer: D) -> Result<M, D::Error>
 where
     D: Deserializer<'de>,
-    K: Deserialize<'de> + Eq + Hash,
+    K: Deserialize<'de>,
     V: Deserialize<'de>,
-    S: BuildHasher + Default,
+    M: Presized<K, V>,
 {
-    struct MapVisitor<K, V, S>(PhantomData<(K, V, S)>);
-    impl<'de, K, V, S> Visitor<'de> for MapVisitor<K, V, S>
+    struct MapVisitor<K, V, M>(PhantomData<(K, V, M)>);
+    impl<'de, K, V, M> Visitor<'de> for MapVisitor<K, V, M>
     where
-        K: Deserialize<'de> + Eq + Hash,
+        K: Deserialize<'de>,
         V: Deserialize<'de>,
-        S: BuildHasher + Default,
+        M: Presized<K, V>,
     {
-        type Value = HashMap<K, V, S>;
+        type Value = M;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a map")
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-            let reserve = access.size_hint().unwrap_or(0).min(MAX_RESERVE);
-            let mut map = HashMap::with_capacity_and_hasher(reserve, S::default());
+            let mut map = M::default();
+            map.reserve(access.size_hint().unwrap_or(0).min(MAX_RESERVE));
             while let Some((k, v)) = access.next_entry()? {
-                map.insert(k, v);
+                map.put(k, v);
             }
             Ok(map)
         }
