@@ -2,7 +2,7 @@
 //!
 //! Only the syncer writes here, after a batch is durable; readers never wait for it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -287,8 +287,8 @@ impl Views {
 
     /// Restores retained events (from a snapshot or a replay), without publishing them live.
     pub fn restore_events(&self, events: impl IntoIterator<Item = Event>) {
-        // Grouped first, so that each log is locked once.
-        let mut by_org: HashMap<OdsCode, Vec<Event>> = HashMap::new();
+        // Grouped first, so that each log is looked up and locked once.
+        let mut by_org: FastMap<OdsCode, Vec<Event>> = FastMap::default();
         for event in events {
             by_org.entry(event.org.clone()).or_default().push(event);
         }
