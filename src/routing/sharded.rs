@@ -46,6 +46,18 @@ impl<K, V, S: Default> Default for ShardedMap<K, V, S> {
     }
 }
 
+impl<K, V, S> ShardedMap<K, V, S> {
+    /// Every value, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(HashMap::values)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(HashMap::iter)
+    }
+}
+
 impl<K: Eq + Hash, V, S: BuildHasher> ShardedMap<K, V, S> {
     /// Entries in the map.
     pub fn len(&self) -> usize {
@@ -109,16 +121,6 @@ impl<K: Eq + Hash, V, S: BuildHasher> ShardedMap<K, V, S> {
             }),
         }
     }
-
-    /// Every value, in no particular order.
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.shards.iter().flat_map(HashMap::values)
-    }
-
-    /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flat_map(HashMap::iter)
-    }
 }
 
 /// An entry of a [`ShardedMap`]: the value already there, or room for one.
@@ -172,9 +174,7 @@ impl<K: Eq + Hash, V: PartialEq, S: BuildHasher> PartialEq for ShardedMap<K, V, 
 
 impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for ShardedMap<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.shards.iter().flat_map(HashMap::iter))
-            .finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -183,7 +183,7 @@ impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for ShardedMap<K, V, S> {
 impl<K: Serialize, V: Serialize, S> Serialize for ShardedMap<K, V, S> {
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
         let mut map = serializer.serialize_map(Some(self.len))?;
-        for (k, v) in self.shards.iter().flat_map(HashMap::iter) {
+        for (k, v) in self.iter() {
             map.serialize_entry(k, v)?;
         }
         map.end()
