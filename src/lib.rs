@@ -21,7 +21,7 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use error::Error;
-pub use server::{Listeners, serve, serve_on};
+pub use server::{Listeners, serve, serve_on, shutdown_signal};
 
 /// The generated labaid.v1 protobuf types and gRPC stubs.
 #[allow(missing_docs, unreachable_pub, clippy::all)] // generated code

@@ -52,6 +52,29 @@ pub struct Listeners {
     pub on_ready: Option<oneshot::Sender<()>>,
 }
 
+/// Resolves on Ctrl-C or SIGTERM: the shutdown of a broker run as a process (`labaid-broker`, and
+/// the one `labaid-bench` starts).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 /// Serves the broker on `listener` (and the operations listener at `config.metrics_listen`, if
 /// any) until `shutdown` resolves.
 pub async fn serve(

@@ -1,6 +1,6 @@
-//! labaid-bench: runs a broker (the real `labaid-broker`, as a child process) and a null gRPC
-//! service under the same load, and reports each phase's throughput and latency as a ratio to
-//! plain gRPC on this machine.
+//! labaid-bench: runs a broker (a child process serving this build's broker, or a given
+//! `labaid-broker` executable) and a null gRPC service under the same load, and reports each
+//! phase's throughput and latency as a ratio to plain gRPC on this machine.
 
 pub mod journal;
 pub mod load;
@@ -94,6 +94,9 @@ pub struct Options {
     pub kinds: Vec<Kind>,
     /// Where temporary data directories go (must be the disk to measure; not a tmpfs).
     pub work_dir: PathBuf,
+    /// A `labaid-broker` executable to measure instead of this build's broker (to compare
+    /// builds); `None` serves the broker from the bench's own executable.
+    pub broker: Option<PathBuf>,
 }
 
 /// Runs the scenarios and returns the report.
@@ -162,16 +165,17 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
-    let path = exe.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing; build it with cargo build --release --bin {name}",
-            path.display()
-        );
-    }
-    Ok(path)
+/// Serves a broker with the config file at `config` until SIGTERM or Ctrl-C: what `labaid-broker
+/// --config` does, run by the bench's own executable in a child process, so that the broker it
+/// measures is always the same build as the bench (`cargo run --bin labaid-bench` builds no
+/// other binary, and a stale `labaid-broker` beside it would be measured without a word).
+pub async fn serve_broker(config: &Path) -> anyhow::Result<()> {
+    let config = crate::Config::load(config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    crate::serve(listener, config, crate::shutdown_signal()).await?;
+    Ok(())
 }
 
 async fn baseline(options: &Options) -> anyhow::Result<Scenario> {
@@ -280,10 +284,16 @@ async fn broker_scenario(
     scenario
 }
 
-/// Writes a config for a generated directory, starts `labaid-broker` on it, and returns its
-/// address, the organisations with their tokens, and the child.
+/// Writes a config for a generated directory, starts a broker on it (this build's, or
+/// `options.broker`), and returns its address, the organisations with their tokens, and the child.
 fn start_broker(options: &Options) -> anyhow::Result<(String, Vec<Org>, Vec<Org>, Server)> {
-    let broker = sibling("labaid-broker")?;
+    let (broker, serve_flag) = match &options.broker {
+        Some(path) => (path.clone(), "--config"),
+        None => (
+            std::env::current_exe().context("cannot find the bench's own executable")?,
+            "--serve-broker",
+        ),
+    };
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -299,7 +309,7 @@ fn start_broker(options: &Options) -> anyhow::Result<(String, Vec<Org>, Vec<Org>
     std::fs::write(&config_path, config)?;
     let log = std::fs::File::create(dir.join("broker.log"))?;
     let child = Command::new(&broker)
-        .arg("--config")
+        .arg(serve_flag)
         .arg(&config_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -17,8 +17,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Measures the broker per phase (submit acknowledged, offer delivered, accepted, result
 /// delivered) as a ratio to plain gRPC on this machine.
 ///
-/// Without --addr it starts `labaid-broker` (found next to this executable) on a generated
-/// directory in a temporary data directory, one fresh broker per scenario.
+/// Without --addr it starts a broker on a generated directory in a temporary data directory, one
+/// fresh broker per scenario: this build's broker, served by a child process of this executable,
+/// or the `labaid-broker` given by --broker.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -56,12 +57,20 @@ struct Args {
     /// Where temporary data directories go: a real disk, since a tmpfs makes every sync free.
     #[arg(long, env = "LABAID_BENCH_DIR")]
     work_dir: Option<PathBuf>,
+    /// A `labaid-broker` executable to measure instead of this build's broker, e.g. to compare
+    /// two builds in one session.
+    #[arg(long, conflicts_with = "addr")]
+    broker: Option<PathBuf>,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
     /// Serve the null service on ADDR (used by the bench itself).
     #[arg(long, hide = true)]
     serve_null: Option<SocketAddr>,
+    /// Serve a broker with the config file CONFIG, as `labaid-broker --config` does (used by the
+    /// bench itself).
+    #[arg(long, hide = true, value_name = "CONFIG")]
+    serve_broker: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -97,6 +106,10 @@ fn main() -> ExitCode {
         eprintln!("labaid-bench: cannot turn transparent huge pages off: {e}");
     }
     let args = Args::parse();
+    if args.serve_broker.is_some() {
+        // The broker's log goes where `labaid-broker`'s would: stderr, the run's `broker.log`.
+        labaid::telemetry::init(labaid::telemetry::LogFormat::Text);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -112,6 +125,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(config) = &args.serve_broker {
+        return match runtime.block_on(bench::serve_broker(config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("labaid-bench: broker: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(path) = &args.broker
+        && !path.is_file()
+    {
+        eprintln!("labaid-bench: --broker {}: no such file", path.display());
+        return ExitCode::from(2);
     }
     let kinds = if args.scenario.is_empty() {
         Kind::ALL.to_vec()
@@ -139,6 +167,7 @@ fn main() -> ExitCode {
         labs_use: args.labs_use,
         kinds,
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        broker: args.broker,
     };
     match runtime.block_on(bench::run(&options)) {
         Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
