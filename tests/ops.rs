@@ -144,6 +144,8 @@ async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
     // change per lab; reads decide nothing.
     assert!(sample(&body, "labaid_decision_seconds_count") >= 6.0);
     assert!(sample(&body, "labaid_decision_seconds_sum") > 0.0);
+    // The views are updated once per batch the syncer takes; the changes above made at least one.
+    assert!(sample(&body, "labaid_view_update_seconds_count") >= 1.0);
     assert!(!body.contains("9434765919"), "no patient data in metrics");
     broker.shutdown().await;
 }

@@ -355,7 +355,13 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
             append(&mut *journal, views, &entries);
             entries.clear();
         }
+        let started = std::time::Instant::now();
         views.apply(changes);
+        // The batch's replies and events, and the next sync, wait for this: a slow one shows here.
+        views
+            .metrics()
+            .view_update
+            .observe(started.elapsed().as_secs_f64());
         for (reply, result) in replies.drain(..) {
             let _ = reply.send(result);
         }

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub store_snapshot_copy: Histogram,
     /// Seconds one command held the decision lock, being decided.
     pub decision: Histogram,
+    /// Seconds the syncer took to update the read views with one durable batch.
+    pub view_update: Histogram,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -122,6 +124,12 @@ impl Metrics {
         let decision = plain_hist(
             "decision_seconds",
             "Time one command held the decision lock, being decided (every other waits).",
+            prometheus::exponential_buckets(0.000_002, 2.0, 18),
+        );
+        let view_update = plain_hist(
+            "view_update_seconds",
+            "Time the syncer took to update the read views with one durable batch (its replies and \
+             events wait for it).",
             prometheus::exponential_buckets(0.000_002, 2.0, 18),
         );
         Self {
@@ -214,6 +222,7 @@ impl Metrics {
             store_batch,
             store_snapshot_copy,
             decision,
+            view_update,
             registry,
         }
     }
