@@ -1,26 +1,27 @@
 //! The real `labaid-bench` binary: the broker it starts by default is this build's, served by the
 //! bench's own executable (so `cargo run --bin labaid-bench` works on a clean checkout), and
-//! `--broker` measures a given `labaid-broker` instead.
+//! `--broker` measures a given `labaid-broker` instead, and `--addr` drives a running broker over
+//! TLS as the organisations of an orgs file.
+
+mod common;
 
 use std::process::{Command, Output};
 
+use common::TestBroker;
+use labaid::Config;
+use labaid::auth::{Role, TokenHash, create_token, devpki, token_digest};
+use labaid::domain::OdsCode;
 use serde_json::Value;
 
 fn bench(extra: &[&str]) -> (Output, tempfile::TempDir) {
     let work = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(env!("CARGO_BIN_EXE_labaid-bench"))
-        .args([
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "--json",
-            "--work-dir",
-        ])
-        .arg(work.path())
-        .args(extra)
-        .output()
-        .expect("labaid-bench runs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labaid-bench"));
+    cmd.args(["--duration", "1s", "--json", "--work-dir"])
+        .arg(work.path());
+    if !extra.contains(&"--warmup") {
+        cmd.args(["--warmup", "200ms"]);
+    }
+    let output = cmd.args(extra).output().expect("labaid-bench runs");
     (output, work)
 }
 
@@ -95,4 +96,157 @@ fn a_missing_broker_executable_is_a_usage_error_before_any_load() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/labaid-broker"), "{stderr}");
     assert!(output.stdout.is_empty());
+}
+
+/// A production-style broker: the demo directory without demo tokens, TLS with client
+/// certificates, one trust token, and limits that let a load through.
+async fn tls_broker(dir: &std::path::Path, trust_token: &str) -> (TestBroker, devpki::DevPki) {
+    let ods = |c: &str| OdsCode::parse(c).expect("ods");
+    let pki = devpki::generate(dir, [ods("RJ1"), ods("RJ7")]).expect("dev pki");
+    let mut config = Config::demo().expect("demo config");
+    config.demo = false;
+    config.tls = Some(labaid::config::TlsPaths {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    });
+    config.tokens = vec![TokenHash {
+        org: ods("RJ1"),
+        role: Role::Trust,
+        sha256: token_digest(trust_token),
+    }];
+    config.limits.rate_per_second = 1_000_000;
+    config.limits.burst = 1_000_000;
+    // RJ7 alone, so that every offer goes to the lab the bench acts as.
+    config.labs.retain(|lab| lab.ods == ods("RJ7"));
+    (TestBroker::spawn_with(config).await, pki)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_addr_the_bench_drives_a_tls_broker_as_the_organisations_of_an_orgs_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = create_token(&OdsCode::parse("RJ1").expect("ods"), Role::Trust)
+        .expect("token")
+        .token;
+    let (broker, pki) = tls_broker(dir.path(), &token).await;
+    // The trust by its token over server-authenticated TLS; the lab by its client certificate,
+    // named relative to the orgs file.
+    let orgs = dir.path().join("orgs.toml");
+    std::fs::write(
+        &orgs,
+        format!(
+            "[[trust]]\nods = \"RJ1\"\ntoken = \"{token}\"\n\n\
+             [[lab]]\nods = \"RJ7\"\ncert = \"RJ7.pem\"\nkey = \"RJ7.key\"\n"
+        ),
+    )
+    .expect("orgs file");
+    let args = [
+        "--addr".to_string(),
+        broker.addr.to_string(),
+        "--ca".into(),
+        pki.ca.display().to_string(),
+        "--orgs".into(),
+        orgs.display().to_string(),
+        "--scenario".into(),
+        "dispatch".into(),
+        // RJ7's few places are offered at once: count them.
+        "--warmup".into(),
+        "0s".into(),
+    ];
+    let (output, _work) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(&args)
+    })
+    .await
+    .expect("bench thread");
+    let report = report(&output);
+    let dispatch = scenario(&report, "dispatch");
+    assert!(dispatch["phases"][0]["count"].as_u64().expect("count") > 0);
+    assert_eq!(dispatch["errors"], 0, "{dispatch}");
+    // Until its capacity is taken, RJ7 is offered what it performs, on its Work stream.
+    let offered = &dispatch["phases"][1];
+    assert_eq!(offered["name"], "offer delivered to the lab");
+    assert!(offered["count"].as_u64().expect("count") > 0, "{dispatch}");
+    // The work is the broker's: RJ7 holds jobs in flight there.
+    let (status, metrics) = common::http_get(broker.ops_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let in_flight: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("labaid_lab_in_flight{") && l.contains("lab=\"RJ7\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(in_flight > 0.0, "RJ7 holds no jobs: {metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_addr_refused_credentials_stop_the_bench_at_once_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, pki) = tls_broker(dir.path(), "labaid_the_real_token").await;
+    let orgs = dir.path().join("orgs.toml");
+    std::fs::write(
+        &orgs,
+        "[[trust]]\nods = \"RJ1\"\ntoken = \"labaid_wrong\"\n",
+    )
+    .expect("write");
+    let args = [
+        "--addr".to_string(),
+        broker.addr.to_string(),
+        "--ca".into(),
+        pki.ca.display().to_string(),
+        "--orgs".into(),
+        orgs.display().to_string(),
+        "--scenario".into(),
+        "submit".into(),
+    ];
+    let started = std::time::Instant::now();
+    let (output, _work) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(&args)
+    })
+    .await
+    .expect("bench thread");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("refused RJ1's credentials"), "{stderr}");
+    // Not the 60 s wait for a broker that is still starting.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn lab_scenarios_against_a_broker_need_a_lab_in_the_orgs_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orgs = dir.path().join("orgs.toml");
+    std::fs::write(&orgs, "[[trust]]\nods = \"RJ1\"\ntoken = \"t\"\n").expect("write");
+    let orgs = orgs.display().to_string();
+    let (output, _work) = bench(&[
+        "--addr",
+        "127.0.0.1:1",
+        "--orgs",
+        &orgs,
+        "--scenario",
+        "submit,cycle",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("the cycle scenario needs"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_addr_alone_the_bench_acts_as_the_demo_organisations_of_a_demo_broker() {
+    let broker = TestBroker::spawn().await;
+    let addr = broker.addr.to_string();
+    let (output, _work) =
+        tokio::task::spawn_blocking(move || bench(&["--addr", &addr, "--scenario", "submit"]))
+            .await
+            .expect("bench thread");
+    // The demo's limits (2,000 calls a second per organisation) answer the rest with
+    // RESOURCE_EXHAUSTED, which the bench counts as errors: only acceptance is checked here.
+    let report = report(&output);
+    let submit = scenario(&report, "submit");
+    assert!(
+        submit["phases"][0]["count"].as_u64().expect("count") > 0,
+        "{submit}"
+    );
 }

@@ -3,6 +3,7 @@
 //! per trust that sees results arrive; each phase timed from the start of its submission.
 
 use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use dashmap::DashMap;
 use tokio_stream::StreamExt as _;
 
 use super::report::Samples;
-use crate::client::{Client, ConnectOptions};
+use crate::client::{Client, ConnectOptions, TlsFiles};
 use crate::proto;
 
 /// How far each submission is taken.
@@ -39,8 +40,41 @@ pub enum LabsUse {
 pub struct Org {
     /// ODS code.
     pub ods: String,
-    /// Bearer token.
-    pub token: String,
+    /// Bearer token; `None` when it authenticates with its client certificate alone.
+    pub token: Option<String>,
+    /// Its client certificate and key (PEM), for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Org {
+    /// An organisation of a demo-mode broker, with its demo token.
+    pub fn demo(ods: &str) -> Self {
+        Self {
+            ods: ods.into(),
+            token: Some(format!("demo:{ods}")),
+            identity: None,
+        }
+    }
+
+    /// How to connect as this organisation to `addr`; `ca` turns TLS on.
+    pub fn connect_options(
+        &self,
+        addr: &str,
+        ca: Option<&Path>,
+        timeout: Duration,
+    ) -> ConnectOptions {
+        let (cert, key) = self.identity.clone().unzip();
+        ConnectOptions {
+            addr: addr.to_string(),
+            token: self.token.clone(),
+            connect_timeout: Some(timeout),
+            tls: ca.map(|ca| TlsFiles {
+                ca: ca.to_path_buf(),
+                cert,
+                key,
+            }),
+        }
+    }
 }
 
 /// What load to put on a server.
@@ -48,6 +82,8 @@ pub struct Org {
 pub struct Load {
     /// `http://host:port`.
     pub addr: String,
+    /// The CA of the broker's TLS certificate; `None` for plaintext.
+    pub ca: Option<PathBuf>,
     /// Trusts that submit.
     pub trusts: Vec<Org>,
     /// Labs that work offers (unused at `Stage::Submit`).
@@ -194,14 +230,9 @@ impl Shared {
     }
 }
 
-async fn connect(addr: &str, org: &Org) -> anyhow::Result<Client> {
-    Ok(Client::connect(&ConnectOptions {
-        addr: addr.to_string(),
-        token: Some(org.token.clone()),
-        connect_timeout: Some(Duration::from_secs(10)),
-        tls: None,
-    })
-    .await?)
+async fn connect(load: &Load, org: &Org) -> anyhow::Result<Client> {
+    let options = org.connect_options(&load.addr, load.ca.as_deref(), Duration::from_secs(10));
+    Ok(Client::connect(&options).await?)
 }
 
 /// Runs the load and returns what it measured over `[from, from + duration]`, where `from` is
@@ -237,7 +268,7 @@ pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
     let mut watchers = Vec::new();
     if load.stage >= Stage::Dispatch {
         for lab in &load.labs {
-            let client = connect(&load.addr, lab).await?;
+            let client = connect(load, lab).await?;
             watchers.push(match load.labs_use {
                 LabsUse::Work => tokio::spawn(work_stream(client, shared.clone(), load.stage)),
                 LabsUse::Calls => tokio::spawn(work_offers(client, shared.clone(), load.stage)),
@@ -246,13 +277,13 @@ pub async fn run(load: &Load, start: Instant) -> anyhow::Result<Measured> {
     }
     if load.stage == Stage::Cycle {
         for trust in &load.trusts {
-            let client = connect(&load.addr, trust).await?;
+            let client = connect(load, trust).await?;
             watchers.push(tokio::spawn(watch_results(client, shared.clone())));
         }
     }
     let mut connections = Vec::new();
     for c in 0..load.connections.max(1) {
-        connections.push(connect(&load.addr, &load.trusts[c % load.trusts.len()]).await?);
+        connections.push(connect(load, &load.trusts[c % load.trusts.len()]).await?);
     }
     let progress = (std::io::stderr().is_terminal()).then(|| {
         let label = load.label.clone();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::auth::{Role, create_token};
-use crate::client::{Client, ConnectOptions};
+use crate::client::Client;
 use crate::domain::OdsCode;
 use crate::proto;
 use load::{Load, Org, Stage};
@@ -58,7 +58,8 @@ impl Kind {
         Kind::OfferLatency,
     ];
 
-    fn name(self) -> &'static str {
+    /// The scenario's name, as `--scenario` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Baseline => "baseline",
             Kind::Submit => "submit",
@@ -69,11 +70,112 @@ impl Kind {
     }
 }
 
+/// A running broker to measure instead of one the bench starts (`--addr`).
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// Its address: `host:port` or a URL.
+    pub addr: String,
+    /// The CA of its TLS certificate; `None` for plaintext.
+    pub ca: Option<PathBuf>,
+    /// Who the load acts as there.
+    pub orgs: Orgs,
+}
+
+/// The organisations the load acts as on a running broker.
+#[derive(Debug, Clone)]
+pub struct Orgs {
+    /// Trusts that submit.
+    pub trusts: Vec<Org>,
+    /// Labs that work the offers.
+    pub labs: Vec<Org>,
+}
+
+/// An organisation in an orgs file: a `[[trust]]` or `[[lab]]` table.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgEntry {
+    ods: String,
+    token: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgsFile {
+    #[serde(default, rename = "trust")]
+    trusts: Vec<OrgEntry>,
+    #[serde(default, rename = "lab")]
+    labs: Vec<OrgEntry>,
+}
+
+impl Orgs {
+    /// The demo directory's trusts and labs, with demo tokens: a broker in demo mode.
+    pub fn demo() -> Self {
+        Self {
+            trusts: ["RJ1", "RJZ"].map(Org::demo).to_vec(),
+            labs: ["RJ7", "R1H", "RJ2", "RJ6", "RAL", "RAX"]
+                .map(Org::demo)
+                .to_vec(),
+        }
+    }
+
+    /// Reads an orgs file: `[[trust]]` and `[[lab]]` tables, each with `ods` and a `token`, or a
+    /// client `cert` and `key` (PEM; relative to the file), or both. A file rather than flags,
+    /// because tokens on a command line are visible to every user of the machine.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let file: OrgsFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                e.message().lines().next().unwrap_or("invalid TOML")
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let org = |entry: OrgEntry| -> anyhow::Result<Org> {
+            let ods = OdsCode::parse(&entry.ods)
+                .map_err(|e| anyhow::anyhow!("{}: ods {:?}: {e}", path.display(), entry.ods))?;
+            let identity = match (entry.cert, entry.key) {
+                (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+                (None, None) => None,
+                _ => bail!("{}: {ods} needs both cert and key", path.display()),
+            };
+            if entry.token.is_none() && identity.is_none() {
+                bail!(
+                    "{}: {ods} has neither a token nor a cert and key",
+                    path.display()
+                );
+            }
+            Ok(Org {
+                ods: ods.to_string(),
+                token: entry.token,
+                identity,
+            })
+        };
+        let trusts = file
+            .trusts
+            .into_iter()
+            .map(org)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let labs = file
+            .labs
+            .into_iter()
+            .map(org)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if trusts.is_empty() {
+            bail!("{}: names no [[trust]] to submit as", path.display());
+        }
+        Ok(Self { trusts, labs })
+    }
+}
+
 /// Settings of a run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// A running broker to use instead of starting one (demo tokens, demo directory).
-    pub addr: Option<String>,
+    /// A running broker to use instead of starting one.
+    pub remote: Option<Remote>,
     /// Measured time per scenario.
     pub duration: Duration,
     /// Load before measuring.
@@ -192,13 +294,11 @@ async fn baseline(options: &Options) -> anyhow::Result<Scenario> {
         metrics: None,
     };
     let url = format!("http://{addr}");
-    let trusts = vec![Org {
-        ods: "RJ1".into(),
-        token: "demo:RJ1".into(),
-    }];
-    wait_ready(&url, &trusts[0], false).await?;
+    let trusts = vec![Org::demo("RJ1")];
+    wait_ready(&url, None, &trusts[0], false).await?;
     let load = Load {
         addr: url,
+        ca: None,
         trusts,
         labs: Vec::new(),
         connections: options.connections,
@@ -230,29 +330,22 @@ async fn broker_scenario(
         Kind::Dispatch | Kind::OfferLatency => Stage::Dispatch,
         _ => Stage::Cycle,
     };
-    let (url, trusts, labs, server) = match &options.addr {
-        Some(addr) => {
-            let url = if addr.contains("://") {
-                addr.clone()
+    let (url, ca, trusts, labs, server) = match &options.remote {
+        Some(remote) => {
+            let url = if remote.addr.contains("://") {
+                remote.addr.clone()
             } else {
-                format!("http://{addr}")
+                format!("http://{}", remote.addr)
             };
-            let demo = |c: &str| Org {
-                ods: c.into(),
-                token: format!("demo:{c}"),
-            };
-            let trusts = vec![demo("RJ1"), demo("RJZ")];
-            let labs = ["RJ7", "R1H", "RJ2", "RJ6", "RAL", "RAX"]
-                .map(demo)
-                .to_vec();
-            (url, trusts, labs, None)
+            let Orgs { trusts, labs } = remote.orgs.clone();
+            (url, remote.ca.clone(), trusts, labs, None)
         }
         None => {
             let (url, trusts, labs, server) = start_broker(options)?;
-            (url, trusts, labs, Some(server))
+            (url, None, trusts, labs, Some(server))
         }
     };
-    wait_ready(&url, &trusts[0], true).await?;
+    wait_ready(&url, ca.as_deref(), &trusts[0], true).await?;
     let description = match (kind, rate) {
         (Kind::Submit, _) => "durable submissions; labs idle".to_string(),
         (Kind::Dispatch, _) => "submit, offer to the lab, accept".to_string(),
@@ -266,6 +359,7 @@ async fn broker_scenario(
     };
     let load = Load {
         addr: url,
+        ca,
         trusts,
         labs,
         connections: options.connections,
@@ -354,7 +448,8 @@ fn generated_config(
         entries.push('\n');
         Ok(Org {
             ods: code.to_string(),
-            token: new.token,
+            token: Some(new.token),
+            identity: None,
         })
     };
     let trusts: Vec<Org> = (1..=options.trusts.max(1))
@@ -398,17 +493,12 @@ fn generated_config(
 }
 
 /// Waits until the server answers: a broker lists its labs once recovered; the null service
-/// answers a submission.
-async fn wait_ready(url: &str, org: &Org, broker: bool) -> anyhow::Result<()> {
+/// answers a submission. Credentials the broker refuses end the wait at once.
+async fn wait_ready(url: &str, ca: Option<&Path>, org: &Org, broker: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < deadline {
-        let options = ConnectOptions {
-            addr: url.to_string(),
-            token: Some(org.token.clone()),
-            connect_timeout: Some(Duration::from_secs(2)),
-            tls: None,
-        };
+        let options = org.connect_options(url, ca, Duration::from_secs(2));
         match Client::connect(&options).await {
             Ok(client) => {
                 let answered = if broker {
@@ -426,6 +516,18 @@ async fn wait_ready(url: &str, org: &Org, broker: bool) -> anyhow::Result<()> {
                 };
                 match answered {
                     Ok(()) => return Ok(()),
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                        ) =>
+                    {
+                        bail!(
+                            "the server at {url} refused {}'s credentials: {}",
+                            org.ods,
+                            status.message()
+                        )
+                    }
                     Err(status) => last = status.to_string(),
                 }
             }
@@ -515,4 +617,72 @@ async fn measure(
 /// Serves the null service (the hidden `--serve-null ADDR` of `labaid-bench`).
 pub async fn serve_null(addr: SocketAddr) -> anyhow::Result<()> {
     null::serve(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orgs_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orgs.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    fn error(text: &str) -> String {
+        let (_dir, path) = orgs_file(text);
+        format!("{:#}", Orgs::load(&path).expect_err("refused"))
+    }
+
+    #[test]
+    fn an_orgs_file_names_trusts_and_labs_with_tokens_or_certificates_beside_it() {
+        let (dir, path) = orgs_file(
+            "[[trust]]\nods = \"rj1\"\ntoken = \"labaid_t\"\n\n\
+             [[lab]]\nods = \"RJ7\"\ncert = \"certs/RJ7.pem\"\nkey = \"/abs/RJ7.key\"\n",
+        );
+        let orgs = Orgs::load(&path).expect("loads");
+        assert_eq!(orgs.trusts.len(), 1);
+        assert_eq!(orgs.trusts[0].ods, "RJ1");
+        assert_eq!(orgs.trusts[0].token.as_deref(), Some("labaid_t"));
+        assert_eq!(orgs.trusts[0].identity, None);
+        let lab = &orgs.labs[0];
+        assert_eq!(lab.token, None);
+        assert_eq!(
+            lab.identity,
+            Some((
+                dir.path().join("certs/RJ7.pem"),
+                PathBuf::from("/abs/RJ7.key")
+            ))
+        );
+    }
+
+    #[test]
+    fn an_orgs_file_that_cannot_be_used_says_why_in_one_line() {
+        for (text, why) in [
+            (
+                "[[lab]]\nods = \"RJ7\"\ntoken = \"t\"\n",
+                "names no [[trust]]",
+            ),
+            (
+                "[[trust]]\nods = \"RJ1\"\n",
+                "neither a token nor a cert and key",
+            ),
+            (
+                "[[trust]]\nods = \"RJ1\"\ncert = \"RJ1.pem\"\n",
+                "needs both cert and key",
+            ),
+            ("[[trust]]\nods = \"R!\"\ntoken = \"t\"\n", "ods \"R!\""),
+            (
+                "[[trust]]\nods = \"RJ1\"\ntokn = \"t\"\n",
+                "unknown field `tokn`",
+            ),
+        ] {
+            let message = error(text);
+            assert!(message.contains(why), "{text:?}: {message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+        let missing = Orgs::load(Path::new("/nonexistent/orgs.toml")).expect_err("refused");
+        assert!(format!("{missing:#}").contains("cannot read /nonexistent/orgs.toml"));
+    }
 }

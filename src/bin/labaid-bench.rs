@@ -23,9 +23,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// A running broker to measure instead (demo mode: demo tokens, the demo directory).
+    /// A running broker to measure instead, as the demo organisations (a demo-mode broker) or as
+    /// those of --orgs.
     #[arg(long)]
     addr: Option<String>,
+    /// With --addr: the CA of the broker's TLS certificate (PEM); turns TLS on.
+    #[arg(long, requires = "addr", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// With --addr: who to act as, a TOML file of `[[trust]]` and `[[lab]]` tables, each with
+    /// `ods` and a `token`, or a client `cert` and `key` [default: the demo organisations].
+    #[arg(long, requires = "addr", value_name = "FILE")]
+    orgs: Option<PathBuf>,
     /// Measured time per scenario, e.g. 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = duration)]
     duration: Duration,
@@ -141,6 +149,26 @@ fn main() -> ExitCode {
         eprintln!("labaid-bench: --broker {}: no such file", path.display());
         return ExitCode::from(2);
     }
+    let remote = match &args.addr {
+        None => None,
+        Some(addr) => {
+            let orgs = match &args.orgs {
+                Some(path) => match bench::Orgs::load(path) {
+                    Ok(orgs) => orgs,
+                    Err(e) => {
+                        eprintln!("labaid-bench: --orgs: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => bench::Orgs::demo(),
+            };
+            Some(bench::Remote {
+                addr: addr.clone(),
+                ca: args.ca.clone(),
+                orgs,
+            })
+        }
+    };
     let kinds = if args.scenario.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -155,8 +183,20 @@ fn main() -> ExitCode {
             })
             .collect()
     };
+    if let Some(remote) = &remote
+        && remote.orgs.labs.is_empty()
+        && let Some(kind) = kinds
+            .iter()
+            .find(|k| !matches!(k, Kind::Baseline | Kind::Submit))
+    {
+        eprintln!(
+            "labaid-bench: --orgs names no [[lab]], which the {} scenario needs",
+            kind.name()
+        );
+        return ExitCode::from(2);
+    }
     let options = Options {
-        addr: args.addr,
+        remote,
         duration: args.duration,
         warmup: args.warmup,
         connections: args.connections,
