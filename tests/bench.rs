@@ -122,6 +122,18 @@ async fn tls_broker(dir: &std::path::Path, trust_token: &str) -> (TestBroker, de
     (TestBroker::spawn_with(config).await, pki)
 }
 
+/// Runs the bench with `--addr` against `broker`, off the test's runtime (which serves the broker).
+async fn bench_against(broker: &TestBroker, extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let mut args = vec!["--addr".to_string(), broker.addr.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(&args)
+    })
+    .await
+    .expect("bench thread")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_addr_the_bench_drives_a_tls_broker_as_the_organisations_of_an_orgs_file() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -140,25 +152,22 @@ async fn with_addr_the_bench_drives_a_tls_broker_as_the_organisations_of_an_orgs
         ),
     )
     .expect("orgs file");
-    let args = [
-        "--addr".to_string(),
-        broker.addr.to_string(),
-        "--ca".into(),
-        pki.ca.display().to_string(),
-        "--orgs".into(),
-        orgs.display().to_string(),
-        "--scenario".into(),
-        "dispatch".into(),
-        // RJ7's few places are offered at once: count them.
-        "--warmup".into(),
-        "0s".into(),
-    ];
-    let (output, _work) = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        bench(&args)
-    })
-    .await
-    .expect("bench thread");
+    let (ca, orgs) = (pki.ca.display().to_string(), orgs.display().to_string());
+    // RJ7's few places are offered at once: count them from the start.
+    let (output, _work) = bench_against(
+        &broker,
+        &[
+            "--ca",
+            &ca,
+            "--orgs",
+            &orgs,
+            "--scenario",
+            "dispatch",
+            "--warmup",
+            "0s",
+        ],
+    )
+    .await;
     let report = report(&output);
     let dispatch = scenario(&report, "dispatch");
     assert!(dispatch["phases"][0]["count"].as_u64().expect("count") > 0);
@@ -188,23 +197,13 @@ async fn with_addr_refused_credentials_stop_the_bench_at_once_with_one_line() {
         "[[trust]]\nods = \"RJ1\"\ntoken = \"labaid_wrong\"\n",
     )
     .expect("write");
-    let args = [
-        "--addr".to_string(),
-        broker.addr.to_string(),
-        "--ca".into(),
-        pki.ca.display().to_string(),
-        "--orgs".into(),
-        orgs.display().to_string(),
-        "--scenario".into(),
-        "submit".into(),
-    ];
+    let (ca, orgs) = (pki.ca.display().to_string(), orgs.display().to_string());
     let started = std::time::Instant::now();
-    let (output, _work) = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        bench(&args)
-    })
-    .await
-    .expect("bench thread");
+    let (output, _work) = bench_against(
+        &broker,
+        &["--ca", &ca, "--orgs", &orgs, "--scenario", "submit"],
+    )
+    .await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -236,11 +235,7 @@ fn lab_scenarios_against_a_broker_need_a_lab_in_the_orgs_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_addr_alone_the_bench_acts_as_the_demo_organisations_of_a_demo_broker() {
     let broker = TestBroker::spawn().await;
-    let addr = broker.addr.to_string();
-    let (output, _work) =
-        tokio::task::spawn_blocking(move || bench(&["--addr", &addr, "--scenario", "submit"]))
-            .await
-            .expect("bench thread");
+    let (output, _work) = bench_against(&broker, &["--scenario", "submit"]).await;
     // The demo's limits (2,000 calls a second per organisation) answer the rest with
     // RESOURCE_EXHAUSTED, which the bench counts as errors: only acceptance is checked here.
     let report = report(&output);
