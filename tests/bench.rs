@@ -245,3 +245,20 @@ async fn with_addr_alone_the_bench_acts_as_the_demo_organisations_of_a_demo_brok
         "{submit}"
     );
 }
+
+#[test]
+fn a_client_certificate_without_ca_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orgs = dir.path().join("orgs.toml");
+    std::fs::write(
+        &orgs,
+        "[[trust]]\nods = \"RJ1\"\ncert = \"RJ1.pem\"\nkey = \"RJ1.key\"\n",
+    )
+    .expect("write");
+    let orgs = orgs.display().to_string();
+    let (output, _work) = bench(&["--addr", "127.0.0.1:1", "--orgs", &orgs]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs TLS: add --ca"), "{stderr}");
+}

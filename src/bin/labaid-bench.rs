@@ -162,6 +162,19 @@ fn main() -> ExitCode {
                 },
                 None => bench::Orgs::demo(),
             };
+            if args.ca.is_none()
+                && let Some(org) = orgs
+                    .trusts
+                    .iter()
+                    .chain(&orgs.labs)
+                    .find(|o| o.identity.is_some())
+            {
+                eprintln!(
+                    "labaid-bench: --orgs gives {} a client certificate, which needs TLS: add --ca",
+                    org.ods
+                );
+                return ExitCode::from(2);
+            }
             Some(bench::Remote {
                 addr: addr.clone(),
                 ca: args.ca.clone(),
