@@ -262,3 +262,14 @@ fn a_client_certificate_without_ca_is_a_usage_error() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("needs TLS: add --ca"), "{stderr}");
 }
+
+#[test]
+fn the_generated_directory_sizes_are_refused_with_addr() {
+    for flag in ["--trusts", "--labs"] {
+        let (output, _work) = bench(&["--addr", "127.0.0.1:1", flag, "3"]);
+        assert_eq!(output.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot be used with"), "{flag}: {stderr}");
+    }
+    // Their defaults do not count against --addr: the tests above use --addr without them.
+}

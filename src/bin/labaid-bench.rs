@@ -46,11 +46,12 @@ struct Args {
     /// Submissions in flight at once.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
-    /// Trusts in the generated directory.
-    #[arg(long, default_value_t = 2)]
+    /// Trusts in the generated directory (not with --addr: see --orgs).
+    #[arg(long, default_value_t = 2, conflicts_with = "addr")]
     trusts: usize,
-    /// Labs in the generated directory (each performs every test, with large capacity).
-    #[arg(long, default_value_t = 4)]
+    /// Labs in the generated directory, each performing every test with large capacity (not with
+    /// --addr: see --orgs).
+    #[arg(long, default_value_t = 4, conflicts_with = "addr")]
     labs: usize,
     /// Submissions per second for the offer-latency scenario [default: half the submit peak].
     #[arg(long)]
