@@ -59,7 +59,7 @@ impl Kind {
     ];
 
     /// The scenario's name, as `--scenario` spells it.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Kind::Baseline => "baseline",
             Kind::Submit => "submit",
@@ -79,6 +79,30 @@ pub struct Remote {
     pub ca: Option<PathBuf>,
     /// Who the load acts as there.
     pub orgs: Orgs,
+}
+
+impl Remote {
+    /// A running broker at `addr`, acted on as the organisations of the orgs file at `orgs` (the
+    /// demo organisations without one); `ca` turns TLS on, which client certificates need.
+    pub fn new(addr: String, ca: Option<PathBuf>, orgs: Option<&Path>) -> anyhow::Result<Self> {
+        let orgs = match orgs {
+            Some(path) => Orgs::load(path).context("--orgs")?,
+            None => Orgs::demo(),
+        };
+        if ca.is_none()
+            && let Some(org) = orgs
+                .trusts
+                .iter()
+                .chain(&orgs.labs)
+                .find(|o| o.identity.is_some())
+        {
+            bail!(
+                "--orgs gives {} a client certificate, which needs TLS: add --ca",
+                org.ods
+            );
+        }
+        Ok(Self { addr, ca, orgs })
+    }
 }
 
 /// The organisations the load acts as on a running broker.
@@ -199,6 +223,25 @@ pub struct Options {
     /// A `labaid-broker` executable to measure instead of this build's broker (to compare
     /// builds); `None` serves the broker from the bench's own executable.
     pub broker: Option<PathBuf>,
+}
+
+impl Options {
+    /// Checks, before any load, that the scenarios can run: those with labs need a lab to act as.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(remote) = &self.remote
+            && remote.orgs.labs.is_empty()
+            && let Some(kind) = self
+                .kinds
+                .iter()
+                .find(|k| !matches!(k, Kind::Baseline | Kind::Submit))
+        {
+            bail!(
+                "--orgs names no [[lab]], which the {} scenario needs",
+                kind.name()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Runs the scenarios and returns the report.

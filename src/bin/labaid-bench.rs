@@ -150,38 +150,15 @@ fn main() -> ExitCode {
         eprintln!("labaid-bench: --broker {}: no such file", path.display());
         return ExitCode::from(2);
     }
-    let remote = match &args.addr {
+    let remote = match args.addr {
         None => None,
-        Some(addr) => {
-            let orgs = match &args.orgs {
-                Some(path) => match bench::Orgs::load(path) {
-                    Ok(orgs) => orgs,
-                    Err(e) => {
-                        eprintln!("labaid-bench: --orgs: {e:#}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => bench::Orgs::demo(),
-            };
-            if args.ca.is_none()
-                && let Some(org) = orgs
-                    .trusts
-                    .iter()
-                    .chain(&orgs.labs)
-                    .find(|o| o.identity.is_some())
-            {
-                eprintln!(
-                    "labaid-bench: --orgs gives {} a client certificate, which needs TLS: add --ca",
-                    org.ods
-                );
+        Some(addr) => match bench::Remote::new(addr, args.ca, args.orgs.as_deref()) {
+            Ok(remote) => Some(remote),
+            Err(e) => {
+                eprintln!("labaid-bench: {e:#}");
                 return ExitCode::from(2);
             }
-            Some(bench::Remote {
-                addr: addr.clone(),
-                ca: args.ca.clone(),
-                orgs,
-            })
-        }
+        },
     };
     let kinds = if args.scenario.is_empty() {
         Kind::ALL.to_vec()
@@ -197,18 +174,6 @@ fn main() -> ExitCode {
             })
             .collect()
     };
-    if let Some(remote) = &remote
-        && remote.orgs.labs.is_empty()
-        && let Some(kind) = kinds
-            .iter()
-            .find(|k| !matches!(k, Kind::Baseline | Kind::Submit))
-    {
-        eprintln!(
-            "labaid-bench: --orgs names no [[lab]], which the {} scenario needs",
-            kind.name()
-        );
-        return ExitCode::from(2);
-    }
     let options = Options {
         remote,
         duration: args.duration,
@@ -223,6 +188,10 @@ fn main() -> ExitCode {
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
         broker: args.broker,
     };
+    if let Err(e) = options.check() {
+        eprintln!("labaid-bench: {e:#}");
+        return ExitCode::from(2);
+    }
     match runtime.block_on(bench::run(&options)) {
         Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
             Ok(json) => {
