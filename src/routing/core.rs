@@ -236,23 +236,142 @@ impl State {
     /// while a snapshot copies the state, and at a million live requests those indexes are three
     /// quarters of the copy; the snapshot writer rebuilds them on its own thread.
     pub fn lean_copy(&self) -> SnapshotState {
-        let state = State {
+        let mut state = self.head_copy();
+        state.requests = self.requests.clone();
+        SnapshotState {
+            state,
+            indexed: false,
+        }
+    }
+
+    /// A copy of everything but the requests and their indexes: what an incremental snapshot
+    /// holds beside the requests changed since the one before. It costs the same at any number
+    /// of live requests.
+    pub fn head_copy(&self) -> State {
+        State {
             catalogue: self.catalogue.clone(),
             leases: self.leases,
             retention_ms: self.retention_ms,
             trusts: self.trusts.clone(),
             labs: self.labs.copy_without_open(),
-            requests: self.requests.clone(),
+            requests: ShardedMap::default(),
             orders: ShardedMap::default(),
             queue: WaitQueue::default(),
             timers: BTreeSet::new(),
             sequences: self.sequences.clone(),
             next_ordinal: self.next_ordinal,
             offers_made: self.offers_made,
+        }
+    }
+
+    /// Brings the state forward by an incremental snapshot: `head` (a [`State::head_copy`])
+    /// replaces everything but the requests, and each changed request replaces its old version
+    /// (`None`: it was purged), its index entries with it. The result equals the state the
+    /// snapshot was taken of, indexes included (the routing property tests check this).
+    pub fn apply_delta(
+        &mut self,
+        head: State,
+        changed: impl IntoIterator<Item = (RequestId, Option<Arc<Request>>)>,
+    ) {
+        let retention_changed = head.retention_ms != self.retention_ms;
+        let mut open: FastMap<OdsCode, BTreeSet<RequestId>> = self
+            .labs
+            .iter_mut()
+            .map(|lab| (lab.config.ods.clone(), std::mem::take(&mut lab.open)))
+            .collect();
+        self.catalogue = head.catalogue;
+        self.leases = head.leases;
+        self.retention_ms = head.retention_ms;
+        self.trusts = head.trusts;
+        self.labs = head.labs;
+        self.sequences = head.sequences;
+        self.next_ordinal = head.next_ordinal;
+        self.offers_made = head.offers_made;
+        for lab in self.labs.iter_mut() {
+            if let Some(jobs) = open.remove(&lab.config.ods) {
+                lab.open = jobs;
+            }
+        }
+        for (id, new) in changed {
+            let old = match &new {
+                Some(r) => self.requests.insert(id, r.clone()),
+                None => self.requests.remove(&id),
+            };
+            if let Some(old) = old {
+                self.unindex(&old);
+            }
+            if let Some(new) = new {
+                self.index(&new);
+            }
+        }
+        if retention_changed {
+            // Every finished request's purge timer moved; rare enough to rebuild them all.
+            self.orders = ShardedMap::default();
+            self.queue = WaitQueue::default();
+            self.timers = BTreeSet::new();
+            for lab in self.labs.iter_mut() {
+                lab.open.clear();
+            }
+            self.rebuild_indexes();
+        }
+    }
+
+    /// The timers a request arms, as [`State::rebuild_indexes`] arms them.
+    fn timers_of(
+        r: &Request,
+        retention_ms: i64,
+    ) -> impl Iterator<Item = (Timestamp, TimerKind, RequestId)> {
+        let expiry = r
+            .state
+            .can_expire()
+            .then_some((r.expire_at, TimerKind::Expiry, r.id));
+        let other = match r.state {
+            RequestState::Queued | RequestState::Accepted | RequestState::Received => None,
+            RequestState::Offered => r.lease_expires_at.map(|at| (at, TimerKind::Lease, r.id)),
+            _ => Some(purge_timer(r, retention_ms)),
         };
-        SnapshotState {
-            state,
-            indexed: false,
+        expiry.into_iter().chain(other)
+    }
+
+    /// Adds a request's index entries (it is already in `requests`).
+    fn index(&mut self, r: &Request) {
+        self.orders
+            .insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
+        self.timers.extend(Self::timers_of(r, self.retention_ms));
+        match r.state {
+            RequestState::Queued => {
+                let (group, key) = queue_entry(r);
+                self.queue.insert(group, key);
+            }
+            RequestState::Offered | RequestState::Accepted | RequestState::Received => {
+                if let Some(lab) = r.lab.as_ref().and_then(|l| self.labs.get_mut(l)) {
+                    lab.open.insert(r.id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes a request's index entries (an order number now naming another request stays).
+    fn unindex(&mut self, r: &Request) {
+        let order = (r.trust.clone(), r.submission.order_number.clone());
+        if self.orders.get(&order) == Some(&r.id) {
+            self.orders.remove(&order);
+        }
+        for timer in Self::timers_of(r, self.retention_ms) {
+            self.timers.remove(&timer);
+        }
+        match r.state {
+            RequestState::Queued => {
+                let (group, key) = queue_entry(r);
+                self.queue.remove(&group, &key);
+            }
+            RequestState::Offered | RequestState::Accepted | RequestState::Received => {
+                if let Some(lab) = r.lab.as_ref().and_then(|l| self.labs.get_mut(l)) {
+                    lab.open.remove(&r.id);
+                }
+            }
+            _ => {}
         }
     }
 

@@ -213,6 +213,11 @@ impl Labs {
         self.labs.iter()
     }
 
+    /// Every lab, to restore the jobs they hold (the only field changed through this).
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut LabState> {
+        self.labs.iter_mut()
+    }
+
     /// Labs that perform every test of `tests` (any status, any capacity).
     pub fn performing<'a>(&'a self, tests: &'a TestSet) -> impl Iterator<Item = &'a LabState> + 'a {
         // Walk the rarest test's labs and check the others: cost grows with the labs that

@@ -443,6 +443,10 @@ proptest! {
         let mut now = Timestamp::from_millis(T0);
         let mut submitted = HashSet::new();
         let mut seen = BTreeMap::new();
+        // An incremental snapshot's base, brought forward every few commands by the requests
+        // the outcomes named: it must equal the live state, indexes included.
+        let mut base = router.state().clone();
+        let mut changed = BTreeSet::new();
         for (n, op) in ops.iter().enumerate() {
             if let Op::Advance { minutes } = op {
                 now = now.plus_minutes(*minutes);
@@ -464,6 +468,17 @@ proptest! {
             check(&router, &before, &out, now, &submitted);
             // A snapshot's copy leaves out the indexes; rebuilt, they are exactly the live ones.
             prop_assert!(router.state().lean_copy().into_state() == *router.state());
+            changed.extend(out.requests.iter().chain(&out.purged).copied());
+            if n % 5 == 4 || n + 1 == ops.len() {
+                let head = router.state().head_copy();
+                base.apply_delta(
+                    head,
+                    std::mem::take(&mut changed)
+                        .into_iter()
+                        .map(|id| (id, router.request(&id).cloned())),
+                );
+                prop_assert!(base == *router.state());
+            }
             for e in &out.events {
                 if let EventKind::Lab(k) = e.kind {
                     *seen.entry(format!("{k:?}")).or_insert(0usize) += 1;
