@@ -613,6 +613,7 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     let mut dropped_tails = 0;
     let mut held = 0;
     let mut snapshots = HashSet::new();
+    let mut deltas = HashSet::new();
     for cycle in 0..cycles {
         let broker = Broker::start(data.path());
         if cycle > 0 {
@@ -650,7 +651,8 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         dropped_tails += warnings.iter().filter(|w| w.contains("dropping")).count();
-        snapshots.insert(latest_snapshot(data.path()));
+        snapshots.insert(latest_snapshot(data.path(), "snapshot-"));
+        deltas.insert(latest_snapshot(data.path(), "delta-"));
         assert!(
             !warnings.iter().any(|w| w.contains("\"ERROR\"")),
             "cycle {cycle}: the broker logged errors: {warnings:#?}"
@@ -672,16 +674,22 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     let events: usize = l.seen.values().map(Vec::len).sum();
     eprintln!(
         "crash test seed {seed}: {cycles} kills in {:.1} s, {} acknowledged changes, {held} requests, \
-         {events} events watched, {} distinct snapshots seen after kills, {dropped_tails} torn tails \
-         dropped",
+         {events} events watched, {} distinct snapshots and {} incremental ones seen after kills, \
+         {dropped_tails} torn tails dropped",
         started.elapsed().as_secs_f64(),
         l.acks,
         snapshots.len(),
+        deltas.len(),
     );
-    // Snapshots were taken between kills, so recovery from a snapshot plus a journal was tested.
+    // Snapshots were taken between kills, so recovery from a snapshot plus a journal was tested,
+    // and from incremental snapshots after it.
     assert!(
         snapshots.len() >= 2,
         "no snapshot was taken between kills: {snapshots:?}"
+    );
+    assert!(
+        deltas.len() >= 2,
+        "no incremental snapshot was taken between kills: {deltas:?}"
     );
     assert!(
         l.acks > 100 * cycles as u64 / 10,
@@ -689,13 +697,14 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     );
 }
 
-/// The entry number of the newest snapshot in `dir`.
-fn latest_snapshot(dir: &Path) -> u64 {
+/// The entry number of the newest snapshot in `dir` whose name starts with `prefix`
+/// (`snapshot-`, or `delta-` for an incremental one); 0 if none.
+fn latest_snapshot(dir: &Path, prefix: &str) -> u64 {
     std::fs::read_dir(dir)
         .expect("data dir")
         .filter_map(|e| {
             let name = e.ok()?.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("snapshot-")?
+            name.strip_prefix(prefix)?
                 .strip_suffix(".snap")?
                 .parse()
                 .ok()

@@ -17,11 +17,11 @@ use tokio::sync::{Mutex, Notify, oneshot};
 
 use crate::domain::Timestamp;
 use crate::error::Error;
-use crate::routing::{Command, Outcome, Reply, Router, SnapshotState};
-use crate::store::{Entry, Journal, Snapshot};
+use crate::routing::{Command, Outcome, Reply, Router, SnapshotState, State};
+use crate::store::{Entry, Journal, Snapshot, SnapshotKind};
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
-pub use views::{Changes, EventLog, Views};
+pub use views::{Changes, EventLog, SinceSnapshot, Views};
 
 /// A caller waiting for its command's answer until the command is durable.
 type Pending = (oneshot::Sender<Result<Reply, Error>>, Result<Reply, Error>);
@@ -306,14 +306,23 @@ struct Taken {
     replies: Vec<Pending>,
     changes: Changes,
     /// The state after `entries`, when a snapshot is due.
-    state: Option<Box<SnapshotState>>,
+    state: Option<SnapshotCopy>,
+}
+
+/// The state copied for a snapshot, under the decision lock.
+enum SnapshotCopy {
+    /// For a full snapshot (see `copy_for_snapshot`).
+    Full(Box<SnapshotState>),
+    /// For an incremental one: all but the requests, whose changes the syncer noted.
+    Head(Box<State>),
 }
 
 /// Makes decisions durable in order, one journal sync for everything decided while the previous
 /// sync ran, then updates the read views and answers the callers.
 fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
     let _abort = AbortOnPanic("journal syncer");
-    let mut snapshot_wanted = false;
+    let mut snapshot_wanted = None;
+    let mut since_snapshot = journal.incremental().then(SinceSnapshot::default);
     // Emptied vectors go back for the next decisions, so taking allocates nothing.
     let mut spare_entries = Vec::new();
     let mut spare_replies = Vec::new();
@@ -329,7 +338,7 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                     // more is decided: copying the indexes is quicker than rebuilding them.
                     break journal
                         .snapshot_due(true)
-                        .then(|| Box::new(SnapshotState::whole(d.router.state().clone())));
+                        .map(|_| Box::new(SnapshotState::whole(d.router.state().clone())));
                 }
                 d.syncer_parked = true;
                 drop(decided);
@@ -342,7 +351,12 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                 entries: std::mem::replace(&mut d.entries, std::mem::take(&mut spare_entries)),
                 replies: std::mem::replace(&mut d.replies, std::mem::take(&mut spare_replies)),
                 changes: Changes::capture(&d.router, &mut d.outcome),
-                state: snapshot_wanted.then(|| copy_for_snapshot(&d.router, views)),
+                state: snapshot_wanted.map(|kind| match kind {
+                    SnapshotKind::Full => SnapshotCopy::Full(copy_for_snapshot(&d.router, views)),
+                    SnapshotKind::Incremental => {
+                        SnapshotCopy::Head(Box::new(d.router.state().head_copy()))
+                    }
+                }),
             }
         };
         let Taken {
@@ -356,6 +370,9 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
             entries.clear();
         }
         let started = std::time::Instant::now();
+        if let Some(since) = &mut since_snapshot {
+            since.note(&changes);
+        }
         views.apply(changes);
         // The batch's replies and events, and the next sync, wait for this: a slow one shows here.
         views
@@ -367,10 +384,25 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
         }
         spare_entries = entries;
         spare_replies = replies;
-        if let Some(state) = state
-            && journal.snapshot_due(false)
+        if let Some(copy) = state
+            && journal.snapshot_due(false).is_some()
         {
-            snapshot(*state, views, &mut *journal);
+            match (copy, &mut since_snapshot) {
+                (SnapshotCopy::Full(state), since) => {
+                    snapshot(*state, views, &mut *journal);
+                    if let Some(since) = since {
+                        since.clear();
+                    }
+                }
+                (SnapshotCopy::Head(head), Some(since)) => {
+                    if let Err(err) = journal.delta(since.take(*head)) {
+                        tracing::error!(error = %err, "snapshot failed; stopping");
+                        std::process::abort();
+                    }
+                }
+                // Only a journal that keeps incremental snapshots asks for one.
+                (SnapshotCopy::Head(_), None) => {}
+            }
         }
         snapshot_wanted = journal.snapshot_due(false);
     };

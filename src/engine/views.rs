@@ -15,8 +15,10 @@ use super::chunked::ChunkedQueue;
 use crate::domain::{Catalogue, OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
 use crate::ops::Metrics;
 use crate::routing::{
-    Event, EventKind, FastHash, FastMap, JobEventKind, LabState, Outcome, Router, TrustEventKind,
+    Event, EventKind, FastHash, FastMap, JobEventKind, LabState, Outcome, Router, State,
+    TrustEventKind,
 };
+use crate::store::Delta;
 
 /// Capacity of each organisation's live event channel; a watcher that falls further behind
 /// catches up from the retained log instead.
@@ -152,6 +154,42 @@ impl Changes {
         outcome.labs.clear();
         outcome.changed = false;
         changes
+    }
+}
+
+/// What changed since the last snapshot (full or incremental): the syncer notes each batch's
+/// changes here, and hands them to the journal as the next incremental snapshot.
+#[derive(Debug, Default)]
+pub struct SinceSnapshot {
+    requests: FastMap<RequestId, Option<Arc<Request>>>,
+    events: Vec<Event>,
+}
+
+impl SinceSnapshot {
+    /// Notes a batch's changes, before the views take them.
+    pub fn note(&mut self, changes: &Changes) {
+        for r in &changes.requests {
+            self.requests.insert(r.id, Some(r.clone()));
+        }
+        for id in &changes.purged {
+            self.requests.insert(*id, None);
+        }
+        self.events.extend(changes.events.iter().cloned());
+    }
+
+    /// Everything noted, as an incremental snapshot beside `head`; starts again empty.
+    pub fn take(&mut self, head: State) -> Delta {
+        Delta {
+            head,
+            requests: self.requests.drain().collect(),
+            events: std::mem::take(&mut self.events),
+        }
+    }
+
+    /// Forgets everything noted: a full snapshot covers it.
+    pub fn clear(&mut self) {
+        self.requests.clear();
+        self.events.clear();
     }
 }
 

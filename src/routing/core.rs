@@ -513,6 +513,15 @@ impl Router {
         Self { state, policy }
     }
 
+    /// Brings the core forward by an incremental snapshot (see [`State::apply_delta`]).
+    pub fn apply_delta(
+        &mut self,
+        head: State,
+        changed: impl IntoIterator<Item = (RequestId, Option<Arc<Request>>)>,
+    ) {
+        self.state.apply_delta(head, changed);
+    }
+
     /// The state, for a snapshot.
     pub fn state(&self) -> &State {
         &self.state

@@ -12,8 +12,11 @@ use std::thread;
 
 use serde::{Deserialize, Serialize};
 
+use super::delta::write_delta;
 use super::record;
-use super::{Directory, Entry, Journal, Snapshot, StoreError, StoreOptions, SyncMode};
+use super::{
+    Delta, Directory, Entry, Journal, Snapshot, SnapshotKind, StoreError, StoreOptions, SyncMode,
+};
 use crate::domain::{OdsCode, Request, RequestId, Timestamp};
 use crate::routing::{DefaultPolicy, Event, EventKind, Router, State};
 
@@ -33,7 +36,7 @@ const RESERVE: u64 = 64 * 1024;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LABAIDS3";
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"LABAIDS2";
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"LABAIDS1";
-const SNAPSHOT_HEADER: usize = 20;
+pub(super) const SNAPSHOT_HEADER: usize = 20;
 /// Requests per chunk of a format 3 snapshot: enough chunks for every core to take a share, few
 /// enough that the section table stays small.
 const SNAPSHOT_CHUNK: usize = 4096;
@@ -96,7 +99,7 @@ enum RequestSlot {
 
 /// A retained event in a format 3 snapshot.
 #[derive(Debug, Serialize, Deserialize)]
-struct EventSlot {
+pub(super) struct EventSlot {
     org: OdsCode,
     sequence: u64,
     time: Timestamp,
@@ -280,18 +283,50 @@ pub(crate) fn write_snapshot(
     mut state: State,
     events: &[Event],
 ) -> Result<u64, StoreError> {
-    let encode = |e: postcard::Error| StoreError::Corrupt(format!("cannot encode a snapshot: {e}"));
     let requests = std::mem::take(state.requests_mut());
     // Ordinal order: the events (in sequence order) then link to nearby requests, and the
     // views' per-organisation lists, built in this order at a restart, come out sorted.
     let mut ordered: Vec<&Arc<Request>> = requests.values().collect();
     ordered.sort_unstable_by_key(|r| r.ordinal);
-    if u32::try_from(ordered.len()).is_err() {
+    let head = postcard::to_stdvec(&HeadRef {
+        lsn,
+        directory,
+        state: &state,
+    })
+    .map_err(encode_error)?;
+    write_sections(
+        dir,
+        &snapshot_name(lsn),
+        SNAPSHOT_MAGIC,
+        head,
+        &ordered,
+        events,
+    )
+}
+
+pub(super) fn encode_error(e: postcard::Error) -> StoreError {
+    StoreError::Corrupt(format!("cannot encode a snapshot: {e}"))
+}
+
+/// Writes a sectioned file durably under `name` (temporary name, sync, rename, directory
+/// sync) and returns its size: `magic`, the payload length and checksum, then the payload, a
+/// table of sections `[count: u32 LE][length: u64 LE; count]` followed by the sections: `head`,
+/// the events (each naming its request by position in `requests` when it carries that version),
+/// and `requests` as postcard sequences of `SNAPSHOT_CHUNK`.
+pub(super) fn write_sections(
+    dir: &Path,
+    name: &str,
+    magic: &[u8; 8],
+    head: Vec<u8>,
+    requests: &[&Arc<Request>],
+    events: &[Event],
+) -> Result<u64, StoreError> {
+    if u32::try_from(requests.len()).is_err() {
         return Err(StoreError::Corrupt(
             "too many requests for a snapshot".into(),
         ));
     }
-    let position: HashMap<RequestId, u32> = ordered
+    let position: HashMap<RequestId, u32> = requests
         .iter()
         .enumerate()
         .map(|(i, r)| (r.id, i as u32))
@@ -302,7 +337,9 @@ pub(crate) fn write_snapshot(
         .iter()
         .map(|e| {
             let request = match position.get(&e.request.id) {
-                Some(&i) if Arc::ptr_eq(ordered[i as usize], &e.request) => RequestSlot::Current(i),
+                Some(&i) if Arc::ptr_eq(requests[i as usize], &e.request) => {
+                    RequestSlot::Current(i)
+                }
                 _ => RequestSlot::Version(*index.entry(Arc::as_ptr(&e.request)).or_insert_with(
                     || {
                         versions.push(&*e.request);
@@ -321,20 +358,15 @@ pub(crate) fn write_snapshot(
         .collect();
     drop(position);
     let mut sections = vec![
-        postcard::to_stdvec(&HeadRef {
-            lsn,
-            directory,
-            state: &state,
-        })
-        .map_err(encode)?,
+        head,
         postcard::to_stdvec(&EventSlotsRef {
             versions,
             events: slots,
         })
-        .map_err(encode)?,
+        .map_err(encode_error)?,
     ];
-    for chunk in ordered.chunks(SNAPSHOT_CHUNK) {
-        sections.push(postcard::to_stdvec(chunk).map_err(encode)?);
+    for chunk in requests.chunks(SNAPSHOT_CHUNK) {
+        sections.push(postcard::to_stdvec(chunk).map_err(encode_error)?);
     }
     let count = u32::try_from(sections.len())
         .map_err(|_| StoreError::Corrupt("too many snapshot sections".into()))?;
@@ -350,9 +382,9 @@ pub(crate) fn write_snapshot(
     for section in &sections {
         crc.update(section);
     }
-    let tmp = dir.join(format!("{}.tmp", snapshot_name(lsn)));
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut file = std::io::BufWriter::new(File::create(&tmp)?);
-    file.write_all(SNAPSHOT_MAGIC)?;
+    file.write_all(magic)?;
     file.write_all(&len)?;
     file.write_all(&crc.finalize().to_le_bytes())?;
     file.write_all(&table)?;
@@ -362,7 +394,7 @@ pub(crate) fn write_snapshot(
     let file = file.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
+    fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)?;
     Ok((SNAPSHOT_HEADER + payload_len) as u64)
 }
@@ -505,15 +537,15 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
     })
 }
 
-/// One decoded section of a format 3 payload.
-enum Section {
-    Head(Box<Head>),
+/// One decoded section of a sectioned file.
+enum Section<H> {
+    Head(Box<H>),
     Events(EventSlots),
     Requests(RequestChunk),
 }
 
-/// Why a format 3 snapshot could not be read.
-enum SectionError {
+/// Why a sectioned file could not be read.
+pub(super) enum SectionError {
     Io(std::io::Error),
     Damaged(String),
 }
@@ -567,6 +599,58 @@ fn read_sections(
     file: &File,
     header: &[u8; SNAPSHOT_HEADER],
 ) -> Result<SnapshotFile, SectionError> {
+    let Parts {
+        head,
+        versions,
+        slots,
+        requests,
+    } = read_parts::<Head>(file, header)?;
+    let Head {
+        lsn,
+        directory,
+        mut state,
+    } = head;
+    let (filled, events) = thread::scope(|scope| {
+        let linked = scope.spawn(|| link_events(&requests, &versions, slots));
+        let map = state.requests_mut();
+        map.reserve(requests.len());
+        let mut filled = Ok(());
+        for r in &requests {
+            if map.insert(r.id, r.clone()).is_some() {
+                filled = Err(format!("request {} appears twice", r.id));
+                break;
+            }
+        }
+        (filled, linked.join())
+    });
+    filled?;
+    let events = events.map_err(|_| "linking its events panicked")??;
+    Ok(SnapshotFile {
+        lsn,
+        directory,
+        router: Router::from_state(state, Arc::new(DefaultPolicy)),
+        events,
+    })
+}
+
+/// The sections of a file written by `write_sections`, decoded and checked.
+pub(super) struct Parts<H> {
+    pub(super) head: H,
+    /// Older versions of requests that events carry.
+    pub(super) versions: Vec<Arc<Request>>,
+    /// The events, to link with `link_events`.
+    pub(super) slots: Vec<EventSlot>,
+    pub(super) requests: Vec<Arc<Request>>,
+}
+
+/// Reads the sections of a file written by `write_sections` after its `header`: every core
+/// takes the next unread section in turn, reads it into a buffer of its own and decodes it; the
+/// checksum is the sections' checksums combined in order, checked before anything decoded is
+/// returned.
+pub(super) fn read_parts<H: serde::de::DeserializeOwned + Send>(
+    file: &File,
+    header: &[u8; SNAPSHOT_HEADER],
+) -> Result<Parts<H>, SectionError> {
     let len_bytes: [u8; 8] = header[8..16].try_into().map_err(|_| "short header")?;
     let crc: [u8; 4] = header[16..20].try_into().map_err(|_| "short header")?;
     let payload_len = u64::from_le_bytes(len_bytes);
@@ -600,7 +684,7 @@ fn read_sections(
         return Err("its sections do not fill it".into());
     }
 
-    let decode = |i: usize, bytes: &[u8]| -> Result<Section, String> {
+    let decode = |i: usize, bytes: &[u8]| -> Result<Section<H>, String> {
         let why = |e: postcard::Error| format!("cannot decode section {i}: {e}");
         Ok(match i {
             0 => Section::Head(Box::new(postcard::from_bytes(bytes).map_err(why)?)),
@@ -608,9 +692,10 @@ fn read_sections(
             _ => Section::Requests(postcard::from_bytes(bytes).map_err(why)?),
         })
     };
-    type Done = (usize, crc32fast::Hasher, Result<Section, String>);
+    type Decoded<H> = (crc32fast::Hasher, Result<Section<H>, String>);
+    type Done<H> = (usize, crc32fast::Hasher, Result<Section<H>, String>);
     let next = AtomicUsize::new(0);
-    let work = || -> Result<Vec<Done>, std::io::Error> {
+    let work = || -> Result<Vec<Done<H>>, std::io::Error> {
         let mut done = Vec::new();
         let mut buf = Vec::new();
         loop {
@@ -628,8 +713,7 @@ fn read_sections(
     let workers = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(sections.len());
-    let mut decoded: Vec<Option<(crc32fast::Hasher, Result<Section, String>)>> =
-        (0..sections.len()).map(|_| None).collect();
+    let mut decoded: Vec<Option<Decoded<H>>> = (0..sections.len()).map(|_| None).collect();
     thread::scope(|scope| -> Result<(), SectionError> {
         let others: Vec<_> = (1..workers).map(|_| scope.spawn(work)).collect();
         let mine = work().map_err(SectionError::Io)?;
@@ -661,7 +745,7 @@ fn read_sections(
     }
     let count = parts.len();
     let mut decoded = parts.into_iter();
-    let mut take = || -> Result<Section, String> {
+    let mut take = || -> Result<Section<H>, String> {
         decoded
             .next()
             .unwrap_or_else(|| Err("a section is missing".into()))
@@ -682,39 +766,17 @@ fn read_sections(
         }
         requests.extend(chunk);
     }
-
-    let Head {
-        lsn,
-        directory,
-        mut state,
-    } = *head;
-    let versions: Vec<Arc<Request>> = events.versions.into_iter().map(Arc::new).collect();
-    let (filled, events) = thread::scope(|scope| {
-        let linked = scope.spawn(|| link_events(&requests, &versions, events.events));
-        let map = state.requests_mut();
-        map.reserve(requests.len());
-        let mut filled = Ok(());
-        for r in &requests {
-            if map.insert(r.id, r.clone()).is_some() {
-                filled = Err(format!("request {} appears twice", r.id));
-                break;
-            }
-        }
-        (filled, linked.join())
-    });
-    filled?;
-    let events = events.map_err(|_| "linking its events panicked")??;
-    Ok(SnapshotFile {
-        lsn,
-        directory,
-        router: Router::from_state(state, Arc::new(DefaultPolicy)),
-        events,
+    Ok(Parts {
+        head: *head,
+        versions: events.versions.into_iter().map(Arc::new).collect(),
+        slots: events.events,
+        requests,
     })
 }
 
 /// Format 3 events from their records, each sharing its request with the snapshot's requests
 /// (and so the core's) or with the other events that carried the same older version.
-fn link_events(
+pub(super) fn link_events(
     requests: &[Arc<Request>],
     versions: &[Arc<Request>],
     slots: Vec<EventSlot>,
@@ -742,25 +804,40 @@ fn link_events(
         .collect()
 }
 
-/// Removes snapshots before `lsn` and segments whose entries all come before `lsn`.
-fn remove_obsolete(dir: &Path, lsn: u64) -> Result<(), StoreError> {
+/// True for a file of the data directory that a snapshot covering `lsn` entries makes obsolete:
+/// an earlier snapshot, an incremental one up to it, or a journal segment before it (segments
+/// are started at each snapshot's entry number, so one that starts before `lsn` ends before it).
+pub(crate) fn obsolete_at(name: &str, lsn: u64) -> bool {
+    parse_name(name, "snapshot-", ".snap").is_some_and(|n| n < lsn)
+        || parse_name(name, "delta-", ".snap").is_some_and(|n| n <= lsn)
+        || parse_name(name, "journal-", ".log").is_some_and(|n| n < lsn)
+}
+
+/// Removes the files of `dir` that `obsolete` picks by name, then syncs it.
+pub(crate) fn remove_files(dir: &Path, obsolete: impl Fn(&str) -> bool) -> Result<(), StoreError> {
     for item in fs::read_dir(dir)? {
         let name = item?.file_name();
         let name = name.to_string_lossy();
-        let old_snapshot = parse_name(&name, "snapshot-", ".snap").is_some_and(|n| n < lsn);
-        // Segments are started at each snapshot's entry number, so one that starts before `lsn`
-        // ends before it.
-        let old_segment = parse_name(&name, "journal-", ".log").is_some_and(|n| n < lsn);
-        if old_snapshot || old_segment {
+        if obsolete(&name) {
             fs::remove_file(dir.join(&*name))?;
         }
     }
     sync_dir(dir)
 }
 
-struct Job {
-    lsn: u64,
-    snapshot: Snapshot,
+/// A snapshot for the writer to write.
+enum Job {
+    Full { lsn: u64, snapshot: Snapshot },
+    Incremental { lsn: u64, after: u64, delta: Delta },
+}
+
+/// The sizes the snapshot trigger weighs, kept by the writer.
+#[derive(Debug, Default)]
+struct Written {
+    /// The last full snapshot's size.
+    full: AtomicU64,
+    /// The incremental snapshots' sizes since it, added up.
+    deltas: AtomicU64,
 }
 
 /// The thread that writes snapshots, one at a time.
@@ -768,45 +845,73 @@ struct Job {
 struct Writer {
     tx: Option<mpsc::SyncSender<Job>>,
     busy: Arc<AtomicBool>,
-    last_size: Arc<AtomicU64>,
+    written: Arc<Written>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Writer {
-    fn start(dir: PathBuf, directory: Arc<Directory>, last_size: u64) -> Result<Self, StoreError> {
+    fn start(
+        dir: PathBuf,
+        directory: Arc<Directory>,
+        full: u64,
+        deltas: u64,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(1);
         let busy = Arc::new(AtomicBool::new(false));
-        let size = Arc::new(AtomicU64::new(last_size));
-        let (thread_busy, thread_size) = (busy.clone(), size.clone());
+        let written = Arc::new(Written {
+            full: AtomicU64::new(full),
+            deltas: AtomicU64::new(deltas),
+        });
+        let (thread_busy, thread_written) = (busy.clone(), written.clone());
         let thread = thread::Builder::new()
             .name("labaid-snapshot".into())
             .spawn(move || {
                 for job in rx {
                     let started = std::time::Instant::now();
-                    let written = write_snapshot(
-                        &dir,
-                        job.lsn,
-                        &directory,
-                        job.snapshot.state.into_state(),
-                        &job.snapshot.events,
-                    )
-                    .and_then(|size| remove_obsolete(&dir, job.lsn).map(|()| size));
-                    match written {
-                        Ok(bytes) => {
+                    let result = match job {
+                        Job::Full { lsn, snapshot } => write_snapshot(
+                            &dir,
+                            lsn,
+                            &directory,
+                            snapshot.state.into_state(),
+                            &snapshot.events,
+                        )
+                        .and_then(|bytes| {
+                            remove_files(&dir, |name| obsolete_at(name, lsn))?;
+                            thread_written.full.store(bytes, Ordering::Relaxed);
+                            thread_written.deltas.store(0, Ordering::Relaxed);
                             tracing::info!(
-                                entries = job.lsn,
+                                entries = lsn,
                                 bytes,
                                 ms = started.elapsed().as_millis() as u64,
                                 "snapshot written"
                             );
-                            thread_size.store(bytes, Ordering::Relaxed);
+                            Ok(())
+                        }),
+                        Job::Incremental { lsn, after, delta } => {
+                            write_delta(&dir, lsn, after, &directory, &delta).and_then(|bytes| {
+                                // The segments before it are covered; the snapshots it follows
+                                // are still needed.
+                                remove_files(&dir, |name| {
+                                    parse_name(name, "journal-", ".log").is_some_and(|n| n < lsn)
+                                })?;
+                                thread_written.deltas.fetch_add(bytes, Ordering::Relaxed);
+                                tracing::info!(
+                                    entries = lsn,
+                                    bytes,
+                                    requests = delta.requests.len(),
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "incremental snapshot written"
+                                );
+                                Ok(())
+                            })
                         }
-                        Err(err) => {
-                            // The journal still holds everything, but a failed sync must never be
-                            // retried: stop, and let the next start recover from what is durable.
-                            tracing::error!(error = %err, "snapshot failed; stopping");
-                            std::process::abort();
-                        }
+                    };
+                    if let Err(err) = result {
+                        // The journal still holds everything, but a failed sync must never be
+                        // retried: stop, and let the next start recover from what is durable.
+                        tracing::error!(error = %err, "snapshot failed; stopping");
+                        std::process::abort();
                     }
                     thread_busy.store(false, Ordering::Release);
                 }
@@ -814,7 +919,7 @@ impl Writer {
         Ok(Self {
             tx: Some(tx),
             busy,
-            last_size: size,
+            written,
             thread: Some(thread),
         })
     }
@@ -849,7 +954,11 @@ pub(crate) struct Tail {
     pub(crate) segment_len: u64,
     pub(crate) next: u64,
     pub(crate) since_snapshot: u64,
+    /// Entries covered by the last snapshot, full or incremental.
+    pub(crate) snapshot_entries: u64,
     pub(crate) last_snapshot_size: u64,
+    /// The incremental snapshots' sizes since the last full one, added up.
+    pub(crate) deltas_size: u64,
 }
 
 /// The journal in a data directory. Made by [`super::open`], which recovers first.
@@ -864,8 +973,13 @@ pub struct FileJournal {
     segment_len: u64,
     /// Number of the next entry.
     next: u64,
-    /// Journal bytes written since the last snapshot.
+    /// Journal bytes written since the last snapshot, full or incremental.
     since_snapshot: u64,
+    /// Entries covered by the last snapshot, full or incremental.
+    snapshot_entries: u64,
+    /// True until a full snapshot follows entries journaled before this journal was opened: the
+    /// caller noted only the changes it made itself, so an incremental one would miss those.
+    full_due: bool,
     options: StoreOptions,
     payload: Vec<u8>,
     frames: Vec<u8>,
@@ -881,7 +995,12 @@ impl FileJournal {
         tail: Tail,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let writer = Writer::start(dir.clone(), Arc::new(directory), tail.last_snapshot_size)?;
+        let writer = Writer::start(
+            dir.clone(),
+            Arc::new(directory),
+            tail.last_snapshot_size,
+            tail.deltas_size,
+        )?;
         Ok(Self {
             dir,
             segment: tail.segment,
@@ -890,6 +1009,8 @@ impl FileJournal {
             segment_len: tail.segment_len,
             next: tail.next,
             since_snapshot: tail.since_snapshot,
+            snapshot_entries: tail.snapshot_entries,
+            full_due: tail.since_snapshot > 0,
             options,
             payload: Vec::new(),
             frames: Vec::new(),
@@ -902,6 +1023,14 @@ impl FileJournal {
     #[cfg(test)]
     pub(crate) fn segment_end(&self) -> u64 {
         self.segment_end
+    }
+
+    /// Waits until the snapshot writer is idle.
+    #[cfg(test)]
+    pub(crate) fn wait_for_writer(&self) {
+        while self.writer.busy.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
     }
 
     /// Number of entries journaled since the data directory was made.
@@ -943,6 +1072,22 @@ impl FileJournal {
         Ok(())
     }
 
+    /// Starts a new segment at the next entry for a snapshot of the state before it, so that
+    /// once the snapshot is durable every older segment can be removed whole; returns the
+    /// entries the snapshot covers.
+    fn rotate(&mut self) -> Result<u64, StoreError> {
+        if self.segment_first != self.next {
+            self.drop_reserved()?;
+            self.segment = create_segment(&self.dir, self.next)?;
+            self.segment_first = self.next;
+            self.segment_end = SEGMENT_HEADER as u64;
+            self.segment_len = SEGMENT_HEADER as u64;
+        }
+        self.since_snapshot = 0;
+        self.snapshot_entries = self.next;
+        Ok(self.next)
+    }
+
     /// Writes zeros up to `len`. Records then overwrite blocks the file already has, so a sync
     /// flushes their data alone instead of also writing the file's new size (one I/O fewer per
     /// sync). Recovery reads a zero tail as reserved space, not damage. The next sync makes the
@@ -979,32 +1124,41 @@ impl Journal for FileJournal {
         Ok(())
     }
 
-    fn snapshot_due(&self, closing: bool) -> bool {
+    fn snapshot_due(&self, closing: bool) -> Option<SnapshotKind> {
+        let deltas = self.writer.written.deltas.load(Ordering::Relaxed);
         if closing {
-            return self.since_snapshot > 0;
+            // A clean stop leaves one full snapshot: the next start reads nothing else.
+            return (self.since_snapshot > 0 || deltas > 0).then_some(SnapshotKind::Full);
         }
-        let trigger = self
-            .options
-            .snapshot_min_bytes
-            .max(self.writer.last_size.load(Ordering::Relaxed));
-        self.since_snapshot >= trigger && !self.writer.busy.load(Ordering::Acquire)
+        if self.since_snapshot < self.options.snapshot_min_bytes
+            || self.writer.busy.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        // Incremental ones cost what changed, but a restart reads each of them after the full
+        // one: once they add up to half of it, the next is full.
+        let full = self.writer.written.full.load(Ordering::Relaxed);
+        Some(if self.full_due || deltas.saturating_mul(2) >= full {
+            SnapshotKind::Full
+        } else {
+            SnapshotKind::Incremental
+        })
+    }
+
+    fn incremental(&self) -> bool {
+        true
     }
 
     fn snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
-        // Later entries go to a new segment, so that once the snapshot is durable every older
-        // segment can be removed whole.
-        if self.segment_first != self.next {
-            self.drop_reserved()?;
-            self.segment = create_segment(&self.dir, self.next)?;
-            self.segment_first = self.next;
-            self.segment_end = SEGMENT_HEADER as u64;
-            self.segment_len = SEGMENT_HEADER as u64;
-        }
-        self.since_snapshot = 0;
-        self.writer.send(Job {
-            lsn: self.next,
-            snapshot,
-        })
+        let lsn = self.rotate()?;
+        self.full_due = false;
+        self.writer.send(Job::Full { lsn, snapshot })
+    }
+
+    fn delta(&mut self, delta: Delta) -> Result<(), StoreError> {
+        let after = self.snapshot_entries;
+        let lsn = self.rotate()?;
+        self.writer.send(Job::Incremental { lsn, after, delta })
     }
 
     fn close(&mut self) -> Result<(), StoreError> {

@@ -7,9 +7,13 @@
 //!   `append`, each a batch of entries; synced with `fdatasync` before `append` returns.
 //! - `snapshot-<entry number>.snap`: the core's state and the retained events after that many
 //!   entries, written to a temporary name, synced, renamed and the directory synced.
+//! - `delta-<entry number>.snap`: an incremental snapshot after that many entries, written the
+//!   same way: the requests changed since the snapshot or incremental snapshot before it, the
+//!   rest of the state, and the events published meanwhile.
 //! - `LOCK`: held while a broker runs, so two brokers never write one journal.
 
 pub(crate) mod bulk;
+mod delta;
 mod directory;
 mod file;
 mod memory;
@@ -19,11 +23,12 @@ mod recover;
 mod tests;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Timestamp;
-use crate::routing::{Command, Event, SnapshotState};
+use crate::domain::{Request, RequestId, Timestamp};
+use crate::routing::{Command, Event, SnapshotState, State};
 
 pub use directory::Directory;
 pub use file::FileJournal;
@@ -49,6 +54,26 @@ pub struct Snapshot {
     pub events: Vec<Event>,
 }
 
+/// What changed since the last snapshot (full or incremental), for an incremental one.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    /// Everything but the requests ([`State::head_copy`]), as of the last batch it covers.
+    pub head: State,
+    /// Each request changed since, as it is now; `None` if purged.
+    pub requests: Vec<(RequestId, Option<Arc<Request>>)>,
+    /// Every event published since, in order.
+    pub events: Vec<Event>,
+}
+
+/// Which snapshot the journal wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// The whole state and the retained events ([`Snapshot`]).
+    Full,
+    /// What changed since the last one ([`Delta`]).
+    Incremental,
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,8 +91,10 @@ pub enum StoreError {
 /// How the file store syncs and when it snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Journal bytes written since the last snapshot that trigger the next one; the trigger grows
-    /// to the last snapshot's size, so snapshots cost at most as much I/O as the journal.
+    /// Journal bytes written since the last snapshot (full or incremental) that trigger the next
+    /// one. It is incremental until the incremental ones since the last full snapshot add up to
+    /// half its size; then it is full. A crash then replays at most this much journal, after
+    /// reading at most half a full snapshot's worth of changed requests.
     pub snapshot_min_bytes: u64,
     /// How many syncs an append costs.
     pub sync: SyncMode,
@@ -83,8 +110,8 @@ pub enum SyncMode {
     PerEntry,
 }
 
-/// Default snapshot trigger: 64 MiB of journal.
-pub const DEFAULT_SNAPSHOT_MIN_BYTES: u64 = 64 * 1024 * 1024;
+/// Default snapshot trigger: 8 MiB of journal, about a fifth of a second of replay here.
+pub const DEFAULT_SNAPSHOT_MIN_BYTES: u64 = 8 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -100,10 +127,16 @@ pub trait Journal: fmt::Debug + Send + 'static {
     /// Appends a batch of entries and returns only once they are durable.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError>;
 
-    /// True when the journal wants a snapshot of the state after the last append; `closing` is
+    /// The snapshot the journal wants of the state after the last append, if any; `closing` is
     /// set once, when the sequencer stops.
-    fn snapshot_due(&self, closing: bool) -> bool {
+    fn snapshot_due(&self, closing: bool) -> Option<SnapshotKind> {
         let _ = closing;
+        None
+    }
+
+    /// True when the journal takes incremental snapshots, so the caller must keep what changed
+    /// since the last snapshot.
+    fn incremental(&self) -> bool {
         false
     }
 
@@ -111,6 +144,12 @@ pub trait Journal: fmt::Debug + Send + 'static {
     /// the journal stays complete until it is durable.
     fn snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
         let _ = snapshot;
+        Ok(())
+    }
+
+    /// Takes an incremental snapshot of the state after the last append, as for `snapshot`.
+    fn delta(&mut self, delta: Delta) -> Result<(), StoreError> {
+        let _ = delta;
         Ok(())
     }
 

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use super::delta::{delta_name, read_delta};
 use super::file::{
-    self, Batch, FileJournal, SEGMENT_HEADER, Tail, create_segment, parse_name,
-    read_segment_header, segment_name, snapshot_name, sync_dir,
+    self, Batch, FileJournal, SEGMENT_HEADER, Tail, create_segment, obsolete_at, parse_name,
+    read_segment_header, remove_files, segment_name, snapshot_name, sync_dir,
 };
 use super::record::{self, End};
 use super::{Directory, StoreError, StoreOptions};
@@ -27,8 +28,10 @@ pub struct Recovered {
     pub events: Vec<Event>,
     /// The journal, ready to append after the last durable entry.
     pub journal: FileJournal,
-    /// Entries the snapshot covered.
+    /// Entries the snapshots covered (the full one and the incremental ones after it).
     pub snapshot_entries: u64,
+    /// Incremental snapshots read after the full one.
+    pub incremental: usize,
     /// Entries replayed from the journal after it.
     pub replayed: u64,
     /// Bytes of torn tail dropped.
@@ -56,20 +59,26 @@ pub fn open_at(
     make_dir(&dir)?;
     let lock = lock(&dir)?;
     let mut snapshots = Vec::new();
+    let mut deltas = Vec::new();
     let mut segments = Vec::new();
     for item in fs::read_dir(&dir)? {
         let name = item?.file_name();
         let name = name.to_string_lossy();
         if let Some(n) = parse_name(&name, "snapshot-", ".snap") {
             snapshots.push(n);
+        } else if let Some(n) = parse_name(&name, "delta-", ".snap") {
+            deltas.push(n);
         } else if let Some(n) = parse_name(&name, "journal-", ".log") {
             segments.push(n);
-        } else if name.starts_with("snapshot-") && name.ends_with(".tmp") {
+        } else if (name.starts_with("snapshot-") || name.starts_with("delta-"))
+            && name.ends_with(".tmp")
+        {
             // A snapshot that was being written when the broker stopped; never renamed, never used.
             fs::remove_file(dir.join(&*name))?;
         }
     }
     snapshots.sort_unstable();
+    deltas.sort_unstable();
     segments.sort_unstable();
 
     let Some(&lsn) = snapshots.last() else {
@@ -89,11 +98,41 @@ pub fn open_at(
             snap.lsn
         )));
     }
-    // A changed directory is applied after replay: the journal was written under the old one.
-    let differences = directory.differences(&snap.directory);
     let last_snapshot_size = fs::metadata(dir.join(snapshot_name(lsn)))?.len();
     let mut router = snap.router;
     let mut events = snap.events;
+    let mut pinned = snap.directory;
+
+    // The incremental snapshots after it, each applying to the state the one before left.
+    let mut covered = lsn;
+    let mut deltas_size = 0;
+    let mut incremental = 0;
+    for n in deltas {
+        let path = dir.join(delta_name(n));
+        if n <= lsn {
+            // Left by a stop before the full snapshot that covers it removed it.
+            fs::remove_file(&path)?;
+            continue;
+        }
+        let delta = read_delta(&path)?;
+        if delta.lsn != n || delta.after != covered {
+            return Err(StoreError::Corrupt(format!(
+                "{} covers entries {} to {}, but the snapshots before it cover {covered}",
+                delta_name(n),
+                delta.after,
+                delta.lsn
+            )));
+        }
+        router.apply_delta(delta.head, delta.changed);
+        events.extend(delta.events);
+        pinned = delta.directory;
+        deltas_size += fs::metadata(&path)?.len();
+        incremental += 1;
+        covered = n;
+    }
+    let lsn = covered;
+    // A changed directory is applied after replay: the journal was written under the old one.
+    let differences = directory.differences(&pinned);
 
     // Segments that end before the snapshot are leftovers of a stop before their removal.
     while segments.len() > 1 && segments[1] <= lsn {
@@ -231,8 +270,8 @@ pub fn open_at(
         Some(t) => t,
         None => (create_segment(&dir, next)?, next, HEADER_LEN, HEADER_LEN),
     };
-    let mut pinned = snap.directory;
     let mut last_snapshot_size = last_snapshot_size;
+    let mut snapshot_entries = lsn;
     if !differences.is_empty() {
         let mut outcome = Outcome::default();
         router
@@ -255,17 +294,10 @@ pub fn open_at(
             segment_end = HEADER_LEN;
             segment_len = HEADER_LEN;
         }
-        for old in fs::read_dir(&dir)? {
-            let name = old?.file_name();
-            let name = name.to_string_lossy();
-            let stale = parse_name(&name, "snapshot-", ".snap").is_some_and(|n| n < next)
-                || parse_name(&name, "journal-", ".log").is_some_and(|n| n < next);
-            if stale {
-                fs::remove_file(dir.join(&*name))?;
-            }
-        }
-        sync_dir(&dir)?;
+        remove_files(&dir, |name| obsolete_at(name, next))?;
         since_snapshot = 0;
+        snapshot_entries = next;
+        deltas_size = 0;
         pinned = directory;
         tracing::warn!(
             changed = %differences.join(", "),
@@ -275,6 +307,7 @@ pub fn open_at(
     tracing::info!(
         data_dir = %dir.display(),
         snapshot_entries = lsn,
+        incremental,
         replayed,
         dropped_bytes,
         requests = router.request_count(),
@@ -292,7 +325,9 @@ pub fn open_at(
             segment_len,
             next,
             since_snapshot,
+            snapshot_entries,
             last_snapshot_size,
+            deltas_size,
         },
         options,
     )?;
@@ -301,6 +336,7 @@ pub fn open_at(
         events,
         journal,
         snapshot_entries: lsn,
+        incremental,
         replayed,
         dropped_bytes,
     })
@@ -328,7 +364,9 @@ fn create(
             segment_len: HEADER_LEN,
             next: 0,
             since_snapshot: 0,
+            snapshot_entries: 0,
             last_snapshot_size: size,
+            deltas_size: 0,
         },
         options,
     )?;
@@ -337,6 +375,7 @@ fn create(
         events: Vec::new(),
         journal,
         snapshot_entries: 0,
+        incremental: 0,
         replayed: 0,
         dropped_bytes: 0,
     })

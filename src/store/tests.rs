@@ -64,16 +64,24 @@ struct Driver {
     journal: FileJournal,
     events: Vec<Event>,
     after_batch: Vec<Fingerprint>,
+    /// Requests changed and events published since the last snapshot, full or incremental.
+    changed: std::collections::BTreeSet<RequestId>,
+    new_events: Vec<Event>,
 }
 
 impl Driver {
     fn open(dir: &Path) -> Self {
-        let r = open(dir, directory(), StoreOptions::default()).expect("open");
+        Self::recovered(open(dir, directory(), StoreOptions::default()).expect("open"))
+    }
+
+    fn recovered(r: Recovered) -> Self {
         let mut d = Self {
             router: r.router,
             journal: r.journal,
             events: r.events,
             after_batch: Vec::new(),
+            changed: Default::default(),
+            new_events: Vec::new(),
         };
         d.after_batch.push(fingerprint(&d.router, &d.events));
         d
@@ -102,6 +110,9 @@ impl Driver {
             }
         }
         self.journal.append(&entries).expect("append");
+        self.changed
+            .extend(outcome.requests.iter().chain(&outcome.purged).copied());
+        self.new_events.extend(outcome.events.iter().cloned());
         self.events.append(&mut outcome.events);
         self.after_batch
             .push(fingerprint(&self.router, &self.events));
@@ -115,7 +126,70 @@ impl Driver {
                 events: self.events.clone(),
             })
             .expect("snapshot");
+        self.changed.clear();
+        self.new_events.clear();
     }
+
+    /// An incremental snapshot, as the syncer takes one.
+    fn delta(&mut self) {
+        let requests = std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|id| (id, self.router.request(&id).cloned()))
+            .collect();
+        self.journal
+            .delta(Delta {
+                head: self.router.state().head_copy(),
+                requests,
+                events: std::mem::take(&mut self.new_events),
+            })
+            .expect("delta");
+    }
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "LOCK")
+        .collect();
+    names.sort();
+    names
+}
+
+/// History, then incremental snapshots between further batches; returns the state the journal
+/// ends with and the entries the last incremental snapshot covers.
+fn history_with_deltas(d: &mut Driver) -> (Fingerprint, u64) {
+    history(d);
+    d.snapshot();
+    let later = T0.plus_millis(40 * MINUTE_MS);
+    let replies = d.batch(
+        later,
+        (0..3)
+            .map(|i| submit(&d.router, "RJZ", 100 + i, Priority::Urgent, later))
+            .collect(),
+    );
+    d.delta();
+    let (lab, id) = job(&replies[0]);
+    d.batch(later.plus_millis(1_000), vec![Command::Accept { lab, id }]);
+    // After the retention: finished requests are purged.
+    let purge = later.plus_millis(directory().retention_ms + MINUTE_MS);
+    let before = d.router.request_count();
+    d.batch(
+        purge,
+        vec![submit(&d.router, "RJ1", 200, Priority::Stat, purge)],
+    );
+    assert!(
+        d.router.request_count() < before + 1,
+        "something was purged"
+    );
+    d.delta();
+    let covered = d.journal.entries();
+    // And one more submission after the last incremental snapshot.
+    d.batch(
+        purge,
+        vec![submit(&d.router, "RJ1", 201, Priority::Stat, purge)],
+    );
+    (d.after_batch.pop().expect("state"), covered)
 }
 
 fn job(reply: &Reply) -> (OdsCode, RequestId) {
@@ -489,12 +563,7 @@ fn one_sync_per_entry_reads_back_the_same() {
         },
     )
     .expect("open");
-    let mut d = Driver {
-        router: r.router,
-        journal: r.journal,
-        events: r.events,
-        after_batch: Vec::new(),
-    };
+    let mut d = Driver::recovered(r);
     history(&mut d);
     let expected = d.after_batch.pop().expect("state");
     drop(d);
@@ -675,4 +744,200 @@ fn a_flipped_bit_in_any_section_of_a_format_3_snapshot_stops_the_start() {
             "a flip at byte {at}: {err}"
         );
     }
+}
+
+#[test]
+fn incremental_snapshots_restore_the_state_exactly_and_replay_only_what_follows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    let (expected, covered) = history_with_deltas(&mut d);
+    let entries = d.journal.entries();
+    let state = d.router.state().clone();
+    d.journal.close().expect("close");
+    drop(d);
+    let names = file_names(dir.path());
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("delta-")).count(),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("journal-")).count(),
+        1,
+        "segments before the last incremental snapshot are removed: {names:?}"
+    );
+    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    assert_eq!(r.incremental, 2);
+    assert_eq!(r.snapshot_entries, covered);
+    assert_eq!(r.replayed, entries - covered);
+    assert_eq!(fingerprint(&r.router, &r.events), expected);
+    assert!(*r.router.state() == state, "indexes included");
+}
+
+#[test]
+fn a_full_snapshot_removes_the_incremental_ones_it_covers_and_a_leftover_one_is_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history_with_deltas(&mut d);
+    let leftover = file_names(dir.path())
+        .into_iter()
+        .find(|n| n.starts_with("delta-"))
+        .expect("a delta");
+    let kept = fs::read(dir.path().join(&leftover)).expect("read");
+    d.snapshot();
+    let expected = fingerprint(&d.router, &d.events);
+    d.journal.close().expect("close");
+    drop(d);
+    assert!(
+        file_names(dir.path())
+            .iter()
+            .all(|n| !n.starts_with("delta-")),
+        "{:?}",
+        file_names(dir.path())
+    );
+    // As if the stop came before the full snapshot's clean-up.
+    fs::write(dir.path().join(&leftover), kept).expect("write");
+    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    assert_eq!((r.incremental, r.replayed), (0, 0));
+    assert_eq!(fingerprint(&r.router, &r.events), expected);
+    drop(r);
+    assert!(!dir.path().join(&leftover).exists());
+}
+
+#[test]
+fn a_missing_or_damaged_incremental_snapshot_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history_with_deltas(&mut d);
+    d.journal.close().expect("close");
+    drop(d);
+    let deltas: Vec<String> = file_names(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with("delta-"))
+        .collect();
+    let first = dir.path().join(&deltas[0]);
+    let good = fs::read(&first).expect("read");
+    assert_eq!(&good[..8], b"LABAIDD1");
+    for at in (8..good.len()).step_by(good.len() / 31 + 1) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        fs::write(&first, &bad).expect("write");
+        let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
+        assert!(
+            matches!(&err, StoreError::Corrupt(why) if why.contains(&deltas[0])),
+            "a flip at byte {at}: {err}"
+        );
+    }
+    fs::remove_file(&first).expect("remove");
+    let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
+    assert!(
+        matches!(&err, StoreError::Corrupt(why) if why.contains(&deltas[1])),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_changed_directory_after_incremental_snapshots_is_pinned_by_a_full_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    let (expected, _) = history_with_deltas(&mut d);
+    d.journal.close().expect("close");
+    drop(d);
+    let mut other = directory();
+    other.retention_ms += MINUTE_MS;
+    let r = open(dir.path(), other.clone(), StoreOptions::default()).expect("applied");
+    assert_eq!(r.incremental, 2);
+    assert_eq!(
+        fingerprint(&r.router, &r.events).requests,
+        expected.requests
+    );
+    drop(r);
+    let names = file_names(dir.path());
+    assert!(names.iter().all(|n| !n.starts_with("delta-")), "{names:?}");
+    let r = open(dir.path(), other, StoreOptions::default()).expect("reopen");
+    assert_eq!((r.incremental, r.replayed), (0, 0));
+}
+
+#[test]
+fn the_trigger_takes_incremental_snapshots_until_they_add_up_to_half_the_full_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions {
+        snapshot_min_bytes: 1,
+        ..StoreOptions::default()
+    };
+    let r = open(dir.path(), directory(), options).expect("open");
+    let mut d = Driver::recovered(r);
+    assert_eq!(d.journal.snapshot_due(false), None, "nothing journaled yet");
+    assert_eq!(
+        d.journal.snapshot_due(true),
+        None,
+        "nothing to write at a stop"
+    );
+    history(&mut d);
+    // The empty state's snapshot is tiny: the first incremental one outweighs it.
+    assert_eq!(
+        d.journal.snapshot_due(false),
+        Some(SnapshotKind::Incremental)
+    );
+    d.delta();
+    d.journal.wait_for_writer();
+    assert_eq!(d.journal.snapshot_due(false), None, "nothing since");
+    assert_eq!(
+        d.journal.snapshot_due(true),
+        Some(SnapshotKind::Full),
+        "a stop folds the incremental ones into a full one"
+    );
+    let now = T0.plus_millis(40 * MINUTE_MS);
+    d.batch(
+        now,
+        vec![submit(&d.router, "RJ1", 300, Priority::Stat, now)],
+    );
+    assert_eq!(d.journal.snapshot_due(false), Some(SnapshotKind::Full));
+    d.snapshot();
+    d.journal.wait_for_writer();
+    d.batch(
+        now,
+        vec![submit(&d.router, "RJ1", 301, Priority::Stat, now)],
+    );
+    assert_eq!(
+        d.journal.snapshot_due(false),
+        Some(SnapshotKind::Incremental)
+    );
+}
+
+#[test]
+fn after_a_restart_that_replayed_entries_the_next_snapshot_is_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions {
+        snapshot_min_bytes: 1,
+        ..StoreOptions::default()
+    };
+    let mut d = Driver::recovered(open(dir.path(), directory(), options).expect("open"));
+    history(&mut d);
+    d.delta();
+    d.journal.wait_for_writer();
+    let now = T0.plus_millis(40 * MINUTE_MS);
+    d.batch(
+        now,
+        vec![submit(&d.router, "RJ1", 300, Priority::Stat, now)],
+    );
+    drop(d);
+    // The entries after the incremental snapshot are replayed, not noted by the new caller: only
+    // a full snapshot covers them.
+    let mut d = Driver::recovered(open(dir.path(), directory(), options).expect("reopen"));
+    d.batch(
+        now,
+        vec![submit(&d.router, "RJ1", 301, Priority::Stat, now)],
+    );
+    assert_eq!(d.journal.snapshot_due(false), Some(SnapshotKind::Full));
+    d.snapshot();
+    d.journal.wait_for_writer();
+    d.batch(
+        now,
+        vec![submit(&d.router, "RJ1", 302, Priority::Stat, now)],
+    );
+    assert_eq!(
+        d.journal.snapshot_due(false),
+        Some(SnapshotKind::Incremental)
+    );
 }
