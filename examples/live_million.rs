@@ -23,6 +23,11 @@
 //! the snapshot writer then takes to rebuild the indexes that copy leaves out (off the lock), and
 //! how long a copy of the whole state takes, as earlier builds made it.
 //!
+//! `LIVE_MILLION_WORST=1` then leaves the data directory as the snapshot policy's worst case
+//! for a restart after a crash (see `worst_case`): a full snapshot of the COUNT requests, then
+//! incremental snapshots up to the point where the next would be full, then the journal written
+//! meanwhile; the restarts "from the journal" then measure that.
+//!
 //! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
 //! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling;
 //! `LIVE_MILLION_FILL_ONLY=1` keeps it right after the fill (journal only) and stops there.
@@ -82,7 +87,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let data = work.path().join("data");
-    fill(&data, &config, count)?;
+    let worst = std::env::var_os("LIVE_MILLION_WORST").is_some();
+    // The requests the data directory holds (more than COUNT in the worst case).
+    let held = fill(&data, &config, count, worst)?;
     if std::env::var_os("LIVE_MILLION_FILL_ONLY").is_some() {
         println!("kept {}", work.keep().display());
         return Ok(());
@@ -104,12 +111,17 @@ fn main() -> anyhow::Result<()> {
     let base_rss = median_u64(&mut base_rss);
 
     let mut report = Vec::new();
-    for (what, stop) in [("journal", Stop::Kill), ("snapshot", Stop::Term)] {
+    let after_crash = if worst {
+        "worst case after a crash"
+    } else {
+        "journal"
+    };
+    for (what, stop) in [(after_crash, Stop::Kill), ("snapshot", Stop::Term)] {
         let (mut times, mut rss) = (Vec::new(), Vec::new());
         for run in 0..runs {
             let mut m = start(&broker, &config_path, &data, ops, work.path())?;
             // The last journal run stops cleanly, which writes the snapshot the next runs read.
-            let stop = if what == "journal" && run + 1 == runs {
+            let stop = if what == after_crash && run + 1 == runs {
                 Stop::Term
             } else {
                 stop
@@ -133,16 +145,17 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("LIVE_MILLION_KEEP").is_some() {
         println!("kept {}", work.keep().display());
     }
-    println!("\n{count} live requests, median of {runs} runs:");
+    println!("\n{held} live requests, median of {runs} runs:");
     println!(
         "  broker VmRSS on an empty data directory: {:.1} MiB",
         mib(base_rss)
     );
     for (what, ready, rss) in report {
-        let per = rss.saturating_sub(base_rss) as f64 / count as f64;
+        let per = rss.saturating_sub(base_rss) as f64 / held as f64;
         println!(
-            "  from the {what}: ready in {ready:.2} s; VmRSS {:.1} MiB, {per:.0} bytes ({:.2} KiB) \
-             per live request",
+            "  from the {what}: ready in {ready:.2} s ({:.2} s per 1,000,000); VmRSS {:.1} MiB, \
+             {per:.0} bytes ({:.2} KiB) per live request",
+            ready * 1e6 / held as f64,
             mib(rss),
             per / 1024.0
         );
@@ -359,7 +372,9 @@ fn submission(rng: &mut Rng, i: usize, now: Timestamp) -> RawSubmission {
 }
 
 /// Fills `dir` with `count` submissions through the core and the journal, in sequencer batches.
-fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
+/// With `worst`, then leaves it as the snapshot policy's worst case for a restart (see
+/// `worst_case`).
+fn fill(dir: &Path, config: &Config, count: usize, worst: bool) -> anyhow::Result<usize> {
     let directory = Directory::from(config);
     let recovered = store::open(dir, directory, StoreOptions::default())?;
     let (mut router, mut journal) = (recovered.router, recovered.journal);
@@ -370,27 +385,38 @@ fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let started = Instant::now();
     let mut entries = Vec::with_capacity(BATCH);
+    let mut events = Vec::new();
     let mut i = 0;
     while i < count {
         entries.clear();
         let mut outcome = Outcome::default();
         for _ in 0..BATCH.min(count - i) {
-            let raw = submission(&mut rng, i, now);
-            let request = NewRequest::validate(&raw, router.catalogue(), now)
-                .map_err(|v| anyhow::anyhow!("generated an invalid submission: {v}"))?;
-            let command = Command::Submit {
-                trust: trusts[rng.below(TRUSTS)].clone(),
-                id: RequestId::generate(),
-                request,
-            };
+            let command = submit_command(&mut rng, &router, &trusts, i, now)?;
             outcome.changed = false;
             router.apply(&command, now, &mut outcome)?;
             entries.push(Entry { time: now, command });
             i += 1;
         }
         journal.append(&entries)?;
+        if worst {
+            events.append(&mut outcome.events);
+        }
     }
-    journal.close()?;
+    if worst {
+        worst_case(
+            dir,
+            &mut router,
+            &mut journal,
+            events,
+            &trusts,
+            &mut rng,
+            now,
+        )?;
+        // A crash: the journal is left as it is, without the snapshot of a clean stop.
+        drop(journal);
+    } else {
+        journal.close()?;
+    }
     let bytes: u64 = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
@@ -432,6 +458,130 @@ fn fill(dir: &Path, config: &Config, count: usize) -> anyhow::Result<()> {
         lean.join(", "),
         rebuilt.join(", "),
         whole.join(", ")
+    );
+    Ok(router.request_count())
+}
+
+fn submit_command(
+    rng: &mut Rng,
+    router: &labaid::routing::Router,
+    trusts: &[OdsCode],
+    i: usize,
+    now: Timestamp,
+) -> anyhow::Result<Command> {
+    let raw = submission(rng, i, now);
+    let request = NewRequest::validate(&raw, router.catalogue(), now)
+        .map_err(|v| anyhow::anyhow!("generated an invalid submission: {v}"))?;
+    Ok(Command::Submit {
+        trust: trusts[rng.below(TRUSTS)].clone(),
+        id: RequestId::generate(),
+        request,
+    })
+}
+
+/// Durable submissions a second through the broker here (`labaid-bench`): how fast the journal
+/// grows while a full snapshot is written.
+const SUBMIT_RATE: f64 = 25_000.0;
+
+/// Leaves the data directory as the snapshot policy's worst case for a restart after a crash:
+/// a full snapshot of the filled state; then, as the broker's syncer would, more submissions and
+/// cancellations (one in four) with an incremental snapshot each time one is due, until the next
+/// due is a full one; then the journal the broker would write at `SUBMIT_RATE` while that full
+/// snapshot is written (as long as the first one took), before it is durable.
+fn worst_case(
+    dir: &Path,
+    router: &mut labaid::routing::Router,
+    journal: &mut store::FileJournal,
+    events: Vec<labaid::routing::Event>,
+    trusts: &[OdsCode],
+    rng: &mut Rng,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    use labaid::engine::{Changes, SinceSnapshot};
+    use labaid::store::{Snapshot, SnapshotKind};
+    let started = Instant::now();
+    let size_of = |prefix: &str| -> anyhow::Result<u64> {
+        Ok(std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum())
+    };
+    let wait = |journal: &store::FileJournal| {
+        while journal.writing_snapshot() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    journal.snapshot(Snapshot {
+        state: router.state().lean_copy(),
+        events,
+    })?;
+    wait(journal);
+    let full_write = started.elapsed();
+    let full = size_of("snapshot-")?;
+    let earlier: Vec<(OdsCode, RequestId)> =
+        router.requests().map(|r| (r.trust.clone(), r.id)).collect();
+    let mut since = SinceSnapshot::default();
+    let (mut i, mut deltas, mut cancelled) = (router.request_count(), 0, 0);
+    let mut batch = |router: &mut labaid::routing::Router,
+                     journal: &mut store::FileJournal,
+                     since: &mut SinceSnapshot|
+     -> anyhow::Result<()> {
+        let mut entries = Vec::with_capacity(BATCH);
+        let mut outcome = Outcome::default();
+        for _ in 0..BATCH {
+            let command = if rng.below(4) == 0 {
+                // A trust cancels an earlier request (the core refuses a second time).
+                let (trust, id) = earlier[rng.below(earlier.len())].clone();
+                Command::Cancel {
+                    trust,
+                    id,
+                    reason: Default::default(),
+                }
+            } else {
+                i += 1;
+                submit_command(rng, router, trusts, i, now)?
+            };
+            outcome.changed = false;
+            if router.apply(&command, now, &mut outcome).is_ok() && outcome.changed {
+                cancelled += usize::from(matches!(command, Command::Cancel { .. }));
+                entries.push(Entry { time: now, command });
+            }
+        }
+        journal.append(&entries)?;
+        since.note(&Changes::capture(router, &mut outcome));
+        Ok(())
+    };
+    loop {
+        batch(router, journal, &mut since)?;
+        match journal.snapshot_due(false) {
+            Some(SnapshotKind::Incremental) => {
+                journal.delta(since.take(router.state().head_copy()))?;
+                deltas += 1;
+                wait(journal);
+            }
+            Some(SnapshotKind::Full) => break,
+            None => {}
+        }
+    }
+    let during = (SUBMIT_RATE * full_write.as_secs_f64()) as usize / BATCH;
+    for _ in 0..during {
+        batch(router, journal, &mut since)?;
+    }
+    let segments = size_of("journal-")?;
+    println!(
+        "worst case for a crash: a full snapshot of {:.1} MiB (written in {:.1} s), {deltas} \
+         incremental ones after it of {:.1} MiB in all, then {:.1} MiB of journal ({during} \
+         batches of it while the next full one would be written); {} requests held, {} waiting, \
+         {cancelled} cancelled ({:.1} s to make)",
+        mib(full),
+        full_write.as_secs_f64(),
+        mib(size_of("delta-")?),
+        mib(segments),
+        router.request_count(),
+        router.queue().len(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -38,7 +38,8 @@ struct Args {
     /// or the config file's `data_dir`].
     #[arg(long, env = "LABAID_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Journal bytes after which a snapshot is taken (at least; it grows with the snapshot's size).
+    /// Journal bytes between full snapshots; an eighth of it triggers an incremental one (what
+    /// changed), until those add up to half the last full one.
     #[arg(long, env = "LABAID_SNAPSHOT_MIN_BYTES", default_value_t = labaid::store::DEFAULT_SNAPSHOT_MIN_BYTES)]
     snapshot_min_bytes: u64,
     /// The broker's TLS certificate chain (PEM) [or the config file's `[tls] cert`].

@@ -91,10 +91,11 @@ pub enum StoreError {
 /// How the file store syncs and when it snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Journal bytes written since the last snapshot (full or incremental) that trigger the next
-    /// one. It is incremental until the incremental ones since the last full snapshot add up to
-    /// half its size; then it is full. A crash then replays at most this much journal, after
-    /// reading at most half a full snapshot's worth of changed requests.
+    /// Journal bytes since the last full snapshot before the next may be taken; an eighth of
+    /// it, since the last snapshot of either kind, triggers an incremental one. The next is full
+    /// once the incremental ones since the last full one add up to half its size. A crash then
+    /// replays at most about an eighth of this much journal, after reading at most about half a
+    /// full snapshot's worth of changed requests (more while the state is small).
     pub snapshot_min_bytes: u64,
     /// How many syncs an append costs.
     pub sync: SyncMode,
@@ -110,8 +111,16 @@ pub enum SyncMode {
     PerEntry,
 }
 
-/// Default snapshot trigger: 8 MiB of journal, about a fifth of a second of replay here.
-pub const DEFAULT_SNAPSHOT_MIN_BYTES: u64 = 8 * 1024 * 1024;
+/// Default snapshot trigger: 64 MiB of journal between full snapshots, so an incremental one
+/// every 8 MiB (about half a second of replay here at a million live requests).
+pub const DEFAULT_SNAPSHOT_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
+impl StoreOptions {
+    /// Journal bytes since the last snapshot, full or incremental, that trigger the next.
+    pub fn incremental_bytes(&self) -> u64 {
+        (self.snapshot_min_bytes / 8).max(1)
+    }
+}
 
 impl Default for StoreOptions {
     fn default() -> Self {

@@ -98,6 +98,7 @@ pub fn open_at(
             snap.lsn
         )));
     }
+    let full_read = started.elapsed();
     let last_snapshot_size = fs::metadata(dir.join(snapshot_name(lsn)))?.len();
     let mut router = snap.router;
     let mut events = snap.events;
@@ -107,30 +108,58 @@ pub fn open_at(
     let mut covered = lsn;
     let mut deltas_size = 0;
     let mut incremental = 0;
+    let mut chain = Vec::with_capacity(deltas.len());
     for n in deltas {
-        let path = dir.join(delta_name(n));
         if n <= lsn {
             // Left by a stop before the full snapshot that covers it removed it.
-            fs::remove_file(&path)?;
-            continue;
+            fs::remove_file(dir.join(delta_name(n)))?;
+        } else {
+            chain.push(n);
         }
-        let delta = read_delta(&path)?;
-        if delta.lsn != n || delta.after != covered {
-            return Err(StoreError::Corrupt(format!(
-                "{} covers entries {} to {}, but the snapshots before it cover {covered}",
-                delta_name(n),
-                delta.after,
-                delta.lsn
-            )));
-        }
-        router.apply_delta(delta.head, delta.changed);
-        events.extend(delta.events);
-        pinned = delta.directory;
-        deltas_size += fs::metadata(&path)?.len();
-        incremental += 1;
-        covered = n;
     }
+    // Each is read (on both cores) while the one before is applied (on one).
+    std::thread::scope(|scope| -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let read_dir = &dir;
+        scope.spawn(move || {
+            for n in chain {
+                let path = read_dir.join(delta_name(n));
+                let read = read_delta(&path).and_then(|d| Ok((d, fs::metadata(&path)?.len())));
+                let failed = read.is_err();
+                if tx.send((n, read)).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for (n, read) in rx {
+            let (delta, size) = read?;
+            if delta.lsn != n || delta.after != covered {
+                return Err(StoreError::Corrupt(format!(
+                    "{} covers entries {} to {}, but the snapshots before it cover {covered}",
+                    delta_name(n),
+                    delta.after,
+                    delta.lsn
+                )));
+            }
+            router.apply_delta(delta.head, delta.changed);
+            events.extend(delta.events);
+            pinned = delta.directory;
+            deltas_size += size;
+            incremental += 1;
+            covered = n;
+        }
+        Ok(())
+    })?;
     let lsn = covered;
+    let snapshots_read = started.elapsed();
+    if incremental > 0 {
+        tracing::debug!(
+            full_ms = full_read.as_millis() as u64,
+            incremental,
+            incremental_ms = (snapshots_read - full_read).as_millis() as u64,
+            "snapshots read"
+        );
+    }
     // A changed directory is applied after replay: the journal was written under the old one.
     let differences = directory.differences(&pinned);
 
@@ -266,6 +295,7 @@ pub fn open_at(
             "the journal ends at entry {next}, before the snapshot's {lsn}"
         )));
     }
+    let replay_ms = (started.elapsed() - snapshots_read).as_millis() as u64;
     let (mut segment, mut segment_first, mut segment_end, mut segment_len) = match tail {
         Some(t) => t,
         None => (create_segment(&dir, next)?, next, HEADER_LEN, HEADER_LEN),
@@ -308,7 +338,9 @@ pub fn open_at(
         data_dir = %dir.display(),
         snapshot_entries = lsn,
         incremental,
+        snapshots_ms = snapshots_read.as_millis() as u64,
         replayed,
+        replay_ms,
         dropped_bytes,
         requests = router.request_count(),
         ms = started.elapsed().as_millis() as u64,
