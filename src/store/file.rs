@@ -1273,38 +1273,51 @@ mod due_tests {
 
     #[test]
     fn incremental_every_eighth_of_the_minimum_full_once_they_weigh_half_the_full_one() {
+        use SnapshotKind::{Full, Incremental};
         let options = StoreOptions::default();
         assert_eq!(options.incremental_bytes(), 8 * MIB);
-        let kind = |d: Due| d.kind(&options, false);
-        assert_eq!(kind(due(8 * MIB - 1, 100 * MIB, 300 * MIB, 0)), None);
-        assert_eq!(
-            kind(due(8 * MIB, 8 * MIB, 300 * MIB, 0)),
-            Some(SnapshotKind::Incremental)
-        );
-        assert_eq!(
-            kind(due(8 * MIB, 80 * MIB, 300 * MIB, 149 * MIB)),
-            Some(SnapshotKind::Incremental)
-        );
-        assert_eq!(
-            kind(due(8 * MIB, 80 * MIB, 300 * MIB, 150 * MIB)),
-            Some(SnapshotKind::Full)
-        );
-        // A small state: its incremental ones soon weigh half of it, but full ones wait for the
-        // minimum of journal since the last.
-        assert_eq!(
-            kind(due(8 * MIB, 40 * MIB, 10 * MIB, 30 * MIB)),
-            Some(SnapshotKind::Incremental)
-        );
-        assert_eq!(
-            kind(due(8 * MIB, 64 * MIB, 10 * MIB, 30 * MIB)),
-            Some(SnapshotKind::Full)
-        );
-        // After a start that replayed entries, the next is full whatever the sizes.
         let replayed = Due {
             full_due: true,
             ..due(8 * MIB, 8 * MIB, 300 * MIB, 0)
         };
-        assert_eq!(kind(replayed), Some(SnapshotKind::Full));
+        let cases = [
+            (
+                due(8 * MIB - 1, 100 * MIB, 300 * MIB, 0),
+                None,
+                "below the trigger",
+            ),
+            (
+                due(8 * MIB, 8 * MIB, 300 * MIB, 0),
+                Some(Incremental),
+                "the first since a full one",
+            ),
+            (
+                due(8 * MIB, 80 * MIB, 300 * MIB, 149 * MIB),
+                Some(Incremental),
+                "under half",
+            ),
+            (
+                due(8 * MIB, 80 * MIB, 300 * MIB, 150 * MIB),
+                Some(Full),
+                "half the full one",
+            ),
+            // A small state: its incremental ones soon weigh half of it, but full ones wait for
+            // the minimum of journal since the last.
+            (
+                due(8 * MIB, 40 * MIB, 10 * MIB, 30 * MIB),
+                Some(Incremental),
+                "a small state",
+            ),
+            (
+                due(8 * MIB, 64 * MIB, 10 * MIB, 30 * MIB),
+                Some(Full),
+                "its minimum reached",
+            ),
+            (replayed, Some(Full), "after a start that replayed entries"),
+        ];
+        for (due, expected, case) in cases {
+            assert_eq!(due.kind(&options, false), expected, "{case}");
+        }
     }
 
     #[test]

@@ -146,6 +146,26 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// One STAT submission from RJ1, as a batch of its own.
+    fn submit_stat(&mut self, order: usize, now: Timestamp) {
+        let command = submit(&self.router, "RJ1", order, Priority::Stat, now);
+        self.batch(now, vec![command]);
+    }
+}
+
+/// A full snapshot is due; after it is written and one more batch, an incremental one.
+fn full_then_incremental(d: &mut Driver, order: usize, now: Timestamp) {
+    assert_eq!(d.journal.snapshot_due(false), Some(SnapshotKind::Full));
+    d.snapshot();
+    d.journal.wait_for_writer();
+    d.submit_stat(order, now);
+    assert_eq!(
+        d.journal.snapshot_due(false),
+        Some(SnapshotKind::Incremental)
+    );
+}
+
 fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
@@ -888,21 +908,8 @@ fn the_trigger_takes_incremental_snapshots_until_they_add_up_to_half_the_full_on
         "a stop folds the incremental ones into a full one"
     );
     let now = T0.plus_millis(40 * MINUTE_MS);
-    d.batch(
-        now,
-        vec![submit(&d.router, "RJ1", 300, Priority::Stat, now)],
-    );
-    assert_eq!(d.journal.snapshot_due(false), Some(SnapshotKind::Full));
-    d.snapshot();
-    d.journal.wait_for_writer();
-    d.batch(
-        now,
-        vec![submit(&d.router, "RJ1", 301, Priority::Stat, now)],
-    );
-    assert_eq!(
-        d.journal.snapshot_due(false),
-        Some(SnapshotKind::Incremental)
-    );
+    d.submit_stat(300, now);
+    full_then_incremental(&mut d, 301, now);
 }
 
 #[test]
@@ -917,27 +924,11 @@ fn after_a_restart_that_replayed_entries_the_next_snapshot_is_full() {
     d.delta();
     d.journal.wait_for_writer();
     let now = T0.plus_millis(40 * MINUTE_MS);
-    d.batch(
-        now,
-        vec![submit(&d.router, "RJ1", 300, Priority::Stat, now)],
-    );
+    d.submit_stat(300, now);
     drop(d);
     // The entries after the incremental snapshot are replayed, not noted by the new caller: only
     // a full snapshot covers them.
     let mut d = Driver::recovered(open(dir.path(), directory(), options).expect("reopen"));
-    d.batch(
-        now,
-        vec![submit(&d.router, "RJ1", 301, Priority::Stat, now)],
-    );
-    assert_eq!(d.journal.snapshot_due(false), Some(SnapshotKind::Full));
-    d.snapshot();
-    d.journal.wait_for_writer();
-    d.batch(
-        now,
-        vec![submit(&d.router, "RJ1", 302, Priority::Stat, now)],
-    );
-    assert_eq!(
-        d.journal.snapshot_due(false),
-        Some(SnapshotKind::Incremental)
-    );
+    d.submit_stat(301, now);
+    full_then_incremental(&mut d, 302, now);
 }
