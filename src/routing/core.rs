@@ -316,7 +316,8 @@ impl State {
         }
     }
 
-    /// The timers a request arms, as [`State::rebuild_indexes`] arms them.
+    /// The timers a request arms: its expiry while it waits or is offered, its lease while
+    /// offered, its purge once final.
     fn timers_of(
         r: &Request,
         retention_ms: i64,
@@ -393,9 +394,7 @@ impl State {
         orders.reserve(requests.len());
         for r in requests.values() {
             orders.insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
-            if r.state.can_expire() {
-                armed.push((r.expire_at, TimerKind::Expiry, r.id));
-            }
+            armed.extend(Self::timers_of(r, *retention_ms));
             match r.state {
                 RequestState::Queued => {
                     waiting
@@ -404,16 +403,11 @@ impl State {
                         .push(queue_key(r));
                 }
                 RequestState::Offered | RequestState::Accepted | RequestState::Received => {
-                    if r.state == RequestState::Offered
-                        && let Some(lease) = r.lease_expires_at
-                    {
-                        armed.push((lease, TimerKind::Lease, r.id));
-                    }
                     if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
                         lab.open.insert(r.id);
                     }
                 }
-                _ => armed.push(purge_timer(r, *retention_ms)),
+                _ => {}
             }
         }
         *queue = WaitQueue::from_groups(
