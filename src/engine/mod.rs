@@ -369,10 +369,10 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
             append(&mut *journal, views, &entries);
             entries.clear();
         }
-        let started = std::time::Instant::now();
         if let Some(since) = &mut since_snapshot {
             since.note(&changes);
         }
+        let started = std::time::Instant::now();
         views.apply(changes);
         // The batch's replies and events, and the next sync, wait for this: a slow one shows here.
         views
