@@ -151,7 +151,7 @@ async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
 }
 
 #[tokio::test]
-async fn metrics_show_how_long_deciding_paused_to_copy_the_state_for_a_snapshot() {
+async fn metrics_count_snapshots_by_kind_and_time_the_copy_deciding_waits_for() {
     let mut config = labaid::Config::demo().unwrap();
     config.store.snapshot_min_bytes = 1;
     let broker = TestBroker::spawn_with(config).await;
@@ -161,22 +161,40 @@ async fn metrics_show_how_long_deciding_paused_to_copy_the_state_for_a_snapshot(
         0.0
     );
     let trust = broker.client("RJ1").await;
-    // A snapshot is due once the journal since the last one outgrows that snapshot (the store
-    // writes one of the empty state when it starts), then taken at the next sync.
-    let mut copies = 0.0;
+    // With a trigger of one byte, the first snapshot after the start is incremental (the store
+    // wrote a full one of the empty state), and a full one follows once the incremental ones
+    // weigh half of it; each is taken at the sync after it is due.
+    // A labelled counter has no sample until its first count.
+    let count = |metrics: &str, kind: &str| {
+        let name = format!("labaid_store_snapshots_total{{kind=\"{kind}\"}}");
+        if metrics.lines().any(|l| l.starts_with(&name)) {
+            sample(metrics, &name)
+        } else {
+            0.0
+        }
+    };
+    let mut after = String::new();
     for i in 0..200 {
         submit(
             &trust,
             submission(&format!("SNAP-{i}"), Priority::Urgent, broker.now()),
         )
         .await;
-        let (_, after) = http_get(broker.ops_addr, "/metrics").await;
-        copies = sample(&after, "labaid_store_snapshot_copy_seconds_count");
-        if copies >= 1.0 {
+        after = http_get(broker.ops_addr, "/metrics").await.1;
+        if count(&after, "full") >= 1.0 {
             break;
         }
     }
-    assert!(copies >= 1.0, "no snapshot copy after 200 submissions");
+    assert!(
+        count(&after, "full") >= 1.0,
+        "no full snapshot after 200 submissions"
+    );
+    // The copy is taken, and timed, before the snapshot is handed over and counted.
+    assert!(sample(&after, "labaid_store_snapshot_copy_seconds_count") >= count(&after, "full"));
+    assert!(
+        count(&after, "incremental") >= 1.0,
+        "an incremental snapshot came first"
+    );
     broker.shutdown().await;
 }
 

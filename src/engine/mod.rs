@@ -395,6 +395,11 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                     }
                 }
                 (SnapshotCopy::Head(head), Some(since)) => {
+                    views
+                        .metrics()
+                        .store_snapshots
+                        .with_label_values(&["incremental"])
+                        .inc();
                     if let Err(err) = journal.delta(since.take(*head)) {
                         tracing::error!(error = %err, "snapshot failed; stopping");
                         std::process::abort();
@@ -462,6 +467,11 @@ fn snapshot(state: SnapshotState, views: &Views, journal: &mut dyn Journal) {
         "retained events copied for a snapshot"
     );
     let snapshot = Snapshot { state, events };
+    views
+        .metrics()
+        .store_snapshots
+        .with_label_values(&["full"])
+        .inc();
     if let Err(err) = journal.snapshot(snapshot) {
         tracing::error!(error = %err, "snapshot failed; stopping");
         std::process::abort();

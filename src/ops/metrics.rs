@@ -59,6 +59,8 @@ pub struct Metrics {
     pub store_batch: Histogram,
     /// Seconds deciding paused while the state was copied for a snapshot.
     pub store_snapshot_copy: Histogram,
+    /// Snapshots handed to the writer, by kind (`full`, `incremental`).
+    pub store_snapshots: IntCounterVec,
     /// Seconds one command held the decision lock, being decided.
     pub decision: Histogram,
     /// Seconds the syncer took to update the read views with one durable batch.
@@ -221,6 +223,11 @@ impl Metrics {
             store_sync,
             store_batch,
             store_snapshot_copy,
+            store_snapshots: counter(
+                "store_snapshots_total",
+                "Snapshots handed to the writer, by kind (full, incremental).",
+                &["kind"],
+            ),
             decision,
             view_update,
             registry,
