@@ -118,6 +118,16 @@ impl Metrics {
             "Commands made durable per journal sync.",
             prometheus::exponential_buckets(1.0, 2.0, 10),
         );
+        let store_snapshots = counter(
+            "store_snapshots_total",
+            "Snapshots handed to the writer, by kind (full, incremental).",
+            &["kind"],
+        );
+        // Both kinds from the start, at zero: a series that appears only at its first count
+        // reads as "no data" rather than as none taken yet.
+        for kind in ["full", "incremental"] {
+            store_snapshots.with_label_values(&[kind]);
+        }
         let store_snapshot_copy = plain_hist(
             "store_snapshot_copy_seconds",
             "Time deciding paused while the state was copied for a snapshot.",
@@ -223,11 +233,7 @@ impl Metrics {
             store_sync,
             store_batch,
             store_snapshot_copy,
-            store_snapshots: counter(
-                "store_snapshots_total",
-                "Snapshots handed to the writer, by kind (full, incremental).",
-                &["kind"],
-            ),
+            store_snapshots,
             decision,
             view_update,
             registry,
