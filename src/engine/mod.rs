@@ -395,15 +395,7 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                     }
                 }
                 (SnapshotCopy::Head(head), Some(since)) => {
-                    views
-                        .metrics()
-                        .store_snapshots
-                        .with_label_values(&["incremental"])
-                        .inc();
-                    if let Err(err) = journal.delta(since.take(*head)) {
-                        tracing::error!(error = %err, "snapshot failed; stopping");
-                        std::process::abort();
-                    }
+                    delta(*head, since, views, &mut *journal);
                 }
                 // Only a journal that keeps incremental snapshots asks for one.
                 (SnapshotCopy::Head(_), None) => {}
@@ -473,6 +465,19 @@ fn snapshot(state: SnapshotState, views: &Views, journal: &mut dyn Journal) {
         .with_label_values(&["full"])
         .inc();
     if let Err(err) = journal.snapshot(snapshot) {
+        tracing::error!(error = %err, "snapshot failed; stopping");
+        std::process::abort();
+    }
+}
+
+/// Hands the journal what changed since the last snapshot, as of the batch `head` was copied at.
+fn delta(head: State, since: &mut SinceSnapshot, views: &Views, journal: &mut dyn Journal) {
+    views
+        .metrics()
+        .store_snapshots
+        .with_label_values(&["incremental"])
+        .inc();
+    if let Err(err) = journal.delta(since.take(head)) {
         tracing::error!(error = %err, "snapshot failed; stopping");
         std::process::abort();
     }
