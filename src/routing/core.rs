@@ -292,18 +292,7 @@ impl State {
                 lab.open = jobs;
             }
         }
-        for (id, new) in changed {
-            let old = match &new {
-                Some(r) => self.requests.insert(id, r.clone()),
-                None => self.requests.remove(&id),
-            };
-            if let Some(old) = old {
-                self.unindex(&old);
-            }
-            if let Some(new) = new {
-                self.index(&new);
-            }
-        }
+        self.replace_requests(changed.into_iter().collect());
         if retention_changed {
             // Every finished request's purge timer moved; rare enough to rebuild them all.
             self.orders = ShardedMap::default();
@@ -313,6 +302,108 @@ impl State {
                 lab.open.clear();
             }
             self.rebuild_indexes();
+        }
+    }
+
+    /// Puts each changed request in place of its old version (`None`: purged) and moves its
+    /// index entries, arranged for a restart that applies hundreds of thousands at once: the
+    /// order numbers (a table of their own) on a second core, and the trees' entries in sorted
+    /// runs, which trees of millions take far faster than random inserts.
+    fn replace_requests(&mut self, changed: Vec<(RequestId, Option<Arc<Request>>)>) {
+        let State {
+            retention_ms,
+            labs,
+            requests,
+            orders,
+            queue,
+            timers,
+            ..
+        } = self;
+        let retention_ms = *retention_ms;
+        let replaced = std::thread::scope(|scope| {
+            let ordered = scope.spawn(|| {
+                // Both versions of a request carry the same order number, so a new version's
+                // entry is already there unless the request is new or the number was reused.
+                let mut reused = Vec::new();
+                for (id, new) in &changed {
+                    let Some(r) = new else { continue };
+                    match orders.entry((r.trust.clone(), r.submission.order_number.clone())) {
+                        ShardEntry::Occupied(named) if named == id => {}
+                        ShardEntry::Occupied(_) => reused.push(r),
+                        ShardEntry::Vacant(entry) => entry.insert(*id),
+                    }
+                }
+                for r in reused {
+                    orders.insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
+                }
+            });
+            let replaced: Vec<_> = changed
+                .iter()
+                .map(|(id, new)| {
+                    let old = match new {
+                        Some(r) => requests.insert(*id, r.clone()),
+                        None => requests.remove(id),
+                    };
+                    (old, new.as_ref())
+                })
+                .collect();
+            let mut stale_timers = Vec::new();
+            let mut armed = Vec::new();
+            let mut stale_waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> =
+                FastMap::default();
+            let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
+            for (old, new) in &replaced {
+                for (r, timers, waiting, opens) in [
+                    (old.as_ref(), &mut stale_timers, &mut stale_waiting, false),
+                    (*new, &mut armed, &mut waiting, true),
+                ] {
+                    let Some(r) = r else { continue };
+                    timers.extend(Self::timers_of(r, retention_ms));
+                    match r.state {
+                        RequestState::Queued => waiting
+                            .entry((&r.trust, &r.submission.tests))
+                            .or_default()
+                            .push(queue_key(r)),
+                        RequestState::Offered | RequestState::Accepted | RequestState::Received => {
+                            if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
+                                if opens {
+                                    lab.open.insert(r.id);
+                                } else {
+                                    lab.open.remove(&r.id);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // Every stale entry goes before any new one, as if each pair were moved in turn: an
+            // entry both versions share is removed and put back.
+            stale_timers.sort_unstable();
+            for timer in &stale_timers {
+                timers.remove(timer);
+            }
+            for ((trust, tests), keys) in stale_waiting {
+                queue.remove_many(&(trust.clone(), tests.clone()), keys);
+            }
+            armed.sort_unstable();
+            timers.extend(armed);
+            for ((trust, tests), keys) in waiting {
+                queue.insert_many((trust.clone(), tests.clone()), keys);
+            }
+            ordered
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            replaced
+        });
+        // A purged request's order number goes too, unless it names a later request by now.
+        for (old, new) in replaced {
+            if let (Some(r), None) = (old, new) {
+                let order = (r.trust.clone(), r.submission.order_number.clone());
+                if orders.get(&order) == Some(&r.id) {
+                    orders.remove(&order);
+                }
+            }
         }
     }
 
@@ -332,48 +423,6 @@ impl State {
             _ => Some(purge_timer(r, retention_ms)),
         };
         expiry.into_iter().chain(other)
-    }
-
-    /// Adds a request's index entries (it is already in `requests`).
-    fn index(&mut self, r: &Request) {
-        self.orders
-            .insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
-        self.timers.extend(Self::timers_of(r, self.retention_ms));
-        match r.state {
-            RequestState::Queued => {
-                let (group, key) = queue_entry(r);
-                self.queue.insert(group, key);
-            }
-            RequestState::Offered | RequestState::Accepted | RequestState::Received => {
-                if let Some(lab) = r.lab.as_ref().and_then(|l| self.labs.get_mut(l)) {
-                    lab.open.insert(r.id);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Removes a request's index entries (an order number now naming another request stays).
-    fn unindex(&mut self, r: &Request) {
-        let order = (r.trust.clone(), r.submission.order_number.clone());
-        if self.orders.get(&order) == Some(&r.id) {
-            self.orders.remove(&order);
-        }
-        for timer in Self::timers_of(r, self.retention_ms) {
-            self.timers.remove(&timer);
-        }
-        match r.state {
-            RequestState::Queued => {
-                let (group, key) = queue_entry(r);
-                self.queue.remove(&group, &key);
-            }
-            RequestState::Offered | RequestState::Accepted | RequestState::Received => {
-                if let Some(lab) = r.lab.as_ref().and_then(|l| self.labs.get_mut(l)) {
-                    lab.open.remove(&r.id);
-                }
-            }
-            _ => {}
-        }
     }
 
     /// Fills in, from the requests alone, the indexes a lean copy leaves out: order numbers, the

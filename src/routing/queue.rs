@@ -154,6 +154,57 @@ impl WaitQueue {
         removed
     }
 
+    /// Adds many requests of one group: sorted, so the inserts walk its tree in order, and its
+    /// head settled once. The same as [`WaitQueue::insert`] for each.
+    pub(crate) fn insert_many(&mut self, group: GroupKey, mut keys: Vec<QueueKey>) {
+        keys.sort_unstable();
+        let set = self.groups.entry(group.clone()).or_default();
+        let old_head = set.first().copied();
+        for key in keys {
+            if set.insert(key) {
+                self.len += 1;
+                self.by_priority[band(key.priority.0)] += 1;
+            }
+        }
+        let new_head = set.first().copied();
+        if new_head != old_head {
+            if let Some(old) = old_head {
+                self.heads.remove(&old);
+            }
+            if let Some(new) = new_head {
+                self.heads.insert(new, group);
+            }
+        }
+    }
+
+    /// Removes many requests of one group, sorted, its head settled once. The same as
+    /// [`WaitQueue::remove`] for each.
+    pub(crate) fn remove_many(&mut self, group: &GroupKey, mut keys: Vec<QueueKey>) {
+        let Some(set) = self.groups.get_mut(group) else {
+            return;
+        };
+        keys.sort_unstable();
+        let old_head = set.first().copied();
+        for key in keys {
+            if set.remove(&key) {
+                self.len -= 1;
+                self.by_priority[band(key.priority.0)] -= 1;
+            }
+        }
+        let new_head = set.first().copied();
+        if new_head != old_head {
+            if let Some(old) = old_head {
+                self.heads.remove(&old);
+            }
+            if let Some(new) = new_head {
+                self.heads.insert(new, group.clone());
+            }
+        }
+        if set.is_empty() {
+            self.groups.remove(group);
+        }
+    }
+
     /// The groups and their waiting requests in order of service.
     pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &BTreeSet<QueueKey>)> {
         self.groups.iter()
@@ -295,6 +346,55 @@ mod tests {
         }
         assert!(q.is_empty());
         assert_eq!(q.groups_by_head().count(), 0);
+    }
+
+    #[test]
+    fn runs_of_one_group_equal_their_keys_one_by_one() {
+        let (mut one_by_one, all) = filled();
+        let mut runs = one_by_one.clone();
+        // Runs in an order unrelated to the order of service: some keys twice, some absent, some
+        // that lead their group, and runs that empty a group and fill it again.
+        let mut by_group: HashMap<GroupKey, Vec<QueueKey>> = HashMap::new();
+        for (g, k) in all.iter().step_by(2) {
+            by_group.entry(g.clone()).or_default().push(*k);
+        }
+        for (g, keys) in &by_group {
+            let mut run = keys.clone();
+            run.push(key(1000, Priority::Stat, 1));
+            for k in &run {
+                one_by_one.remove(g, k);
+            }
+            runs.remove_many(g, run);
+            assert_eq!(runs, one_by_one);
+        }
+        for (n, (g, keys)) in by_group.iter().enumerate() {
+            let whole: Vec<QueueKey> = all
+                .iter()
+                .filter(|(h, _)| h == g)
+                .map(|(_, k)| *k)
+                .collect();
+            for k in &whole {
+                one_by_one.remove(g, k);
+            }
+            runs.remove_many(g, whole);
+            assert!(runs.group(g).is_none());
+            assert_eq!(runs, one_by_one);
+            let mut run = keys.clone();
+            run.extend(keys.iter().take(2));
+            run.push(key(2000 + n as u64, Priority::Stat, 1));
+            for k in &run {
+                one_by_one.insert(g.clone(), *k);
+            }
+            runs.insert_many(g.clone(), run);
+            assert_eq!(runs, one_by_one);
+            assert_eq!(runs.head(), runs.in_order().first());
+        }
+        assert_eq!(
+            runs.groups_by_head()
+                .map(|(k, g)| (*k, g.clone()))
+                .collect::<Vec<_>>(),
+            heads_by_scan(&runs)
+        );
     }
 
     #[test]

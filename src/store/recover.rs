@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use super::delta::{delta_name, read_delta};
@@ -13,8 +13,8 @@ use super::file::{
 };
 use super::record::{self, End};
 use super::{Directory, StoreError, StoreOptions};
-use crate::domain::Timestamp;
-use crate::routing::{Event, Outcome, Router};
+use crate::domain::{Request, RequestId, Timestamp};
+use crate::routing::{Event, FastMap, Outcome, Router};
 
 /// Where a new segment's records start.
 const HEADER_LEN: u64 = SEGMENT_HEADER as u64;
@@ -117,7 +117,10 @@ pub fn open_at(
             chain.push(n);
         }
     }
-    // Each is read (on both cores) while the one before is applied (on one).
+    // Each is read (on both cores) while the one before is merged (on one): a request changed in
+    // several keeps only its last version, and the whole chain is indexed in one sorted pass.
+    let mut merged: FastMap<RequestId, Option<Arc<Request>>> = FastMap::default();
+    let mut head = None;
     std::thread::scope(|scope| -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         let read_dir = &dir;
@@ -141,7 +144,8 @@ pub fn open_at(
                     delta.lsn
                 )));
             }
-            router.apply_delta(delta.head, delta.changed);
+            merged.extend(delta.changed);
+            head = Some(delta.head);
             events.extend(delta.events);
             pinned = delta.directory;
             deltas_size += size;
@@ -150,6 +154,9 @@ pub fn open_at(
         }
         Ok(())
     })?;
+    if let Some(head) = head {
+        router.apply_delta(head, merged);
+    }
     let lsn = covered;
     let snapshots_read = started.elapsed();
     if incremental > 0 {
