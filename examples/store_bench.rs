@@ -166,8 +166,12 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let r = store::open(dir, directory.clone(), options)?;
-    let views = Views::new(&r.router, config.retention_ms, Default::default());
-    views.restore_events(r.events.clone());
+    let views = Views::new(
+        &r.router,
+        r.events.clone(),
+        config.retention_ms,
+        Default::default(),
+    );
     println!(
         "restart from the journal alone: {:.2} s ({} entries replayed, {} requests)",
         started.elapsed().as_secs_f64(),
@@ -197,8 +201,7 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let r = store::open(dir, directory, options)?;
-    let views = Views::new(&r.router, config.retention_ms, Default::default());
-    views.restore_events(r.events);
+    let _views = Views::new(&r.router, r.events, config.retention_ms, Default::default());
     println!(
         "restart from the snapshot: {:.2} s ({} entries replayed, {} requests)",
         started.elapsed().as_secs_f64(),

@@ -188,10 +188,10 @@ pub async fn serve_on(
     drop(starting);
     let views = Arc::new(Views::new(
         &recovered.router,
+        recovered.events,
         config.retention_ms,
         metrics.clone(),
     ));
-    views.restore_events(recovered.events);
     let (engine, sequencer) = Engine::start(
         recovered.router,
         Box::new(recovered.journal),

@@ -226,49 +226,62 @@ pub struct Views {
 }
 
 impl Views {
-    /// Views of a core's current state. At a restart the core may hold a million requests, so
-    /// the indexes are built in bulk (sorted, then packed into their trees) rather than one
-    /// insertion at a time, on two threads.
-    pub fn new(router: &Router, retention_ms: i64, metrics: Arc<Metrics>) -> Self {
+    /// Views of a core's current state and its retained `events` (from a snapshot or a replay,
+    /// not published live). At a restart the core may hold a million requests, so the indexes
+    /// are built in bulk (sorted, then packed into their trees) rather than one insertion at a
+    /// time, on three threads.
+    pub fn new(
+        router: &Router,
+        events: Vec<Event>,
+        retention_ms: i64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let requests = DashMap::with_capacity_and_hasher_and_shard_amount(
             router.request_count(),
             FastHash::default(),
             VIEW_SHARDS,
         );
-        let (by_org, queued) = std::thread::scope(|scope| {
-            let indexes = scope.spawn(|| Self::indexes(router, &metrics));
+        // The request table and the waiting set on one thread, the lists by organisation on
+        // another, the event logs on a third.
+        let (by_org, queued, logs) = std::thread::scope(|scope| {
+            let lists = scope.spawn(|| Self::lists(router, &metrics));
+            let logs = scope.spawn(|| Self::logs(events));
+            let mut queued = Vec::with_capacity(router.queue().len());
             for r in router.requests() {
                 requests.insert(r.id, r.clone());
+                if r.state == RequestState::Queued {
+                    queued.push((r.submission.priority, r.submitted_at, r.id));
+                }
             }
-            indexes.join()
-        })
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            queued.sort_unstable();
+            let queued: QueuedSet = queued.into_iter().collect();
+            let lists = lists
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let logs = logs.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (lists, queued, logs)
+        });
         Self {
             catalogue: router.catalogue().clone(),
             requests,
             by_org,
             labs: RwLock::new(router.labs().iter().map(lab_view).collect()),
-            events: DashMap::default(),
+            events: logs,
             queued: Mutex::new(queued),
             retention_ms,
             metrics,
         }
     }
 
-    /// The per-organisation lists and the waiting set of a core's requests, and their counts in
-    /// the metrics.
-    fn indexes(router: &Router, metrics: &Metrics) -> (OrgLists, QueuedSet) {
+    /// The per-organisation lists of a core's requests, and their counts in the metrics.
+    fn lists(router: &Router, metrics: &Metrics) -> OrgLists {
         let mut lists: FastMap<&OdsCode, Vec<(u64, RequestId)>> = FastMap::default();
-        let mut queued = Vec::new();
         let mut counts: FastMap<(RequestState, Priority, Option<&OdsCode>), i64> =
             FastMap::default();
         for r in router.requests() {
             lists.entry(&r.trust).or_default().push((r.ordinal, r.id));
             if let Some(lab) = &r.lab {
                 lists.entry(lab).or_default().push((r.ordinal, r.id));
-            }
-            if r.state == RequestState::Queued {
-                queued.push((r.submission.priority, r.submitted_at, r.id));
             }
             let lab = r.lab.as_ref().filter(|_| r.state == RequestState::Offered);
             *counts
@@ -283,8 +296,7 @@ impl Views {
             list.sort_unstable();
             by_org.insert(org.clone(), list.into_iter().collect());
         }
-        queued.sort_unstable();
-        (by_org, queued.into_iter().collect())
+        by_org
     }
 
     /// The catalogue.
@@ -323,18 +335,22 @@ impl Views {
         }
     }
 
-    /// Restores retained events (from a snapshot or a replay), without publishing them live.
-    pub fn restore_events(&self, events: impl IntoIterator<Item = Event>) {
-        // Grouped first, so that each log is looked up and locked once.
+    /// Each organisation's log of `events`, grouped first so that each is made once.
+    fn logs(events: Vec<Event>) -> DashMap<OdsCode, Arc<EventLog>, FastHash> {
         let mut by_org: FastMap<OdsCode, Vec<Event>> = FastMap::default();
         for event in events {
             by_org.entry(event.org.clone()).or_default().push(event);
         }
+        let logs = DashMap::with_capacity_and_hasher(by_org.len(), FastHash::default());
         for (org, events) in by_org {
-            let log = self.log(&org);
-            let mut history = log.history.write().unwrap_or_else(|e| e.into_inner());
-            history.extend(events);
+            let log = EventLog::new();
+            log.history
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(events);
+            logs.insert(org, Arc::new(log));
         }
+        logs
     }
 
     fn observe(&self, e: &Event) {
@@ -579,7 +595,7 @@ mod tests {
                 .apply(&submit, T0, &mut Outcome::default())
                 .expect("submitted");
         }
-        Views::new(&router, 60_000, Arc::new(Metrics::new()))
+        Views::new(&router, Vec::new(), 60_000, Arc::new(Metrics::new()))
     }
 
     /// Every page of a listing, following its tokens.
