@@ -438,34 +438,43 @@ impl State {
             timers,
             ..
         } = self;
-        let mut armed = Vec::with_capacity(requests.len());
-        let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
-        orders.reserve(requests.len());
-        for r in requests.values() {
-            orders.insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
-            armed.extend(Self::timers_of(r, *retention_ms));
-            match r.state {
-                RequestState::Queued => {
-                    waiting
-                        .entry((&r.trust, &r.submission.tests))
-                        .or_default()
-                        .push(queue_key(r));
+        let requests = &*requests;
+        // The order numbers (a table of their own) on a second core: the snapshot writer that
+        // rebuilds these is the journal's window of entries no snapshot covers yet.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                orders.reserve(requests.len());
+                for r in requests.values() {
+                    orders.insert((r.trust.clone(), r.submission.order_number.clone()), r.id);
                 }
-                RequestState::Offered | RequestState::Accepted | RequestState::Received => {
-                    if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
-                        lab.open.insert(r.id);
+            });
+            let mut armed = Vec::with_capacity(requests.len());
+            let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
+            for r in requests.values() {
+                armed.extend(Self::timers_of(r, *retention_ms));
+                match r.state {
+                    RequestState::Queued => {
+                        waiting
+                            .entry((&r.trust, &r.submission.tests))
+                            .or_default()
+                            .push(queue_key(r));
                     }
+                    RequestState::Offered | RequestState::Accepted | RequestState::Received => {
+                        if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
+                            lab.open.insert(r.id);
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        *queue = WaitQueue::from_groups(
-            waiting
-                .into_iter()
-                .map(|((trust, tests), keys)| ((trust.clone(), tests.clone()), keys)),
-        );
-        // Collected whole: the tree is then sorted and built in one pass, not by inserts.
-        *timers = armed.into_iter().collect();
+            *queue = WaitQueue::from_groups(
+                waiting
+                    .into_iter()
+                    .map(|((trust, tests), keys)| ((trust.clone(), tests.clone()), keys)),
+            );
+            // Collected whole: the tree is then sorted and built in one pass, not by inserts.
+            *timers = armed.into_iter().collect();
+        });
     }
 }
 
