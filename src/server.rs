@@ -192,6 +192,9 @@ pub async fn serve_on(
         config.retention_ms,
         metrics.clone(),
     ));
+    recovered
+        .journal
+        .observe_snapshots(snapshot_metrics(metrics.clone()));
     let (engine, sequencer) = Engine::start(
         recovered.router,
         Box::new(recovered.journal),
@@ -459,6 +462,24 @@ fn tls_config(paths: &TlsPaths, client_cert_optional: bool) -> Result<ServerTlsC
             .client_auth_optional(client_cert_optional);
     }
     Ok(tls)
+}
+
+/// Times and weighs each snapshot once the writer has made it durable.
+fn snapshot_metrics(metrics: Arc<Metrics>) -> store::SnapshotObserver {
+    Box::new(move |kind, bytes, took| {
+        let kind = match kind {
+            store::SnapshotKind::Full => "full",
+            store::SnapshotKind::Incremental => "incremental",
+        };
+        metrics
+            .store_snapshot_write
+            .with_label_values(&[kind])
+            .observe(took.as_secs_f64());
+        metrics
+            .store_snapshot_bytes
+            .with_label_values(&[kind])
+            .inc_by(bytes);
+    })
 }
 
 fn authenticator(config: &Config, demo_tokens: bool) -> Authenticator {

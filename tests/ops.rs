@@ -29,6 +29,21 @@ fn snapshots(metrics: &str, kind: &str) -> f64 {
     )
 }
 
+/// Snapshots of `kind` made durable so far, and their bytes.
+fn written(metrics: &str, kind: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("labaid_store_snapshot_write_seconds_count{{kind=\"{kind}\"}}"),
+    )
+}
+
+fn written_bytes(metrics: &str, kind: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("labaid_store_snapshot_bytes_total{{kind=\"{kind}\"}}"),
+    )
+}
+
 #[tokio::test]
 async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
     let broker = TestBroker::spawn().await;
@@ -159,7 +174,7 @@ async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
 }
 
 #[tokio::test]
-async fn metrics_count_snapshots_by_kind_and_time_the_copy_deciding_waits_for() {
+async fn metrics_count_snapshots_by_kind_time_the_copy_deciding_waits_for_and_the_writes() {
     let mut config = labaid::Config::demo().unwrap();
     config.store.snapshot_min_bytes = 1;
     let broker = TestBroker::spawn_with(config).await;
@@ -169,8 +184,11 @@ async fn metrics_count_snapshots_by_kind_and_time_the_copy_deciding_waits_for() 
         0.0
     );
     // Both kinds are exported from the start, at zero.
-    assert_eq!(snapshots(&before, "full"), 0.0);
-    assert_eq!(snapshots(&before, "incremental"), 0.0);
+    for kind in ["full", "incremental"] {
+        assert_eq!(snapshots(&before, kind), 0.0);
+        assert_eq!(written(&before, kind), 0.0);
+        assert_eq!(written_bytes(&before, kind), 0.0);
+    }
     let trust = broker.client("RJ1").await;
     // With a trigger of one byte, the first snapshot after the start is incremental (the store
     // wrote a full one of the empty state), and a full one follows once the incremental ones
@@ -183,9 +201,20 @@ async fn metrics_count_snapshots_by_kind_and_time_the_copy_deciding_waits_for() 
         )
         .await;
         after = http_get(broker.ops_addr, "/metrics").await.1;
-        if snapshots(&after, "full") >= 1.0 {
+        // Each is written on the writer's thread after it is handed over: the submissions go on
+        // until one of each kind is durable.
+        if ["full", "incremental"]
+            .iter()
+            .all(|k| written(&after, k) >= 1.0)
+        {
             break;
         }
+    }
+    for kind in ["full", "incremental"] {
+        assert!(written(&after, kind) >= 1.0, "no {kind} snapshot written");
+        // Never counted as written before it is handed over; a header alone is tens of bytes.
+        assert!(written(&after, kind) <= snapshots(&after, kind));
+        assert!(written_bytes(&after, kind) >= 64.0 * written(&after, kind));
     }
     assert!(
         snapshots(&after, "full") >= 1.0,

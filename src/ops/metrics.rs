@@ -61,6 +61,10 @@ pub struct Metrics {
     pub store_snapshot_copy: Histogram,
     /// Snapshots handed to the writer, by kind (`full`, `incremental`).
     pub store_snapshots: IntCounterVec,
+    /// Seconds from handing a snapshot to the writer to its being durable, by kind.
+    pub store_snapshot_write: HistogramVec,
+    /// Bytes of snapshots made durable, by kind.
+    pub store_snapshot_bytes: IntCounterVec,
     /// Seconds one command held the decision lock, being decided.
     pub decision: Histogram,
     /// Seconds the syncer took to update the read views with one durable batch.
@@ -127,6 +131,24 @@ impl Metrics {
         // reads as "no data" rather than as none taken yet.
         for kind in ["full", "incremental"] {
             store_snapshots.with_label_values(&[kind]);
+        }
+        let store_snapshot_write = hist(
+            "store_snapshot_write_seconds",
+            "Time from handing a snapshot to the writer to its being durable (rebuilding its \
+             indexes, encoding, writing and syncing), by kind. Everything journaled meanwhile is \
+             replayed after a crash.",
+            &["kind"],
+            prometheus::exponential_buckets(0.01, 2.0, 14).unwrap_or_default(),
+        );
+        let store_snapshot_bytes = counter(
+            "store_snapshot_bytes_total",
+            "Bytes of snapshots made durable, by kind: against the journal's own writes, what \
+             snapshots add to the disk's load.",
+            &["kind"],
+        );
+        for kind in ["full", "incremental"] {
+            store_snapshot_write.with_label_values(&[kind]);
+            store_snapshot_bytes.with_label_values(&[kind]);
         }
         let store_snapshot_copy = plain_hist(
             "store_snapshot_copy_seconds",
@@ -234,6 +256,8 @@ impl Metrics {
             store_batch,
             store_snapshot_copy,
             store_snapshots,
+            store_snapshot_write,
+            store_snapshot_bytes,
             decision,
             view_update,
             registry,

@@ -7,8 +7,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -869,13 +870,36 @@ enum Job {
 }
 
 /// The sizes the snapshot trigger weighs, kept by the writer.
-#[derive(Debug, Default)]
 struct Written {
     /// The last full snapshot's size.
     full: AtomicU64,
     /// The incremental snapshots' sizes since it, added up.
     deltas: AtomicU64,
+    /// Told of each snapshot once it is durable (see [`FileJournal::observe_snapshots`]).
+    observer: OnceLock<SnapshotObserver>,
 }
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("full", &self.full)
+            .field("deltas", &self.deltas)
+            .field("observed", &self.observer.get().is_some())
+            .finish()
+    }
+}
+
+impl Written {
+    fn observe(&self, kind: SnapshotKind, bytes: u64, took: Duration) {
+        if let Some(observer) = self.observer.get() {
+            observer(kind, bytes, took);
+        }
+    }
+}
+
+/// Told of each snapshot the writer made durable: its kind, bytes, and the time it took from
+/// being handed over (rebuilding indexes, encoding, writing and syncing).
+pub type SnapshotObserver = Box<dyn Fn(SnapshotKind, u64, Duration) + Send + Sync>;
 
 /// What the snapshot trigger weighs.
 #[derive(Debug, Clone, Copy)]
@@ -938,6 +962,7 @@ impl Writer {
         let written = Arc::new(Written {
             full: AtomicU64::new(full),
             deltas: AtomicU64::new(deltas),
+            observer: OnceLock::new(),
         });
         let (thread_busy, thread_written) = (busy.clone(), written.clone());
         let thread = thread::Builder::new()
@@ -957,6 +982,7 @@ impl Writer {
                             remove_files(&dir, |name| obsolete_at(name, lsn))?;
                             thread_written.full.store(bytes, Ordering::Relaxed);
                             thread_written.deltas.store(0, Ordering::Relaxed);
+                            thread_written.observe(SnapshotKind::Full, bytes, started.elapsed());
                             tracing::info!(
                                 entries = lsn,
                                 bytes,
@@ -973,6 +999,11 @@ impl Writer {
                                     parse_name(name, "journal-", ".log").is_some_and(|n| n < lsn)
                                 })?;
                                 thread_written.deltas.fetch_add(bytes, Ordering::Relaxed);
+                                thread_written.observe(
+                                    SnapshotKind::Incremental,
+                                    bytes,
+                                    started.elapsed(),
+                                );
                                 tracing::info!(
                                     entries = lsn,
                                     bytes,
@@ -1099,6 +1130,12 @@ impl FileJournal {
             writer,
             _lock: lock,
         })
+    }
+
+    /// Has `observer` told of each snapshot written from now on (one observer; a second is
+    /// ignored). It runs on the snapshot writer's thread.
+    pub fn observe_snapshots(&self, observer: SnapshotObserver) {
+        let _ = self.writer.written.observer.set(observer);
     }
 
     /// Offset just past the last record in the current segment.

@@ -31,7 +31,7 @@ use crate::domain::{Request, RequestId, Timestamp};
 use crate::routing::{Command, Event, SnapshotState, State};
 
 pub use directory::Directory;
-pub use file::FileJournal;
+pub use file::{FileJournal, SnapshotObserver};
 pub use memory::MemoryJournal;
 pub use recover::{Recovered, open, open_at};
 
