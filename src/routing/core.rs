@@ -353,28 +353,13 @@ impl State {
                 FastMap::default();
             let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
             for (old, new) in &replaced {
-                for (r, timers, waiting, opens) in [
+                for (r, timers, waiting, open) in [
                     (old.as_ref(), &mut stale_timers, &mut stale_waiting, false),
                     (*new, &mut armed, &mut waiting, true),
                 ] {
                     let Some(r) = r else { continue };
                     timers.extend(Self::timers_of(r, retention_ms));
-                    match r.state {
-                        RequestState::Queued => waiting
-                            .entry((&r.trust, &r.submission.tests))
-                            .or_default()
-                            .push(queue_key(r)),
-                        RequestState::Offered | RequestState::Accepted | RequestState::Received => {
-                            if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
-                                if opens {
-                                    lab.open.insert(r.id);
-                                } else {
-                                    lab.open.remove(&r.id);
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
+                    Self::place(r, waiting, labs, open);
                 }
             }
             // Every stale entry goes before any new one, as if each pair were moved in turn: an
@@ -404,6 +389,33 @@ impl State {
                     orders.remove(&order);
                 }
             }
+        }
+    }
+
+    /// Where a request stands in the indexes besides its timers: a waiting one's key is gathered
+    /// under its group, for the wait queue to take in (or let go) in one run; an open job goes
+    /// into its lab's set (`open`) or out of it.
+    fn place<'r>(
+        r: &'r Request,
+        waiting: &mut FastMap<(&'r OdsCode, &'r TestSet), Vec<QueueKey>>,
+        labs: &mut Labs,
+        open: bool,
+    ) {
+        match r.state {
+            RequestState::Queued => waiting
+                .entry((&r.trust, &r.submission.tests))
+                .or_default()
+                .push(queue_key(r)),
+            RequestState::Offered | RequestState::Accepted | RequestState::Received => {
+                if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
+                    if open {
+                        lab.open.insert(r.id);
+                    } else {
+                        lab.open.remove(&r.id);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -452,20 +464,7 @@ impl State {
             let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
             for r in requests.values() {
                 armed.extend(Self::timers_of(r, *retention_ms));
-                match r.state {
-                    RequestState::Queued => {
-                        waiting
-                            .entry((&r.trust, &r.submission.tests))
-                            .or_default()
-                            .push(queue_key(r));
-                    }
-                    RequestState::Offered | RequestState::Accepted | RequestState::Received => {
-                        if let Some(lab) = r.lab.as_ref().and_then(|l| labs.get_mut(l)) {
-                            lab.open.insert(r.id);
-                        }
-                    }
-                    _ => {}
-                }
+                Self::place(r, &mut waiting, labs, true);
             }
             *queue = WaitQueue::from_groups(
                 waiting
