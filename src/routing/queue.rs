@@ -157,6 +157,9 @@ impl WaitQueue {
     /// Adds many requests of one group: sorted, so the inserts walk its tree in order, and its
     /// head settled once. The same as [`WaitQueue::insert`] for each.
     pub(crate) fn insert_many(&mut self, group: GroupKey, mut keys: Vec<QueueKey>) {
+        if keys.is_empty() {
+            return;
+        }
         keys.sort_unstable();
         let set = self.groups.entry(group.clone()).or_default();
         let old_head = set.first().copied();
@@ -167,14 +170,7 @@ impl WaitQueue {
             }
         }
         let new_head = set.first().copied();
-        if new_head != old_head {
-            if let Some(old) = old_head {
-                self.heads.remove(&old);
-            }
-            if let Some(new) = new_head {
-                self.heads.insert(new, group);
-            }
-        }
+        Self::settle_head(&mut self.heads, old_head, new_head, || group);
     }
 
     /// Removes many requests of one group, sorted, its head settled once. The same as
@@ -192,16 +188,27 @@ impl WaitQueue {
             }
         }
         let new_head = set.first().copied();
-        if new_head != old_head {
-            if let Some(old) = old_head {
-                self.heads.remove(&old);
-            }
-            if let Some(new) = new_head {
-                self.heads.insert(new, group.clone());
-            }
-        }
         if set.is_empty() {
             self.groups.remove(group);
+        }
+        Self::settle_head(&mut self.heads, old_head, new_head, || group.clone());
+    }
+
+    /// Moves a group's entry in the head index from its old first request to its new one.
+    fn settle_head(
+        heads: &mut BTreeMap<QueueKey, GroupKey>,
+        old: Option<QueueKey>,
+        new: Option<QueueKey>,
+        group: impl FnOnce() -> GroupKey,
+    ) {
+        if new == old {
+            return;
+        }
+        if let Some(old) = old {
+            heads.remove(&old);
+        }
+        if let Some(new) = new {
+            heads.insert(new, group());
         }
     }
 
@@ -395,6 +402,11 @@ mod tests {
                 .collect::<Vec<_>>(),
             heads_by_scan(&runs)
         );
+        // An empty run makes no group.
+        let empty = group("RJZ", &["K"]);
+        runs.insert_many(empty.clone(), Vec::new());
+        assert!(runs.group(&empty).is_none());
+        assert_eq!(runs, one_by_one);
     }
 
     #[test]

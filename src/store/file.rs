@@ -869,7 +869,8 @@ enum Job {
     Incremental { lsn: u64, after: u64, delta: Delta },
 }
 
-/// The sizes the snapshot trigger weighs, kept by the writer.
+/// What the writer keeps for others: the sizes the snapshot trigger weighs, and whom to tell of
+/// each snapshot written.
 struct Written {
     /// The last full snapshot's size.
     full: AtomicU64,
