@@ -292,9 +292,17 @@ impl State {
                 lab.open = jobs;
             }
         }
-        self.replace_requests(changed.into_iter().collect());
-        if retention_changed {
-            // Every finished request's purge timer moved; rare enough to rebuild them all.
+        if !retention_changed {
+            self.replace_requests(changed.into_iter().collect());
+        } else {
+            // Every finished request's purge timer moved; rare enough to rebuild them all, so
+            // the requests are only put in place.
+            for (id, new) in changed {
+                match new {
+                    Some(r) => self.requests.insert(id, r),
+                    None => self.requests.remove(&id),
+                };
+            }
             self.orders = ShardedMap::default();
             self.queue = WaitQueue::default();
             self.timers = BTreeSet::new();

@@ -932,3 +932,33 @@ fn after_a_restart_that_replayed_entries_the_next_snapshot_is_full() {
     d.submit_stat(301, now);
     full_then_incremental(&mut d, 302, now);
 }
+
+#[test]
+fn an_incremental_snapshot_across_a_new_retention_brings_the_state_forward_exactly() {
+    // The store pins a changed directory with a full snapshot, so a chain never crosses one;
+    // the core still brings a state forward across it, rebuilding every purge timer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    let mut base = d.router.state().clone();
+    let mut shorter = directory();
+    shorter.retention_ms = 60_000;
+    let later = T0.plus_millis(40 * MINUTE_MS);
+    let mut outcome = Outcome::default();
+    d.router
+        .adopt_directory(&shorter.router(), later, &mut outcome)
+        .expect("adopted");
+    d.changed
+        .extend(outcome.requests.iter().chain(&outcome.purged).copied());
+    d.batch(
+        later,
+        vec![submit(&d.router, "RJ1", 300, Priority::Stat, later)],
+    );
+    let changed: Vec<_> = std::mem::take(&mut d.changed)
+        .into_iter()
+        .map(|id| (id, d.router.request(&id).cloned()))
+        .collect();
+    assert!(!changed.is_empty());
+    base.apply_delta(d.router.state().head_copy(), changed);
+    assert!(base == *d.router.state(), "indexes included");
+}
