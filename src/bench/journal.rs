@@ -1,5 +1,6 @@
 //! The broker's journal figures over a measured window, read from its Prometheus endpoint: how
-//! many syncs, how many commands each made durable, and how long each took (mean and tail).
+//! many syncs, how many commands each made durable, and how long each took (mean and tail); and
+//! the snapshots written meanwhile, whose writes share the disk with those syncs.
 
 use std::net::SocketAddr;
 
@@ -14,6 +15,16 @@ pub struct Counters {
     commands: f64,
     /// The sync-latency histogram: (bucket upper bound in seconds, syncs at or under it).
     sync_buckets: Vec<(f64, f64)>,
+    /// Snapshots made durable, by kind: full, then incremental.
+    snapshots: [SnapshotCounters; 2],
+}
+
+/// One kind of snapshot's cumulative counters.
+#[derive(Debug, Clone, Copy, Default)]
+struct SnapshotCounters {
+    written: f64,
+    write_seconds: f64,
+    bytes: f64,
 }
 
 /// What the journal did between two readings.
@@ -34,6 +45,22 @@ pub struct JournalFigures {
     /// The slowest sync, milliseconds: the upper bound of the highest bucket that gained one
     /// (`None` past the last bucket, 819 ms, or with no syncs).
     pub max_sync_ms: Option<f64>,
+    /// Full snapshots made durable in the window.
+    pub full_snapshots: SnapshotFigures,
+    /// Incremental snapshots made durable in the window.
+    pub incremental_snapshots: SnapshotFigures,
+}
+
+/// The snapshots of one kind made durable in a window.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SnapshotFigures {
+    /// How many.
+    pub written: u64,
+    /// Their mean time from hand-over to durable, milliseconds (0 with none): the journal
+    /// written meanwhile is what a crash would replay.
+    pub mean_write_ms: f64,
+    /// Their size in all, MiB.
+    pub mib: f64,
 }
 
 /// A slow sync, seconds: a bucket bound of the broker's histogram (25 µs × 2^7).
@@ -63,6 +90,23 @@ fn parse(text: &str) -> Counters {
             "labaid_store_sync_seconds_count" => counters.syncs = value,
             "labaid_store_sync_seconds_sum" => counters.sync_seconds = value,
             "labaid_store_batch_commands_sum" => counters.commands = value,
+            _ if name.starts_with("labaid_store_snapshot_") => {
+                let kind = if name.ends_with("{kind=\"full\"}") {
+                    0
+                } else if name.ends_with("{kind=\"incremental\"}") {
+                    1
+                } else {
+                    continue;
+                };
+                let snapshots = &mut counters.snapshots[kind];
+                if name.starts_with("labaid_store_snapshot_write_seconds_count{") {
+                    snapshots.written = value;
+                } else if name.starts_with("labaid_store_snapshot_write_seconds_sum{") {
+                    snapshots.write_seconds = value;
+                } else if name.starts_with("labaid_store_snapshot_bytes_total{") {
+                    snapshots.bytes = value;
+                }
+            }
             _ => {
                 if let Some(le) = name
                     .strip_prefix("labaid_store_sync_seconds_bucket{le=\"")
@@ -114,6 +158,21 @@ pub fn between(before: &Counters, after: &Counters, seconds: f64) -> JournalFigu
         p99_sync_ms,
         max_sync_ms,
         slow_syncs: (syncs - under_slow).max(0.0).round() as u64,
+        full_snapshots: snapshots_between(before.snapshots[0], after.snapshots[0]),
+        incremental_snapshots: snapshots_between(before.snapshots[1], after.snapshots[1]),
+    }
+}
+
+fn snapshots_between(before: SnapshotCounters, after: SnapshotCounters) -> SnapshotFigures {
+    let written = (after.written - before.written).max(0.0);
+    SnapshotFigures {
+        written: written.round() as u64,
+        mean_write_ms: if written > 0.0 {
+            (after.write_seconds - before.write_seconds).max(0.0) / written * 1000.0
+        } else {
+            0.0
+        },
+        mib: (after.bytes - before.bytes).max(0.0) / (1024.0 * 1024.0),
     }
 }
 
@@ -161,5 +220,29 @@ mod tests {
         assert_eq!(f.max_sync_ms, None, "4 syncs slower than the last bucket");
         let after = reading([990.0, 995.0, 1000.0, 1010.0], 1010.0);
         assert_eq!(between(&before, &after, 1.0).max_sync_ms, Some(6.4));
+    }
+
+    #[test]
+    fn snapshots_are_counted_by_kind_over_the_window() {
+        let reading = |full: [f64; 3], incremental: [f64; 3]| {
+            let mut text = String::new();
+            for (kind, [count, sum, bytes]) in [("full", full), ("incremental", incremental)] {
+                text.push_str(&format!(
+                    "labaid_store_snapshot_write_seconds_bucket{{kind=\"{kind}\",le=\"0.01\"}} 0\n\
+                     labaid_store_snapshot_write_seconds_sum{{kind=\"{kind}\"}} {sum}\n\
+                     labaid_store_snapshot_write_seconds_count{{kind=\"{kind}\"}} {count}\n\
+                     labaid_store_snapshot_bytes_total{{kind=\"{kind}\"}} {bytes}\n"
+                ));
+            }
+            parse(&text)
+        };
+        let before = reading([1.0, 3.0, 1048576.0], [2.0, 0.5, 2097152.0]);
+        let after = reading([1.0, 3.0, 1048576.0], [6.0, 1.5, 10485760.0]);
+        let f = between(&before, &after, 1.0);
+        assert_eq!(f.full_snapshots.written, 0);
+        assert_eq!(f.full_snapshots.mean_write_ms, 0.0, "none written, no mean");
+        assert_eq!(f.incremental_snapshots.written, 4);
+        assert!((f.incremental_snapshots.mean_write_ms - 250.0).abs() < 1e-9);
+        assert!((f.incremental_snapshots.mib - 8.0).abs() < 1e-9);
     }
 }

@@ -185,6 +185,17 @@ impl Report {
                     super::journal::SLOW_SYNC_SECONDS * 1000.0,
                     bound(j.max_sync_ms),
                 );
+                let _ = writeln!(
+                    out,
+                    "snapshots written: {} full ({:.1} MiB, {:.0} ms each), {} incremental \
+                     ({:.1} MiB, {:.0} ms each)",
+                    j.full_snapshots.written,
+                    j.full_snapshots.mib,
+                    j.full_snapshots.mean_write_ms,
+                    j.incremental_snapshots.written,
+                    j.incremental_snapshots.mib,
+                    j.incremental_snapshots.mean_write_ms,
+                );
             }
         }
         out
