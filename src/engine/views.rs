@@ -435,12 +435,20 @@ impl Views {
             .collect()
     }
 
-    /// How many requests of each priority wait for a lab.
+    /// How many requests of each priority wait for a lab: read from the request gauges, which
+    /// change with the table, rather than counted in the waiting set, a walk of every waiting
+    /// request (a million and more in a long outage) under the lock the syncer takes for each
+    /// batch.
     pub fn waiting(&self) -> Vec<(Priority, usize)> {
-        let queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
         Priority::ALL
             .into_iter()
-            .map(|p| (p, queued.iter().filter(|(q, _, _)| *q == p).count()))
+            .map(|p| {
+                let gauge = self
+                    .metrics
+                    .requests
+                    .with_label_values(&[RequestState::Queued.as_str(), p.as_str()]);
+                (p, usize::try_from(gauge.get()).unwrap_or(0))
+            })
             .collect()
     }
 
