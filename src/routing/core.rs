@@ -316,7 +316,8 @@ impl State {
     /// Puts each changed request in place of its old version (`None`: purged) and moves its
     /// index entries, arranged for a restart that applies hundreds of thousands at once: the
     /// order numbers (a table of their own) on a second core, and the trees' entries in sorted
-    /// runs, which trees of millions take far faster than random inserts.
+    /// runs, which trees of millions take far faster than random inserts, the timers' beside
+    /// the wait queue's.
     fn replace_requests(&mut self, changed: Vec<(RequestId, Option<Arc<Request>>)>) {
         let State {
             retention_ms,
@@ -371,22 +372,26 @@ impl State {
                 }
             }
             // Every stale entry goes before any new one, as if each pair were moved in turn: an
-            // entry both versions share is removed and put back.
-            stale_timers.sort_unstable();
-            for timer in &stale_timers {
-                timers.remove(timer);
-            }
+            // entry both versions share is removed and put back. The timers on a core of their
+            // own, beside the wait queue's runs: by now the order numbers are mostly done.
+            let timed = scope.spawn(move || {
+                stale_timers.sort_unstable();
+                for timer in &stale_timers {
+                    timers.remove(timer);
+                }
+                armed.sort_unstable();
+                timers.extend(armed);
+            });
             for ((trust, tests), keys) in stale_waiting {
                 queue.remove_many(&(trust.clone(), tests.clone()), keys);
             }
-            armed.sort_unstable();
-            timers.extend(armed);
             for ((trust, tests), keys) in waiting {
                 queue.insert_many((trust.clone(), tests.clone()), keys);
             }
-            ordered
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for done in [ordered, timed] {
+                done.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            }
             replaced
         });
         // A purged request's order number goes too, unless it names a later request by now.
