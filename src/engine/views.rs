@@ -665,8 +665,19 @@ mod tests {
         assert!(router.requests().any(|r| r.state == RequestState::Offered));
         assert_eq!(rebuilt.waiting(), waiting);
         assert_eq!(live.waiting(), waiting);
-        let oldest = rebuilt.oldest_waits(now);
+        let oldest: Vec<(Priority, f64)> = Priority::ALL
+            .into_iter()
+            .filter_map(|p| {
+                let first = router
+                    .requests()
+                    .filter(|r| r.state == RequestState::Queued && r.submission.priority == p)
+                    .map(|r| r.submitted_at)
+                    .min()?;
+                Some((p, now.millis_since(first) as f64 / 1000.0))
+            })
+            .collect();
         assert_eq!(oldest.len(), 4);
+        assert_eq!(rebuilt.oldest_waits(now), oldest);
         assert_eq!(live.oldest_waits(now), oldest);
     }
 
