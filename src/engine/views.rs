@@ -651,15 +651,17 @@ mod tests {
         }
         let rebuilt = Views::new(&router, Vec::new(), 60_000, Arc::new(Metrics::new()));
 
+        // What the requests themselves say, per priority: how many wait, and since when.
+        let waiting_since = |p: Priority| {
+            let waiting: Vec<&Arc<Request>> = router
+                .requests()
+                .filter(|r| r.state == RequestState::Queued && r.submission.priority == p)
+                .collect();
+            (waiting.len(), waiting.iter().map(|r| r.submitted_at).min())
+        };
         let waiting: Vec<(Priority, usize)> = Priority::ALL
             .into_iter()
-            .map(|p| {
-                let n = router
-                    .requests()
-                    .filter(|r| r.state == RequestState::Queued && r.submission.priority == p)
-                    .count();
-                (p, n)
-            })
+            .map(|p| (p, waiting_since(p).0))
             .collect();
         assert!(waiting.iter().all(|&(_, n)| n > 0), "{waiting:?}");
         assert!(router.requests().any(|r| r.state == RequestState::Offered));
@@ -668,11 +670,7 @@ mod tests {
         let oldest: Vec<(Priority, f64)> = Priority::ALL
             .into_iter()
             .filter_map(|p| {
-                let first = router
-                    .requests()
-                    .filter(|r| r.state == RequestState::Queued && r.submission.priority == p)
-                    .map(|r| r.submitted_at)
-                    .min()?;
+                let first = waiting_since(p).1?;
                 Some((p, now.millis_since(first) as f64 / 1000.0))
             })
             .collect();
