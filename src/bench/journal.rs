@@ -91,20 +91,20 @@ fn parse(text: &str) -> Counters {
             "labaid_store_sync_seconds_sum" => counters.sync_seconds = value,
             "labaid_store_batch_commands_sum" => counters.commands = value,
             _ if name.starts_with("labaid_store_snapshot_") => {
-                let kind = if name.ends_with("{kind=\"full\"}") {
-                    0
-                } else if name.ends_with("{kind=\"incremental\"}") {
-                    1
-                } else {
+                let Some((metric, labels)) = name.split_once('{') else {
                     continue;
                 };
+                let kind = match labels {
+                    "kind=\"full\"}" => 0,
+                    "kind=\"incremental\"}" => 1,
+                    _ => continue,
+                };
                 let snapshots = &mut counters.snapshots[kind];
-                if name.starts_with("labaid_store_snapshot_write_seconds_count{") {
-                    snapshots.written = value;
-                } else if name.starts_with("labaid_store_snapshot_write_seconds_sum{") {
-                    snapshots.write_seconds = value;
-                } else if name.starts_with("labaid_store_snapshot_bytes_total{") {
-                    snapshots.bytes = value;
+                match metric {
+                    "labaid_store_snapshot_write_seconds_count" => snapshots.written = value,
+                    "labaid_store_snapshot_write_seconds_sum" => snapshots.write_seconds = value,
+                    "labaid_store_snapshot_bytes_total" => snapshots.bytes = value,
+                    _ => {}
                 }
             }
             _ => {
