@@ -4,6 +4,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::Violations;
+use crate::routing::Rejection;
 
 /// Everything that can go wrong in a call, by the answer the caller gets.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,20 @@ impl Error {
     /// An INVALID_ARGUMENT naming one field.
     pub fn invalid(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(Violations::one(field, description))
+    }
+}
+
+impl From<Rejection> for Error {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Invalid(v) => Self::InvalidArgument(v),
+            Rejection::NotFound(m) => Self::NotFound(m),
+            Rejection::WrongState(m) => Self::FailedPrecondition(m),
+            Rejection::LostRace(m) => Self::Aborted(m),
+            Rejection::Conflict(m) => Self::AlreadyExists(m),
+            Rejection::NotPermitted(m) => Self::PermissionDenied(m),
+            Rejection::Inconsistent(m) => Self::Internal(m),
+        }
     }
 }
 

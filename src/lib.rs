@@ -9,18 +9,17 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod memory;
 pub mod ops;
-pub mod routing;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 
 pub use config::Config;
 pub use error::Error;
+pub use labaid_core::{domain, routing};
 pub use server::{Listeners, serve, serve_on, shutdown_signal};
 
 /// The generated labaid.v1 protobuf types and gRPC stubs.

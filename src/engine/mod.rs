@@ -226,7 +226,7 @@ impl Engine {
             }
             // Even a command that changed nothing waits for the next sync: its answer may
             // depend on an earlier decision (an idempotent resubmission) not yet durable.
-            d.replies.push((reply, result));
+            d.replies.push((reply, result.map_err(Error::from)));
             let next_timer = d.router.next_timer();
             let wake_timers = next_timer.is_some_and(|t| d.timer_target.is_none_or(|at| t < at));
             if wake_timers {

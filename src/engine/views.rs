@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use tokio::sync::broadcast;
 
 use std::collections::BTreeSet;
@@ -15,8 +16,7 @@ use super::chunked::ChunkedQueue;
 use crate::domain::{Catalogue, OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
 use crate::ops::Metrics;
 use crate::routing::{
-    Event, EventKind, FastHash, FastMap, JobEventKind, LabState, Outcome, Router, State,
-    TrustEventKind,
+    Event, EventKind, JobEventKind, LabState, Outcome, Router, State, TrustEventKind,
 };
 use crate::store::Delta;
 
@@ -161,7 +161,7 @@ impl Changes {
 /// changes here, and hands them to the journal as the next incremental snapshot.
 #[derive(Debug, Default)]
 pub struct SinceSnapshot {
-    requests: FastMap<RequestId, Option<Arc<Request>>>,
+    requests: FxHashMap<RequestId, Option<Arc<Request>>>,
     events: Vec<Event>,
 }
 
@@ -204,7 +204,7 @@ const LIST_SCAN: usize = 10_000;
 const LIST_RUN: usize = 1024;
 
 /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
-type OrgLists = DashMap<OdsCode, BTreeMap<u64, RequestId>, FastHash>;
+type OrgLists = DashMap<OdsCode, BTreeMap<u64, RequestId>, FxBuildHasher>;
 /// Waiting requests by priority and submission time.
 type QueuedSet = BTreeSet<(Priority, Timestamp, RequestId)>;
 
@@ -214,11 +214,11 @@ pub struct Views {
     catalogue: Arc<Catalogue>,
     // Keyed by what the broker or the directory chose, never by client text, so the fast hash
     // (SipHash was a tenth of rebuilding these views at a restart).
-    requests: DashMap<RequestId, Arc<Request>, FastHash>,
+    requests: DashMap<RequestId, Arc<Request>, FxBuildHasher>,
     /// Requests per organisation, by ordinal: a trust's own, or the jobs a lab holds.
     by_org: OrgLists,
     labs: RwLock<Vec<LabState>>,
-    events: DashMap<OdsCode, Arc<EventLog>, FastHash>,
+    events: DashMap<OdsCode, Arc<EventLog>, FxBuildHasher>,
     /// Waiting requests by priority and submission time, for the oldest-wait gauge.
     queued: Mutex<QueuedSet>,
     retention_ms: i64,
@@ -238,7 +238,7 @@ impl Views {
     ) -> Self {
         let requests = DashMap::with_capacity_and_hasher_and_shard_amount(
             router.request_count(),
-            FastHash::default(),
+            FxBuildHasher::default(),
             VIEW_SHARDS,
         );
         // Three threads that each take about a third of the work (a million requests' request
@@ -286,9 +286,9 @@ impl Views {
 
     /// The per-organisation lists of a core's requests, and their counts in the metrics.
     fn lists(router: &Router, metrics: &Metrics) -> OrgLists {
-        let mut lists: FastMap<&OdsCode, Vec<(u64, RequestId)>> = FastMap::default();
-        let mut counts: FastMap<(RequestState, Priority, Option<&OdsCode>), i64> =
-            FastMap::default();
+        let mut lists: FxHashMap<&OdsCode, Vec<(u64, RequestId)>> = FxHashMap::default();
+        let mut counts: FxHashMap<(RequestState, Priority, Option<&OdsCode>), i64> =
+            FxHashMap::default();
         for r in router.requests() {
             lists.entry(&r.trust).or_default().push((r.ordinal, r.id));
             if let Some(lab) = &r.lab {
@@ -302,7 +302,7 @@ impl Views {
         for ((state, priority, lab), n) in counts {
             metrics.count_requests(state, priority, lab, n);
         }
-        let by_org = DashMap::with_capacity_and_hasher(lists.len(), FastHash::default());
+        let by_org = DashMap::with_capacity_and_hasher(lists.len(), FxBuildHasher::default());
         for (org, mut list) in lists {
             list.sort_unstable();
             by_org.insert(org.clone(), list.into_iter().collect());
@@ -347,12 +347,12 @@ impl Views {
     }
 
     /// Each organisation's log of `events`, grouped first so that each is made once.
-    fn logs(events: Vec<Event>) -> DashMap<OdsCode, Arc<EventLog>, FastHash> {
-        let mut by_org: FastMap<OdsCode, Vec<Event>> = FastMap::default();
+    fn logs(events: Vec<Event>) -> DashMap<OdsCode, Arc<EventLog>, FxBuildHasher> {
+        let mut by_org: FxHashMap<OdsCode, Vec<Event>> = FxHashMap::default();
         for event in events {
             by_org.entry(event.org.clone()).or_default().push(event);
         }
-        let logs = DashMap::with_capacity_and_hasher(by_org.len(), FastHash::default());
+        let logs = DashMap::with_capacity_and_hasher(by_org.len(), FxBuildHasher::default());
         for (org, events) in by_org {
             let log = EventLog::new();
             log.history

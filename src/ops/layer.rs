@@ -13,7 +13,7 @@ use tracing::Instrument;
 use prometheus::{Histogram, IntCounter};
 
 use super::Metrics;
-use crate::routing::FastMap;
+use rustc_hash::FxHashMap;
 
 /// Wraps every RPC in a span and counts it.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ impl MethodMetrics {
 /// cannot mint label values.
 #[derive(Debug)]
 struct Methods {
-    by_path: FastMap<&'static str, Arc<MethodMetrics>>,
+    by_path: FxHashMap<&'static str, Arc<MethodMetrics>>,
     other: Arc<MethodMetrics>,
 }
 

@@ -12,7 +12,6 @@
 //!   rest of the state, and the events published meanwhile.
 //! - `LOCK`: held while a broker runs, so two brokers never write one journal.
 
-pub(crate) mod bulk;
 mod delta;
 mod directory;
 mod file;

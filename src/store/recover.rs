@@ -14,7 +14,9 @@ use super::file::{
 use super::record::{self, End};
 use super::{Directory, StoreError, StoreOptions};
 use crate::domain::{Request, RequestId, Timestamp};
-use crate::routing::{Event, FastMap, Outcome, Router};
+use rustc_hash::FxHashMap;
+
+use crate::routing::{Event, Outcome, Router};
 
 /// Where a new segment's records start.
 const HEADER_LEN: u64 = SEGMENT_HEADER as u64;
@@ -119,7 +121,7 @@ pub fn open_at(
     }
     // Each is read (on both cores) while the one before is merged (on one): a request changed in
     // several keeps only its last version, and the whole chain is indexed in one sorted pass.
-    let mut merged: FastMap<RequestId, Option<Arc<Request>>> = FastMap::default();
+    let mut merged: FxHashMap<RequestId, Option<Arc<Request>>> = FxHashMap::default();
     let mut head = None;
     std::thread::scope(|scope| -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);

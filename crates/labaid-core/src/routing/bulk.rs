@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::routing::ShardedMap;
+use super::ShardedMap;
 
 /// Most entries reserved up front; a longer map still decodes, growing past it.
 const MAX_RESERVE: usize = 1 << 26;

@@ -9,19 +9,19 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::rejection::Rejection;
 use crate::domain::{
     BoundedText, Catalogue, Exclusion, ExclusionReason, FailureReason, LabStatus, MINUTE_MS,
     NewRequest, Observation, OdsCode, OrderNumber, Priority, Request, RequestId, RequestState,
     TestCode, TestSet, Timestamp, Violations,
 };
-use crate::error::Error;
 
 use super::event::{Event, EventKind, JobEventKind, TrustEventKind};
-use super::fasthash::FastMap;
 use super::labs::{LabConfig, LabState, Labs};
 use super::policy::{DefaultPolicy, Placement, RouteQuery, RoutingPolicy};
 use super::queue::{GroupKey, QueueKey, WaitQueue};
 use super::sharded::{ShardEntry, ShardedMap};
+use rustc_hash::FxHashMap;
 
 /// Offer lease per priority, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,14 +213,14 @@ pub struct State {
     labs: Labs,
     // Fast hash: the broker picks request ids. Order numbers are the client's, so SipHash.
     // Sharded, so that neither grows by rehashing every live request inside one decision.
-    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
+    #[serde(deserialize_with = "crate::routing::bulk::presized_map")]
     requests: ShardedMap<RequestId, Arc<Request>>,
-    #[serde(deserialize_with = "crate::store::bulk::presized_map")]
+    #[serde(deserialize_with = "crate::routing::bulk::presized_map")]
     orders: ShardedMap<(OdsCode, OrderNumber), RequestId, RandomState>,
     queue: WaitQueue,
-    #[serde(deserialize_with = "crate::store::bulk::packed_set")]
+    #[serde(deserialize_with = "crate::routing::bulk::packed_set")]
     timers: BTreeSet<(Timestamp, TimerKind, RequestId)>,
-    sequences: FastMap<OdsCode, u64>,
+    sequences: FxHashMap<OdsCode, u64>,
     next_ordinal: u64,
     offers_made: u64,
 }
@@ -274,7 +274,7 @@ impl State {
         changed: impl IntoIterator<Item = (RequestId, Option<Arc<Request>>)>,
     ) {
         let retention_changed = head.retention_ms != self.retention_ms;
-        let mut open: FastMap<OdsCode, BTreeSet<RequestId>> = self
+        let mut open: FxHashMap<OdsCode, BTreeSet<RequestId>> = self
             .labs
             .iter_mut()
             .map(|lab| (lab.config.ods.clone(), std::mem::take(&mut lab.open)))
@@ -358,9 +358,9 @@ impl State {
                 .collect();
             let mut stale_timers = Vec::new();
             let mut armed = Vec::new();
-            let mut stale_waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> =
-                FastMap::default();
-            let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
+            let mut stale_waiting: FxHashMap<(&OdsCode, &TestSet), Vec<QueueKey>> =
+                FxHashMap::default();
+            let mut waiting: FxHashMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FxHashMap::default();
             for (old, new) in &replaced {
                 for (r, timers, waiting, open) in [
                     (old.as_ref(), &mut stale_timers, &mut stale_waiting, false),
@@ -410,7 +410,7 @@ impl State {
     /// into its lab's set (`open`) or out of it.
     fn place<'r>(
         r: &'r Request,
-        waiting: &mut FastMap<(&'r OdsCode, &'r TestSet), Vec<QueueKey>>,
+        waiting: &mut FxHashMap<(&'r OdsCode, &'r TestSet), Vec<QueueKey>>,
         labs: &mut Labs,
         open: bool,
     ) {
@@ -474,7 +474,7 @@ impl State {
                 }
             });
             let mut armed = Vec::with_capacity(requests.len());
-            let mut waiting: FastMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FastMap::default();
+            let mut waiting: FxHashMap<(&OdsCode, &TestSet), Vec<QueueKey>> = FxHashMap::default();
             for r in requests.values() {
                 armed.extend(Self::timers_of(r, *retention_ms));
                 Self::place(r, &mut waiting, labs, true);
@@ -564,7 +564,7 @@ impl Router {
                 orders: ShardedMap::default(),
                 queue: WaitQueue::default(),
                 timers: BTreeSet::new(),
-                sequences: FastMap::default(),
+                sequences: FxHashMap::default(),
                 next_ordinal: 1,
                 offers_made: 0,
             },
@@ -627,7 +627,7 @@ impl Router {
     }
 
     /// The last sequence number given to each organisation.
-    pub fn sequences(&self) -> &FastMap<OdsCode, u64> {
+    pub fn sequences(&self) -> &FxHashMap<OdsCode, u64> {
         &self.state.sequences
     }
 
@@ -642,7 +642,7 @@ impl Router {
         cmd: &Command,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         match cmd {
             Command::Submit { trust, id, request } => self.submit(trust, *id, request, now, out),
             Command::Cancel { trust, id, reason } => self.cancel(trust, id, reason, now, out),
@@ -688,11 +688,11 @@ impl Router {
         fresh: &Router,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Rejection> {
         let new = &fresh.state;
         let (catalogue, trusts) = (&new.catalogue, &new.trusts);
         let labs: Vec<LabConfig> = new.labs.iter().map(|l| l.config.clone()).collect();
-        let refuse = |why: String| Err(Error::FailedPrecondition(why));
+        let refuse = |why: String| Err(Rejection::WrongState(why));
         for r in self.state.requests.values().filter(|r| !r.state.is_final()) {
             if !trusts.contains_key(&r.trust) {
                 return refuse(format!("trust {} still has requests in progress", r.trust));
@@ -787,9 +787,9 @@ impl Router {
         new: &NewRequest,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         if !self.state.trusts.contains_key(trust) {
-            return Err(Error::PermissionDenied(format!(
+            return Err(Rejection::NotPermitted(format!(
                 "{trust} is not a trust in the directory"
             )));
         }
@@ -805,7 +805,7 @@ impl Router {
                         replayed: true,
                     })
                 } else {
-                    Err(Error::AlreadyExists(format!(
+                    Err(Rejection::Conflict(format!(
                         "order number {} was already used for a different request ({})",
                         new.order_number.as_str(),
                         original.id
@@ -814,7 +814,9 @@ impl Router {
             }
         };
         if self.state.requests.contains_key(&id) {
-            return Err(Error::Internal(format!("request id {id} generated twice")));
+            return Err(Rejection::Inconsistent(format!(
+                "request id {id} generated twice"
+            )));
         }
         let deadline = new.deadline(&self.state.catalogue);
         let request = Request {
@@ -867,7 +869,7 @@ impl Router {
         reason: &BoundedText,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let r = self
             .state
             .requests
@@ -875,7 +877,7 @@ impl Router {
             .filter(|r| &r.trust == trust)
             .ok_or_else(|| not_found("request", id))?;
         if r.state.is_final() {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Rejection::WrongState(format!(
                 "request {id} is already {}",
                 r.state.as_str()
             )));
@@ -923,14 +925,14 @@ impl Router {
         id: &RequestId,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let r = self.job_of(lab, id, now)?;
         match r.state {
             RequestState::Offered => {}
             RequestState::Accepted | RequestState::Received => {
                 // Two operators of one lab racing for an offer look the same as one operator
                 // retrying: both are told the job is already theirs.
-                return Err(Error::Aborted(format!(
+                return Err(Rejection::LostRace(format!(
                     "job {id} is already accepted by {lab} (another operator, or an earlier try \
                      of this one): see it with GetJob"
                 )));
@@ -957,12 +959,12 @@ impl Router {
         reason: &BoundedText,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let r = self.job_of(lab, id, now)?;
         match r.state {
             RequestState::Offered => {}
             RequestState::Accepted | RequestState::Received => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Rejection::WrongState(format!(
                     "job {id} is already accepted; to give it up, fail it with a reason"
                 )));
             }
@@ -994,17 +996,17 @@ impl Router {
         id: &RequestId,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let r = self.job_of(lab, id, now)?;
         match r.state {
             RequestState::Accepted => {}
             RequestState::Offered => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Rejection::WrongState(format!(
                     "job {id} is still an offer: accept it before recording the sample"
                 )));
             }
             RequestState::Received => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Rejection::WrongState(format!(
                     "the sample of job {id} is already recorded as received"
                 )));
             }
@@ -1027,12 +1029,12 @@ impl Router {
         observations: &[Observation],
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let r = self.job_of(lab, id, now)?;
         match r.state {
             RequestState::Received => {}
             RequestState::Offered | RequestState::Accepted => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Rejection::WrongState(format!(
                     "job {id} is {}: record the sample's receipt before posting results",
                     r.state.as_str()
                 )));
@@ -1057,7 +1059,7 @@ impl Router {
             }
         }
         if !v.is_empty() {
-            return Err(Error::InvalidArgument(v));
+            return Err(Rejection::Invalid(v));
         }
         let critical = observations.iter().any(|o| o.flag.is_critical());
         out.changed = true;
@@ -1089,12 +1091,12 @@ impl Router {
         detail: &BoundedText,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let r = self.job_of(lab, id, now)?;
         match r.state {
             RequestState::Accepted | RequestState::Received => {}
             RequestState::Offered => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Rejection::WrongState(format!(
                     "job {id} is still an offer: decline it instead"
                 )));
             }
@@ -1132,14 +1134,14 @@ impl Router {
         capacity: u32,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let state = self.state.labs.get_mut(lab).ok_or_else(|| {
-            Error::PermissionDenied(format!("{lab} is not a lab in the directory"))
+            Rejection::NotPermitted(format!("{lab} is not a lab in the directory"))
         })?;
         let slot = state
             .slots
             .get_mut(test)
-            .ok_or_else(|| Error::invalid("test", format!("{lab} does not perform {test}")))?;
+            .ok_or_else(|| Rejection::invalid("test", format!("{lab} does not perform {test}")))?;
         let raised = capacity > slot.capacity;
         if slot.capacity != capacity {
             slot.capacity = capacity;
@@ -1153,7 +1155,7 @@ impl Router {
             .state
             .labs
             .get(lab)
-            .ok_or_else(|| Error::Internal("lab vanished".into()))?;
+            .ok_or_else(|| Rejection::Inconsistent("lab vanished".into()))?;
         // Without the open jobs: the reply shows capacity, and copying every job the lab holds
         // made each capacity change cost O(jobs held).
         Ok(Reply::Capacity(LabState {
@@ -1171,9 +1173,9 @@ impl Router {
         status: LabStatus,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let state = self.state.labs.get_mut(lab).ok_or_else(|| {
-            Error::PermissionDenied(format!("{lab} is not a lab in the directory"))
+            Rejection::NotPermitted(format!("{lab} is not a lab in the directory"))
         })?;
         let old = state.status;
         if old == status {
@@ -1226,7 +1228,7 @@ impl Router {
         reason: &BoundedText,
         now: Timestamp,
         out: &mut Outcome,
-    ) -> Result<Reply, Error> {
+    ) -> Result<Reply, Rejection> {
         let r = self
             .state
             .requests
@@ -1235,12 +1237,12 @@ impl Router {
         let lab = match (r.state, &r.lab) {
             (RequestState::Accepted, Some(lab)) => lab.clone(),
             (RequestState::Received, _) => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Rejection::WrongState(format!(
                     "the sample of {id} is already at its lab; it cannot be reassigned"
                 )));
             }
             (state, _) => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Rejection::WrongState(format!(
                     "request {id} is {}: only an accepted job can be reassigned",
                     state.as_str()
                 )));
@@ -1726,7 +1728,7 @@ impl Router {
         lab: &OdsCode,
         id: &RequestId,
         now: Timestamp,
-    ) -> Result<&Arc<Request>, Error> {
+    ) -> Result<&Arc<Request>, Rejection> {
         let r = self
             .state
             .requests
@@ -1739,7 +1741,7 @@ impl Router {
             return Err(not_found("job", id));
         };
         let ago = human_duration(now.millis_since(ex.at));
-        Err(Error::FailedPrecondition(match ex.reason {
+        Err(Rejection::WrongState(match ex.reason {
             ExclusionReason::Declined => format!("{lab} declined this offer {ago} ago"),
             ExclusionReason::Reassigned => {
                 format!("a coordinator reassigned this job {ago} ago, while {lab} was offline")
@@ -1759,7 +1761,7 @@ impl Router {
 
 /// The next number in `org`'s event sequence. Looks up before inserting: `entry` would clone the
 /// code for every event.
-fn next_sequence(sequences: &mut FastMap<OdsCode, u64>, org: &OdsCode) -> u64 {
+fn next_sequence(sequences: &mut FxHashMap<OdsCode, u64>, org: &OdsCode) -> u64 {
     match sequences.get_mut(org) {
         Some(seq) => {
             *seq += 1;
@@ -1794,12 +1796,12 @@ fn queue_key(r: &Request) -> QueueKey {
     }
 }
 
-fn not_found(what: &str, id: &RequestId) -> Error {
-    Error::NotFound(format!("{what} {id} not found"))
+fn not_found(what: &str, id: &RequestId) -> Rejection {
+    Rejection::NotFound(format!("{what} {id} not found"))
 }
 
-fn final_state_error(id: &RequestId, state: RequestState) -> Error {
-    Error::FailedPrecondition(match state {
+fn final_state_error(id: &RequestId, state: RequestState) -> Rejection {
+    Rejection::WrongState(match state {
         RequestState::Cancelled => format!("request {id} was cancelled by the trust"),
         RequestState::Expired => {
             format!("request {id} expired: the sample deadline can no longer be met")

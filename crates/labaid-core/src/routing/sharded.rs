@@ -14,14 +14,14 @@ use std::ops::Index;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::fasthash::{FastHash, FastHasher};
+use rustc_hash::{FxBuildHasher, FxHasher};
 
 /// Shards per map.
 const SHARDS: usize = 64;
 
 /// A hash map in [`SHARDS`] shards, each a `HashMap` with hasher `S`.
 #[derive(Clone)]
-pub struct ShardedMap<K, V, S = FastHash> {
+pub struct ShardedMap<K, V, S = FxBuildHasher> {
     shards: Box<[HashMap<K, V, S>]>,
     len: usize,
 }
@@ -32,7 +32,7 @@ pub struct ShardedMap<K, V, S = FastHash> {
 /// which a client chooses: one crafted to land in one shard grows that shard as the whole map
 /// grew before, no worse).
 fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
-    let mut h = FastHasher::default();
+    let mut h = FxHasher::default();
     key.hash(&mut h);
     (h.finish() >> 32) as usize % SHARDS
 }

@@ -1,11 +1,12 @@
-//! Test fixtures shared by the unit tests of several modules: a valid submission.
+//! Test fixtures shared by the unit tests here and in the server (feature `fixtures`): a valid
+//! submission.
 
 use crate::domain::{NewRequest, OdsCode, Priority, RawSubmission, RequestId, Timestamp};
 
 use super::{Command, Router};
 
 /// `trust` submits order `ORD-{order}`: potassium, collected 20 minutes before `now`.
-pub(crate) fn submit(
+pub fn submit(
     router: &Router,
     trust: &str,
     order: usize,

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::fasthash::FastMap;
 use crate::domain::{OdsCode, Priority, RequestId, TestSet, Timestamp};
+use rustc_hash::FxHashMap;
 
 /// Position in the order of service; smaller is served first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ pub type GroupKey = (OdsCode, TestSet);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "Stored")]
 pub struct WaitQueue {
-    groups: FastMap<GroupKey, BTreeSet<QueueKey>>,
+    groups: FxHashMap<GroupKey, BTreeSet<QueueKey>>,
     by_priority: [usize; 4],
     len: usize,
     /// Each group's first request, in order of service; derived from `groups`, so snapshots leave
@@ -47,8 +47,8 @@ pub struct WaitQueue {
 /// The queue as snapshots hold it (the fields [`WaitQueue`] serialises, in the same order).
 #[derive(Deserialize)]
 struct Stored {
-    #[serde(deserialize_with = "crate::store::bulk::map_of_packed_sets")]
-    groups: FastMap<GroupKey, BTreeSet<QueueKey>>,
+    #[serde(deserialize_with = "crate::routing::bulk::map_of_packed_sets")]
+    groups: FxHashMap<GroupKey, BTreeSet<QueueKey>>,
     by_priority: [usize; 4],
     len: usize,
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::fasthash::FastMap;
 use crate::domain::{Catalogue, LabStatus, OdsCode, RequestId, TestCode, TestSet};
+use rustc_hash::FxHashMap;
 
 /// Capacity of one lab for one test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +128,7 @@ const REACH_CACHE_MAX: usize = 4096;
 #[derive(Debug, Clone, Default)]
 struct ReachCache {
     // Nested by trust so a lookup borrows the request's fields instead of cloning a key.
-    by_trust: FastMap<OdsCode, FastMap<TestSet, Arc<Reach>>>,
+    by_trust: FxHashMap<OdsCode, FxHashMap<TestSet, Arc<Reach>>>,
     len: usize,
 }
 
@@ -142,8 +142,8 @@ impl PartialEq for ReachCache {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Labs {
     labs: Vec<LabState>,
-    index: FastMap<OdsCode, usize>,
-    by_test: FastMap<TestCode, Vec<usize>>,
+    index: FxHashMap<OdsCode, usize>,
+    by_test: FxHashMap<TestCode, Vec<usize>>,
     #[serde(skip)]
     reach: ReachCache,
 }
