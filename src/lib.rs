@@ -16,6 +16,7 @@ pub mod ops;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 
 pub use config::Config;
 pub use error::Error;

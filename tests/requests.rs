@@ -64,3 +64,24 @@ async fn the_same_order_number_twice_gives_one_request() {
     assert_eq!(err.code(), Code::AlreadyExists);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_collection_time_with_invalid_nanos_is_refused_naming_the_field() {
+    let broker = TestBroker::spawn().await;
+    let trust = broker.client("RJ1").await;
+    for nanos in [-1, 1_000_000_000, i32::MAX] {
+        let mut sub = submission(&format!("ORD-NANOS-{nanos}"), Priority::Stat, broker.now());
+        sub.collected_at.as_mut().unwrap().nanos = nanos;
+        let err = trust.requests().submit_request(sub).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "nanos {nanos}");
+        assert!(err.message().contains("collected_at.nanos"), "{}", err.message());
+    }
+    let list = trust
+        .requests()
+        .list_requests(proto::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.requests.is_empty(), "a refused submission changed state");
+    broker.shutdown().await;
+}

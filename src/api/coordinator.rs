@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
+use crate::wire::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 use super::{Context, parse_id};
 use crate::audit::Action;
 use crate::auth::{Principal, Role};

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::Context;
-use super::convert::{lab_to, test_to};
+use crate::wire::{lab_to, test_to};
 use crate::proto;
 use crate::proto::directory_service_server::DirectoryService;
 

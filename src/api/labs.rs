@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{
+use crate::wire::{
     KindFilter, capacity_to, failure_from, flag_from, job_event_to, job_to, status_from, status_to,
 };
 use super::{Context, list_filters, page_size, page_token, parse_id};

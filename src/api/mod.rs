@@ -1,7 +1,6 @@
 //! The gRPC services, one file each. Handlers are thin: authenticate, authorise, validate into
 //! domain types, hand the command to the engine, map the error.
 
-pub(crate) mod convert;
 mod coordinator;
 mod directory;
 mod labs;
@@ -64,13 +63,13 @@ fn list_filters(
     let states = states
         .iter()
         .map(|s| {
-            convert::state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state"))
+            crate::wire::state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state"))
         })
         .collect::<Result<_, _>>()?;
     let priorities = priorities
         .iter()
         .map(|p| {
-            convert::priority_from(*p)
+            crate::wire::priority_from(*p)
                 .ok_or_else(|| Error::invalid("priorities", "has an unknown priority"))
         })
         .collect::<Result<_, _>>()?;

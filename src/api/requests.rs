@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{KindFilter, raw_submission, request_event_to, request_to};
+use crate::wire::{KindFilter, raw_submission, request_event_to, request_to};
 use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
 use crate::auth::Role;
@@ -41,7 +41,7 @@ impl RequestService for RequestApi {
         let who = self.ctx.auth.authenticate(&request)?;
         who.require(Role::Trust)?;
         let engine = &self.ctx.engine;
-        let raw = raw_submission(request.into_inner());
+        let raw = raw_submission(request.into_inner())?;
         let new = NewRequest::validate(&raw, engine.views().catalogue(), engine.now())
             .map_err(Error::InvalidArgument)?;
         let reply = engine

@@ -336,7 +336,7 @@ fn validate_results(
             value: o.value,
             unit: o.unit,
             reference_range: o.reference_range,
-            flag: crate::api::convert::flag_to(o.flag) as i32,
+            flag: crate::wire::flag_to(o.flag) as i32,
         })
         .collect())
 }

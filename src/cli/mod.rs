@@ -149,13 +149,13 @@ impl PriorityArg {
     }
 
     pub(crate) fn proto(self) -> proto::Priority {
-        crate::api::convert::priority_to(self.domain())
+        crate::wire::priority_to(self.domain())
     }
 }
 
 /// A state filter on the command line.
 pub(crate) fn parse_state(raw: &str) -> Result<proto::RequestState, String> {
-    RequestState::parse(raw).map(crate::api::convert::state_to)
+    RequestState::parse(raw).map(crate::wire::state_to)
 }
 
 /// A job or request id, checked before anything is sent.

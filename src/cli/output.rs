@@ -187,22 +187,7 @@ impl Table {
     }
 }
 
-/// A protobuf time as a domain instant.
-pub(crate) fn instant(t: &prost_types::Timestamp) -> Timestamp {
-    Timestamp::from_millis(
-        t.seconds
-            .saturating_mul(1000)
-            .saturating_add(i64::from(t.nanos) / 1_000_000),
-    )
-}
-
-/// A domain instant as a protobuf time.
-pub(crate) fn proto_time(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.millis().div_euclid(1000),
-        nanos: i32::try_from(t.millis().rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
+pub(crate) use crate::wire::{from_ts as instant, ts as proto_time};
 
 /// `in 3 h 40 min`, or `-` when absent.
 pub(crate) fn relative(t: Option<&prost_types::Timestamp>, now: Timestamp) -> String {
@@ -232,16 +217,16 @@ fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
 
 /// `stat`, `urgent`, ...
 pub(crate) fn priority_name(p: i32) -> &'static str {
-    crate::api::convert::priority_from(p).map_or("unknown", crate::domain::Priority::as_str)
+    crate::wire::priority_from(p).map_or("unknown", crate::domain::Priority::as_str)
 }
 
 /// `offered`, `resulted`, ...
 pub(crate) fn state_name(s: i32) -> &'static str {
-    crate::api::convert::state_from(s).map_or("unknown", crate::domain::RequestState::as_str)
+    crate::wire::state_from(s).map_or("unknown", crate::domain::RequestState::as_str)
 }
 
 fn failure_name(r: i32) -> Option<&'static str> {
-    crate::api::convert::failure_from(r).map(crate::domain::FailureReason::as_str)
+    crate::wire::failure_from(r).map(crate::domain::FailureReason::as_str)
 }
 
 /// `normal`, `critical-high`, ...

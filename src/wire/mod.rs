@@ -1,4 +1,5 @@
-//! Conversions between the domain and the labaid.v1 messages, including what each side may see.
+//! Conversions between the domain and the labaid.v1 messages, in one place that the server and
+//! the client share, including what each side may see.
 
 use crate::domain::{
     FailureReason, LabStatus, Observation, ObservationFlag, Priority, RawSubmission, Request,
@@ -9,7 +10,7 @@ use crate::proto;
 use crate::routing::{Event, EventKind, JobEventKind, LabState, TrustEventKind};
 
 /// A domain instant as a protobuf timestamp.
-pub(crate) fn ts(t: Timestamp) -> prost_types::Timestamp {
+pub fn ts(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.millis().div_euclid(1000),
         nanos: (t.millis().rem_euclid(1000) * 1_000_000) as i32,
@@ -17,7 +18,7 @@ pub(crate) fn ts(t: Timestamp) -> prost_types::Timestamp {
 }
 
 /// A protobuf timestamp as a domain instant (sub-millisecond precision is dropped).
-pub(crate) fn from_ts(t: &prost_types::Timestamp) -> Timestamp {
+pub fn from_ts(t: &prost_types::Timestamp) -> Timestamp {
     Timestamp::from_millis(
         t.seconds
             .saturating_mul(1000)
@@ -25,7 +26,7 @@ pub(crate) fn from_ts(t: &prost_types::Timestamp) -> Timestamp {
     )
 }
 
-pub(crate) fn priority_from(p: i32) -> Option<Priority> {
+pub fn priority_from(p: i32) -> Option<Priority> {
     match proto::Priority::try_from(p).ok()? {
         proto::Priority::Routine => Some(Priority::Routine),
         proto::Priority::Urgent => Some(Priority::Urgent),
@@ -35,7 +36,7 @@ pub(crate) fn priority_from(p: i32) -> Option<Priority> {
     }
 }
 
-pub(crate) fn priority_to(p: Priority) -> proto::Priority {
+pub fn priority_to(p: Priority) -> proto::Priority {
     match p {
         Priority::Routine => proto::Priority::Routine,
         Priority::Urgent => proto::Priority::Urgent,
@@ -44,7 +45,7 @@ pub(crate) fn priority_to(p: Priority) -> proto::Priority {
     }
 }
 
-pub(crate) fn state_from(s: i32) -> Option<RequestState> {
+pub fn state_from(s: i32) -> Option<RequestState> {
     Some(match proto::RequestState::try_from(s).ok()? {
         proto::RequestState::Queued => RequestState::Queued,
         proto::RequestState::Offered => RequestState::Offered,
@@ -58,7 +59,7 @@ pub(crate) fn state_from(s: i32) -> Option<RequestState> {
     })
 }
 
-pub(crate) fn state_to(s: RequestState) -> proto::RequestState {
+pub fn state_to(s: RequestState) -> proto::RequestState {
     match s {
         RequestState::Queued => proto::RequestState::Queued,
         RequestState::Offered => proto::RequestState::Offered,
@@ -71,7 +72,7 @@ pub(crate) fn state_to(s: RequestState) -> proto::RequestState {
     }
 }
 
-pub(crate) fn failure_from(r: i32) -> Option<FailureReason> {
+pub fn failure_from(r: i32) -> Option<FailureReason> {
     Some(match proto::FailureReason::try_from(r).ok()? {
         proto::FailureReason::Haemolysed => FailureReason::Haemolysed,
         proto::FailureReason::Insufficient => FailureReason::Insufficient,
@@ -91,7 +92,7 @@ fn failure_to(r: Option<FailureReason>) -> i32 {
     }) as i32
 }
 
-pub(crate) fn status_from(s: i32) -> Option<LabStatus> {
+pub fn status_from(s: i32) -> Option<LabStatus> {
     Some(match proto::LabStatus::try_from(s).ok()? {
         proto::LabStatus::Online => LabStatus::Online,
         proto::LabStatus::Draining => LabStatus::Draining,
@@ -100,7 +101,7 @@ pub(crate) fn status_from(s: i32) -> Option<LabStatus> {
     })
 }
 
-pub(crate) fn status_to(s: LabStatus) -> proto::LabStatus {
+pub fn status_to(s: LabStatus) -> proto::LabStatus {
     match s {
         LabStatus::Online => proto::LabStatus::Online,
         LabStatus::Draining => proto::LabStatus::Draining,
@@ -108,7 +109,7 @@ pub(crate) fn status_to(s: LabStatus) -> proto::LabStatus {
     }
 }
 
-pub(crate) fn flag_from(f: i32) -> Option<ObservationFlag> {
+pub fn flag_from(f: i32) -> Option<ObservationFlag> {
     Some(match proto::ObservationFlag::try_from(f).ok()? {
         proto::ObservationFlag::Normal => ObservationFlag::Normal,
         proto::ObservationFlag::Low => ObservationFlag::Low,
@@ -120,7 +121,7 @@ pub(crate) fn flag_from(f: i32) -> Option<ObservationFlag> {
     })
 }
 
-pub(crate) fn flag_to(f: ObservationFlag) -> proto::ObservationFlag {
+pub fn flag_to(f: ObservationFlag) -> proto::ObservationFlag {
     match f {
         ObservationFlag::Normal => proto::ObservationFlag::Normal,
         ObservationFlag::Low => proto::ObservationFlag::Low,
@@ -142,10 +143,35 @@ fn observation_to(o: &Observation) -> proto::Observation {
     }
 }
 
-/// A submission message as raw domain input; validation happens in the domain.
-pub(crate) fn raw_submission(m: proto::SubmitRequestRequest) -> RawSubmission {
+/// A timestamp a client sent, refused when it is not one protobuf allows: `nanos` must lie in
+/// `0..1_000_000_000` and `seconds` between 0001-01-01 and 9999-12-31 (google.protobuf.Timestamp).
+pub fn checked_ts(t: &prost_types::Timestamp, field: &str) -> Result<Timestamp, Error> {
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Error::invalid(
+            &format!("{field}.nanos"),
+            "must be from 0 to 999,999,999",
+        ));
+    }
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) {
+        return Err(Error::invalid(
+            &format!("{field}.seconds"),
+            "must be between 0001-01-01 and 9999-12-31",
+        ));
+    }
+    Ok(from_ts(t))
+}
+
+/// A submission message as raw domain input; the domain validates its content, and a
+/// timestamp protobuf itself does not allow is refused here.
+pub fn raw_submission(m: proto::SubmitRequestRequest) -> Result<RawSubmission, Error> {
+    let collected_at = match &m.collected_at {
+        Some(t) => Some(checked_ts(t, "collected_at")?),
+        None => None,
+    };
     let patient = m.patient.unwrap_or_default();
-    RawSubmission {
+    Ok(RawSubmission {
         order_number: m.order_number,
         nhs_number: patient.nhs_number,
         family_name: patient.family_name,
@@ -153,9 +179,9 @@ pub(crate) fn raw_submission(m: proto::SubmitRequestRequest) -> RawSubmission {
         birth_date: patient.birth_date,
         tests: m.tests,
         priority: priority_from(m.priority),
-        collected_at: m.collected_at.as_ref().map(from_ts),
+        collected_at,
         clinical_note: m.clinical_note,
-    }
+    })
 }
 
 fn patient_to(r: &Request) -> proto::Patient {
@@ -169,7 +195,7 @@ fn patient_to(r: &Request) -> proto::Patient {
 }
 
 /// The request's test codes as text.
-pub(crate) fn test_codes(r: &Request) -> Vec<String> {
+pub fn test_codes(r: &Request) -> Vec<String> {
     r.submission
         .tests
         .codes()
@@ -179,7 +205,7 @@ pub(crate) fn test_codes(r: &Request) -> Vec<String> {
 }
 
 /// A request as its trust sees it: everything.
-pub(crate) fn request_to(r: &Request) -> proto::Request {
+pub fn request_to(r: &Request) -> proto::Request {
     proto::Request {
         id: r.id.to_string(),
         order_number: r.submission.order_number.as_str().to_string(),
@@ -202,7 +228,7 @@ pub(crate) fn request_to(r: &Request) -> proto::Request {
 }
 
 /// A request as the lab holding it sees it: patient identifiers only once it has accepted.
-pub(crate) fn job_to(r: &Request) -> proto::Job {
+pub fn job_to(r: &Request) -> proto::Job {
     let visible = r.patient_visible_to_lab();
     proto::Job {
         id: r.id.to_string(),
@@ -229,7 +255,7 @@ pub(crate) fn job_to(r: &Request) -> proto::Job {
 }
 
 /// A trust's event of a kind in `kinds`, or `None` (for a lab's event too).
-pub(crate) fn request_event_to(e: &Event, kinds: KindFilter) -> Option<proto::RequestEvent> {
+pub fn request_event_to(e: &Event, kinds: KindFilter) -> Option<proto::RequestEvent> {
     let EventKind::Trust(kind) = e.kind else {
         return None;
     };
@@ -254,7 +280,7 @@ pub(crate) fn request_event_to(e: &Event, kinds: KindFilter) -> Option<proto::Re
 }
 
 /// A lab's event of a kind in `kinds`, or `None` (for a trust's event too).
-pub(crate) fn job_event_to(e: &Event, kinds: KindFilter) -> Option<proto::JobEvent> {
+pub fn job_event_to(e: &Event, kinds: KindFilter) -> Option<proto::JobEvent> {
     let EventKind::Lab(kind) = e.kind else {
         return None;
     };
@@ -282,16 +308,16 @@ pub(crate) fn job_event_to(e: &Event, kinds: KindFilter) -> Option<proto::JobEve
 
 /// The event kinds a watcher asked for, as a set of proto enum values; empty asks for every kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct KindFilter(u32);
+pub struct KindFilter(u32);
 
 impl KindFilter {
     /// Validates a `WatchRequestEventsRequest.kinds`.
-    pub(crate) fn request_kinds(values: &[i32]) -> Result<Self, Error> {
+    pub fn request_kinds(values: &[i32]) -> Result<Self, Error> {
         Self::parse(values, |v| proto::RequestEventKind::try_from(v).is_ok())
     }
 
     /// Validates a `WatchOffersRequest.kinds`.
-    pub(crate) fn job_kinds(values: &[i32]) -> Result<Self, Error> {
+    pub fn job_kinds(values: &[i32]) -> Result<Self, Error> {
         Self::parse(values, |v| proto::JobEventKind::try_from(v).is_ok())
     }
 
@@ -312,7 +338,7 @@ impl KindFilter {
 }
 
 /// Capacity rows of a lab, in test-code order.
-pub(crate) fn capacity_to(lab: &LabState) -> Vec<proto::TestCapacity> {
+pub fn capacity_to(lab: &LabState) -> Vec<proto::TestCapacity> {
     lab.slots
         .iter()
         .map(|(test, slot)| proto::TestCapacity {
@@ -324,7 +350,7 @@ pub(crate) fn capacity_to(lab: &LabState) -> Vec<proto::TestCapacity> {
 }
 
 /// A lab as the directory shows it.
-pub(crate) fn lab_to(lab: &LabState) -> proto::Lab {
+pub fn lab_to(lab: &LabState) -> proto::Lab {
     proto::Lab {
         ods: lab.config.ods.to_string(),
         name: lab.config.name.clone(),
@@ -340,7 +366,7 @@ pub(crate) fn lab_to(lab: &LabState) -> proto::Lab {
 }
 
 /// A catalogue entry.
-pub(crate) fn test_to(t: &TestDef) -> proto::TestDefinition {
+pub fn test_to(t: &TestDef) -> proto::TestDefinition {
     proto::TestDefinition {
         code: t.code.to_string(),
         name: t.name.clone(),
