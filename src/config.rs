@@ -10,8 +10,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::auth::{Role, TokenHash};
+use crate::domain::Clock;
 use crate::domain::{Catalogue, MINUTE_MS, OdsCode, TestCode, TestDef};
-use crate::engine::{Clock, SystemClock};
+use crate::engine::SystemClock;
 use crate::routing::{LabConfig, Leases};
 use crate::store::StoreOptions;
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod memory;
+pub mod metrics;
 pub mod ops;
 pub mod server;
 pub mod store;

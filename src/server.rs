@@ -11,17 +11,19 @@ use std::task::{Context as TaskContext, Poll};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::{Context, CoordinatorApi, DirectoryApi, LabApi, RequestApi};
 use crate::audit::AuditLog;
-use crate::auth::{Authenticator, RateLimiter, WatchLimiter};
+use crate::auth::{Authenticator, Gate, RateLimiter, Role, WatchLimiter};
 use crate::config::{Config, Limits, TlsPaths};
 use crate::engine::{Engine, Views};
 use crate::error::Error;
-use crate::ops::{Metrics, Presence, Readiness, RpcLayer, StartingLayer};
+use crate::metrics::Metrics;
+use crate::ops::{Presence, Readiness, RpcLayer, StartingLayer};
 use crate::proto;
 use crate::proto::coordinator_service_server::CoordinatorServiceServer;
 use crate::proto::directory_service_server::DirectoryServiceServer;
@@ -195,15 +197,17 @@ pub async fn serve_on(
     recovered
         .journal
         .observe_snapshots(snapshot_metrics(metrics.clone()));
+    let (audit, audit_writer) = AuditLog::open(&config.data_dir, config.clock.clone())?;
     let (engine, sequencer) = Engine::start(
         recovered.router,
         Box::new(recovered.journal),
         views,
         config.clock.clone(),
+        metrics.clone(),
+        audit.clone(),
     )?;
     let _ = engine_slot.set(engine.clone());
     let auth = authenticator(&config, demo_tokens);
-    let (audit, audit_writer) = AuditLog::open(&config.data_dir, config.clock.clone())?;
     let ctx = Context {
         engine: engine.clone(),
         auth,
@@ -211,6 +215,7 @@ pub async fn serve_on(
         audit,
         watches: WatchLimiter::new(config.limits.watches_per_org),
         presence: Arc::new(Presence::default()),
+        metrics: metrics.clone(),
     };
     if let Some(timeout) = config.heartbeat_timeout {
         tokio::spawn(crate::ops::watch_heartbeats(
@@ -261,22 +266,26 @@ pub async fn serve_on(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(
+        .add_service(InterceptedService::new(
             RequestServiceServer::new(RequestApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            Gate::for_role(ctx.auth.clone(), Role::Trust),
+        ))
+        .add_service(InterceptedService::new(
             LabServiceServer::new(LabApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            Gate::for_role(ctx.auth.clone(), Role::Lab),
+        ))
+        .add_service(InterceptedService::new(
             DirectoryServiceServer::new(DirectoryApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            Gate::any_role(ctx.auth.clone()),
+        ))
+        .add_service(InterceptedService::new(
             CoordinatorServiceServer::new(CoordinatorApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            Gate::for_role(ctx.auth.clone(), Role::Coordinator),
+        ))
         .serve_with_incoming_shutdown(
             SharedIncoming {
                 listener: grpc,

@@ -735,7 +735,8 @@ async fn get_job(broker: &common::TestBroker, lab: &str, id: &str) -> proto::Job
 #[tokio::test]
 async fn an_open_offer_keeps_its_lease_across_a_restart_and_is_routed_again_once_it_ran_out() {
     use common::TestBroker;
-    use labaid::engine::{Clock, ManualClock};
+    use labaid::domain::Clock;
+    use labaid::engine::ManualClock;
 
     let data = tempfile::tempdir().expect("data dir");
     let t0 = Timestamp::now();

@@ -74,7 +74,11 @@ async fn a_collection_time_with_invalid_nanos_is_refused_naming_the_field() {
         sub.collected_at.as_mut().unwrap().nanos = nanos;
         let err = trust.requests().submit_request(sub).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "nanos {nanos}");
-        assert!(err.message().contains("collected_at.nanos"), "{}", err.message());
+        assert!(
+            err.message().contains("collected_at.nanos"),
+            "{}",
+            err.message()
+        );
     }
     let list = trust
         .requests()
@@ -82,6 +86,9 @@ async fn a_collection_time_with_invalid_nanos_is_refused_naming_the_field() {
         .await
         .unwrap()
         .into_inner();
-    assert!(list.requests.is_empty(), "a refused submission changed state");
+    assert!(
+        list.requests.is_empty(),
+        "a refused submission changed state"
+    );
     broker.shutdown().await;
 }

@@ -3,15 +3,16 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::wire::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 use super::{Context, parse_id};
 use crate::audit::Action;
-use crate::auth::{Principal, Role};
+use crate::auth::caller;
 use crate::domain::{BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, RequestState};
+use crate::engine::Asked;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::coordinator_service_server::CoordinatorService;
 use crate::routing::{Command, Reply};
+use crate::wire::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 
 /// The coordinators' service.
 #[derive(Debug, Clone)]
@@ -24,12 +25,6 @@ impl CoordinatorApi {
     pub fn new(ctx: Context) -> Self {
         Self { ctx }
     }
-
-    fn coordinator<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
-        let who = self.ctx.auth.authenticate(request)?;
-        who.require(Role::Coordinator)?;
-        Ok(who)
-    }
 }
 
 #[tonic::async_trait]
@@ -38,7 +33,7 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<proto::GetOverviewRequest>,
     ) -> Result<Response<proto::Overview>, Status> {
-        let who = self.coordinator(&request)?;
+        let who = caller(&request)?;
         self.ctx
             .audit
             .record(&who, Action::CoordinatorOverview, None)
@@ -63,8 +58,8 @@ impl CoordinatorService for CoordinatorApi {
         let offers_open = Priority::ALL
             .iter()
             .map(|p| {
-                views
-                    .metrics()
+                self.ctx
+                    .metrics
                     .requests
                     .with_label_values(&[RequestState::Offered.as_str(), p.as_str()])
                     .get()
@@ -102,7 +97,7 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<proto::SetLabStatusRequest>,
     ) -> Result<Response<proto::SetLabStatusResponse>, Status> {
-        let who = self.coordinator(&request)?;
+        let who = caller(&request)?;
         let m = request.into_inner();
         let lab = OdsCode::parse(&m.lab).map_err(|e| Error::invalid("lab", e))?;
         if self.ctx.engine.views().lab(&lab).is_none() {
@@ -110,21 +105,19 @@ impl CoordinatorService for CoordinatorApi {
         }
         let status = status_from(m.status)
             .ok_or_else(|| Error::invalid("status", "must be one of online, draining, offline"))?;
-        let reply = self
-            .ctx
-            .engine
-            .execute(Command::SetStatus {
-                lab: lab.clone(),
-                status,
-            })
-            .await?;
+        let asked = Asked {
+            who: &who,
+            action: Action::CoordinatorLabStatus,
+            request: None,
+        };
+        let command = Command::SetStatus {
+            lab: lab.clone(),
+            status,
+        };
+        let reply = self.ctx.engine.execute_as(asked, command).await?;
         let Reply::Status { status, withdrawn } = reply else {
             return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
         };
-        self.ctx
-            .audit
-            .record(&who, Action::CoordinatorLabStatus, None)
-            .await?;
         tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
         Ok(Response::new(proto::SetLabStatusResponse {
             lab: lab.to_string(),
@@ -137,7 +130,7 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<proto::ReassignJobRequest>,
     ) -> Result<Response<proto::ReassignJobResponse>, Status> {
-        let who = self.coordinator(&request)?;
+        let who = caller(&request)?;
         let m = request.into_inner();
         let id = parse_id(&m.id)?;
         if m.reason.trim().is_empty() {
@@ -147,18 +140,16 @@ impl CoordinatorService for CoordinatorApi {
         }
         let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
             .map_err(|e| Error::invalid("reason", e))?;
-        let reply = self
-            .ctx
-            .engine
-            .execute(Command::Reassign { id, reason })
-            .await?;
+        let asked = Asked {
+            who: &who,
+            action: Action::CoordinatorReassign,
+            request: Some(id),
+        };
+        let command = Command::Reassign { id, reason };
+        let reply = self.ctx.engine.execute_as(asked, command).await?;
         let Reply::Request { request, .. } = reply else {
             return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
         };
-        self.ctx
-            .audit
-            .record(&who, Action::CoordinatorReassign, Some(&id))
-            .await?;
         tracing::info!(request.id = %id, "job reassigned by a coordinator");
         Ok(Response::new(proto::ReassignJobResponse {
             id: id.to_string(),

@@ -2,20 +2,27 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::wire::{
-    KindFilter, capacity_to, failure_from, flag_from, job_event_to, job_to, status_from, status_to,
-};
 use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
-use crate::auth::{Principal, Role};
+use crate::auth::{Principal, caller};
 use crate::domain::{
-    BoundedText, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, RawObservation, TestCode,
-    Violations,
+    BoundedText, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, RawObservation, RequestId,
+    TestCode, Violations,
 };
+use crate::engine::Asked;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::lab_service_server::LabService;
 use crate::routing::{Command, Reply};
+use crate::wire::{
+    KindFilter, capacity_to, failure_from, flag_from, job_event_to, job_to, status_from, status_to,
+};
+
+impl super::work::Actor for LabApi {
+    async fn act(&self, who: &Principal, action: proto::WorkRequest) -> proto::WorkResult {
+        self.act_on(who, action).await
+    }
+}
 
 /// Highest capacity a lab may set for one test.
 const MAX_CAPACITY: u32 = 100_000;
@@ -34,9 +41,9 @@ impl LabApi {
         Self { ctx }
     }
 
+    /// The calling lab, heard from now (every call is a heartbeat).
     fn lab<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
-        let who = self.ctx.auth.authenticate(request)?;
-        who.require(Role::Lab)?;
+        let who = caller(request)?;
         self.ctx.presence.touch(&who.org, self.ctx.engine.now());
         Ok(who)
     }
@@ -66,7 +73,7 @@ impl LabApi {
 
     /// Runs one action of a Work stream as its call would, charged to the lab's rate limit as a
     /// call is.
-    pub(super) async fn act(&self, who: &Principal, m: proto::WorkRequest) -> proto::WorkResult {
+    async fn act_on(&self, who: &Principal, m: proto::WorkRequest) -> proto::WorkResult {
         use proto::work_request::Action as Do;
         let name = match &m.action {
             Some(Do::Watch(_)) => "watch",
@@ -94,11 +101,23 @@ impl LabApi {
             }
         }
         .await;
-        super::work::answer(m.tag, name, outcome, self.ctx.engine.views().metrics())
+        super::work::answer(m.tag, name, outcome, &self.ctx.metrics)
     }
 
-    async fn job_command(&self, command: Command) -> Result<proto::Job, Error> {
-        match self.ctx.engine.execute(command).await? {
+    /// Runs `command` on the job `id` as `who`, audited as `action`.
+    async fn job_command(
+        &self,
+        who: &Principal,
+        action: Action,
+        id: RequestId,
+        command: Command,
+    ) -> Result<proto::Job, Error> {
+        let asked = Asked {
+            who,
+            action,
+            request: Some(id),
+        };
+        match self.ctx.engine.execute_as(asked, command).await? {
             Reply::Request { request, .. } => Ok(job_to(&request)),
             other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
         }
@@ -112,14 +131,15 @@ impl LabApi {
     ) -> Result<proto::Job, Error> {
         let id = parse_id(&m.id)?;
         let job = self
-            .job_command(Command::Accept {
-                lab: who.org.clone(),
+            .job_command(
+                who,
+                Action::JobAccept,
                 id,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(who, Action::JobAccept, Some(&id))
+                Command::Accept {
+                    lab: who.org.clone(),
+                    id,
+                },
+            )
             .await?;
         tracing::debug!(request.id = %id, org = %who.org, "job accepted");
         Ok(job)
@@ -140,17 +160,21 @@ impl LabApi {
         }
         let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
             .map_err(|e| Error::invalid("reason", e))?;
+        let asked = Asked {
+            who,
+            action: Action::JobDecline,
+            request: Some(id),
+        };
         self.ctx
             .engine
-            .execute(Command::Decline {
-                lab: who.org.clone(),
-                id,
-                reason,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(who, Action::JobDecline, Some(&id))
+            .execute_as(
+                asked,
+                Command::Decline {
+                    lab: who.org.clone(),
+                    id,
+                    reason,
+                },
+            )
             .await?;
         tracing::info!(request.id = %id, org = %who.org, "job declined");
         Ok(proto::DeclineJobResponse { id: id.to_string() })
@@ -164,14 +188,15 @@ impl LabApi {
     ) -> Result<proto::Job, Error> {
         let id = parse_id(&m.id)?;
         let job = self
-            .job_command(Command::Receive {
-                lab: who.org.clone(),
+            .job_command(
+                who,
+                Action::JobReceive,
                 id,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(who, Action::JobReceive, Some(&id))
+                Command::Receive {
+                    lab: who.org.clone(),
+                    id,
+                },
+            )
             .await?;
         Ok(job)
     }
@@ -225,15 +250,16 @@ impl LabApi {
             None => Vec::new(),
         };
         let job = self
-            .job_command(Command::PostResults {
-                lab: who.org.clone(),
+            .job_command(
+                who,
+                Action::JobResults,
                 id,
-                observations,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(who, Action::JobResults, Some(&id))
+                Command::PostResults {
+                    lab: who.org.clone(),
+                    id,
+                    observations,
+                },
+            )
             .await?;
         tracing::debug!(request.id = %id, org = %who.org, "results posted");
         Ok(job)
@@ -257,16 +283,17 @@ impl LabApi {
             ));
         }
         let job = self
-            .job_command(Command::Fail {
-                lab: who.org.clone(),
+            .job_command(
+                who,
+                Action::JobFail,
                 id,
-                reason,
-                detail,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(who, Action::JobFail, Some(&id))
+                Command::Fail {
+                    lab: who.org.clone(),
+                    id,
+                    reason,
+                    detail,
+                },
+            )
             .await?;
         tracing::info!(request.id = %id, org = %who.org, reason = reason.as_str(), "job failed");
         Ok(job)
@@ -335,12 +362,11 @@ impl LabService for LabApi {
                 && (states.is_empty() || states.contains(&r.state))
                 && (priorities.is_empty() || priorities.contains(&r.submission.priority))
         });
-        for r in page.iter().filter(|r| r.patient_visible_to_lab()) {
-            self.ctx
-                .audit
-                .record(&who, Action::JobList, Some(&r.id))
-                .await?;
-        }
+        let seen = page.iter().filter(|r| r.patient_visible_to_lab());
+        self.ctx
+            .audit
+            .record_each(&who, Action::JobList, seen.map(|r| r.id))
+            .await?;
         Ok(Response::new(proto::ListJobsResponse {
             jobs: page.iter().map(|r| job_to(r)).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -435,21 +461,18 @@ impl LabService for LabApi {
                 Error::invalid("capacity", format!("must be at most {MAX_CAPACITY}")).into(),
             );
         }
-        match self
-            .ctx
-            .engine
-            .execute(Command::SetCapacity {
-                lab: who.org.clone(),
-                test: test.clone(),
-                capacity: m.capacity,
-            })
-            .await?
-        {
+        let asked = Asked {
+            who: &who,
+            action: Action::LabCapacity,
+            request: None,
+        };
+        let command = Command::SetCapacity {
+            lab: who.org.clone(),
+            test: test.clone(),
+            capacity: m.capacity,
+        };
+        match self.ctx.engine.execute_as(asked, command).await? {
             Reply::Capacity(state) => {
-                self.ctx
-                    .audit
-                    .record(&who, Action::LabCapacity, None)
-                    .await?;
                 tracing::info!(org = %who.org, test = %test, capacity = m.capacity, "capacity set");
                 Ok(Response::new(proto::Capacity {
                     lab: who.org.to_string(),
@@ -467,17 +490,17 @@ impl LabService for LabApi {
         let who = self.lab(&request)?;
         let status = status_from(request.get_ref().status)
             .ok_or_else(|| Error::invalid("status", "must be one of online, draining, offline"))?;
-        match self
-            .ctx
-            .engine
-            .execute(Command::SetStatus {
-                lab: who.org.clone(),
-                status,
-            })
-            .await?
-        {
+        let asked = Asked {
+            who: &who,
+            action: Action::LabStatus,
+            request: None,
+        };
+        let command = Command::SetStatus {
+            lab: who.org.clone(),
+            status,
+        };
+        match self.ctx.engine.execute_as(asked, command).await? {
             Reply::Status { status, withdrawn } => {
-                self.ctx.audit.record(&who, Action::LabStatus, None).await?;
                 tracing::info!(org = %who.org, status = status.as_str(), withdrawn, "lab status set");
                 Ok(Response::new(proto::SetStatusResponse {
                     lab: who.org.to_string(),

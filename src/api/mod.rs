@@ -17,6 +17,7 @@ use crate::auth::{Authenticator, WatchLimiter};
 use crate::domain::{Priority, RequestId, RequestState};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::ops::Presence;
 
 pub use coordinator::CoordinatorApi;
@@ -41,6 +42,8 @@ pub struct Context {
     pub watches: WatchLimiter,
     /// When each lab was last heard from (heartbeats).
     pub presence: Arc<Presence>,
+    /// The broker's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Largest page a list call returns.
@@ -63,7 +66,8 @@ fn list_filters(
     let states = states
         .iter()
         .map(|s| {
-            crate::wire::state_from(*s).ok_or_else(|| Error::invalid("states", "has an unknown state"))
+            crate::wire::state_from(*s)
+                .ok_or_else(|| Error::invalid("states", "has an unknown state"))
         })
         .collect::<Result<_, _>>()?;
     let priorities = priorities

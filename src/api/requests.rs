@@ -2,15 +2,16 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::wire::{KindFilter, raw_submission, request_event_to, request_to};
 use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
-use crate::auth::Role;
+use crate::auth::caller;
 use crate::domain::{BoundedText, MAX_NOTE_CHARS, NewRequest, RequestId};
+use crate::engine::Asked;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::request_service_server::RequestService;
 use crate::routing::{Command, Reply};
+use crate::wire::{KindFilter, raw_submission, request_event_to, request_to};
 
 /// The trusts' service.
 #[derive(Debug, Clone)]
@@ -38,26 +39,27 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::SubmitRequestRequest>,
     ) -> Result<Response<proto::SubmitRequestResponse>, Status> {
-        let who = self.ctx.auth.authenticate(&request)?;
-        who.require(Role::Trust)?;
+        let who = caller(&request)?;
         let engine = &self.ctx.engine;
         let raw = raw_submission(request.into_inner())?;
         let new = NewRequest::validate(&raw, engine.views().catalogue(), engine.now())
             .map_err(Error::InvalidArgument)?;
-        let reply = engine
-            .execute(Command::Submit {
-                trust: who.org.clone(),
-                id: RequestId::generate(),
-                request: new,
-            })
-            .await?;
+        // The audit entry names the request the reply holds: the new one, or the original
+        // when this is a resubmission.
+        let asked = Asked {
+            who: &who,
+            action: Action::RequestSubmit,
+            request: None,
+        };
+        let command = Command::Submit {
+            trust: who.org.clone(),
+            id: RequestId::generate(),
+            request: new,
+        };
+        let reply = engine.execute_as(asked, command).await?;
         let Reply::Request { request, replayed } = reply else {
             return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
         };
-        self.ctx
-            .audit
-            .record(&who, Action::RequestSubmit, Some(&request.id))
-            .await?;
         tracing::Span::current().record("request.id", tracing::field::display(request.id));
         let request = request_to(&request);
         tracing::debug!(request.id = %request.id, org = %who.org, replayed, "request submitted");
@@ -71,8 +73,7 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::GetRequestRequest>,
     ) -> Result<Response<proto::Request>, Status> {
-        let who = self.ctx.auth.authenticate(&request)?;
-        who.require(Role::Trust)?;
+        let who = caller(&request)?;
         let id = parse_id(&request.get_ref().id)?;
         let r = self
             .ctx
@@ -92,8 +93,7 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::ListRequestsRequest>,
     ) -> Result<Response<proto::ListRequestsResponse>, Status> {
-        let who = self.ctx.auth.authenticate(&request)?;
-        who.require(Role::Trust)?;
+        let who = caller(&request)?;
         let m = request.into_inner();
         let (states, priorities) = list_filters(&m.states, &m.priorities)?;
         let limit = page_size(m.page_size)?;
@@ -103,12 +103,10 @@ impl RequestService for RequestApi {
                 && (states.is_empty() || states.contains(&r.state))
                 && (priorities.is_empty() || priorities.contains(&r.submission.priority))
         });
-        for r in &page {
-            self.ctx
-                .audit
-                .record(&who, Action::RequestList, Some(&r.id))
-                .await?;
-        }
+        self.ctx
+            .audit
+            .record_each(&who, Action::RequestList, page.iter().map(|r| r.id))
+            .await?;
         Ok(Response::new(proto::ListRequestsResponse {
             requests: page.iter().map(|r| request_to(r)).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -119,25 +117,22 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::CancelRequestRequest>,
     ) -> Result<Response<proto::Request>, Status> {
-        let who = self.ctx.auth.authenticate(&request)?;
-        who.require(Role::Trust)?;
+        let who = caller(&request)?;
         let m = request.into_inner();
         let id = parse_id(&m.id)?;
         let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
             .map_err(|e| Error::invalid("reason", e))?;
-        let reply = self
-            .ctx
-            .engine
-            .execute(Command::Cancel {
-                trust: who.org.clone(),
-                id,
-                reason,
-            })
-            .await?;
-        self.ctx
-            .audit
-            .record(&who, Action::RequestCancel, Some(&id))
-            .await?;
+        let asked = Asked {
+            who: &who,
+            action: Action::RequestCancel,
+            request: Some(id),
+        };
+        let command = Command::Cancel {
+            trust: who.org.clone(),
+            id,
+            reason,
+        };
+        let reply = self.ctx.engine.execute_as(asked, command).await?;
         tracing::info!(request.id = %id, org = %who.org, "request cancelled");
         Ok(Response::new(request_reply(reply)?.0))
     }
@@ -148,8 +143,7 @@ impl RequestService for RequestApi {
         &self,
         request: Request<proto::WatchRequestEventsRequest>,
     ) -> Result<Response<Self::WatchRequestEventsStream>, Status> {
-        let who = self.ctx.auth.authenticate(&request)?;
-        who.require(Role::Trust)?;
+        let who = caller(&request)?;
         let kinds = KindFilter::request_kinds(&request.get_ref().kinds)?;
         let slot = self.ctx.watches.acquire(&who.org)?;
         self.ctx

@@ -11,10 +11,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::EventStream;
-use super::labs::LabApi;
 use crate::auth::Principal;
 use crate::error::Error;
-use crate::ops::{Metrics, code_name};
+use crate::metrics::Metrics;
+use crate::ops::code_name;
 use crate::proto;
 use crate::proto::work_response::Item;
 
@@ -22,13 +22,24 @@ use crate::proto::work_response::Item;
 /// sends faster than the broker answers is held back by HTTP/2 flow control, not queued here.
 const ACTIONS_AT_ONCE: usize = 256;
 
+/// Runs one action of a Work stream as its call would and answers it. The lab service is the one
+/// actor; the stream only needs this, so it does not reach back into the service.
+pub(super) trait Actor: Clone + Send + Sync + 'static {
+    /// The answer to `action`, done as `who`.
+    fn act(
+        &self,
+        who: &Principal,
+        action: proto::WorkRequest,
+    ) -> impl Future<Output = proto::WorkResult> + Send;
+}
+
 /// What a Work stream sends: the lab's events merged with its actions' answers.
 pub type WorkStream = Pin<Box<dyn Stream<Item = Result<proto::WorkResponse, Status>> + Send>>;
 
 /// Serves an opened Work stream: `events` as they come, and an answer for each action read from
 /// `inbound`.
 pub(super) fn serve(
-    api: LabApi,
+    api: impl Actor,
     who: Principal,
     inbound: Streaming<proto::WorkRequest>,
     events: EventStream<proto::JobEvent>,
@@ -47,7 +58,7 @@ pub(super) fn serve(
 /// Ends when the lab closes its side (events go on), when the stream breaks, or when the answers
 /// have no reader (the call is over).
 async fn read_actions(
-    api: LabApi,
+    api: impl Actor,
     who: Principal,
     mut inbound: Streaming<proto::WorkRequest>,
     answers: mpsc::Sender<Result<proto::WorkResponse, Status>>,

@@ -2,10 +2,12 @@
 //! as a hash-chained JSON line in `audit.log` in the data directory. Request ids only, never
 //! patient identifiers.
 //!
-//! Appends are cheap for callers: [`AuditLog::record`] hands the entry to a writer thread over a
-//! bounded queue (a writer that falls behind holds callers back instead of growing memory), which
-//! chains and writes whole batches through a buffer, flushes each batch to the OS, and syncs the
-//! file to disk every [`SYNC_INTERVAL`] while entries are not yet durable, and at shutdown.
+//! An entry is durable before the call it records is answered. A writer thread takes whatever
+//! was handed to it since its last write, chains and writes it through a buffer and syncs once
+//! for all of it (group commit), then tells each waiter. Reads record with [`AuditLog::record`];
+//! changes are recorded by the engine's syncer from each batch, before the batch's journal
+//! write ([`AuditLog::append_durably`]), so a change is never durable unaudited. Once a write or
+//! sync fails the trail is closed for good and audited calls are refused before they act.
 
 mod chain;
 
@@ -16,21 +18,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub use chain::{AuditEntry, Broken, GENESIS, ReadError, Verdict, export, verify};
 
 use crate::auth::Principal;
-use crate::domain::{OdsCode, RequestId};
-use crate::engine::Clock;
+use crate::domain::Clock;
+use crate::domain::{OdsCode, RequestId, Timestamp};
 use crate::error::Error;
 
 /// The audit file's name inside the data directory.
 pub const AUDIT_FILE: &str = "audit.log";
-/// Longest an appended entry waits for an fsync.
-pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Entries waiting for the writer before callers wait for room.
 const QUEUE: usize = 65_536;
 
@@ -101,7 +100,9 @@ impl Action {
     }
 }
 
-struct Record {
+/// One entry to be written.
+#[derive(Debug, Clone)]
+pub struct Record {
     time_ms: i64,
     org: OdsCode,
     role: &'static str,
@@ -109,9 +110,46 @@ struct Record {
     request_id: Option<RequestId>,
 }
 
+impl Record {
+    /// `who` did `action` (to `request`) at `time`.
+    pub fn new(
+        time: Timestamp,
+        who: &Principal,
+        action: Action,
+        request: Option<RequestId>,
+    ) -> Self {
+        Self {
+            time_ms: time.millis(),
+            org: who.org.clone(),
+            role: who.role.as_str(),
+            action,
+            request_id: request,
+        }
+    }
+
+    /// The request the entry names, once it is known (a submission's id comes from its reply).
+    pub fn set_request(&mut self, id: RequestId) {
+        self.request_id.get_or_insert(id);
+    }
+}
+
+/// The writer's answer to a batch: true once every entry of it is durable.
+type Ack = oneshot::Sender<bool>;
+
 enum Message {
-    Record(Record),
+    Records(Vec<Record>, Ack),
     Close,
+}
+
+/// The trail could not be written; nothing more will be.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit trail cannot be written; the broker refuses audited calls")]
+pub struct AuditFailed;
+
+impl From<AuditFailed> for Error {
+    fn from(e: AuditFailed) -> Self {
+        Error::Unavailable(e.to_string())
+    }
 }
 
 /// A handle for recording; cheap to clone.
@@ -172,30 +210,71 @@ impl AuditLog {
         ))
     }
 
-    /// Records that `who` did `action` (to `request`). Fails closed: once the log cannot be
-    /// written, calls that must be audited are refused with UNAVAILABLE.
+    /// Ok while the trail can be written; checked before an audited call acts.
+    pub fn check(&self) -> Result<(), AuditFailed> {
+        if self.failed.load(Ordering::Relaxed) {
+            Err(AuditFailed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records that `who` did `action` (to `request`), and returns once the entry is durable.
+    /// Fails closed: once the log cannot be written, audited calls are refused with UNAVAILABLE.
     pub async fn record(
         &self,
         who: &Principal,
         action: Action,
         request: Option<&RequestId>,
     ) -> Result<(), Error> {
-        if self.failed.load(Ordering::Relaxed) {
-            return Err(Error::Unavailable(
-                "the audit trail cannot be written; the broker refuses audited calls".into(),
-            ));
+        let record = Record::new(self.clock.now(), who, action, request.copied());
+        self.send(vec![record]).await
+    }
+
+    /// Records `action` by `who` once per request of `requests` (a list call's page), with one
+    /// wait for all of them; nothing for none.
+    pub async fn record_each(
+        &self,
+        who: &Principal,
+        action: Action,
+        requests: impl IntoIterator<Item = RequestId>,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let records: Vec<Record> = requests
+            .into_iter()
+            .map(|id| Record::new(now, who, action, Some(id)))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
         }
-        let record = Record {
-            time_ms: self.clock.now().millis(),
-            org: who.org.clone(),
-            role: who.role.as_str(),
-            action,
-            request_id: request.copied(),
-        };
+        self.send(records).await
+    }
+
+    async fn send(&self, records: Vec<Record>) -> Result<(), Error> {
+        self.check()?;
+        let (ack, acked) = oneshot::channel();
         self.tx
-            .send(Message::Record(record))
+            .send(Message::Records(records, ack))
             .await
-            .map_err(|_| Error::Unavailable("the audit trail is closed".into()))
+            .map_err(|_| AuditFailed)?;
+        match acked.await {
+            Ok(true) => Ok(()),
+            _ => Err(AuditFailed.into()),
+        }
+    }
+
+    /// Writes `records` and returns once they are durable: for the engine's syncer thread, which
+    /// must not go on to make a batch durable that the trail could not record.
+    pub fn append_durably(&self, records: Vec<Record>) -> Result<(), AuditFailed> {
+        self.check()?;
+        let (ack, acked) = oneshot::channel();
+        self.tx
+            .blocking_send(Message::Records(records, ack))
+            .map_err(|_| AuditFailed)?;
+        match acked.blocking_recv() {
+            Ok(true) => Ok(()),
+            _ => Err(AuditFailed),
+        }
     }
 }
 
@@ -233,9 +312,9 @@ fn drop_torn_tail(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// How long the writer naps between batches while entries keep coming.
-const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
-
+/// Writes what was handed over since the last write, syncs once for all of it, then answers
+/// each batch. After a failed write or sync nothing more is written (the file may end in a
+/// partial entry, dropped at the next start) and every batch is answered false.
 fn write_loop(
     file: fs::File,
     path: PathBuf,
@@ -247,59 +326,39 @@ fn write_loop(
     let mut out = BufWriter::new(file);
     let mut scratch = Vec::new();
     let mut next_head = String::with_capacity(64);
-    let mut dirty = false;
-    let mut last_sync = Instant::now();
-    let fail = |e: std::io::Error| {
-        tracing::error!(path = %path.display(), error = %e, "audit log write failed; refusing audited calls");
-        failed.store(true, Ordering::Relaxed);
-    };
-    let mut busy = false;
+    let mut acks = Vec::new();
     loop {
-        // Under load, nap between batches instead of blocking on the channel: a sender wakes the
-        // writer (a futex call and a context switch) only when it is blocked, so entries then
-        // arrive without a system call each and are written many to one write.
-        let first = if busy || dirty {
-            thread::sleep(COALESCE);
-            let next = rx.try_recv().ok();
-            // Quiet with entries not yet durable: sync once SYNC_INTERVAL has passed, not per
-            // entry (a sync per entry at low load cost more CPU than the calls themselves).
-            if next.is_none() && dirty && last_sync.elapsed() >= SYNC_INTERVAL {
-                if let Err(e) = out.get_ref().sync_data() {
-                    fail(e);
-                }
-                dirty = false;
-                last_sync = Instant::now();
-            }
-            next
-        } else {
-            Some(rx.blocking_recv().unwrap_or(Message::Close))
-        };
-        busy = first.is_some();
+        let first = rx.blocking_recv().unwrap_or(Message::Close);
         let mut closing = false;
-        let mut batch = first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()));
-        for message in batch.by_ref() {
+        let mut written = Ok(());
+        let batch = std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for message in batch {
             match message {
-                Message::Record(r) => {
-                    seq += 1;
-                    let mut id_text = uuid::Uuid::encode_buffer();
-                    let body = chain::Body {
-                        seq,
-                        time_ms: r.time_ms,
-                        org: r.org.as_str(),
-                        role: r.role,
-                        action: r.action.as_str(),
-                        request_id: r
-                            .request_id
-                            .map(|id| &*id.0.hyphenated().encode_lower(&mut id_text)),
-                    };
-                    chain::chain_hash(&head, &body, &mut scratch, &mut next_head);
-                    if let Err(e) = chain::write_line(&mut out, &body, &head, &next_head) {
-                        fail(e);
+                Message::Records(records, ack) => {
+                    acks.push(ack);
+                    if failed.load(Ordering::Relaxed) || written.is_err() {
+                        continue;
                     }
-                    std::mem::swap(&mut head, &mut next_head);
-                    dirty = true;
+                    for r in records {
+                        seq += 1;
+                        let mut id_text = uuid::Uuid::encode_buffer();
+                        let body = chain::Body {
+                            seq,
+                            time_ms: r.time_ms,
+                            org: r.org.as_str(),
+                            role: r.role,
+                            action: r.action.as_str(),
+                            request_id: r
+                                .request_id
+                                .map(|id| &*id.0.hyphenated().encode_lower(&mut id_text)),
+                        };
+                        chain::chain_hash(&head, &body, &mut scratch, &mut next_head);
+                        if let Err(e) = chain::write_line(&mut out, &body, &head, &next_head) {
+                            written = Err(e);
+                            break;
+                        }
+                        std::mem::swap(&mut head, &mut next_head);
+                    }
                 }
                 Message::Close => {
                     closing = true;
@@ -307,15 +366,18 @@ fn write_loop(
                 }
             }
         }
-        if let Err(e) = out.flush() {
-            fail(e);
-        }
-        if dirty && (closing || last_sync.elapsed() >= SYNC_INTERVAL) {
-            if let Err(e) = out.get_ref().sync_data() {
-                fail(e);
+        if !acks.is_empty() && !failed.load(Ordering::Relaxed) {
+            written = written
+                .and_then(|()| out.flush())
+                .and_then(|()| out.get_ref().sync_data());
+            if let Err(e) = &written {
+                tracing::error!(path = %path.display(), error = %e, "audit log write failed; refusing audited calls");
+                failed.store(true, Ordering::Relaxed);
             }
-            dirty = false;
-            last_sync = Instant::now();
+        }
+        let durable = !failed.load(Ordering::Relaxed);
+        for ack in acks.drain(..) {
+            let _ = ack.send(durable);
         }
         if closing {
             tracing::info!(entries = seq, head = %head, "audit log closed");

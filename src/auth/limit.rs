@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::domain::Clock;
 use crate::domain::OdsCode;
-use crate::engine::Clock;
 use crate::error::Error;
 
 /// A token bucket per organisation, refilled from the broker's clock (so tests can drive it).

@@ -2,6 +2,7 @@
 
 mod cert;
 pub mod devpki;
+mod gate;
 mod limit;
 mod token;
 
@@ -17,6 +18,7 @@ use crate::domain::OdsCode;
 use crate::error::Error;
 
 pub use cert::{ODS_URI_PREFIX, ods_of};
+pub use gate::{Gate, caller};
 pub use limit::{RateLimiter, WatchLimiter, WatchSlot};
 pub use token::{
     NewToken, TOKEN_PREFIX, TokenHash, create as create_token, digest as token_digest,

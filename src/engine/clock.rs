@@ -1,25 +1,12 @@
-//! Clocks: the wall clock for production, and a manual one that tests move by hand.
+//! The clocks the engine runs on: the wall clock for production, and a manual one that tests move
+//! by hand (the [`Clock`] trait itself is the core's).
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::domain::Timestamp;
-
-/// A future that resolves when a clock reaches an instant.
-pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// The time source of the sequencer: timers (leases, deadlines, retention) run on it.
-pub trait Clock: fmt::Debug + Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> Timestamp;
-    /// Resolves once `now() >= at`.
-    fn sleep_until(&self, at: Timestamp) -> Sleep<'_>;
-}
+use crate::domain::{Clock, Sleep, Timestamp};
 
 /// The system's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,6 +72,8 @@ impl Clock for ManualClock {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
     use super::*;
 
     #[tokio::test]

@@ -4,6 +4,10 @@
 //! publishes events and only then replies. A timer thread fires leases and expiries when no
 //! command comes to fire them first. Between syncs the syncer takes a snapshot of the state when
 //! the journal asks for one.
+//!
+//! A command asked for by a caller is audited inside this path: refused before it is decided
+//! when the audit trail cannot be written, and recorded durably by the syncer before its batch
+//! is journaled, so that no change is ever durable, or answered, unaudited.
 
 mod chunked;
 mod clock;
@@ -15,16 +19,35 @@ use std::thread;
 
 use tokio::sync::{Mutex, Notify, oneshot};
 
-use crate::domain::Timestamp;
+use crate::audit::{Action, AuditLog, Record};
+use crate::auth::Principal;
+use crate::domain::{Clock, RequestId, Timestamp};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::routing::{Command, Outcome, Reply, Router, SnapshotState, State};
 use crate::store::{Entry, Journal, Snapshot, SnapshotKind};
 
-pub use clock::{Clock, ManualClock, Sleep, SystemClock};
+pub use clock::{ManualClock, SystemClock};
 pub use views::{Changes, EventLog, SinceSnapshot, Views};
 
-/// A caller waiting for its command's answer until the command is durable.
-type Pending = (oneshot::Sender<Result<Reply, Error>>, Result<Reply, Error>);
+/// A caller waiting for its command's answer until the command is durable, with the audit
+/// entry its command makes if it succeeds.
+struct Pending {
+    reply: oneshot::Sender<Result<Reply, Error>>,
+    result: Result<Reply, Error>,
+    audit: Option<Record>,
+}
+
+/// Who asked for a command and why, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Asked<'a> {
+    /// The caller.
+    pub who: &'a Principal,
+    /// What the call does.
+    pub action: Action,
+    /// The request it acts on, when known before the command is decided.
+    pub request: Option<RequestId>,
+}
 
 /// What has been decided and not yet taken by the syncer, with the state it was decided on.
 struct Decided {
@@ -116,6 +139,8 @@ pub struct Engine {
     handle: Arc<Handle>,
     views: Arc<Views>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    audit: AuditLog,
     stopping: Arc<AtomicBool>,
 }
 
@@ -136,6 +161,8 @@ impl Engine {
         journal: Box<dyn Journal>,
         views: Arc<Views>,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
     ) -> Result<(Self, thread::JoinHandle<()>), Error> {
         let shared = Arc::new(Shared {
             decided: Mutex::new(Decided {
@@ -173,10 +200,12 @@ impl Engine {
         let syncer = {
             let shared = shared.clone();
             let views = views.clone();
+            let metrics = metrics.clone();
+            let audit = audit.clone();
             thread::Builder::new()
                 .name("labaid-syncer".into())
                 .spawn(move || {
-                    sync(&shared, journal, &views);
+                    sync(&shared, journal, &views, &metrics, &audit);
                     if timers.join().is_err() {
                         tracing::error!("timer thread panicked");
                     }
@@ -190,14 +219,28 @@ impl Engine {
                 handle: Arc::new(Handle(shared)),
                 views,
                 clock,
+                metrics,
+                audit,
                 stopping: Arc::new(AtomicBool::new(false)),
             },
             syncer,
         ))
     }
 
-    /// Decides a command and waits until it is durable.
+    /// Decides a command the broker itself asks for (a lab missed its heartbeats) and waits
+    /// until it is durable.
     pub async fn execute(&self, command: Command) -> Result<Reply, Error> {
+        self.decide(command, None).await
+    }
+
+    /// Decides a caller's command and waits until it and its audit entry are durable. Refused
+    /// with UNAVAILABLE, before anything is decided, while the audit trail cannot be written.
+    pub async fn execute_as(&self, asked: Asked<'_>, command: Command) -> Result<Reply, Error> {
+        self.audit.check()?;
+        self.decide(command, Some(asked)).await
+    }
+
+    async fn decide(&self, command: Command, asked: Option<Asked<'_>>) -> Result<Reply, Error> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(Error::Unavailable(
                 "the broker is shutting down; retry on its replacement".into(),
@@ -217,8 +260,7 @@ impl Engine {
             let started = std::time::Instant::now();
             let result = d.router.apply(&command, now, &mut d.outcome);
             // Every other command waits while one is decided: a slow one shows here.
-            self.views
-                .metrics()
+            self.metrics
                 .decision
                 .observe(started.elapsed().as_secs_f64());
             if d.outcome.changed {
@@ -226,7 +268,11 @@ impl Engine {
             }
             // Even a command that changed nothing waits for the next sync: its answer may
             // depend on an earlier decision (an idempotent resubmission) not yet durable.
-            d.replies.push((reply, result.map_err(Error::from)));
+            d.replies.push(Pending {
+                reply,
+                result: result.map_err(Error::from),
+                audit: asked.map(|a| Record::new(now, a.who, a.action, a.request)),
+            });
             let next_timer = d.router.next_timer();
             let wake_timers = next_timer.is_some_and(|t| d.timer_target.is_none_or(|at| t < at));
             if wake_timers {
@@ -319,7 +365,13 @@ enum SnapshotCopy {
 
 /// Makes decisions durable in order, one journal sync for everything decided while the previous
 /// sync ran, then updates the read views and answers the callers.
-fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
+fn sync(
+    shared: &Shared,
+    mut journal: Box<dyn Journal>,
+    views: &Views,
+    metrics: &Metrics,
+    audit: &AuditLog,
+) {
     let _abort = AbortOnPanic("journal syncer");
     let mut snapshot_wanted = None;
     let mut since_snapshot = journal.incremental().then(SinceSnapshot::default);
@@ -352,7 +404,7 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
                 replies: std::mem::replace(&mut d.replies, std::mem::take(&mut spare_replies)),
                 changes: Changes::capture(&d.router, &mut d.outcome),
                 state: snapshot_wanted.map(|kind| match kind {
-                    SnapshotKind::Full => SnapshotCopy::Full(copy_for_snapshot(&d.router, views)),
+                    SnapshotKind::Full => SnapshotCopy::Full(copy_for_snapshot(&d.router, metrics)),
                     SnapshotKind::Incremental => {
                         SnapshotCopy::Head(Box::new(d.router.state().head_copy()))
                     }
@@ -365,8 +417,9 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
             changes,
             state,
         } = taken;
+        record(audit, &mut replies);
         if !entries.is_empty() {
-            append(&mut *journal, views, &entries);
+            append(&mut *journal, metrics, &entries);
             entries.clear();
         }
         if let Some(since) = &mut since_snapshot {
@@ -375,11 +428,8 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
         let started = std::time::Instant::now();
         views.apply(changes);
         // The batch's replies and events, and the next sync, wait for this: a slow one shows here.
-        views
-            .metrics()
-            .view_update
-            .observe(started.elapsed().as_secs_f64());
-        for (reply, result) in replies.drain(..) {
+        metrics.view_update.observe(started.elapsed().as_secs_f64());
+        for Pending { reply, result, .. } in replies.drain(..) {
             let _ = reply.send(result);
         }
         spare_entries = entries;
@@ -389,13 +439,13 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
         {
             match (copy, &mut since_snapshot) {
                 (SnapshotCopy::Full(state), since) => {
-                    snapshot(*state, views, &mut *journal);
+                    snapshot(*state, views, metrics, &mut *journal);
                     if let Some(since) = since {
                         since.clear();
                     }
                 }
                 (SnapshotCopy::Head(head), Some(since)) => {
-                    delta(*head, since, views, &mut *journal);
+                    delta(*head, since, metrics, &mut *journal);
                 }
                 // Only a journal that keeps incremental snapshots asks for one.
                 (SnapshotCopy::Head(_), None) => {}
@@ -405,7 +455,7 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
     };
     // A snapshot at a clean stop makes the next start read it instead of replaying the journal.
     if let Some(state) = closing_state {
-        snapshot(*state, views, &mut *journal);
+        snapshot(*state, views, metrics, &mut *journal);
     }
     if let Err(err) = journal.close() {
         tracing::error!(error = %err, "journal close failed; stopping");
@@ -417,14 +467,11 @@ fn sync(shared: &Shared, mut journal: Box<dyn Journal>, views: &Views) {
 /// that it matches the journal's position), but not for rebuilding its indexes, encoding or I/O.
 /// The copy shares the requests (they are `Arc`s) yet still grows with them: the metric and the
 /// log show operators how long it took.
-fn copy_for_snapshot(router: &Router, views: &Views) -> Box<SnapshotState> {
+fn copy_for_snapshot(router: &Router, metrics: &Metrics) -> Box<SnapshotState> {
     let started = std::time::Instant::now();
     let state = Box::new(router.state().lean_copy());
     let paused = started.elapsed();
-    views
-        .metrics()
-        .store_snapshot_copy
-        .observe(paused.as_secs_f64());
+    metrics.store_snapshot_copy.observe(paused.as_secs_f64());
     tracing::info!(
         ms = paused.as_millis() as u64,
         "state copied for a snapshot"
@@ -432,11 +479,36 @@ fn copy_for_snapshot(router: &Router, views: &Views) -> Box<SnapshotState> {
     state
 }
 
+/// Makes the audit entries of a batch's successful commands durable before the batch is: a
+/// change must never be durable unaudited. The batch is decided already, so a trail that cannot
+/// be written stops the process; recovery then holds none of it and no caller was answered.
+/// A refused command changed nothing and is not recorded.
+fn record(audit: &AuditLog, replies: &mut [Pending]) {
+    let records: Vec<Record> = replies
+        .iter_mut()
+        .filter_map(|p| {
+            let mut record = p.audit.take()?;
+            match &p.result {
+                Ok(Reply::Request { request, .. }) => record.set_request(request.id),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+            Some(record)
+        })
+        .collect();
+    if records.is_empty() {
+        return;
+    }
+    if let Err(err) = audit.append_durably(records) {
+        tracing::error!(error = %err, "audit write failed under a decided batch; stopping");
+        std::process::abort();
+    }
+}
+
 /// Appends `entries` with one sync.
-fn append(journal: &mut dyn Journal, views: &Views, entries: &[Entry]) {
+fn append(journal: &mut dyn Journal, metrics: &Metrics, entries: &[Entry]) {
     let started = std::time::Instant::now();
     let appended = journal.append(entries);
-    let metrics = views.metrics();
     metrics.store_sync.observe(started.elapsed().as_secs_f64());
     metrics.store_batch.observe(entries.len() as f64);
     if let Err(err) = appended {
@@ -448,7 +520,7 @@ fn append(journal: &mut dyn Journal, views: &Views, entries: &[Entry]) {
 }
 
 /// Hands the journal the state after the last durable decision.
-fn snapshot(state: SnapshotState, views: &Views, journal: &mut dyn Journal) {
+fn snapshot(state: SnapshotState, views: &Views, metrics: &Metrics, journal: &mut dyn Journal) {
     // Replies to the next batch wait for this copy too (at 1,000,000 live requests it takes
     // longer than the state's), so operators see it beside the state copy's log line.
     let started = std::time::Instant::now();
@@ -459,11 +531,7 @@ fn snapshot(state: SnapshotState, views: &Views, journal: &mut dyn Journal) {
         "retained events copied for a snapshot"
     );
     let snapshot = Snapshot { state, events };
-    views
-        .metrics()
-        .store_snapshots
-        .with_label_values(&["full"])
-        .inc();
+    metrics.store_snapshots.with_label_values(&["full"]).inc();
     if let Err(err) = journal.snapshot(snapshot) {
         tracing::error!(error = %err, "snapshot failed; stopping");
         std::process::abort();
@@ -471,9 +539,8 @@ fn snapshot(state: SnapshotState, views: &Views, journal: &mut dyn Journal) {
 }
 
 /// Hands the journal what changed since the last snapshot, as of the batch `head` was copied at.
-fn delta(head: State, since: &mut SinceSnapshot, views: &Views, journal: &mut dyn Journal) {
-    views
-        .metrics()
+fn delta(head: State, since: &mut SinceSnapshot, metrics: &Metrics, journal: &mut dyn Journal) {
+    metrics
         .store_snapshots
         .with_label_values(&["incremental"])
         .inc();

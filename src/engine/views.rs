@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use super::chunked::ChunkedQueue;
 use crate::domain::{Catalogue, OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
-use crate::ops::Metrics;
+use crate::metrics::Metrics;
 use crate::routing::{
     Event, EventKind, JobEventKind, LabState, Outcome, Router, State, TrustEventKind,
 };
@@ -450,11 +450,6 @@ impl Views {
                 (p, usize::try_from(gauge.get()).unwrap_or(0))
             })
             .collect()
-    }
-
-    /// The broker's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     fn put(&self, r: Arc<Request>) {

@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use super::Metrics;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 
 /// Whether the broker serves calls; shared by the gRPC health service and `/readyz`.
 #[derive(Debug, Clone, Default)]

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use prometheus::{Histogram, IntCounter};
 
-use super::Metrics;
+use crate::metrics::Metrics;
 use rustc_hash::FxHashMap;
 
 /// Wraps every RPC in a span and counts it.

@@ -3,13 +3,11 @@
 
 mod http;
 mod layer;
-mod metrics;
 mod presence;
 mod starting;
 
 pub use http::{Readiness, serve_http};
 pub use layer::RpcLayer;
 pub(crate) use layer::code_name;
-pub use metrics::Metrics;
 pub use presence::{Presence, Watching, watch_heartbeats};
 pub use starting::StartingLayer;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::domain::Clock;
 use crate::domain::{LabStatus, OdsCode, Timestamp};
-use crate::engine::{Clock, Engine};
+use crate::engine::Engine;
 use crate::routing::Command;
 
 /// When each lab was last heard from, and how many watch streams it holds open.

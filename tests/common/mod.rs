@@ -110,7 +110,7 @@ impl TestBroker {
     }
 
     pub fn now(&self) -> Timestamp {
-        use labaid::engine::Clock;
+        use labaid::domain::Clock;
         self.clock.now()
     }
 

@@ -18,5 +18,5 @@ pub use request::{
     Observation, ObservationFlag, Patient, Priority, RawObservation, RawSubmission, Request,
     RequestState, TestSet,
 };
-pub use time::{MINUTE_MS, Timestamp};
+pub use time::{Clock, MINUTE_MS, Sleep, Timestamp};
 pub use violations::{FieldViolation, Violations};

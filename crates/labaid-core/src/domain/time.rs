@@ -1,4 +1,10 @@
-//! Wall-clock instants as milliseconds since the Unix epoch.
+//! Wall-clock instants as milliseconds since the Unix epoch, and the clock the core is driven by:
+//! the broker's engine reads the wall clock through it, tests a manual one, the simulator virtual
+//! time.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,4 +48,16 @@ impl Timestamp {
             .unwrap_or_default();
         Self(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
     }
+}
+
+/// A future that resolves when a clock reaches an instant.
+pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// A time source: timers (leases, deadlines, retention) run on it. The core itself never reads a
+/// clock; whoever drives it passes `now` in.
+pub trait Clock: fmt::Debug + Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+    /// Resolves once `now() >= at`.
+    fn sleep_until(&self, at: Timestamp) -> Sleep<'_>;
 }
