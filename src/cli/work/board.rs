@@ -12,6 +12,9 @@ use crate::proto::work_request::Action;
 
 /// Lines of the log kept.
 const LOG_LINES: usize = 200;
+/// Events this much older than the bench by its own clock still fill the log: the broker's
+/// clock may differ from this machine's. Older ones were replayed to rebuild the list.
+const CLOCK_SLACK_MS: i64 = 60_000;
 
 /// A key the bench understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +137,8 @@ impl Board {
             .map_or_else(|| id.to_string(), |j| j.order_number.clone())
     }
 
-    /// Applies one of the lab's events. Events older than the bench (replayed to rebuild the
-    /// list) change the list without filling the log.
+    /// Applies one of the lab's events. Events from well before the bench started (replayed to
+    /// rebuild the list) change the list without filling the log.
     pub(super) fn event(&mut self, e: proto::JobEvent) {
         use proto::JobEventKind as K;
         let Some(job) = e.job else { return };
@@ -168,7 +171,7 @@ impl Board {
             _ => None,
         };
         if let Some(line) = line
-            && at.millis_since(self.started) >= 0
+            && at.millis_since(self.started) >= -CLOCK_SLACK_MS
         {
             self.note(at, line);
         }
@@ -402,9 +405,10 @@ impl Board {
                     .jobs
                     .get(id)
                     .ok_or("the job is no longer this lab's")?;
+                // The one-shot command's advice names its flag; here the line is typed bare.
                 let observations =
                     crate::cli::jobs::validate_results(job, &raw, &self.catalogue)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string().replace("--obs ", ""))?;
                 Ok((
                     Action::PostResults(proto::PostResultsRequest {
                         id: id.clone(),
