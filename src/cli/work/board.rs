@@ -443,3 +443,134 @@ impl Board {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::output::proto_time;
+
+    const ID: &str = "01a24993-ba08-7003-ae15-0dc79ad9fcd8";
+
+    fn board() -> (Board, Timestamp) {
+        let catalogue = crate::Config::demo().expect("demo").catalogue;
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        (Board::new((*catalogue).clone(), now), now)
+    }
+
+    fn offer(now: Timestamp, state: proto::RequestState) -> proto::JobEvent {
+        proto::JobEvent {
+            sequence: 1,
+            time: Some(proto_time(now)),
+            kind: proto::JobEventKind::Offered as i32,
+            job: Some(proto::Job {
+                id: ID.into(),
+                order_number: "ORD-1".into(),
+                trust: "RJ1".into(),
+                tests: vec!["K".into()],
+                state: state as i32,
+                lease_expires_at: Some(proto_time(now.plus_minutes(2))),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn typed(b: &mut Board, now: Timestamp, text: &str) -> Outcome {
+        for c in text.chars() {
+            assert_eq!(b.key(now, Key::Char(c)), Outcome::Nothing);
+        }
+        b.key(now, Key::Enter)
+    }
+
+    #[test]
+    fn a_accepts_the_selected_offer_and_it_is_done_only_with_the_brokers_answer() {
+        let (mut b, now) = board();
+        b.event(offer(now, proto::RequestState::Offered));
+        assert_eq!(b.rows().len(), 1);
+        let Outcome::Send(tag, Action::Accept(a)) = b.key(now, Key::Char('a')) else {
+            panic!("an accept");
+        };
+        assert_eq!(a.id, ID);
+        assert_eq!(b.pending(), 1);
+        assert!(!b.log_lines().any(|l| l.contains("accepted ORD-1")));
+        let mut job = offer(now, proto::RequestState::Accepted).job;
+        if let Some(j) = job.as_mut() {
+            j.state = proto::RequestState::Accepted as i32;
+        }
+        b.done(now, tag, job);
+        assert_eq!(b.pending(), 0);
+        assert!(b.log_lines().any(|l| l.ends_with("accepted ORD-1")));
+        assert_eq!(b.rows()[0].state, proto::RequestState::Accepted as i32);
+    }
+
+    #[test]
+    fn a_key_that_the_jobs_state_does_not_allow_sends_nothing_and_says_why() {
+        let (mut b, now) = board();
+        b.event(offer(now, proto::RequestState::Offered));
+        assert_eq!(b.key(now, Key::Char('r')), Outcome::Nothing);
+        assert!(b.log_lines().any(|l| l.contains("needs an accepted job")));
+        assert_eq!(b.pending(), 0);
+    }
+
+    #[test]
+    fn declining_asks_for_a_reason_and_keeps_the_line_until_one_is_given() {
+        let (mut b, now) = board();
+        b.event(offer(now, proto::RequestState::Offered));
+        assert_eq!(b.key(now, Key::Char('d')), Outcome::Nothing);
+        assert_eq!(b.key(now, Key::Enter), Outcome::Nothing);
+        assert!(b.prompt.is_some(), "an empty reason keeps the prompt");
+        let Outcome::Send(_, Action::Decline(d)) = typed(&mut b, now, "analyser down") else {
+            panic!("a decline");
+        };
+        assert_eq!((d.id.as_str(), d.reason.as_str()), (ID, "analyser down"));
+        assert!(b.prompt.is_none());
+    }
+
+    #[test]
+    fn results_are_checked_before_sending_and_fail_takes_a_reason_word() {
+        let (mut b, now) = board();
+        b.event(offer(now, proto::RequestState::Received));
+        assert_eq!(b.key(now, Key::Char('e')), Outcome::Nothing);
+        assert_eq!(typed(&mut b, now, "UE=5"), Outcome::Nothing);
+        assert!(b.log_lines().any(|l| l.contains("nothing was sent")));
+        for _ in 0..4 {
+            b.key(now, Key::Backspace);
+        }
+        let Outcome::Send(_, Action::PostResults(p)) = typed(&mut b, now, "K=4.1") else {
+            panic!("results");
+        };
+        assert_eq!(p.observations.len(), 1);
+        assert_eq!(p.observations[0].unit, "mmol/L", "the catalogue's unit");
+
+        assert_eq!(b.key(now, Key::Char('f')), Outcome::Nothing);
+        assert_eq!(typed(&mut b, now, "sticky"), Outcome::Nothing);
+        b.key(now, Key::Escape);
+        assert_eq!(b.key(now, Key::Char('f')), Outcome::Nothing);
+        let Outcome::Send(_, Action::Fail(f)) = typed(&mut b, now, "other tube cracked") else {
+            panic!("a fail");
+        };
+        assert_eq!(f.reason, proto::FailureReason::Other as i32);
+        assert_eq!(f.detail, "tube cracked");
+    }
+
+    #[test]
+    fn quitting_with_actions_unanswered_asks_twice() {
+        let (mut b, now) = board();
+        b.event(offer(now, proto::RequestState::Offered));
+        assert_eq!(b.key(now, Key::Char('q')), Outcome::Quit, "nothing pending");
+        assert!(matches!(b.key(now, Key::Char('a')), Outcome::Send(..)));
+        assert_eq!(b.key(now, Key::Char('q')), Outcome::Nothing);
+        assert!(b.log_lines().any(|l| l.contains("not yet confirmed")));
+        assert_eq!(b.key(now, Key::Char('q')), Outcome::Quit);
+    }
+
+    #[test]
+    fn a_withdrawn_or_declined_offer_leaves_the_list() {
+        let (mut b, now) = board();
+        b.event(offer(now, proto::RequestState::Offered));
+        let mut gone = offer(now, proto::RequestState::Queued);
+        gone.kind = proto::JobEventKind::Withdrawn as i32;
+        b.event(gone);
+        assert!(b.rows().is_empty());
+        assert!(b.log_lines().any(|l| l.contains("withdrawn")));
+    }
+}

@@ -296,3 +296,38 @@ async fn reconnect(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::RequestState as S;
+
+    fn job(state: S) -> proto::Job {
+        proto::Job {
+            id: "x".into(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_unanswered_action_counts_as_done_only_when_the_job_shows_it() {
+        let accept = Action::Accept(proto::AcceptJobRequest::default());
+        let receive = Action::Receive(proto::ReceiveSampleRequest::default());
+        let decline = Action::Decline(proto::DeclineJobRequest::default());
+        let results = Action::PostResults(proto::PostResultsRequest::default());
+        let fail = Action::Fail(proto::FailJobRequest::default());
+        assert!(!took_effect(&accept, Some(&job(S::Offered))));
+        assert!(took_effect(&accept, Some(&job(S::Accepted))));
+        assert!(took_effect(&accept, Some(&job(S::Received))));
+        assert!(!took_effect(&accept, None), "gone is not accepted");
+        assert!(!took_effect(&receive, Some(&job(S::Accepted))));
+        assert!(took_effect(&receive, Some(&job(S::Received))));
+        assert!(took_effect(&decline, None), "a declined job leaves the lab's view");
+        assert!(!took_effect(&decline, Some(&job(S::Offered))));
+        assert!(took_effect(&results, Some(&job(S::Resulted))));
+        assert!(!took_effect(&results, Some(&job(S::Received))));
+        assert!(took_effect(&fail, Some(&job(S::Failed))));
+        assert!(!took_effect(&fail, Some(&job(S::Resulted))));
+    }
+}
