@@ -117,7 +117,17 @@ impl Bench {
         };
         let status = bench
             .tmux()
-            .args(["new-session", "-d", "-s", "bench", "-x", "160", "-y", "40", &line])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "bench",
+                "-x",
+                "160",
+                "-y",
+                "40",
+                &line,
+            ])
             .status()
             .expect("run tmux");
         assert!(status.success(), "tmux new-session");

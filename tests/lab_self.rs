@@ -103,7 +103,10 @@ async fn labctl_status_and_capacity_show_name_the_lab_from_who_am_i() {
     let (code, out, err) = labctl(&broker, "demo:R1H", &["status", "-o", "json"]).await;
     assert_eq!(code, 0, "{err}");
     let doc: Value = serde_json::from_str(&out).expect("json");
-    assert_eq!((doc["lab"].as_str(), doc["role"].as_str()), (Some("R1H"), Some("lab")));
+    assert_eq!(
+        (doc["lab"].as_str(), doc["role"].as_str()),
+        (Some("R1H"), Some("lab"))
+    );
     assert_eq!(doc["status"], "online");
 
     let (code, out, err) = labctl(&broker, "demo:R1H", &["capacity", "show", "-o", "json"]).await;
@@ -121,7 +124,10 @@ async fn labctl_status_and_capacity_show_name_the_lab_from_who_am_i() {
     let (code, out, _) = labctl(&broker, "demo:R1H", &["capacity", "show"]).await;
     assert_eq!(code, 0);
     assert!(out.starts_with("Capacity of R1H ("), "{out}");
-    assert!(out.lines().next().unwrap_or("").ends_with(", online)"), "{out}");
+    assert!(
+        out.lines().next().unwrap_or("").ends_with(", online)"),
+        "{out}"
+    );
 
     // A trust's token: not permitted (exit 6), one line.
     let (code, _, err) = labctl(&broker, "demo:RJ1", &["status"]).await;

@@ -38,7 +38,13 @@ fn the_broker_notifies_ready_once_serving_pings_the_watchdog_and_notifies_stoppi
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut broker = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
-        .args(["--listen", &addr, "--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            &addr,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "400000")

@@ -330,7 +330,9 @@ fn audit_export(
 
 fn health(h: HealthArgs) -> ExitCode {
     if h.ca.is_none() && h.cert.is_some() {
-        eprintln!("labaid-broker health: --cert and --key need --ca (or LABAID_CA) to verify the broker");
+        eprintln!(
+            "labaid-broker health: --cert and --key need --ca (or LABAID_CA) to verify the broker"
+        );
         return ExitCode::from(2);
     }
     let check = HealthCheck {

@@ -56,11 +56,7 @@ pub(crate) async fn run(ctx: &Ctx, command: CapacityCommand) -> Result<(), CliEr
 }
 
 /// Prints the capacity table, headed by the lab's name and status when known.
-fn print(
-    out: &Output,
-    c: &proto::Capacity,
-    lab: Option<(&str, i32)>,
-) -> Result<(), CliError> {
+fn print(out: &Output, c: &proto::Capacity, lab: Option<(&str, i32)>) -> Result<(), CliError> {
     if out.is_json() {
         let mut doc = capacity_json(c);
         if let (Some((name, status)), Some(map)) = (lab, doc.as_object_mut()) {

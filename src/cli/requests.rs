@@ -199,14 +199,17 @@ async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<(), CliError> {
     let (r, replayed) = match client.requests().submit_request(message.clone()).await {
         Ok(resp) => {
             let resp = resp.into_inner();
-            let r = resp.request.ok_or_else(|| {
-                CliError::Other("the broker answered without the request".into())
-            })?;
+            let r = resp
+                .request
+                .ok_or_else(|| CliError::Other("the broker answered without the request".into()))?;
             (r, resp.replayed)
         }
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
             let relative = retry::is_relative(&args.collected_at);
-            (original_of(ctx, &client, &message, relative, now, &s).await?, true)
+            (
+                original_of(ctx, &client, &message, relative, now, &s).await?,
+                true,
+            )
         }
         Err(s) => return Err(ctx.status(&s, Subject::Request)),
     };

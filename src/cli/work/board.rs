@@ -401,14 +401,10 @@ impl Board {
                 if raw.is_empty() {
                     return Err("type the results, e.g. K=4.1mmol/L UE=5.2mmol/L".into());
                 }
-                let job = self
-                    .jobs
-                    .get(id)
-                    .ok_or("the job is no longer this lab's")?;
+                let job = self.jobs.get(id).ok_or("the job is no longer this lab's")?;
                 // The one-shot command's advice names its flag; here the line is typed bare.
-                let observations =
-                    crate::cli::jobs::validate_results(job, &raw, &self.catalogue)
-                        .map_err(|e| e.to_string().replace("--obs ", ""))?;
+                let observations = crate::cli::jobs::validate_results(job, &raw, &self.catalogue)
+                    .map_err(|e| e.to_string().replace("--obs ", ""))?;
                 Ok((
                     Action::PostResults(proto::PostResultsRequest {
                         id: id.clone(),

@@ -52,7 +52,10 @@ struct Entry {
 fn is_fatal(code: Code) -> bool {
     matches!(
         code,
-        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::Unimplemented
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::Unimplemented
     )
 }
 
@@ -145,11 +148,7 @@ async fn run(
         let mut settled = Vec::new();
         for (tag, entry) in ledger.iter().filter(|(_, e)| e.unsure) {
             let id = job_id(&entry.action).to_string();
-            let job = match client
-                .labs()
-                .get_job(proto::GetJobRequest { id })
-                .await
-            {
+            let job = match client.labs().get_job(proto::GetJobRequest { id }).await {
                 Ok(j) => Some(j.into_inner()),
                 Err(s) if s.code() == Code::NotFound => None,
                 Err(s) => {
@@ -323,7 +322,10 @@ mod tests {
         assert!(!took_effect(&accept, None), "gone is not accepted");
         assert!(!took_effect(&receive, Some(&job(S::Accepted))));
         assert!(took_effect(&receive, Some(&job(S::Received))));
-        assert!(took_effect(&decline, None), "a declined job leaves the lab's view");
+        assert!(
+            took_effect(&decline, None),
+            "a declined job leaves the lab's view"
+        );
         assert!(!took_effect(&decline, Some(&job(S::Offered))));
         assert!(took_effect(&results, Some(&job(S::Resulted))));
         assert!(!took_effect(&results, Some(&job(S::Received))));
