@@ -22,6 +22,7 @@ const SHOW_TIMEOUT: Duration = Duration::from_secs(30);
 /// A TCP proxy between labctl and the broker whose connections the test can cut.
 struct Proxy {
     addr: std::net::SocketAddr,
+    target: Arc<Mutex<std::net::SocketAddr>>,
     up: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
     task: AbortHandle,
@@ -32,8 +33,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let up = Arc::new(AtomicBool::new(true));
+        let target = Arc::new(Mutex::new(target));
         let connections = Arc::new(Mutex::new(Vec::<AbortHandle>::new()));
-        let (up2, connections2) = (up.clone(), connections.clone());
+        let (up2, connections2, target2) = (up.clone(), connections.clone(), target.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -42,8 +44,9 @@ impl Proxy {
                 if !up2.load(Ordering::SeqCst) {
                     continue; // dropped: the link is down
                 }
+                let to = *target2.lock().unwrap();
                 let relay = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
@@ -53,10 +56,16 @@ impl Proxy {
         .abort_handle();
         Self {
             addr,
+            target,
             up,
             connections,
             task,
         }
+    }
+
+    /// Sends new connections to another broker (one restarted on another port).
+    fn retarget(&self, to: std::net::SocketAddr) {
+        *self.target.lock().unwrap() = to;
     }
 
     /// Drops every open connection and refuses new ones.
@@ -265,6 +274,51 @@ async fn a_bench_operator_accepts_receives_results_and_declines_by_key_through_a
     assert_eq!(gone.code(), tonic::Code::NotFound);
 
     // q leaves cleanly.
+    bench.press("q");
+    bench.shows("labctl exited 0").await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_rides_out_a_broker_restart_and_its_done_actions_are_durable() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = || {
+        let mut c = labaid::Config::demo().expect("demo");
+        c.data_dir = data.path().to_path_buf();
+        c
+    };
+    let broker = TestBroker::spawn_with(config()).await;
+    let clock = broker.clock.clone();
+    let proxy = Proxy::start(broker.addr).await;
+    let trust = broker.client("RJ1").await;
+    let first = submit(&trust, submission("R-1", Priority::Stat, broker.now())).await;
+    assert_eq!(first.lab, "R1H");
+    let bench = Bench::start(&format!("http://{}", proxy.addr), "R1H");
+    bench.shows("to accept").await;
+    bench.press("a");
+    bench.shows("accepted R-1").await;
+
+    // The broker stops (a deploy, say); the bench keeps what the operator presses meanwhile.
+    broker.shutdown().await;
+    proxy.cut();
+    bench.shows("RECONNECTING").await;
+    bench.press("r");
+    bench.shows("receive R-1: kept, sent on reconnecting").await;
+
+    // It comes back on another port, from the same store.
+    let broker = TestBroker::spawn_with_clock(config(), clock).await;
+    proxy.retarget(broker.addr);
+    proxy.restore();
+    bench.shows("received the sample of R-1").await;
+    let lab = broker.client("R1H").await;
+    assert_eq!(job_state(&lab, &first.id).await, RequestState::Received);
+    let screen = bench.screen();
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("R-1") && l.contains("received")),
+        "{screen}"
+    );
     bench.press("q");
     bench.shows("labctl exited 0").await;
     broker.shutdown().await;
