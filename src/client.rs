@@ -221,6 +221,7 @@ impl Client {
                 priorities: priorities.iter().map(|p| *p as i32).collect(),
                 page_size,
                 page_token,
+                order_number: String::new(),
             };
             async move {
                 let page = client.list_requests(request).await?.into_inner();
@@ -228,6 +229,29 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// This trust's request with this order number, if it has one (following the broker's
+    /// pages, which may come back empty while more follow).
+    pub async fn request_by_order(
+        &self,
+        order_number: &str,
+    ) -> Result<Option<proto::Request>, Status> {
+        let found = collect_pages(1, |page_size, page_token| {
+            let mut client = self.requests();
+            let request = proto::ListRequestsRequest {
+                page_size,
+                page_token,
+                order_number: order_number.to_string(),
+                ..Default::default()
+            };
+            async move {
+                let page = client.list_requests(request).await?.into_inner();
+                Ok((page.requests, page.next_page_token))
+            }
+        })
+        .await?;
+        Ok(found.into_iter().next())
     }
 
     /// Opens this lab's Work stream, watching as `watch` asks: the sender of its actions (up to

@@ -483,6 +483,23 @@ impl LabService for LabApi {
         }
     }
 
+    async fn who_am_i(
+        &self,
+        request: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::WhoAmIResponse>, Status> {
+        let who = self.lab(&request)?;
+        let state = self.ctx.engine.views().lab(&who.org).ok_or_else(|| {
+            Error::PermissionDenied(format!("{} is not a lab in the directory", who.org))
+        })?;
+        Ok(Response::new(proto::WhoAmIResponse {
+            organisation: who.org.to_string(),
+            name: state.config.name.clone(),
+            role: who.role.as_str().to_string(),
+            status: status_to(state.status) as i32,
+            tests: capacity_to(&state),
+        }))
+    }
+
     async fn set_status(
         &self,
         request: Request<proto::SetStatusRequest>,

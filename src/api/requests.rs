@@ -98,10 +98,12 @@ impl RequestService for RequestApi {
         let (states, priorities) = list_filters(&m.states, &m.priorities)?;
         let limit = page_size(m.page_size)?;
         let before = page_token(&m.page_token)?;
+        let order = m.order_number.as_str();
         let (page, next) = self.ctx.engine.views().list(&who.org, before, limit, |r| {
             r.trust == who.org
                 && (states.is_empty() || states.contains(&r.state))
                 && (priorities.is_empty() || priorities.contains(&r.submission.priority))
+                && (order.is_empty() || r.submission.order_number.as_str() == order)
         });
         self.ctx
             .audit

@@ -1,5 +1,5 @@
-//! labaid-broker: the labaid gRPC server, and its security tools (tokens, development
-//! certificates, audit verification).
+//! labaid-broker: the labaid gRPC server, its security tools (tokens, development
+//! certificates, audit verification) and its health check.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,8 @@ use labaid::audit::{self, AUDIT_FILE, Verdict};
 use labaid::auth::{self, Role, devpki};
 use labaid::config::TlsPaths;
 use labaid::domain::OdsCode;
+use labaid::ops::healthcheck::{self, HealthCheck};
+use labaid::ops::systemd;
 use labaid::telemetry::{self, LogFormat};
 
 // Every call allocates its messages, request and events on one thread and frees them on another;
@@ -78,6 +80,32 @@ enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Checks a running broker over gRPC health: exit 0 when it serves, 1 when it answers that
+    /// it does not (starting, draining, stopping), 2 when it cannot be asked; one line of reason.
+    Health(HealthArgs),
+}
+
+/// Where and how to ask; the same settings (and variables) as labctl's.
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// Broker address.
+    #[arg(long, env = "LABAID_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// CA that issued the broker's TLS certificate, PEM; turns on TLS.
+    #[arg(long, env = "LABAID_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS, PEM.
+    #[arg(long, env = "LABAID_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key of the client certificate, PEM.
+    #[arg(long, env = "LABAID_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The service to ask about, e.g. labaid.v1.LabService; empty for the whole broker.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Seconds to wait for the connection, and then for the answer.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +175,7 @@ fn main() -> ExitCode {
         Some(Command::Audit(AuditCommand::Export { data_dir, out })) => {
             audit_export(&data_dir, out.as_deref())
         }
+        Some(Command::Health(h)) => return health(h),
         None => run(args),
     };
     match result {
@@ -186,10 +215,29 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let grpc = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        labaid::serve(listener, config, labaid::shutdown_signal()).await?;
+        let ops = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        // systemd hears READY=1 once the store is recovered and the broker serves on bound
+        // listeners, and STOPPING=1 when a signal starts the drain.
+        let (ready, serving) = tokio::sync::oneshot::channel();
+        let listen = grpc.local_addr().context("the listener has no address")?;
+        tokio::spawn(systemd::notify_when_ready(serving, listen));
+        let listeners = labaid::Listeners {
+            grpc,
+            ops,
+            on_ready: Some(ready),
+        };
+        let shutdown = systemd::stopping_after(labaid::shutdown_signal());
+        labaid::serve_on(listeners, config, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -278,4 +326,43 @@ fn audit_export(
         }
     };
     Ok(report(verdict))
+}
+
+fn health(h: HealthArgs) -> ExitCode {
+    if h.ca.is_none() && h.cert.is_some() {
+        eprintln!(
+            "labaid-broker health: --cert and --key need --ca (or LABAID_CA) to verify the broker"
+        );
+        return ExitCode::from(2);
+    }
+    let check = HealthCheck {
+        addr: h.addr,
+        tls: h.ca.map(|ca| labaid::client::TlsFiles {
+            ca,
+            cert: h.cert,
+            key: h.key,
+        }),
+        service: h.service,
+        timeout: std::time::Duration::from_secs(h.timeout),
+    };
+    let outcome = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(healthcheck::check(&check)),
+        Err(e) => {
+            eprintln!("labaid-broker health: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            println!("{} is serving", check.addr);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("labaid-broker health: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

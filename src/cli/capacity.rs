@@ -4,7 +4,7 @@ use clap::Subcommand;
 
 use super::Ctx;
 use super::error::{CliError, Subject};
-use super::output::{Output, Table, capacity_json};
+use super::output::{Output, Table, capacity_json, lab_status_name};
 use crate::domain::TestCode;
 use crate::proto;
 
@@ -25,10 +25,17 @@ pub(crate) async fn run(ctx: &Ctx, command: CapacityCommand) -> Result<(), CliEr
     let capacity = match command {
         CapacityCommand::Show => {
             let client = ctx.connect().await?;
-            client
+            let me = client
                 .labs()
-                .get_capacity(proto::GetCapacityRequest {})
+                .who_am_i(proto::WhoAmIRequest {})
                 .await
+                .map_err(|s| ctx.status(&s, Subject::Other))?
+                .into_inner();
+            let capacity = proto::Capacity {
+                lab: me.organisation.clone(),
+                tests: me.tests,
+            };
+            return print(ctx.out(), &capacity, Some((&me.name, me.status)));
         }
         CapacityCommand::Set { test, capacity } => {
             let test = TestCode::parse(&test)
@@ -45,12 +52,18 @@ pub(crate) async fn run(ctx: &Ctx, command: CapacityCommand) -> Result<(), CliEr
     }
     .map_err(|s| ctx.status(&s, Subject::Other))?
     .into_inner();
-    print(ctx.out(), &capacity)
+    print(ctx.out(), &capacity, None)
 }
 
-fn print(out: &Output, c: &proto::Capacity) -> Result<(), CliError> {
+/// Prints the capacity table, headed by the lab's name and status when known.
+fn print(out: &Output, c: &proto::Capacity, lab: Option<(&str, i32)>) -> Result<(), CliError> {
     if out.is_json() {
-        return out.json(&capacity_json(c));
+        let mut doc = capacity_json(c);
+        if let (Some((name, status)), Some(map)) = (lab, doc.as_object_mut()) {
+            map.insert("name".into(), name.into());
+            map.insert("status".into(), lab_status_name(status).into());
+        }
+        return out.json(&doc);
     }
     let mut table = Table::new(["TEST", "CAPACITY", "IN FLIGHT", "FREE"]);
     for t in &c.tests {
@@ -61,6 +74,13 @@ fn print(out: &Output, c: &proto::Capacity) -> Result<(), CliError> {
             t.capacity.saturating_sub(t.in_flight).to_string(),
         ]);
     }
-    out.line(&format!("Capacity of {}", c.lab))?;
+    match lab {
+        Some((name, status)) => out.line(&format!(
+            "Capacity of {} ({name}, {})",
+            c.lab,
+            lab_status_name(status)
+        ))?,
+        None => out.line(&format!("Capacity of {}", c.lab))?,
+    }
     out.table(&table)
 }

@@ -1,5 +1,5 @@
 //! `labctl jobs ...`: a lab's jobs (open offers included): list, show, accept, decline, record the
-//! sample, post results, fail.
+//! sample, post results, fail; `jobs work` is the interactive bench (in `work/`).
 
 use std::path::PathBuf;
 
@@ -17,6 +17,10 @@ use crate::proto;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum JobsCommand {
+    /// Work offers and jobs interactively at the bench: offers appear as they arrive with their
+    /// lease counting down; one key accepts, declines, records the sample or enters results.
+    /// Reconnects by itself; an action is shown done only once the broker has confirmed it
+    Work,
     /// List this lab's jobs and open offers, newest first
     List {
         /// Only jobs in these states (comma-separated): queued, offered, accepted, received,
@@ -95,6 +99,7 @@ pub(crate) async fn run(ctx: &Ctx, command: JobsCommand) -> Result<(), CliError>
     let out = ctx.out();
     let fail = |s: tonic::Status| ctx.status(&s, Subject::Job);
     match command {
+        JobsCommand::Work => super::work::run(ctx).await,
         JobsCommand::List {
             status,
             priority,
@@ -277,7 +282,7 @@ fn read_results_file(path: &std::path::Path) -> Result<Vec<RawObservation>, CliE
 }
 
 /// Checks the results with the broker's own rules, against the job's tests, before sending.
-fn validate_results(
+pub(crate) fn validate_results(
     job: &proto::Job,
     raw: &[RawObservation],
     catalogue: &crate::domain::Catalogue,

@@ -13,8 +13,10 @@ mod observations;
 mod offers;
 mod output;
 mod requests;
+mod retry;
 mod status;
 mod time;
+mod work;
 
 use std::path::PathBuf;
 use std::time::Duration;

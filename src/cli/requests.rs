@@ -10,7 +10,7 @@ use super::output::{
     request_event_json, request_event_kind_arg, request_event_name, request_json, state_name,
     state_style,
 };
-use super::{Ctx, PriorityArg, catalogue, parse_id, parse_state, time};
+use super::{Ctx, PriorityArg, catalogue, parse_id, parse_state, retry, time};
 use crate::client::Client;
 use crate::domain::{NewRequest, RawSubmission, Timestamp};
 use crate::proto;
@@ -196,27 +196,71 @@ async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<(), CliError> {
         collected_at: Some(super::output::proto_time(new.collected_at)),
         clinical_note: new.clinical_note.as_str().to_string(),
     };
-    let resp = client
-        .requests()
-        .submit_request(message)
+    let (r, replayed) = match client.requests().submit_request(message.clone()).await {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            let r = resp
+                .request
+                .ok_or_else(|| CliError::Other("the broker answered without the request".into()))?;
+            (r, resp.replayed)
+        }
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            let relative = retry::is_relative(&args.collected_at);
+            (
+                original_of(ctx, &client, &message, relative, now, &s).await?,
+                true,
+            )
+        }
+        Err(s) => return Err(ctx.status(&s, Subject::Request)),
+    };
+    print_submitted(ctx.out(), &r, replayed)
+}
+
+/// The original request of a retried submission that the broker refused as different: the
+/// original when only a relative collection time moved with the clock, else the refusal, naming
+/// the flags that differ.
+async fn original_of(
+    ctx: &Ctx,
+    client: &Client,
+    retry: &proto::SubmitRequestRequest,
+    relative: bool,
+    now: Timestamp,
+    refusal: &tonic::Status,
+) -> Result<proto::Request, CliError> {
+    let original = client
+        .request_by_order(&retry.order_number)
         .await
-        .map_err(|s| ctx.status(&s, Subject::Request))?
-        .into_inner();
-    let r = resp
-        .request
-        .ok_or_else(|| CliError::Other("the broker answered without the request".into()))?;
-    let out = ctx.out();
+        .map_err(|s| ctx.status(&s, Subject::Request))?;
+    // Purged since, or never this trust's: the broker's own answer is all there is to say.
+    let Some(original) = original else {
+        return Err(ctx.status(refusal, Subject::Request));
+    };
+    let differ = retry::differing_flags(&original, retry, relative, now);
+    if differ.is_empty() {
+        return Ok(original);
+    }
+    Err(CliError::Conflict(format!(
+        "order number {} was already used for request {}, which differs in {}; resubmit with \
+         the original values, or use a new order number for a new request",
+        retry.order_number,
+        original.id,
+        differ.join(", ")
+    )))
+}
+
+/// Prints a submitted (or already submitted) request: its id alone on stdout, so
+/// `ID=$(labctl requests submit ...)` works, and the story on stderr.
+fn print_submitted(out: &Output, r: &proto::Request, replayed: bool) -> Result<(), CliError> {
     if out.is_json() {
         return out.json(&serde_json::json!({
-            "request": request_json(&r),
-            "replayed": resp.replayed,
+            "request": request_json(r),
+            "replayed": replayed,
         }));
     }
-    // The id alone on stdout, so `ID=$(labctl requests submit ...)` works; the story on stderr.
     out.line(&r.id)?;
     let mut story = format!(
         "labctl: {} {} ({}, {}): {}",
-        if resp.replayed {
+        if replayed {
             "already submitted"
         } else {
             "submitted"

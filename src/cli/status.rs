@@ -28,30 +28,22 @@ pub(crate) async fn run(ctx: &Ctx, args: StatusArgs) -> Result<(), CliError> {
     let out = ctx.out();
     let fail = |s: tonic::Status| ctx.status(&s, Subject::Other);
     let Some(status) = args.status else {
-        // There is no "who am I" call: the lab's own capacity names it, the directory its status.
-        let lab = client
+        let me = client
             .labs()
-            .get_capacity(proto::GetCapacityRequest {})
+            .who_am_i(proto::WhoAmIRequest {})
             .await
             .map_err(fail)?
-            .into_inner()
-            .lab;
-        let labs = client
-            .directory()
-            .list_labs(proto::ListLabsRequest {})
-            .await
-            .map_err(fail)?
-            .into_inner()
-            .labs;
-        let status = labs
-            .iter()
-            .find(|l| l.ods == lab)
-            .map(|l| lab_status_name(l.status))
-            .ok_or_else(|| CliError::NotFound(format!("{lab} is not in the directory")))?;
+            .into_inner();
+        let status = lab_status_name(me.status);
         return if out.is_json() {
-            out.json(&serde_json::json!({ "lab": lab, "status": status }))
+            out.json(&serde_json::json!({
+                "lab": me.organisation,
+                "name": me.name,
+                "role": me.role,
+                "status": status,
+            }))
         } else {
-            out.line(&format!("{lab} is {status}"))
+            out.line(&format!("{} ({}) is {status}", me.organisation, me.name))
         };
     };
     let status = match status {
