@@ -25,7 +25,7 @@ impl Router {
 
     /// [`Router::route_or_queue`] for a request that is in the queue when `waiting`: only then
     /// does an offer have to take it out (looking it up costs two hashes and two clones).
-    pub(super) fn route_or_requeue(
+    fn route_or_requeue(
         &mut self,
         id: &RequestId,
         waiting: bool,
@@ -64,7 +64,7 @@ impl Router {
     }
 
     /// Offers the request to `p`; `waiting` says whether it is in the queue now.
-    pub(super) fn offer(
+    fn offer(
         &mut self,
         id: &RequestId,
         p: Placement,
@@ -110,7 +110,7 @@ impl Router {
         self.emit_trust(id, TrustEventKind::StateChanged, now, out);
     }
 
-    pub(super) fn enqueue(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) {
+    fn enqueue(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) {
         let r = &self.state.requests[id];
         let was = r.state;
         let (group, key) = queue_entry(r);
@@ -159,7 +159,7 @@ impl Router {
 
     /// The first waiting request in order of service that `lab` could take now: groups in order of
     /// their heads, stopping at the first head after the best found (no later group can beat it).
-    pub(super) fn next_waiting_for(&self, lab: &LabState, now: Timestamp) -> Option<QueueKey> {
+    fn next_waiting_for(&self, lab: &LabState, now: Timestamp) -> Option<QueueKey> {
         let mut best: Option<QueueKey> = None;
         for (head, group) in self.state.queue.groups_by_head() {
             if best.is_some_and(|b| b < *head) {
@@ -175,7 +175,7 @@ impl Router {
     }
 
     /// The first request of one group that `lab` could take now, if it serves the group at all.
-    pub(super) fn first_for(
+    fn first_for(
         &self,
         lab: &LabState,
         group: &GroupKey,
@@ -197,7 +197,7 @@ impl Router {
 
     /// [`Router::next_waiting_for`] by a scan of every group and request, to check it against.
     #[cfg(test)]
-    pub(super) fn next_waiting_by_scan(
+    fn next_waiting_by_scan(
         &self,
         state: &LabState,
         now: Timestamp,

@@ -321,7 +321,7 @@ impl Router {
 
     /// The request as a job of `lab`, or the error a lab that does not hold it gets: an offer it
     /// lost is explained, anything else is NOT_FOUND.
-    pub(super) fn job_of(
+    fn job_of(
         &self,
         lab: &OdsCode,
         id: &RequestId,

@@ -27,7 +27,7 @@ impl Router {
         }
     }
 
-    pub(super) fn emit(
+    fn emit(
         &mut self,
         org: &OdsCode,
         id: &RequestId,

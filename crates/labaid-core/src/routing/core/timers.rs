@@ -30,7 +30,7 @@ impl Router {
         }
     }
 
-    pub(super) fn lease_expired(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) {
+    fn lease_expired(&mut self, id: &RequestId, now: Timestamp, out: &mut Outcome) {
         let Some(lab) = self.state.requests[id].lab.clone() else {
             return;
         };
@@ -79,7 +79,7 @@ impl Router {
         }
     }
 
-    pub(super) fn purge(&mut self, id: &RequestId, out: &mut Outcome) {
+    fn purge(&mut self, id: &RequestId, out: &mut Outcome) {
         if let Some(r) = self.state.requests.remove(id) {
             self.state
                 .orders
