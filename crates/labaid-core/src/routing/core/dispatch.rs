@@ -175,12 +175,7 @@ impl Router {
     }
 
     /// The first request of one group that `lab` could take now, if it serves the group at all.
-    fn first_for(
-        &self,
-        lab: &LabState,
-        group: &GroupKey,
-        now: Timestamp,
-    ) -> Option<QueueKey> {
+    fn first_for(&self, lab: &LabState, group: &GroupKey, now: Timestamp) -> Option<QueueKey> {
         let (trust, tests) = group;
         if !lab.serves(trust) || !lab.performs(tests) || !lab.has_room_for(tests) {
             return None;
@@ -197,11 +192,7 @@ impl Router {
 
     /// [`Router::next_waiting_for`] by a scan of every group and request, to check it against.
     #[cfg(test)]
-    fn next_waiting_by_scan(
-        &self,
-        state: &LabState,
-        now: Timestamp,
-    ) -> Option<QueueKey> {
+    fn next_waiting_by_scan(&self, state: &LabState, now: Timestamp) -> Option<QueueKey> {
         let mut best: Option<QueueKey> = None;
         for ((trust, tests), set) in self.state.queue.groups() {
             if !state.serves(trust) || !state.performs(tests) || !state.has_room_for(tests) {
