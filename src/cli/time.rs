@@ -1,6 +1,9 @@
 //! Times on the command line: RFC 3339, `now` and relative times such as `-20m` in; RFC 3339 and
-//! "in 3 min" / "40 s ago" out. Hand-rolled (civil-date arithmetic) to keep labctl's dependencies
-//! to what the broker already uses.
+//! "in 3 min" / "40 s ago" out. The calendar and RFC 3339's grammar are the `time` crate's, the
+//! durations `humantime`'s; only the spans people read are worded here.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::domain::Timestamp;
 
@@ -25,42 +28,17 @@ pub(crate) fn parse_time(raw: &str, now: Timestamp) -> Result<Timestamp, String>
     parse_rfc3339(s)
 }
 
-/// Parses a duration such as `20m`, `1h30m`, `90s` or `2d` into milliseconds.
+/// Parses a duration such as `20m`, `1h30m`, `90s` or `2d` into milliseconds. humantime's
+/// grammar also takes units spelt out (`20min`, `1h 30m`).
 pub(crate) fn parse_duration_ms(raw: &str) -> Result<i64, String> {
     let err =
         || format!("{raw:?} is not a duration: use a number and a unit, e.g. 20m, 1h30m, 90s");
-    if raw.is_empty() {
-        return Err(err());
-    }
-    let mut total: i64 = 0;
-    let mut digits = String::new();
-    for c in raw.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => SECOND_MS,
-            'm' => MINUTE_MS,
-            'h' => HOUR_MS,
-            'd' => DAY_MS,
-            _ => return Err(err()),
-        };
-        let n: i64 = digits.parse().map_err(|_| err())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(err)?;
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(err());
-    }
-    Ok(total)
+    let span = humantime::parse_duration(raw).map_err(|_| err())?;
+    i64::try_from(span.as_millis()).map_err(|_| err())
 }
 
 /// Parses an RFC 3339 time; the offset (`Z` or `+01:00`) is required, since a bare local time is
-/// ambiguous across the BST change.
+/// ambiguous across the BST change. Fractions finer than a millisecond are cut off.
 pub(crate) fn parse_rfc3339(raw: &str) -> Result<Timestamp, String> {
     let err = |why: &str| {
         format!(
@@ -68,79 +46,43 @@ pub(crate) fn parse_rfc3339(raw: &str) -> Result<Timestamp, String> {
              `now`, or a relative time such as -20m"
         )
     };
-    let b = raw.as_bytes();
-    if b.len() < 19 {
-        return Err(err("too short"));
-    }
-    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        raw.get(r)
-            .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| err("bad digits"))
-    };
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
+    // The time crate takes any one character between date and time, as RFC 3339's note allows;
+    // labctl keeps to T and a space, so that a slip of the keyboard is not read as a time.
+    if raw
+        .as_bytes()
+        .get(10)
+        .is_some_and(|c| !matches!(c, b'T' | b't' | b' '))
     {
         return Err(err("expected YYYY-MM-DDTHH:MM:SS"));
     }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 60 {
-        return Err(err("no such date or time"));
+    match OffsetDateTime::parse(raw, &Rfc3339) {
+        Ok(t) => {
+            let ms = t.unix_timestamp_nanos().div_euclid(1_000_000);
+            i64::try_from(ms)
+                .map(Timestamp::from_millis)
+                .map_err(|_| err("out of range"))
+        }
+        Err(_) if OffsetDateTime::parse(&format!("{raw}Z"), &Rfc3339).is_ok() => {
+            Err(err("no offset: add Z for UTC or an offset such as +01:00"))
+        }
+        Err(e) => Err(err(&e.to_string())),
     }
-    let mut i = 19;
-    let mut frac_ms = 0;
-    if b.get(i) == Some(&b'.') {
-        let start = i + 1;
-        i = start;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return Err(err("empty fraction"));
-        }
-        let digits = &raw[start..i.min(start + 3)];
-        frac_ms = digits.parse::<i64>().map_err(|_| err("bad fraction"))?
-            * 10_i64.pow(3 - u32::try_from(digits.len()).unwrap_or(3));
-    }
-    let offset_ms = match &raw[i..] {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6
-            && (tz.starts_with('+') || tz.starts_with('-'))
-            && tz.as_bytes()[3] == b':' =>
-        {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (oh * HOUR_MS + om * MINUTE_MS)
-        }
-        "" => return Err(err("no offset: add Z for UTC or an offset such as +01:00")),
-        _ => return Err(err("bad offset")),
-    };
-    let days = days_from_civil(y, mo, d);
-    let ms = days * DAY_MS + h * HOUR_MS + mi * MINUTE_MS + s.min(59) * SECOND_MS + frac_ms;
-    Ok(Timestamp::from_millis(ms - offset_ms))
 }
 
-/// Formats a time as RFC 3339 in UTC, with milliseconds only when there are any.
+/// Formats a time as RFC 3339 in UTC, with milliseconds only when there are any. A time beyond
+/// the years 9999 either way (no broker makes one) is given as milliseconds since the epoch.
 pub(crate) fn format_rfc3339(t: Timestamp) -> String {
-    let ms = t.millis();
-    let days = ms.div_euclid(DAY_MS);
-    let in_day = ms.rem_euclid(DAY_MS);
-    let (y, mo, d) = civil_from_days(days);
-    let (h, mi, s, frac) = (
-        in_day / HOUR_MS,
-        in_day % HOUR_MS / MINUTE_MS,
-        in_day % MINUTE_MS / SECOND_MS,
-        in_day % SECOND_MS,
-    );
-    if frac == 0 {
+    let Ok(utc) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.millis()) * 1_000_000)
+    else {
+        return format!("{} ms since 1970-01-01T00:00:00Z", t.millis());
+    };
+    let (date, ms) = (utc.date(), utc.millisecond());
+    let (h, mi, s) = (utc.hour(), utc.minute(), utc.second());
+    let (y, mo, d) = (date.year(), u8::from(date.month()), date.day());
+    if ms == 0 {
         format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
     } else {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
     }
 }
 
@@ -187,51 +129,6 @@ pub(crate) fn relative(t: Timestamp, now: Timestamp) -> String {
     }
 }
 
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +165,37 @@ mod tests {
     }
 
     #[test]
+    fn only_rfc3339_itself_is_taken_not_the_rest_of_iso_8601() {
+        for bad in [
+            "2024-06-03T09:40Z",
+            "20240603T094000Z",
+            "2024-06-03T09:40:00+01",
+            "2024-06-03T09:40:00+0100",
+            "2024-06-03_09:40:00Z",
+            "2024-06-03T09:40:00.Z",
+            "2024-06-03T24:00:00Z",
+            "2024-6-03T09:40:00Z",
+            "+2024-06-03T09:40:00Z",
+            "2024-06-03T09:40:00Z[Europe/London]",
+            "2024-06-03",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_rfc3339("2024-06-03t09:40:00z").unwrap(), NOW);
+        assert_eq!(
+            parse_rfc3339("2024-06-03T09:40:00.123987Z").unwrap(),
+            NOW.plus_millis(123)
+        );
+        let before = parse_rfc3339("1969-12-31T23:59:59.999Z").unwrap();
+        assert_eq!(before, Timestamp::from_millis(-1));
+        assert_eq!(format_rfc3339(before), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            format_rfc3339(parse_rfc3339("2024-02-29T23:00:00-01:00").unwrap()),
+            "2024-03-01T00:00:00Z"
+        );
+    }
+
+    #[test]
     fn relative_times_count_back_from_now() {
         assert_eq!(parse_time("now", NOW).unwrap(), NOW);
         assert_eq!(parse_time("-20m", NOW).unwrap(), NOW.plus_minutes(-20));
@@ -275,6 +203,14 @@ mod tests {
         assert_eq!(parse_time("-90s", NOW).unwrap(), NOW.plus_millis(-90_000));
         assert!(parse_time("-20", NOW).is_err());
         assert!(parse_time("-20x", NOW).is_err());
+        assert!(parse_time("-", NOW).is_err());
+        assert_eq!(
+            parse_time("+2d", NOW).unwrap(),
+            NOW.plus_minutes(2 * 24 * 60)
+        );
+        assert_eq!(parse_time("-20min", NOW).unwrap(), NOW.plus_minutes(-20));
+        let e = parse_time("-20x", NOW).unwrap_err();
+        assert!(e.contains("use a number and a unit"), "{e}");
     }
 
     #[test]

@@ -6,17 +6,19 @@ mod catalogue;
 mod ids;
 mod inline;
 mod nhs;
+mod observation;
 mod request;
+mod submission;
+mod text;
 mod time;
 mod violations;
 
 pub use catalogue::{Catalogue, TestCode, TestDef};
 pub use ids::{OdsCode, OrderNumber, RequestId};
 pub use nhs::NhsNumber;
-pub use request::{
-    BoundedText, Exclusion, ExclusionReason, FailureReason, LabStatus, MAX_NOTE_CHARS, NewRequest,
-    Observation, ObservationFlag, Patient, Priority, RawObservation, RawSubmission, Request,
-    RequestState, TestSet,
-};
+pub use observation::{Observation, ObservationFlag, RawObservation};
+pub use request::{Exclusion, ExclusionReason, FailureReason, LabStatus, Request, RequestState};
+pub use submission::{MAX_NOTE_CHARS, NewRequest, Patient, Priority, RawSubmission, TestSet};
+pub use text::BoundedText;
 pub use time::{Clock, MINUTE_MS, Sleep, Timestamp};
 pub use violations::{FieldViolation, Violations};
