@@ -12,14 +12,17 @@
 //!   rest of the state, and the events published meanwhile.
 //! - `LOCK`: held while a broker runs, so two brokers never write one journal.
 
+mod codec;
 mod delta;
 mod directory;
 mod file;
 mod memory;
 mod record;
 mod recover;
+mod segment;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,9 +33,10 @@ use crate::domain::{Request, RequestId, Timestamp};
 use crate::routing::{Command, Event, SnapshotState, State};
 
 pub use directory::Directory;
-pub use file::{FileJournal, SnapshotObserver};
+pub use file::FileJournal;
 pub use memory::MemoryJournal;
 pub use recover::{Recovered, open, open_at};
+pub use writer::SnapshotObserver;
 
 /// One journaled change: a command and the time it was applied at. Replaying the entries in order
 /// through the core rebuilds the state exactly, because the core is deterministic.

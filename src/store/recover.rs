@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
+use super::codec;
 use super::delta::{delta_name, read_delta};
-use super::file::{
-    self, Batch, FileJournal, SEGMENT_HEADER, Tail, create_segment, obsolete_at, parse_name,
-    read_segment_header, remove_files, segment_name, snapshot_name, sync_dir,
-};
+use super::file::{FileJournal, Tail};
 use super::record::{self, End};
+use super::segment::{
+    Batch, SEGMENT_HEADER, create_segment, obsolete_at, parse_name, read_segment_header,
+    remove_files, segment_name, snapshot_name, sync_dir,
+};
 use super::{Directory, StoreError, StoreOptions};
 use crate::domain::{Request, RequestId, Timestamp};
 use rustc_hash::FxHashMap;
@@ -92,7 +94,7 @@ pub fn open_at(
         }
         return create(dir, lock, directory, options);
     };
-    let snap = file::read_snapshot(&dir.join(snapshot_name(lsn)))?;
+    let snap = codec::read_snapshot(&dir.join(snapshot_name(lsn)))?;
     if snap.lsn != lsn {
         return Err(StoreError::Corrupt(format!(
             "snapshot {} says it covers {} entries",
@@ -325,7 +327,7 @@ pub fn open_at(
         // Pin the new directory: a snapshot at the end of the journal and a fresh segment after
         // it, so that the next start replays only entries made under the new directory.
         last_snapshot_size =
-            file::write_snapshot(&dir, next, &directory, router.state().clone(), &events)?;
+            codec::write_snapshot(&dir, next, &directory, router.state().clone(), &events)?;
         if segment_first != next {
             drop(segment);
             segment = create_segment(&dir, next)?;
@@ -391,7 +393,7 @@ fn create(
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
     let router = directory.router();
-    let size = file::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
+    let size = codec::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
     let segment = create_segment(&dir, 0)?;
     tracing::info!(data_dir = %dir.display(), "new data directory");
     let journal = FileJournal::new(
