@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::segment::{snapshot_name, sync_dir};
 use super::{Directory, StoreError};
 use crate::domain::{OdsCode, Request, RequestId, Timestamp};
-use crate::routing::{DefaultPolicy, Event, EventKind, Router, State};
+use crate::routing::{Event, EventKind, Router, RoutingPolicy, State};
 
 /// First bytes of a snapshot; followed by the payload length, a checksum and the payload. Format
 /// 3 writes the requests apart from the rest of the state, in chunks that decode in parallel
@@ -396,8 +396,12 @@ pub(crate) fn write_snapshot_v2(
     Ok((SNAPSHOT_HEADER + payload.len()) as u64)
 }
 
-/// Reads a snapshot; any damage is an error (a snapshot is only renamed into place once synced).
-pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
+/// Reads a snapshot into a core routing by `policy`; any damage is an error (a snapshot is only
+/// renamed into place once synced).
+pub(crate) fn read_snapshot(
+    path: &Path,
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<SnapshotFile, StoreError> {
     let damaged =
         |why: &str| StoreError::Corrupt(format!("snapshot {} is damaged: {why}", path.display()));
     let file = File::open(path)?;
@@ -405,7 +409,7 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
     if file.read_exact_at(&mut header, 0).is_ok() && header[..8] == SNAPSHOT_MAGIC[..] {
         // Format 3 is read section by section, never whole: a buffer the size of the file would
         // be a third of a gigabyte of fresh pages at a million requests.
-        return read_sections(&file, &header).map_err(|e| match e {
+        return read_sections(&file, &header, policy).map_err(|e| match e {
             SectionError::Io(e) => StoreError::Io(e),
             SectionError::Damaged(why) => damaged(&why),
         });
@@ -442,7 +446,6 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<SnapshotFile, StoreError> {
         return Err(damaged("checksum mismatch"));
     }
     let decode = |e: postcard::Error| damaged(&format!("cannot decode: {e}"));
-    let policy = Arc::new(DefaultPolicy);
     if version == 1 {
         let v1: SnapshotFileV1 = postcard::from_bytes(payload).map_err(decode)?;
         return Ok(SnapshotFile {
@@ -555,6 +558,7 @@ impl<'de> Deserialize<'de> for RequestChunk {
 fn read_sections(
     file: &File,
     header: &[u8; SNAPSHOT_HEADER],
+    policy: Arc<dyn RoutingPolicy>,
 ) -> Result<SnapshotFile, SectionError> {
     let Parts {
         head,
@@ -585,7 +589,7 @@ fn read_sections(
     Ok(SnapshotFile {
         lsn,
         directory,
-        router: Router::from_state(state, Arc::new(DefaultPolicy)),
+        router: Router::from_state(state, policy),
         events,
     })
 }

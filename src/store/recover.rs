@@ -18,7 +18,7 @@ use super::{Directory, StoreError, StoreOptions};
 use crate::domain::{Request, RequestId, Timestamp};
 use rustc_hash::FxHashMap;
 
-use crate::routing::{Event, Outcome, Router};
+use crate::routing::{Event, Outcome, Router, RoutingPolicy};
 
 /// Where a new segment's records start.
 const HEADER_LEN: u64 = SEGMENT_HEADER as u64;
@@ -42,19 +42,22 @@ pub struct Recovered {
     pub dropped_bytes: u64,
 }
 
-/// Opens (or makes) the data directory `dir` for `directory`, and recovers what is durable in it.
+/// Opens (or makes) the data directory `dir` for `directory`, and recovers what is durable in it
+/// into a core that routes by `policy`.
 pub fn open(
     dir: &Path,
     directory: Directory,
+    policy: Arc<dyn RoutingPolicy>,
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
-    open_at(dir, directory, options, Timestamp::now())
+    open_at(dir, directory, policy, options, Timestamp::now())
 }
 
 /// [`open`], with the time at which a changed directory routes waiting requests.
 pub fn open_at(
     dir: &Path,
     directory: Directory,
+    policy: Arc<dyn RoutingPolicy>,
     options: StoreOptions,
     now: Timestamp,
 ) -> Result<Recovered, StoreError> {
@@ -92,9 +95,9 @@ pub fn open_at(
                 dir.display()
             )));
         }
-        return create(dir, lock, directory, options);
+        return create(dir, lock, directory, policy, options);
     };
-    let snap = codec::read_snapshot(&dir.join(snapshot_name(lsn)))?;
+    let snap = codec::read_snapshot(&dir.join(snapshot_name(lsn)), policy.clone())?;
     if snap.lsn != lsn {
         return Err(StoreError::Corrupt(format!(
             "snapshot {} says it covers {} entries",
@@ -316,7 +319,7 @@ pub fn open_at(
     if !differences.is_empty() {
         let mut outcome = Outcome::default();
         router
-            .adopt_directory(&directory.router(), now, &mut outcome)
+            .adopt_directory(&directory.router_with(policy), now, &mut outcome)
             .map_err(|e| {
                 StoreError::Refused(format!(
                     "its directory cannot change that way ({}): {e}",
@@ -390,9 +393,10 @@ fn create(
     dir: PathBuf,
     lock: File,
     directory: Directory,
+    policy: Arc<dyn RoutingPolicy>,
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
-    let router = directory.router();
+    let router = directory.router_with(policy);
     let size = codec::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
     let segment = create_segment(&dir, 0)?;
     tracing::info!(data_dir = %dir.display(), "new data directory");

@@ -22,7 +22,7 @@ fn incremental_snapshots_restore_the_state_exactly_and_replay_only_what_follows(
         1,
         "segments before the last incremental snapshot are removed: {names:?}"
     );
-    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!(r.incremental, 2);
     assert_eq!(r.snapshot_entries, covered);
     assert_eq!(r.replayed, entries - covered);
@@ -53,7 +53,7 @@ fn a_full_snapshot_removes_the_incremental_ones_it_covers_and_a_leftover_one_is_
     );
     // As if the stop came before the full snapshot's clean-up.
     fs::write(dir.path().join(&leftover), kept).expect("write");
-    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!((r.incremental, r.replayed), (0, 0));
     assert_eq!(fingerprint(&r.router, &r.events), expected);
     drop(r);
@@ -78,14 +78,16 @@ fn a_missing_or_damaged_incremental_snapshot_stops_the_start() {
         let mut bad = good.clone();
         bad[at] ^= 0x10;
         fs::write(&first, &bad).expect("write");
-        let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
+        let err =
+            open(dir.path(), directory(), policy(), StoreOptions::default()).expect_err("refused");
         assert!(
             matches!(&err, StoreError::Corrupt(why) if why.contains(&deltas[0])),
             "a flip at byte {at}: {err}"
         );
     }
     fs::remove_file(&first).expect("remove");
-    let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
+    let err =
+        open(dir.path(), directory(), policy(), StoreOptions::default()).expect_err("refused");
     assert!(
         matches!(&err, StoreError::Corrupt(why) if why.contains(&deltas[1])),
         "{err}"
@@ -101,7 +103,7 @@ fn a_changed_directory_after_incremental_snapshots_is_pinned_by_a_full_one() {
     drop(d);
     let mut other = directory();
     other.retention_ms += MINUTE_MS;
-    let r = open(dir.path(), other.clone(), StoreOptions::default()).expect("applied");
+    let r = open(dir.path(), other.clone(), policy(), StoreOptions::default()).expect("applied");
     assert_eq!(r.incremental, 2);
     assert_eq!(
         fingerprint(&r.router, &r.events).requests,
@@ -110,7 +112,7 @@ fn a_changed_directory_after_incremental_snapshots_is_pinned_by_a_full_one() {
     drop(r);
     let names = file_names(dir.path());
     assert!(names.iter().all(|n| !n.starts_with("delta-")), "{names:?}");
-    let r = open(dir.path(), other, StoreOptions::default()).expect("reopen");
+    let r = open(dir.path(), other, policy(), StoreOptions::default()).expect("reopen");
     assert_eq!((r.incremental, r.replayed), (0, 0));
 }
 
@@ -121,7 +123,7 @@ fn the_trigger_takes_incremental_snapshots_until_they_add_up_to_half_the_full_on
         snapshot_min_bytes: 1,
         ..StoreOptions::default()
     };
-    let r = open(dir.path(), directory(), options).expect("open");
+    let r = open(dir.path(), directory(), policy(), options).expect("open");
     let mut d = Driver::recovered(r);
     assert_eq!(d.journal.snapshot_due(false), None, "nothing journaled yet");
     assert_eq!(
@@ -155,7 +157,7 @@ fn after_a_restart_that_replayed_entries_the_next_snapshot_is_full() {
         snapshot_min_bytes: 1,
         ..StoreOptions::default()
     };
-    let mut d = Driver::recovered(open(dir.path(), directory(), options).expect("open"));
+    let mut d = Driver::recovered(open(dir.path(), directory(), policy(), options).expect("open"));
     history(&mut d);
     d.delta();
     d.journal.wait_for_writer();
@@ -164,7 +166,8 @@ fn after_a_restart_that_replayed_entries_the_next_snapshot_is_full() {
     drop(d);
     // The entries after the incremental snapshot are replayed, not noted by the new caller: only
     // a full snapshot covers them.
-    let mut d = Driver::recovered(open(dir.path(), directory(), options).expect("reopen"));
+    let mut d =
+        Driver::recovered(open(dir.path(), directory(), policy(), options).expect("reopen"));
     d.submit_stat(301, now);
     full_then_incremental(&mut d, 302, now);
 }

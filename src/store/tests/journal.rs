@@ -26,7 +26,7 @@ fn records_go_into_reserved_space_and_a_restart_carries_on_where_they_end() {
     let len = fs::metadata(&segment).expect("segment").len();
     assert!(len > end, "zeros reserved past the records ({len} > {end})");
     drop(d);
-    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!(r.dropped_bytes, 0, "reserved space is not a torn tail");
     assert_eq!(r.journal.segment_end(), end);
     drop(r);
@@ -97,7 +97,7 @@ fn a_cut_at_every_byte_of_the_last_record_drops_exactly_that_batch() {
             .expect("open");
         f.set_len(cut).expect("cut");
         drop(f);
-        let r = open(copy.path(), directory(), StoreOptions::default()).expect("recover");
+        let r = open(copy.path(), directory(), policy(), StoreOptions::default()).expect("recover");
         let expected = if cut == whole {
             &with_last
         } else {
@@ -148,7 +148,7 @@ fn a_flipped_bit_in_the_last_record_drops_it_and_a_flipped_bit_earlier_stops_the
     };
     for byte in before_last..whole {
         let copy = flipped(byte);
-        let r = open(copy.path(), directory(), StoreOptions::default()).expect("recover");
+        let r = open(copy.path(), directory(), policy(), StoreOptions::default()).expect("recover");
         assert_eq!(
             fingerprint(&r.router, &r.events),
             without_last,
@@ -159,7 +159,7 @@ fn a_flipped_bit_in_the_last_record_drops_it_and_a_flipped_bit_earlier_stops_the
     // Past the 20-byte segment header, in the first record: valid records follow it.
     for byte in [20, 24, 30, 100, before_last - 1] {
         let copy = flipped(byte);
-        let err = open(copy.path(), directory(), StoreOptions::default())
+        let err = open(copy.path(), directory(), policy(), StoreOptions::default())
             .expect_err("damage in the middle");
         assert!(
             matches!(&err, StoreError::Corrupt(m) if m.contains("valid records after it")),
@@ -184,7 +184,7 @@ fn after_a_snapshot_the_start_reads_it_and_replays_only_what_follows() {
     let entries = d.journal.entries();
     d.journal.close().expect("close");
     drop(d);
-    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!(r.snapshot_entries, at_snapshot);
     assert_eq!(r.replayed, entries - at_snapshot);
     assert_eq!(fingerprint(&r.router, &r.events), expected);
@@ -206,7 +206,8 @@ fn a_changed_directory_is_applied_and_pinned_by_a_snapshot() {
     drop(Driver::open(dir.path()));
     let mut other = directory();
     other.retention_ms += 1;
-    let recovered = open(dir.path(), other.clone(), StoreOptions::default()).expect("applied");
+    let recovered =
+        open(dir.path(), other.clone(), policy(), StoreOptions::default()).expect("applied");
     drop(recovered);
     let newest = std::fs::read_dir(dir.path())
         .expect("read_dir")
@@ -214,7 +215,7 @@ fn a_changed_directory_is_applied_and_pinned_by_a_snapshot() {
         .filter(|p| p.extension().is_some_and(|x| x == "snap"))
         .max()
         .expect("a snapshot");
-    let snapshot = super::codec::read_snapshot(&newest).expect("snapshot");
+    let snapshot = super::codec::read_snapshot(&newest, policy()).expect("snapshot");
     assert!(snapshot.directory.differences(&other).is_empty());
 }
 
@@ -236,7 +237,7 @@ fn a_new_retention_applies_to_requests_already_finished() {
     drop(d);
     let mut shorter = directory();
     shorter.retention_ms = 60_000;
-    let recovered = open(dir.path(), shorter, StoreOptions::default()).expect("applied");
+    let recovered = open(dir.path(), shorter, policy(), StoreOptions::default()).expect("applied");
     assert_eq!(
         recovered.router.next_timer(),
         Some(cancelled_at.plus_millis(60_000)),
@@ -251,7 +252,8 @@ fn a_new_retention_applies_to_requests_already_finished() {
 fn a_second_broker_on_the_same_data_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first = Driver::open(dir.path());
-    let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
+    let err =
+        open(dir.path(), directory(), policy(), StoreOptions::default()).expect_err("refused");
     assert!(err.to_string().contains("in use"), "{err}");
 }
 
@@ -261,6 +263,7 @@ fn one_sync_per_entry_reads_back_the_same() {
     let r = open(
         dir.path(),
         directory(),
+        policy(),
         StoreOptions {
             sync: SyncMode::PerEntry,
             ..StoreOptions::default()
@@ -272,4 +275,47 @@ fn one_sync_per_entry_reads_back_the_same() {
     let expected = d.after_batch.pop().expect("state");
     drop(d);
     assert_eq!(recovered(dir.path()), expected);
+}
+
+/// A policy that never offers: every submission waits.
+#[derive(Debug)]
+struct NeverOffers;
+
+impl crate::routing::RoutingPolicy for NeverOffers {
+    fn choose(
+        &self,
+        _: &crate::routing::RouteQuery<'_>,
+        _: &crate::routing::Labs,
+        _: Timestamp,
+    ) -> Option<crate::routing::Placement> {
+        None
+    }
+}
+
+#[test]
+fn recovery_routes_with_the_policy_it_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    d.submit_stat(1, T0);
+    assert!(
+        d.router.queue().in_order().is_empty(),
+        "the default offers it"
+    );
+    d.snapshot();
+    d.journal.close().expect("close");
+    drop(d);
+    let r = open(
+        dir.path(),
+        directory(),
+        Arc::new(NeverOffers),
+        StoreOptions::default(),
+    )
+    .expect("recover");
+    let mut d = Driver::recovered(r);
+    d.submit_stat(2, T0);
+    assert_eq!(
+        d.router.queue().in_order().len(),
+        1,
+        "the recovered core routes with the policy it was given, which offers nothing"
+    );
 }

@@ -17,12 +17,18 @@ use crate::domain::{
     RequestId, TestCode,
 };
 use crate::routing::fixtures::submit;
-use crate::routing::{LabState, Outcome, QueueKey, Reply, Router, State};
+use crate::routing::{
+    DefaultPolicy, LabState, Outcome, QueueKey, Reply, Router, RoutingPolicy, State,
+};
 
 const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
 
 fn directory() -> Directory {
-    Directory::from(&Config::demo().expect("demo config"))
+    Config::demo().expect("demo config").directory()
+}
+
+fn policy() -> Arc<dyn RoutingPolicy> {
+    Arc::new(DefaultPolicy)
 }
 
 fn ods(code: &str) -> OdsCode {
@@ -75,7 +81,7 @@ struct Driver {
 
 impl Driver {
     fn open(dir: &Path) -> Self {
-        Self::recovered(open(dir, directory(), StoreOptions::default()).expect("open"))
+        Self::recovered(open(dir, directory(), policy(), StoreOptions::default()).expect("open"))
     }
 
     fn recovered(r: Recovered) -> Self {
@@ -310,7 +316,7 @@ fn history(d: &mut Driver) {
 }
 
 fn recovered(dir: &Path) -> Fingerprint {
-    let r = open(dir, directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir, directory(), policy(), StoreOptions::default()).expect("recover");
     fingerprint(&r.router, &r.events)
 }
 

@@ -33,7 +33,7 @@ fn a_snapshot_restores_events_sharing_their_requests_as_before() {
     d.snapshot();
     d.journal.close().expect("close");
     drop(d);
-    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!(r.replayed, 0);
     assert_eq!(events_and_sharing(&r.router, &r.events), expected);
 }
@@ -72,7 +72,7 @@ fn a_format_1_snapshot_from_an_earlier_build_is_still_read() {
     file.extend_from_slice(&crc.finalize().to_le_bytes());
     file.extend_from_slice(&payload);
     fs::write(dir.path().join(super::segment::snapshot_name(lsn)), file).expect("write");
-    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!(r.snapshot_entries, lsn);
     assert_eq!(fingerprint(&r.router, &r.events), expected);
     assert_eq!(r.events, events);
@@ -101,9 +101,11 @@ fn a_format_3_snapshot_round_trips_every_request_across_many_chunks() {
     let snap_dir = tempfile::tempdir().expect("tempdir");
     super::codec::write_snapshot(snap_dir.path(), lsn, &directory(), state, &d.events)
         .expect("write");
-    let snap =
-        super::codec::read_snapshot(&snap_dir.path().join(super::segment::snapshot_name(lsn)))
-            .expect("read");
+    let snap = super::codec::read_snapshot(
+        &snap_dir.path().join(super::segment::snapshot_name(lsn)),
+        policy(),
+    )
+    .expect("read");
     assert_eq!(snap.lsn, lsn);
     let mut got: Vec<Request> = snap.router.requests().map(|r| (**r).clone()).collect();
     got.sort_by_key(|r| r.ordinal);
@@ -130,7 +132,7 @@ fn a_format_2_snapshot_from_an_earlier_build_is_still_read() {
     drop(d);
     let head = fs::read(dir.path().join(super::segment::snapshot_name(lsn))).expect("read");
     assert_eq!(&head[..8], b"LABAIDS2");
-    let r = open(dir.path(), directory(), StoreOptions::default()).expect("recover");
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!(r.snapshot_entries, lsn);
     assert_eq!(r.replayed, 0);
     assert_eq!(fingerprint(&r.router, &r.events), expected);
@@ -150,7 +152,8 @@ fn a_snapshot_in_an_unknown_format_is_refused_by_name() {
     let mut file = fs::read(&path).expect("read");
     file[7] = b'9';
     fs::write(&path, file).expect("write");
-    let err = open(dir.path(), directory(), StoreOptions::default()).expect_err("refused");
+    let err =
+        open(dir.path(), directory(), policy(), StoreOptions::default()).expect_err("refused");
     assert!(err.to_string().contains("format '9'"), "{err}");
 }
 
@@ -171,7 +174,7 @@ fn a_flipped_bit_in_any_section_of_a_format_3_snapshot_stops_the_start() {
         let mut bad = good.clone();
         bad[at] ^= 0x10;
         fs::write(&path, &bad).expect("write");
-        let err = super::codec::read_snapshot(&path).expect_err("refused");
+        let err = super::codec::read_snapshot(&path, policy()).expect_err("refused");
         assert!(
             matches!(err, StoreError::Corrupt(_)),
             "a flip at byte {at}: {err}"
