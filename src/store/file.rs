@@ -5,11 +5,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::record;
 use super::segment::{BatchRef, RESERVE, SEGMENT_HEADER, create_segment};
-use super::writer::{Due, Job, SnapshotObserver, Writer};
+use super::writer::{Due, FINAL_SNAPSHOT_FAILED, Job, SnapshotObserver, Writer};
 use super::{
     Delta, Directory, Entry, Journal, Snapshot, SnapshotKind, StoreError, StoreOptions, SyncMode,
 };
@@ -55,6 +55,9 @@ pub struct FileJournal {
     /// True until a full snapshot follows entries journaled before this journal was opened: the
     /// caller noted only the changes it made itself, so an incremental one would miss those.
     full_due: bool,
+    /// Set once the sequencer asks for the snapshot of a graceful stop: that one may fail (a full
+    /// disk) without aborting, as the journal it would have shortened is complete.
+    closing: AtomicBool,
     options: StoreOptions,
     payload: Vec<u8>,
     frames: Vec<u8>,
@@ -87,6 +90,7 @@ impl FileJournal {
             since_full: tail.since_snapshot + tail.deltas_size,
             snapshot_entries: tail.snapshot_entries,
             full_due: tail.since_snapshot > 0,
+            closing: AtomicBool::new(false),
             options,
             payload: Vec::new(),
             frames: Vec::new(),
@@ -213,6 +217,9 @@ impl Journal for FileJournal {
     }
 
     fn snapshot_due(&self, closing: bool) -> Option<SnapshotKind> {
+        if closing {
+            self.closing.store(true, Ordering::Relaxed);
+        }
         if !closing && self.writer.busy.load(Ordering::Acquire) {
             return None;
         }
@@ -231,10 +238,23 @@ impl Journal for FileJournal {
     }
 
     fn snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
-        let lsn = self.rotate()?;
+        let last = self.closing.load(Ordering::Relaxed);
+        let lsn = match self.rotate() {
+            Ok(lsn) => lsn,
+            // The new segment could not be made (a full disk): the old one is whole and synced.
+            Err(err) if last => {
+                tracing::warn!(error = %err, entries = self.next, "{FINAL_SNAPSHOT_FAILED}");
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         self.full_due = false;
         self.since_full = 0;
-        self.writer.send(Job::Full { lsn, snapshot })
+        self.writer.send(Job::Full {
+            lsn,
+            snapshot,
+            last,
+        })
     }
 
     fn delta(&mut self, delta: Delta) -> Result<(), StoreError> {

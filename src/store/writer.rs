@@ -9,13 +9,26 @@ use std::time::Duration;
 
 use super::codec::write_snapshot;
 use super::delta::write_delta;
-use super::segment::{obsolete_at, parse_name, remove_files};
+use super::segment::{obsolete_at, parse_name, remove_files, snapshot_name};
 use super::{Delta, Directory, Snapshot, SnapshotKind, StoreError, StoreOptions};
+
+/// What a graceful stop says when its snapshot cannot be written (on a full disk, say).
+pub(super) const FINAL_SNAPSHOT_FAILED: &str = "the final snapshot could not be written; stopped \
+     with the journal intact, and the next start replays it";
 
 /// A snapshot for the writer to write.
 pub(super) enum Job {
-    Full { lsn: u64, snapshot: Snapshot },
-    Incremental { lsn: u64, after: u64, delta: Delta },
+    /// `last` when it is the one a graceful stop takes.
+    Full {
+        lsn: u64,
+        snapshot: Snapshot,
+        last: bool,
+    },
+    Incremental {
+        lsn: u64,
+        after: u64,
+        delta: Delta,
+    },
 }
 
 /// What the writer keeps for others: the sizes the snapshot trigger weighs, and whom to tell of
@@ -120,8 +133,12 @@ impl Writer {
             .spawn(move || {
                 for job in rx {
                     let started = std::time::Instant::now();
+                    let (last, entries) = match &job {
+                        Job::Full { lsn, last, .. } => (*last, *lsn),
+                        Job::Incremental { lsn, .. } => (false, *lsn),
+                    };
                     let result = match job {
-                        Job::Full { lsn, snapshot } => write_snapshot(
+                        Job::Full { lsn, snapshot, .. } => write_snapshot(
                             &dir,
                             lsn,
                             &directory,
@@ -166,6 +183,16 @@ impl Writer {
                         }
                     };
                     if let Err(err) = result {
+                        if last {
+                            // Stopping anyway, and the journal holds every entry the snapshot
+                            // would have covered: give back the space a half-written one took
+                            // (a full disk is the likely cause) and end like any clean stop.
+                            let tmp = format!("{}.tmp", snapshot_name(entries));
+                            let _ = std::fs::remove_file(dir.join(tmp));
+                            tracing::warn!(error = %err, entries, "{FINAL_SNAPSHOT_FAILED}");
+                            thread_busy.store(false, Ordering::Release);
+                            continue;
+                        }
                         // The journal still holds everything, but a failed sync must never be
                         // retried: stop, and let the next start recover from what is durable.
                         tracing::error!(error = %err, "snapshot failed; stopping");

@@ -319,3 +319,38 @@ fn recovery_routes_with_the_policy_it_is_given() {
         "the recovered core routes with the policy it was given, which offers nothing"
     );
 }
+
+#[test]
+fn a_final_snapshot_that_cannot_be_written_stops_cleanly_with_the_journal_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    for order in 0..5 {
+        d.submit_stat(order, T0);
+    }
+    let expected = fingerprint(&d.router, &d.events);
+    assert_eq!(d.journal.snapshot_due(true), Some(SnapshotKind::Full));
+    // A directory where the snapshot's temporary file must go: creating it fails with a real
+    // I/O error, as a write on a full disk would, and no hook in the store is needed.
+    let blocker = dir.path().join(format!(
+        "{}.tmp",
+        super::segment::snapshot_name(d.journal.entries())
+    ));
+    fs::create_dir(&blocker).expect("blocker");
+    d.snapshot();
+    d.journal
+        .close()
+        .expect("a failed final snapshot still closes cleanly");
+    drop(d);
+    assert!(
+        !file_names(dir.path())
+            .iter()
+            .any(|n| n.ends_with(".snap") && n != "snapshot-00000000000000000000.snap"),
+        "no snapshot was written"
+    );
+    fs::remove_dir(&blocker).expect("free the space");
+    assert_eq!(
+        recovered(dir.path()),
+        expected,
+        "the journal held every entry"
+    );
+}
