@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::loss::Mark;
 use super::record;
 use super::segment::{BatchRef, RESERVE, SEGMENT_HEADER, create_segment};
 use super::writer::{Due, FINAL_SNAPSHOT_FAILED, Job, SnapshotObserver, Writer};
@@ -17,6 +18,8 @@ use super::{
 /// Where recovery left the journal: the segment to append to and the counters.
 #[derive(Debug)]
 pub(crate) struct Tail {
+    /// The high-water mark, already at `next`.
+    pub(crate) mark: Mark,
     pub(crate) segment: File,
     pub(crate) segment_first: u64,
     /// Offset just past the segment's last record: where the next one goes.
@@ -62,6 +65,8 @@ pub struct FileJournal {
     payload: Vec<u8>,
     frames: Vec<u8>,
     writer: Writer,
+    /// Entries synced, recorded after each append so that a start notices a journal cut short.
+    mark: Mark,
     _lock: File,
 }
 
@@ -95,6 +100,7 @@ impl FileJournal {
             payload: Vec::new(),
             frames: Vec::new(),
             writer,
+            mark: tail.mark,
             _lock: lock,
         })
     }
@@ -213,7 +219,7 @@ impl Journal for FileJournal {
             }
         }
         self.next += entries.len() as u64;
-        Ok(())
+        self.mark.record(self.next)
     }
 
     fn snapshot_due(&self, closing: bool) -> Option<SnapshotKind> {
@@ -265,6 +271,7 @@ impl Journal for FileJournal {
 
     fn close(&mut self) -> Result<(), StoreError> {
         self.drop_reserved()?;
+        self.mark.sync()?;
         self.writer.finish()
     }
 }

@@ -1,6 +1,7 @@
 //! The file store against its promises, by area; this module holds what they share: a driver
 //! that makes a history through the real core, and the fingerprint recovery must rebuild.
 
+mod damage;
 mod incremental;
 mod journal;
 mod snapshots;
@@ -180,7 +181,7 @@ fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "LOCK")
+        .filter(|n| n != "LOCK" && n != super::loss::MARK_NAME)
         .collect();
     names.sort();
     names
