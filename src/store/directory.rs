@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Catalogue, OdsCode};
-use crate::routing::{DefaultPolicy, LabConfig, Leases, Router, RoutingPolicy};
+use crate::routing::{LabConfig, Leases, Router, RoutingPolicy};
 
 /// The configured directory, in a canonical order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,13 +44,8 @@ impl Directory {
         }
     }
 
-    /// A core with this directory, no requests, and the default routing policy.
-    pub fn router(&self) -> Router {
-        self.router_with(Arc::new(DefaultPolicy))
-    }
-
     /// A core with this directory, no requests, and `policy`.
-    pub fn router_with(&self, policy: Arc<dyn RoutingPolicy>) -> Router {
+    pub fn router(&self, policy: Arc<dyn RoutingPolicy>) -> Router {
         Router::with_policy(
             self.catalogue.clone(),
             self.trusts.clone(),

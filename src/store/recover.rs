@@ -413,7 +413,7 @@ pub fn open_at(
     if !differences.is_empty() {
         let mut outcome = Outcome::default();
         router
-            .adopt_directory(&directory.router_with(policy), now, &mut outcome)
+            .adopt_directory(&directory.router(policy), now, &mut outcome)
             .map_err(|e| {
                 StoreError::Refused(format!(
                     "its directory cannot change that way ({}): {e}",
@@ -519,7 +519,7 @@ fn create(
     policy: Arc<dyn RoutingPolicy>,
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
-    let router = directory.router_with(policy);
+    let router = directory.router(policy);
     let size = codec::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
     let segment = create_segment(&dir, 0)?;
     let mark = Mark::create(&dir, 0)?;

@@ -185,7 +185,7 @@ fn an_incremental_snapshot_across_a_new_retention_brings_the_state_forward_exact
     let later = T0.plus_millis(40 * MINUTE_MS);
     let mut outcome = Outcome::default();
     d.router
-        .adopt_directory(&shorter.router(), later, &mut outcome)
+        .adopt_directory(&shorter.router(policy()), later, &mut outcome)
         .expect("adopted");
     d.changed
         .extend(outcome.requests.iter().chain(&outcome.purged).copied());
