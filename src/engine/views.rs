@@ -238,7 +238,7 @@ impl Views {
     ) -> Self {
         let requests = DashMap::with_capacity_and_hasher_and_shard_amount(
             router.request_count(),
-            FxBuildHasher::default(),
+            FxBuildHasher,
             VIEW_SHARDS,
         );
         // Three threads that each take about a third of the work (a million requests' request
@@ -302,7 +302,7 @@ impl Views {
         for ((state, priority, lab), n) in counts {
             metrics.count_requests(state, priority, lab, n);
         }
-        let by_org = DashMap::with_capacity_and_hasher(lists.len(), FxBuildHasher::default());
+        let by_org = DashMap::with_capacity_and_hasher(lists.len(), FxBuildHasher);
         for (org, mut list) in lists {
             list.sort_unstable();
             by_org.insert(org.clone(), list.into_iter().collect());
@@ -352,7 +352,7 @@ impl Views {
         for event in events {
             by_org.entry(event.org.clone()).or_default().push(event);
         }
-        let logs = DashMap::with_capacity_and_hasher(by_org.len(), FxBuildHasher::default());
+        let logs = DashMap::with_capacity_and_hasher(by_org.len(), FxBuildHasher);
         for (org, events) in by_org {
             let log = EventLog::new();
             log.history
