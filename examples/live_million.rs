@@ -47,7 +47,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use labaid::config::Config;
 use labaid::domain::{NewRequest, OdsCode, Priority, RawSubmission, RequestId, Timestamp};
 use labaid::routing::{Command, Outcome};
-use labaid::store::{self, Directory, Entry, Journal, StoreOptions};
+use labaid::store::{self, Entry, Journal, StoreOptions};
 
 /// Trusts submitting.
 const TRUSTS: usize = 10;
@@ -375,8 +375,13 @@ fn submission(rng: &mut Rng, i: usize, now: Timestamp) -> RawSubmission {
 /// With `worst`, then leaves it as the snapshot policy's worst case for a restart (see
 /// `worst_case`).
 fn fill(dir: &Path, config: &Config, count: usize, worst: bool) -> anyhow::Result<usize> {
-    let directory = Directory::from(config);
-    let recovered = store::open(dir, directory, StoreOptions::default())?;
+    let directory = config.directory();
+    let recovered = store::open(
+        dir,
+        directory,
+        config.policy.clone(),
+        StoreOptions::default(),
+    )?;
     let (mut router, mut journal) = (recovered.router, recovered.journal);
     let trusts: Vec<OdsCode> = (0..TRUSTS)
         .map(|i| OdsCode::parse(&trust_code(i)).map_err(anyhow::Error::msg))

@@ -17,7 +17,7 @@ use labaid::domain::{NewRequest, OdsCode, Priority, RawSubmission, RequestId, Ti
 use labaid::engine::Views;
 use labaid::proto;
 use labaid::routing::{Command, Outcome};
-use labaid::store::{self, Directory, Entry, Journal, Snapshot, StoreOptions, SyncMode};
+use labaid::store::{self, Entry, Journal, Snapshot, StoreOptions, SyncMode};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<u64> = std::env::args()
@@ -117,9 +117,9 @@ fn submission(order: &str) -> proto::SubmitRequestRequest {
 /// sequencer would, then times a restart from the journal and from a snapshot.
 fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
     let config = Config::demo()?;
-    let directory = Directory::from(&config);
+    let directory = config.directory();
     let options = StoreOptions::default();
-    let recovered = store::open(dir, directory.clone(), options)?;
+    let recovered = store::open(dir, directory.clone(), config.policy.clone(), options)?;
     let (mut router, mut journal) = (recovered.router, recovered.journal);
     let mut events = Vec::new();
     let now = Timestamp::now();
@@ -165,7 +165,7 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
     drop(journal);
 
     let started = Instant::now();
-    let r = store::open(dir, directory.clone(), options)?;
+    let r = store::open(dir, directory.clone(), config.policy.clone(), options)?;
     let views = Views::new(
         &r.router,
         r.events.clone(),
@@ -200,7 +200,7 @@ fn restart_time(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
     drop(views);
 
     let started = Instant::now();
-    let r = store::open(dir, directory, options)?;
+    let r = store::open(dir, directory, config.policy.clone(), options)?;
     let _views = Views::new(&r.router, r.events, config.retention_ms, Default::default());
     println!(
         "restart from the snapshot: {:.2} s ({} entries replayed, {} requests)",

@@ -13,8 +13,8 @@ use crate::auth::{Role, TokenHash};
 use crate::domain::Clock;
 use crate::domain::{Catalogue, MINUTE_MS, OdsCode, TestCode, TestDef};
 use crate::engine::SystemClock;
-use crate::routing::{LabConfig, Leases};
-use crate::store::StoreOptions;
+use crate::routing::{DefaultPolicy, LabConfig, Leases, RoutingPolicy};
+use crate::store::{Directory, StoreOptions};
 
 /// The bundled demo catalogue.
 pub const DEMO_CATALOGUE: &str = include_str!("../deploy/demo/catalogue.toml");
@@ -84,6 +84,8 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// How the store syncs and when it snapshots.
     pub store: StoreOptions,
+    /// Which eligible lab a request is offered to; recovery rebuilds the core with it.
+    pub policy: Arc<dyn RoutingPolicy>,
     /// TLS for the listener; without it the broker serves plaintext on loopback only.
     pub tls: Option<TlsPaths>,
     /// Serve plaintext on a loopback listener with a config file (the demo may without this).
@@ -390,6 +392,17 @@ struct RawLab {
 }
 
 impl Config {
+    /// The directory the store pins: the catalogue, trusts, labs, leases and retention.
+    pub fn directory(&self) -> Directory {
+        Directory::new(
+            self.catalogue.clone(),
+            self.trusts.clone(),
+            self.labs.clone(),
+            self.leases,
+            self.retention_ms,
+        )
+    }
+
     /// The bundled south-east London demo, listening on the default address.
     pub fn demo() -> Result<Self, ConfigError> {
         let catalogue = parse_toml::<FileConfig>(DEMO_CATALOGUE, Path::new("<demo catalogue>"))?;
@@ -607,6 +620,7 @@ impl Config {
             demo: false,
             clock: Arc::new(SystemClock),
             store: StoreOptions::default(),
+            policy: Arc::new(DefaultPolicy),
             tls: security.tls,
             allow_plaintext_loopback: security.allow_plaintext_loopback,
             tokens: security.tokens,

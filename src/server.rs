@@ -29,7 +29,7 @@ use crate::proto::coordinator_service_server::CoordinatorServiceServer;
 use crate::proto::directory_service_server::DirectoryServiceServer;
 use crate::proto::lab_service_server::LabServiceServer;
 use crate::proto::request_service_server::RequestServiceServer;
-use crate::store::{self, Directory};
+use crate::store;
 
 /// Largest message the broker accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -171,18 +171,19 @@ pub async fn serve_on(
     );
     // Recover before serving: nothing is answered from a state that is not yet what is durable.
     let data_dir = config.data_dir.clone();
-    let (directory, options) = (Directory::from(&config), config.store);
+    let (directory, policy, options) = (config.directory(), config.policy.clone(), config.store);
     let now = config.clock.now();
-    let recovered =
-        tokio::task::spawn_blocking(move || store::open_at(&data_dir, directory, options, now))
-            .await
-            .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
-            .map_err(|e| {
-                Error::Internal(format!(
-                    "cannot open the data directory {}: {e}",
-                    config.data_dir.display()
-                ))
-            })?;
+    let recovered = tokio::task::spawn_blocking(move || {
+        store::open_at(&data_dir, directory, policy, options, now)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
+    .map_err(|e| {
+        Error::Internal(format!(
+            "cannot open the data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
     // Its connections are told to go away and finish on their own: a health watcher opened while
     // starting stays until it ends (it hears SERVING through the shared reporter).
     starting_done.store(true, Ordering::SeqCst);

@@ -146,12 +146,14 @@ mod tests {
     use crate::config::Config;
     use crate::domain::{Priority, Timestamp};
     use crate::routing::{Outcome, fixtures};
-    use crate::store::Directory;
 
     /// One real event for trust RJ1, from the demo directory's router.
     fn an_event() -> Event {
         let now = Timestamp::from_millis(1_750_000_000_000);
-        let mut router = Directory::from(&Config::demo().unwrap()).router();
+        let mut router = Config::demo()
+            .unwrap()
+            .directory()
+            .router(std::sync::Arc::new(crate::routing::DefaultPolicy));
         let command = fixtures::submit(&router, "RJ1", 1, Priority::Urgent, now);
         let mut outcome = Outcome::default();
         router.apply(&command, now, &mut outcome).unwrap();

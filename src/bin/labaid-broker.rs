@@ -44,6 +44,11 @@ struct Args {
     /// changed), until those add up to half the last full one.
     #[arg(long, env = "LABAID_SNAPSHOT_MIN_BYTES", default_value_t = labaid::store::DEFAULT_SNAPSHOT_MIN_BYTES)]
     snapshot_min_bytes: u64,
+    /// Start even when acknowledged changes are missing from the journal (a segment deleted, cut
+    /// or damaged): carry on from what is readable, log what was dropped, and rename later
+    /// segments to *.lost. Without it such a start is refused, naming the file and the loss.
+    #[arg(long)]
+    accept_data_loss: bool,
     /// The broker's TLS certificate chain (PEM) [or the config file's `[tls] cert`].
     #[arg(long, env = "LABAID_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -202,6 +207,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.data_dir = dir;
     }
     config.store.snapshot_min_bytes = args.snapshot_min_bytes;
+    config.store.accept_data_loss = args.accept_data_loss;
     // Each flag overrides the same key of the config file's [tls].
     let (cert, key, client_ca) = config
         .tls

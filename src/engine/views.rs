@@ -591,13 +591,15 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::routing::{Command, fixtures};
-    use crate::store::Directory;
 
     const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
 
     /// Views of 40 requests from RJ1, every fifth one STAT, the rest ROUTINE.
     fn views_of_forty() -> Views {
-        let mut router = Directory::from(&Config::demo().expect("demo config")).router();
+        let mut router = Config::demo()
+            .expect("demo config")
+            .directory()
+            .router(std::sync::Arc::new(crate::routing::DefaultPolicy));
         for i in 0..40 {
             let priority = if i % 5 == 0 {
                 Priority::Stat
@@ -616,7 +618,10 @@ mod tests {
     /// the same counts and oldest waits per priority.
     #[test]
     fn the_waiting_set_built_at_a_restart_matches_the_one_kept_batch_by_batch() {
-        let mut router = Directory::from(&Config::demo().expect("demo config")).router();
+        let mut router = Config::demo()
+            .expect("demo config")
+            .directory()
+            .router(std::sync::Arc::new(crate::routing::DefaultPolicy));
         let live = Views::new(&router, Vec::new(), 60_000, Arc::new(Metrics::new()));
         let trust = OdsCode::parse("RJ1").expect("ods");
         let mut ids = Vec::new();

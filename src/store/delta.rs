@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::file::{
+use super::codec::{
     self, Parts, SNAPSHOT_HEADER, SectionError, encode_error, link_events, write_sections,
 };
 use super::{Delta, Directory, StoreError};
@@ -128,7 +128,7 @@ pub(crate) fn read_delta(path: &Path) -> Result<DeltaFile, StoreError> {
         versions,
         slots,
         requests,
-    } = file::read_parts::<DeltaHead>(&file, &header).map_err(|e| match e {
+    } = codec::read_parts::<DeltaHead>(&file, &header).map_err(|e| match e {
         SectionError::Io(e) => StoreError::Io(e),
         SectionError::Damaged(why) => damaged(&why),
     })?;

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::domain::{Catalogue, OdsCode};
-use crate::routing::{LabConfig, Leases, Router};
+use crate::routing::{LabConfig, Leases, Router, RoutingPolicy};
 
 /// The configured directory, in a canonical order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,29 +25,34 @@ pub struct Directory {
     pub retention_ms: i64,
 }
 
-impl From<&Config> for Directory {
-    fn from(config: &Config) -> Self {
-        let mut labs = config.labs.clone();
+impl Directory {
+    /// The directory made of these parts, labs put in the canonical order (by ODS code).
+    pub fn new(
+        catalogue: Arc<Catalogue>,
+        trusts: BTreeMap<OdsCode, String>,
+        mut labs: Vec<LabConfig>,
+        leases: Leases,
+        retention_ms: i64,
+    ) -> Self {
         labs.sort_by(|a, b| a.ods.cmp(&b.ods));
         Self {
-            catalogue: config.catalogue.clone(),
-            trusts: config.trusts.clone(),
+            catalogue,
+            trusts,
             labs,
-            leases: config.leases,
-            retention_ms: config.retention_ms,
+            leases,
+            retention_ms,
         }
     }
-}
 
-impl Directory {
-    /// A core with this directory and no requests.
-    pub fn router(&self) -> Router {
-        Router::new(
+    /// A core with this directory, no requests, and `policy`.
+    pub fn router(&self, policy: Arc<dyn RoutingPolicy>) -> Router {
+        Router::with_policy(
             self.catalogue.clone(),
             self.trusts.clone(),
             self.labs.clone(),
             self.leases,
             self.retention_ms,
+            policy,
         )
     }
 

@@ -10,16 +10,22 @@
 //! - `delta-<entry number>.snap`: an incremental snapshot after that many entries, written the
 //!   same way: the requests changed since the snapshot or incremental snapshot before it, the
 //!   rest of the state, and the events published meanwhile.
+//! - `synced.mark`: how many entries were synced, so a start tells a torn tail from a journal
+//!   cut or deleted (see `loss`).
 //! - `LOCK`: held while a broker runs, so two brokers never write one journal.
 
+mod codec;
 mod delta;
 mod directory;
 mod file;
+mod loss;
 mod memory;
 mod record;
 mod recover;
+mod segment;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,9 +36,11 @@ use crate::domain::{Request, RequestId, Timestamp};
 use crate::routing::{Command, Event, SnapshotState, State};
 
 pub use directory::Directory;
-pub use file::{FileJournal, SnapshotObserver};
+pub use file::FileJournal;
+pub use loss::DataLoss;
 pub use memory::MemoryJournal;
 pub use recover::{Recovered, open, open_at};
+pub use writer::SnapshotObserver;
 
 /// One journaled change: a command and the time it was applied at. Replaying the entries in order
 /// through the core rebuilds the state exactly, because the core is deterministic.
@@ -85,6 +93,13 @@ pub enum StoreError {
     /// The data directory cannot be used as it is (in use, or made for another directory).
     #[error("{0}")]
     Refused(String),
+    /// Acknowledged changes are missing from the journal; the start is refused unless the
+    /// operator accepts the loss ([`StoreOptions::accept_data_loss`]).
+    #[error(
+        "{0}; refusing to start: restore the missing files, or start with --accept-data-loss to \
+         carry on without those changes"
+    )]
+    Lost(DataLoss),
 }
 
 /// How the file store syncs and when it snapshots.
@@ -98,6 +113,11 @@ pub struct StoreOptions {
     pub snapshot_min_bytes: u64,
     /// How many syncs an append costs.
     pub sync: SyncMode,
+    /// Start even when acknowledged changes are missing from the journal (deleted, cut or
+    /// damaged): carry on from what is readable, say what was dropped, and set later segments
+    /// aside. Off by default: such a start is refused, naming the file, the position and the
+    /// number of changes missing.
+    pub accept_data_loss: bool,
 }
 
 /// How many syncs an append costs.
@@ -126,6 +146,7 @@ impl Default for StoreOptions {
         Self {
             snapshot_min_bytes: DEFAULT_SNAPSHOT_MIN_BYTES,
             sync: SyncMode::PerBatch,
+            accept_data_loss: false,
         }
     }
 }

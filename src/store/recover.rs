@@ -6,17 +6,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
+use super::codec;
 use super::delta::{delta_name, read_delta};
-use super::file::{
-    self, Batch, FileJournal, SEGMENT_HEADER, Tail, create_segment, obsolete_at, parse_name,
-    read_segment_header, remove_files, segment_name, snapshot_name, sync_dir,
-};
+use super::file::{FileJournal, Tail};
+use super::loss::{DataLoss, Mark, entries_shown, read_mark};
 use super::record::{self, End};
+use super::segment::{
+    Batch, SEGMENT_HEADER, create_segment, obsolete_at, parse_name, read_segment_header,
+    remove_files, segment_name, snapshot_name, sync_dir,
+};
 use super::{Directory, StoreError, StoreOptions};
 use crate::domain::{Request, RequestId, Timestamp};
 use rustc_hash::FxHashMap;
 
-use crate::routing::{Event, Outcome, Router};
+use crate::routing::{Event, Outcome, Router, RoutingPolicy};
 
 /// Where a new segment's records start.
 const HEADER_LEN: u64 = SEGMENT_HEADER as u64;
@@ -38,21 +41,26 @@ pub struct Recovered {
     pub replayed: u64,
     /// Bytes of torn tail dropped.
     pub dropped_bytes: u64,
+    /// Acknowledged changes found missing and, as the options allowed, carried on without.
+    pub lost: Option<DataLoss>,
 }
 
-/// Opens (or makes) the data directory `dir` for `directory`, and recovers what is durable in it.
+/// Opens (or makes) the data directory `dir` for `directory`, and recovers what is durable in it
+/// into a core that routes by `policy`.
 pub fn open(
     dir: &Path,
     directory: Directory,
+    policy: Arc<dyn RoutingPolicy>,
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
-    open_at(dir, directory, options, Timestamp::now())
+    open_at(dir, directory, policy, options, Timestamp::now())
 }
 
 /// [`open`], with the time at which a changed directory routes waiting requests.
 pub fn open_at(
     dir: &Path,
     directory: Directory,
+    policy: Arc<dyn RoutingPolicy>,
     options: StoreOptions,
     now: Timestamp,
 ) -> Result<Recovered, StoreError> {
@@ -90,9 +98,9 @@ pub fn open_at(
                 dir.display()
             )));
         }
-        return create(dir, lock, directory, options);
+        return create(dir, lock, directory, policy, options);
     };
-    let snap = file::read_snapshot(&dir.join(snapshot_name(lsn)))?;
+    let snap = codec::read_snapshot(&dir.join(snapshot_name(lsn)), policy.clone())?;
     if snap.lsn != lsn {
         return Err(StoreError::Corrupt(format!(
             "snapshot {} says it covers {} entries",
@@ -176,39 +184,65 @@ pub fn open_at(
     while segments.len() > 1 && segments[1] <= lsn {
         fs::remove_file(dir.join(segment_name(segments.remove(0))))?;
     }
-    if segments.first().is_some_and(|&first| first > lsn) {
-        return Err(StoreError::Corrupt(format!(
-            "entries {lsn} to {} are missing from the journal",
-            segments[0]
-        )));
-    }
-
-    let mut next = segments.first().copied().unwrap_or(lsn);
+    // A first segment that starts after the snapshot is a gap, found as such below.
+    let mut next = segments
+        .first()
+        .copied()
+        .filter(|&f| f <= lsn)
+        .unwrap_or(lsn);
+    let mark = read_mark(&dir, options.accept_data_loss)?;
+    // Entries acknowledged as far as the evidence goes: the mark, or `shown` if more.
+    let acked = |shown: u64| mark.unwrap_or(0).max(shown);
+    let mut lost: Option<DataLoss> = None;
+    // Segments after a loss, set aside (renamed, not removed) if the loss is accepted.
+    let mut set_aside: Vec<u64> = Vec::new();
+    // A last segment cut short while it was being created: removed once the start goes ahead.
+    let mut short: Option<PathBuf> = None;
     let mut replayed = 0;
     let mut dropped_bytes = 0;
     let mut since_snapshot = 0;
-    // The last segment: its file, first entry, end of its records, and length on disk.
-    let mut tail: Option<(File, u64, u64, u64)> = None;
+    // The last segment replayed, and where its records end.
+    let mut tail: Option<SegmentEnd> = None;
     for (i, &first) in segments.iter().enumerate() {
+        if lost.is_some() {
+            set_aside.push(first);
+            continue;
+        }
         let last = i + 1 == segments.len();
         let path = dir.join(segment_name(first));
         let name = segment_name(first);
+        // Every entry before a later segment's first was synced before that segment was made.
+        let later = segments.get(i + 1).copied().unwrap_or(0);
         if first != next {
-            return Err(StoreError::Corrupt(format!(
-                "{name} starts at entry {first}, but the journal before it ends at entry {next}"
-            )));
+            lost = Some(DataLoss {
+                file: segment_name(next),
+                offset: 0,
+                from: next.max(lsn),
+                acknowledged: acked(first),
+                what: format!("is missing (the journal goes on with {name}, from entry {first})"),
+            });
+            set_aside.push(first);
+            continue;
         }
         let buf = fs::read(&path)?;
         if read_segment_header(&buf) != Some(first) {
-            if last && buf.len() <= SEGMENT_HEADER {
+            if last && buf.len() <= SEGMENT_HEADER && mark.is_none_or(|m| m <= first) {
                 // Made just before a stop, before its header was synced: it held no entries.
                 tracing::warn!(file = %name, bytes = buf.len(), "dropping a journal segment cut short while it was being created");
-                fs::remove_file(&path)?;
-                sync_dir(&dir)?;
                 dropped_bytes += buf.len() as u64;
+                short = Some(path);
                 continue;
             }
-            return Err(StoreError::Corrupt(format!("{name} has a damaged header")));
+            lost = Some(DataLoss {
+                file: name,
+                offset: 0,
+                from: next.max(lsn),
+                acknowledged: acked(later)
+                    .max(entries_shown(buf.get(SEGMENT_HEADER..).unwrap_or(&[]))),
+                what: "its header is damaged or cut short".into(),
+            });
+            set_aside.push(first);
+            continue;
         }
         let body = &buf[SEGMENT_HEADER..];
         let (payloads, end) = record::scan(body);
@@ -256,57 +290,122 @@ pub fn open_at(
             }
             Ok(())
         })?;
-        let valid = SEGMENT_HEADER
-            + match end {
-                End::Clean => body.len(),
-                End::Reserved { at } => at,
-                End::Torn { at } if last => {
-                    let dropped = body.len() - at;
-                    tracing::warn!(
-                        file = %name,
-                        offset = SEGMENT_HEADER + at,
-                        bytes = dropped,
-                        "dropping a torn or damaged record at the end of the journal; it was never acknowledged"
-                    );
-                    dropped_bytes += dropped as u64;
-                    at
-                }
-                End::Torn { at } => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{name} is damaged at byte {}, and later segments follow it",
-                        SEGMENT_HEADER + at
-                    )));
-                }
-                End::Damaged { at, next: good } => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{name} is damaged at byte {} with valid records after it (from byte {}); \
-                     refusing to start rather than serve a state with changes missing",
-                        SEGMENT_HEADER + at,
-                        SEGMENT_HEADER + good
-                    )));
-                }
-            };
-        if first >= lsn {
-            since_snapshot += valid as u64 - SEGMENT_HEADER as u64;
-        }
-        if last {
-            let file = OpenOptions::new().write(true).open(&path)?;
-            let reserved = matches!(end, End::Reserved { .. });
-            if valid < buf.len() && !reserved {
-                file.set_len(valid as u64)?;
-                file.sync_all()?;
+        let damage = |at: usize, what: String, shown: u64| DataLoss {
+            file: name.clone(),
+            offset: (SEGMENT_HEADER + at) as u64,
+            from: next.max(lsn),
+            acknowledged: acked(later).max(shown),
+            what,
+        };
+        let valid = match end {
+            End::Clean => body.len(),
+            End::Reserved { at } => at,
+            // Only a record whose sync never returned (so never acknowledged) may be torn.
+            End::Torn { at } if last && mark.is_none_or(|m| next >= m) => {
+                let dropped = body.len() - at;
+                tracing::warn!(
+                    file = %name,
+                    offset = SEGMENT_HEADER + at,
+                    bytes = dropped,
+                    "dropping a torn record at the end of the journal, written after the last synced entry; it was never acknowledged"
+                );
+                dropped_bytes += dropped as u64;
+                at
             }
-            tail = Some((file, first, valid as u64, buf.len().max(valid) as u64));
+            End::Torn { at } => {
+                let what = if last {
+                    "a record before the last synced entry is damaged or cut short"
+                } else {
+                    "a record is damaged or cut short, and later segments follow"
+                };
+                lost = Some(damage(at, what.into(), 0));
+                at
+            }
+            End::Damaged { at, next: good } => {
+                let what = format!(
+                    "a record is damaged, with valid records after it (from byte {})",
+                    SEGMENT_HEADER + good
+                );
+                lost = Some(damage(at, what, entries_shown(&body[good..])));
+                at
+            }
+        };
+        if first >= lsn {
+            since_snapshot += valid as u64;
         }
+        tail = Some(SegmentEnd {
+            path,
+            first,
+            end: (SEGMENT_HEADER + valid) as u64,
+            len: buf.len() as u64,
+            cut: !matches!(end, End::Clean | End::Reserved { .. }),
+        });
+    }
+    if lost.is_none()
+        && let Some(m) = mark
+        && next < m
+    {
+        // A segment deleted, or cut at a record's end: nothing looks damaged, but it ends early.
+        lost = Some(match &tail {
+            Some(t) => DataLoss {
+                file: segment_name(t.first),
+                offset: t.end,
+                from: next.max(lsn),
+                acknowledged: m,
+                what: "the journal ends here, before the last synced entry".into(),
+            },
+            None => DataLoss {
+                file: segment_name(next),
+                offset: 0,
+                from: next.max(lsn),
+                acknowledged: m,
+                what: "is missing".into(),
+            },
+        });
+    }
+    if let Some(loss) = &lost {
+        if !options.accept_data_loss {
+            return Err(StoreError::Lost(loss.clone()));
+        }
+        tracing::error!(
+            file = %loss.file,
+            offset = loss.offset,
+            missing = loss.missing(),
+            set_aside = set_aside.len(),
+            "{loss}; accepted (--accept-data-loss): carrying on without them, later segments renamed to *.lost"
+        );
+        if next < lsn {
+            // Damage in entries the snapshot covers: the journal starts again at it.
+            set_aside.extend(tail.take().map(|t| t.first));
+            next = lsn;
+        }
+        for first in &set_aside {
+            set_aside_segment(&dir, *first)?;
+        }
+        sync_dir(&dir)?;
     }
     if next < lsn {
         return Err(StoreError::Corrupt(format!(
             "the journal ends at entry {next}, before the snapshot's {lsn}"
         )));
     }
+    if let Some(path) = short {
+        fs::remove_file(&path)?;
+        sync_dir(&dir)?;
+    }
     let replay_ms = (started.elapsed() - snapshots_read).as_millis() as u64;
     let (mut segment, mut segment_first, mut segment_end, mut segment_len) = match tail {
-        Some(t) => t,
+        Some(t) => {
+            let file = OpenOptions::new().write(true).open(&t.path)?;
+            let len = if t.cut && t.end < t.len {
+                file.set_len(t.end)?;
+                file.sync_all()?;
+                t.end
+            } else {
+                t.len.max(t.end)
+            };
+            (file, t.first, t.end, len)
+        }
         None => (create_segment(&dir, next)?, next, HEADER_LEN, HEADER_LEN),
     };
     let mut last_snapshot_size = last_snapshot_size;
@@ -314,7 +413,7 @@ pub fn open_at(
     if !differences.is_empty() {
         let mut outcome = Outcome::default();
         router
-            .adopt_directory(&directory.router(), now, &mut outcome)
+            .adopt_directory(&directory.router(policy), now, &mut outcome)
             .map_err(|e| {
                 StoreError::Refused(format!(
                     "its directory cannot change that way ({}): {e}",
@@ -325,7 +424,7 @@ pub fn open_at(
         // Pin the new directory: a snapshot at the end of the journal and a fresh segment after
         // it, so that the next start replays only entries made under the new directory.
         last_snapshot_size =
-            file::write_snapshot(&dir, next, &directory, router.state().clone(), &events)?;
+            codec::write_snapshot(&dir, next, &directory, router.state().clone(), &events)?;
         if segment_first != next {
             drop(segment);
             segment = create_segment(&dir, next)?;
@@ -355,11 +454,13 @@ pub fn open_at(
         ms = started.elapsed().as_millis() as u64,
         "store recovered"
     );
+    let mark = Mark::create(&dir, next)?;
     let journal = FileJournal::new(
         dir,
         lock,
         pinned,
         Tail {
+            mark,
             segment,
             segment_first,
             segment_end,
@@ -380,7 +481,34 @@ pub fn open_at(
         incremental,
         replayed,
         dropped_bytes,
+        lost,
     })
+}
+
+/// Where the last segment replayed ends.
+struct SegmentEnd {
+    path: PathBuf,
+    first: u64,
+    /// Offset just past its last valid record.
+    end: u64,
+    /// Its length on disk.
+    len: u64,
+    /// True when bytes after `end` are not reserved zeros, so the file is cut there.
+    cut: bool,
+}
+
+/// Renames a segment past an accepted loss out of the journal, keeping it for the operator.
+fn set_aside_segment(dir: &Path, first: u64) -> Result<(), StoreError> {
+    let name = segment_name(first);
+    let mut to = format!("{name}.lost");
+    let mut n = 1;
+    while dir.join(&to).exists() {
+        n += 1;
+        to = format!("{name}.lost{n}");
+    }
+    tracing::warn!(file = %name, to = %to, "journal segment set aside");
+    fs::rename(dir.join(&name), dir.join(&to))?;
+    Ok(())
 }
 
 /// A new data directory: a snapshot of the empty state pins the directory it was made for.
@@ -388,17 +516,20 @@ fn create(
     dir: PathBuf,
     lock: File,
     directory: Directory,
+    policy: Arc<dyn RoutingPolicy>,
     options: StoreOptions,
 ) -> Result<Recovered, StoreError> {
-    let router = directory.router();
-    let size = file::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
+    let router = directory.router(policy);
+    let size = codec::write_snapshot(&dir, 0, &directory, router.state().clone(), &[])?;
     let segment = create_segment(&dir, 0)?;
+    let mark = Mark::create(&dir, 0)?;
     tracing::info!(data_dir = %dir.display(), "new data directory");
     let journal = FileJournal::new(
         dir,
         lock,
         directory,
         Tail {
+            mark,
             segment,
             segment_first: 0,
             segment_end: HEADER_LEN,
@@ -419,6 +550,7 @@ fn create(
         incremental: 0,
         replayed: 0,
         dropped_bytes: 0,
+        lost: None,
     })
 }
 
