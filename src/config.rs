@@ -83,6 +83,14 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// How the store syncs and when it snapshots.
     pub store: StoreOptions,
+    /// `postgres://…` for the PostgreSQL store (`store_url`); `None` for the file store in
+    /// `data_dir`. It may not hold a password.
+    pub store_url: Option<String>,
+    /// The PostgreSQL password's file (`store_password_file`); else `LABAID_PG_PASSWORD`.
+    pub store_password_file: Option<PathBuf>,
+    /// The gRPC address a standby sends callers to while this broker leads (`advertise`);
+    /// the bound listener's address when unset.
+    pub advertise: Option<String>,
     /// TLS for the listener; without it the broker serves plaintext on loopback only.
     pub tls: Option<TlsPaths>,
     /// Serve plaintext on a loopback listener with a config file (the demo may without this).
@@ -300,6 +308,9 @@ struct FileConfig {
     shutdown_grace_seconds: Option<u32>,
     heartbeat_timeout_seconds: Option<u32>,
     data_dir: Option<PathBuf>,
+    store_url: Option<String>,
+    store_password_file: Option<PathBuf>,
+    advertise: Option<String>,
     retention_days: Option<u32>,
     #[serde(default)]
     leases: LeaseMinutes,
@@ -606,6 +617,9 @@ impl Config {
             demo: false,
             clock: Arc::new(SystemClock),
             store: StoreOptions::default(),
+            store_url: file.store_url,
+            store_password_file: file.store_password_file,
+            advertise: file.advertise,
             tls: security.tls,
             allow_plaintext_loopback: security.allow_plaintext_loopback,
             tokens: security.tokens,

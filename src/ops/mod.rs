@@ -12,4 +12,4 @@ pub use layer::RpcLayer;
 pub(crate) use layer::code_name;
 pub use metrics::Metrics;
 pub use presence::{Presence, Watching, watch_heartbeats};
-pub use starting::StartingLayer;
+pub use starting::{LeaderHint, NOT_LEADER, StartingLayer};

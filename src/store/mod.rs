@@ -16,6 +16,7 @@ mod delta;
 mod directory;
 mod file;
 mod memory;
+pub mod postgres;
 mod record;
 mod recover;
 #[cfg(test)]
