@@ -462,3 +462,72 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
     let epochs = pg.psql("SELECT epoch FROM labaid_lease");
     eprintln!("old leader exited with {status}; lease epoch now {epochs}");
 }
+
+/// `labctl requests list -o json` as RJ1 against `addrs`.
+fn labctl_list(addrs: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .args(["requests", "list", "-o", "json"])
+        .env("LABAID_ADDR", addrs)
+        .env("LABAID_TOKEN", "demo:RJ1")
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("run labctl");
+    assert!(
+        out.status.success(),
+        "labctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("labctl json");
+    match v {
+        serde_json::Value::Array(items) => items,
+        other => other["requests"].as_array().cloned().unwrap_or_default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_given_every_address_follow_the_leader_across_a_kill() {
+    let pg = PgServer::start();
+    let url = pg.url();
+    let mut brokers = vec![PgBroker::start(&url), PgBroker::start(&url)];
+    let leader = leader_of(&mut brokers, Duration::from_secs(30));
+    // The standby first, so that a client that took the first address would fail.
+    let addrs = format!(
+        "http://{},http://{}",
+        brokers[1 - leader].addr,
+        brokers[leader].addr
+    );
+    let connect = || async {
+        Client::connect(&ConnectOptions {
+            addr: addrs.clone(),
+            token: Some("demo:RJ1".into()),
+            connect_timeout: Some(Duration::from_secs(5)),
+            tls: None,
+        })
+        .await
+        .expect("connect to the leader")
+    };
+    let first = common::submit(
+        &connect().await,
+        submission("before-kill", Priority::Urgent, Timestamp::now()),
+    )
+    .await;
+    brokers.remove(leader).kill();
+    // Connecting again finds the new leader once it has taken over.
+    let second = common::submit(
+        &connect().await,
+        submission("after-kill", Priority::Urgent, Timestamp::now()),
+    )
+    .await;
+    let addrs_for_labctl = addrs.clone();
+    let listed = tokio::task::spawn_blocking(move || labctl_list(&addrs_for_labctl))
+        .await
+        .expect("labctl");
+    let ids: HashSet<String> = listed
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        ids.contains(&first.id) && ids.contains(&second.id),
+        "labctl with both addresses lists {ids:?}, not both acknowledged requests"
+    );
+}
