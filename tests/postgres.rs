@@ -302,20 +302,24 @@ async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
         200,
         "the leader's /readyz"
     );
-    let err = standby
-        .client("RJ1")
-        .await
-        .requests()
-        .submit_request(submission("to-standby", Priority::Urgent, Timestamp::now()))
-        .await
-        .expect_err("a standby must refuse");
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     use tonic_types::StatusExt;
-    let info = err
-        .get_error_details()
-        .error_info()
-        .cloned()
-        .expect("ErrorInfo details");
+    let client = standby.client("RJ1").await;
+    // A standby names the leader once it has read the lease (it polls every 100 ms).
+    let mut found = None;
+    for _ in 0..100 {
+        let err = client
+            .requests()
+            .submit_request(submission("to-standby", Priority::Urgent, Timestamp::now()))
+            .await
+            .expect_err("a standby must refuse");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        if let Some(info) = err.get_error_details().error_info().cloned() {
+            found = Some(info);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let info = found.expect("the standby never named the leader in ErrorInfo details");
     assert_eq!(info.reason, labaid::ops::NOT_LEADER);
     assert_eq!(info.metadata.get("leader"), Some(&leader.addr.to_string()));
 }
@@ -511,13 +515,41 @@ async fn clients_given_every_address_follow_the_leader_across_a_kill() {
         submission("before-kill", Priority::Urgent, Timestamp::now()),
     )
     .await;
+    // The last event a watcher saw on the old leader.
+    let mut events = common::watch_request_events(&connect().await).await;
+    let mut last = 0;
+    for _ in 0..100 {
+        let e = common::next(&mut events).await;
+        last = e.sequence;
+        if e.request.as_ref().is_some_and(|r| r.id == first.id) {
+            break;
+        }
+    }
+    assert!(last > 0, "no event for the first submission");
     brokers.remove(leader).kill();
     // Connecting again finds the new leader once it has taken over.
+    let client = connect().await;
+    let mut resumed = client
+        .requests()
+        .watch_request_events(proto::WatchRequestEventsRequest {
+            after_sequence: last,
+            ..Default::default()
+        })
+        .await
+        .expect("watch on the new leader")
+        .into_inner();
     let second = common::submit(
-        &connect().await,
+        &client,
         submission("after-kill", Priority::Urgent, Timestamp::now()),
     )
     .await;
+    // The sequence carries on across the takeover: nothing missed, nothing twice.
+    let next = common::next(&mut resumed).await;
+    assert_eq!(
+        next.sequence,
+        last + 1,
+        "the watch resumed at the wrong sequence"
+    );
     let addrs_for_labctl = addrs.clone();
     let listed = tokio::task::spawn_blocking(move || labctl_list(&addrs_for_labctl))
         .await

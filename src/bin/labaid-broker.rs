@@ -43,6 +43,10 @@ struct Args {
     /// from `store_password_file` or LABAID_PG_PASSWORD.
     #[arg(long, env = "LABAID_STORE")]
     store: Option<String>,
+    /// A file holding the PostgreSQL password [or the config file's `store_password_file`;
+    /// else LABAID_PG_PASSWORD].
+    #[arg(long, env = "LABAID_STORE_PASSWORD_FILE")]
+    store_password_file: Option<PathBuf>,
     /// The gRPC address callers of a standby are sent to while this broker leads
     /// [default: the listen address, or the config file's `advertise`].
     #[arg(long, env = "LABAID_ADVERTISE")]
@@ -183,6 +187,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(url) = args.store {
         config.store_url = Some(url);
+    }
+    if let Some(file) = args.store_password_file {
+        config.store_password_file = Some(file);
     }
     if let Some(advertise) = args.advertise {
         config.advertise = Some(advertise);
