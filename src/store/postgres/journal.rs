@@ -18,6 +18,9 @@ use crate::store::{Directory, Entry, Journal, Snapshot, SnapshotKind, StoreError
 /// Entries between full snapshots by default.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 200_000;
 
+/// The snapshot writer thread: where to send snapshots, and its handle.
+type Writer = (mpsc::Sender<(u64, Snapshot)>, thread::JoinHandle<()>);
+
 /// The leader's journal.
 pub struct PgJournal {
     client: Client,
@@ -26,7 +29,7 @@ pub struct PgJournal {
     next: u64,
     since_snapshot: u64,
     snapshot_every: u64,
-    writer: Option<(mpsc::Sender<(u64, Snapshot)>, thread::JoinHandle<()>)>,
+    writer: Option<Writer>,
     busy: Arc<AtomicBool>,
     lease: Option<LeaseKeeper>,
     lsns: Vec<i64>,
