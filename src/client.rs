@@ -70,6 +70,12 @@ pub enum ClientError {
     /// A TLS file is missing or unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Several addresses were given and none of them leads (answers health SERVING).
+    #[error("none of the brokers at {addrs} leads (each is unreachable or a standby)")]
+    NoLeader {
+        /// The addresses given.
+        addrs: String,
+    },
     /// No connection could be made.
     #[error("cannot reach the broker at {addr}: {source}")]
     Connect {
@@ -137,11 +143,68 @@ impl Client {
     }
 
     /// Connects to the broker, letting the caller tune the endpoint first (a call timeout for
-    /// one-shot commands, HTTP/2 keep-alive for long-lived watches).
+    /// one-shot commands, HTTP/2 keep-alive for long-lived watches). Several comma-separated
+    /// addresses name brokers sharing one store: the client connects to the one that leads
+    /// (gRPC health SERVING), trying them all again for a few seconds while a standby takes over.
     pub async fn connect_with(
         options: &ConnectOptions,
-        configure: impl FnOnce(Endpoint) -> Endpoint,
+        configure: impl Fn(Endpoint) -> Endpoint,
     ) -> Result<Self, ClientError> {
+        let addrs: Vec<&str> = options
+            .addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.len() <= 1 {
+            return Self::connect_one(options, options.addr.trim(), &configure).await;
+        }
+        // A takeover takes a lease's lifetime (two seconds by default) plus catching up.
+        let deadline = tokio::time::Instant::now()
+            + options
+                .connect_timeout
+                .unwrap_or(Duration::from_secs(5))
+                .max(Duration::from_secs(10));
+        loop {
+            for addr in &addrs {
+                let Ok(client) = Self::connect_one(options, addr, &configure).await else {
+                    continue;
+                };
+                if client.leads().await {
+                    return Ok(client);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::NoLeader {
+                    addrs: options.addr.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// True when the broker answers gRPC health SERVING (it leads its store).
+    async fn leads(&self) -> bool {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let check = health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), check).await,
+            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+        )
+    }
+
+    async fn connect_one(
+        options: &ConnectOptions,
+        addr: &str,
+        configure: &impl Fn(Endpoint) -> Endpoint,
+    ) -> Result<Self, ClientError> {
+        let options = &ConnectOptions {
+            addr: addr.to_string(),
+            ..options.clone()
+        };
         let addr = match (&options.tls, options.addr.strip_prefix("http://")) {
             (Some(_), Some(rest)) => format!("https://{rest}"),
             _ => options.addr.clone(),

@@ -86,6 +86,14 @@ pub struct Config {
     pub store: StoreOptions,
     /// Which eligible lab a request is offered to; recovery rebuilds the core with it.
     pub policy: Arc<dyn RoutingPolicy>,
+    /// `postgres://…` for the PostgreSQL store (`store_url`); `None` for the file store in
+    /// `data_dir`. It may not hold a password.
+    pub store_url: Option<String>,
+    /// The PostgreSQL password's file (`store_password_file`); else `LABAID_PG_PASSWORD`.
+    pub store_password_file: Option<PathBuf>,
+    /// The gRPC address a standby sends callers to while this broker leads (`advertise`);
+    /// the bound listener's address when unset.
+    pub advertise: Option<String>,
     /// TLS for the listener; without it the broker serves plaintext on loopback only.
     pub tls: Option<TlsPaths>,
     /// Serve plaintext on a loopback listener with a config file (the demo may without this).
@@ -303,6 +311,9 @@ struct FileConfig {
     shutdown_grace_seconds: Option<u32>,
     heartbeat_timeout_seconds: Option<u32>,
     data_dir: Option<PathBuf>,
+    store_url: Option<String>,
+    store_password_file: Option<PathBuf>,
+    advertise: Option<String>,
     retention_days: Option<u32>,
     #[serde(default)]
     leases: LeaseMinutes,
@@ -621,6 +632,9 @@ impl Config {
             clock: Arc::new(SystemClock),
             store: StoreOptions::default(),
             policy: Arc::new(DefaultPolicy),
+            store_url: file.store_url,
+            store_password_file: file.store_password_file,
+            advertise: file.advertise,
             tls: security.tls,
             allow_plaintext_loopback: security.allow_plaintext_loopback,
             tokens: security.tokens,

@@ -23,13 +23,14 @@ use crate::config::{Config, Limits, TlsPaths};
 use crate::engine::{Engine, Views};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::ops::{Presence, Readiness, RpcLayer, StartingLayer};
+use crate::ops::{LeaderHint, Presence, Readiness, RpcLayer, StartingLayer};
 use crate::proto;
 use crate::proto::coordinator_service_server::CoordinatorServiceServer;
 use crate::proto::directory_service_server::DirectoryServiceServer;
 use crate::proto::lab_service_server::LabServiceServer;
 use crate::proto::request_service_server::RequestServiceServer;
-use crate::store;
+use crate::routing::{Event, Router};
+use crate::store::{self, Journal};
 
 /// Largest message the broker accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -116,6 +117,18 @@ pub async fn serve_on(
         .grpc
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
+    // Shutdown is watched from the start: a standby may wait to lead for as long as it runs.
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let shutdown = {
+        let mut shutdown_rx = shutdown_rx.clone();
+        async move {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+        }
+    };
     let ops_addr = listeners.ops.as_ref().and_then(|l| l.local_addr().ok());
     log_effective_config(&config, addr, ops_addr);
     let demo_tokens = config.demo && addr.ip().is_loopback();
@@ -148,6 +161,7 @@ pub async fn serve_on(
     // orchestrators see a starting broker rather than a dead one.
     let (recovered_tx, recovered_rx) = oneshot::channel::<()>();
     let starting_done = Arc::new(AtomicBool::new(false));
+    let leader = LeaderHint::default();
     let mut starting_builder = Server::builder();
     if let Some(tls) = &tls {
         starting_builder = starting_builder
@@ -156,7 +170,9 @@ pub async fn serve_on(
     }
     let starting = tokio::spawn(
         starting_builder
-            .layer(StartingLayer)
+            .layer(StartingLayer {
+                leader: leader.clone(),
+            })
             .add_service(health_service.clone())
             .serve_with_incoming_shutdown(
                 SharedIncoming {
@@ -170,38 +186,58 @@ pub async fn serve_on(
             ),
     );
     // Recover before serving: nothing is answered from a state that is not yet what is durable.
-    let data_dir = config.data_dir.clone();
     let (directory, policy, options) = (config.directory(), config.policy.clone(), config.store);
-    let now = config.clock.now();
-    let recovered = tokio::task::spawn_blocking(move || {
-        store::open_at(&data_dir, directory, policy, options, now)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
-    .map_err(|e| {
-        Error::Internal(format!(
-            "cannot open the data directory {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    let (router, events, journal): (Router, Vec<Event>, Box<dyn Journal>) = match &config.store_url
+    {
+        Some(url) => {
+            let options = store::postgres::options(&config, url, addr)?;
+            match store::postgres::lead(options, directory, leader, shutdown_rx).await? {
+                Some(r) => (r.router, r.events, Box::new(r.journal)),
+                None => {
+                    tracing::info!("stopped while a standby");
+                    return Ok(());
+                }
+            }
+        }
+        None => {
+            let data_dir = config.data_dir.clone();
+            let now = config.clock.now();
+            let recovered = tokio::task::spawn_blocking(move || {
+                store::open_at(&data_dir, directory, policy, options, now)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "cannot open the data directory {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?;
+            recovered
+                .journal
+                .observe_snapshots(snapshot_metrics(metrics.clone()));
+            (
+                recovered.router,
+                recovered.events,
+                Box::new(recovered.journal),
+            )
+        }
+    };
     // Its connections are told to go away and finish on their own: a health watcher opened while
     // starting stays until it ends (it hears SERVING through the shared reporter).
     starting_done.store(true, Ordering::SeqCst);
     let _ = recovered_tx.send(());
     drop(starting);
     let views = Arc::new(Views::new(
-        &recovered.router,
-        recovered.events,
+        &router,
+        events,
         config.retention_ms,
         metrics.clone(),
     ));
-    recovered
-        .journal
-        .observe_snapshots(snapshot_metrics(metrics.clone()));
     let (audit, audit_writer) = AuditLog::open(&config.data_dir, config.clock.clone())?;
     let (engine, sequencer) = Engine::start(
-        recovered.router,
-        Box::new(recovered.journal),
+        router,
+        journal,
         views,
         config.clock.clone(),
         metrics.clone(),

@@ -40,6 +40,19 @@ struct Args {
     /// or the config file's `data_dir`].
     #[arg(long, env = "LABAID_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// `postgres://user@host:port/db` to keep the journal in PostgreSQL, shared by several
+    /// brokers with one leader [or the config file's `store_url`]. No password here: it comes
+    /// from `store_password_file` or LABAID_PG_PASSWORD.
+    #[arg(long, env = "LABAID_STORE")]
+    store: Option<String>,
+    /// A file holding the PostgreSQL password [or the config file's `store_password_file`;
+    /// else LABAID_PG_PASSWORD].
+    #[arg(long, env = "LABAID_STORE_PASSWORD_FILE")]
+    store_password_file: Option<PathBuf>,
+    /// The gRPC address callers of a standby are sent to while this broker leads
+    /// [default: the listen address, or the config file's `advertise`].
+    #[arg(long, env = "LABAID_ADVERTISE")]
+    advertise: Option<String>,
     /// Journal bytes between full snapshots; an eighth of it triggers an incremental one (what
     /// changed), until those add up to half the last full one.
     #[arg(long, env = "LABAID_SNAPSHOT_MIN_BYTES", default_value_t = labaid::store::DEFAULT_SNAPSHOT_MIN_BYTES)]
@@ -205,6 +218,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(url) = args.store {
+        config.store_url = Some(url);
+    }
+    if let Some(file) = args.store_password_file {
+        config.store_password_file = Some(file);
+    }
+    if let Some(advertise) = args.advertise {
+        config.advertise = Some(advertise);
     }
     config.store.snapshot_min_bytes = args.snapshot_min_bytes;
     config.store.accept_data_loss = args.accept_data_loss;

@@ -203,8 +203,21 @@ fn warn_if_readable_by_others(path: &Path, profile: &Profile) {
 #[cfg(not(unix))]
 fn warn_if_readable_by_others(_: &Path, _: &Profile) {}
 
-/// Adds `http://` to a bare `host:port`, and refuses anything that is not http(s).
+/// Adds `http://` to a bare `host:port`, and refuses anything that is not http(s); several
+/// comma-separated addresses (brokers sharing one store) each.
 fn normalise_addr(raw: &str) -> Result<String, CliError> {
+    if raw.contains(',') {
+        let each: Result<Vec<String>, CliError> = raw
+            .split(',')
+            .filter(|a| !a.trim().is_empty())
+            .map(normalise_one)
+            .collect();
+        return Ok(each?.join(","));
+    }
+    normalise_one(raw)
+}
+
+fn normalise_one(raw: &str) -> Result<String, CliError> {
     let raw = raw.trim();
     if raw.starts_with("http://") || raw.starts_with("https://") {
         Ok(raw.trim_end_matches('/').to_string())

@@ -156,6 +156,9 @@ pub(crate) fn from_client(err: &ClientError, addr: &str) -> CliError {
             "the token contains characters that cannot be sent in a header; check LABAID_TOKEN"
                 .into(),
         ),
+        ClientError::NoLeader { .. } => CliError::Unavailable(format!(
+            "{err}; check --addr or LABAID_ADDR, and that one of the brokers leads"
+        )),
         ClientError::Connect { source, .. } => {
             // The innermost cause is the one a person recognises ("Connection refused").
             let mut cause: &dyn std::error::Error = source;

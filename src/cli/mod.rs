@@ -59,7 +59,8 @@ pub struct Args {
 /// Options every command takes.
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct GlobalOpts {
-    /// Broker address [env: LABAID_ADDR] [default: http://127.0.0.1:50051]
+    /// Broker address, or several comma-separated for brokers sharing one PostgreSQL store (the
+    /// one that leads is used) [env: LABAID_ADDR] [default: http://127.0.0.1:50051]
     #[arg(long, global = true, value_name = "URL")]
     pub(crate) addr: Option<String>,
     /// Bearer token naming your organisation [env: LABAID_TOKEN]. Prefer the variable or the
@@ -195,7 +196,7 @@ impl Ctx {
 
     async fn connect_with(
         &self,
-        configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+        configure: impl Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
     ) -> Result<Client, CliError> {
         let s = &self.settings;
         let tls = match (&s.ca, &s.cert, &s.key) {

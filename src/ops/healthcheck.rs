@@ -107,6 +107,11 @@ pub async fn check(opts: &HealthCheck) -> Result<(), Unhealthy> {
                 Unhealthy::Usage(e.to_string())
             }
             ClientError::Connect { source, .. } => unreachable(chain(&source)),
+            // Every address answered, and none serves: each is a standby or not up yet.
+            ClientError::NoLeader { .. } => Unhealthy::NotServing {
+                addr: opts.addr.clone(),
+                status: "NOT_SERVING",
+            },
         })?;
     let answer = HealthClient::new(client.channel())
         .check(HealthCheckRequest {

@@ -13,4 +13,4 @@ pub use http::{Readiness, serve_http};
 pub use layer::RpcLayer;
 pub(crate) use layer::code_name;
 pub use presence::{Presence, Watching, watch_heartbeats};
-pub use starting::StartingLayer;
+pub use starting::{LeaderHint, NOT_LEADER, StartingLayer};

@@ -20,6 +20,7 @@ mod directory;
 mod file;
 mod loss;
 mod memory;
+pub mod postgres;
 mod record;
 mod recover;
 mod segment;

@@ -1,0 +1,127 @@
+//! Where the PostgreSQL store is and how to log in: a `postgres://` URL without a password, the
+//! password from a file or the environment (never the command line, where `ps` shows it).
+
+use std::path::Path;
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls};
+
+use crate::store::StoreError;
+
+/// The environment variable a password may come from.
+pub const PASSWORD_ENV: &str = "LABAID_PG_PASSWORD";
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: Config,
+    /// The URL as given (it holds no password), for logs and errors.
+    url: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget").field("url", &self.url).finish()
+    }
+}
+
+/// True for a store URL that names PostgreSQL.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl PgTarget {
+    /// Parses `url`; the password comes from `password_file` if given, else from
+    /// `LABAID_PG_PASSWORD` if set. A password inside the URL is refused.
+    pub fn new(url: &str, password_file: Option<&Path>) -> Result<Self, StoreError> {
+        if !is_postgres_url(url) {
+            return Err(StoreError::Refused(format!(
+                "store URL must start with postgres:// (got {:?})",
+                url.split(':').next().unwrap_or("")
+            )));
+        }
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| StoreError::Refused(format!("store URL cannot be read: {e}")))?;
+        if config.get_password().is_some() {
+            return Err(StoreError::Refused(format!(
+                "the store URL holds a password; put it in store_password_file or {PASSWORD_ENV} instead"
+            )));
+        }
+        if let Some(path) = password_file {
+            config.password(read_password(path)?);
+        } else if let Ok(password) = std::env::var(PASSWORD_ENV) {
+            config.password(password);
+        }
+        config.connect_timeout(Duration::from_secs(5));
+        config.application_name("labaid");
+        Ok(Self {
+            config,
+            url: url.to_string(),
+        })
+    }
+
+    /// The URL, without a password.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new session with `synchronous_commit` on, so that a commit returns only once it is
+    /// durable (and, with a synchronous standby configured, once the standby has it).
+    pub fn connect(&self) -> Result<Client, StoreError> {
+        let mut client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| pg_error(&self.url, e))?;
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .map_err(|e| pg_error(&self.url, e))?;
+        Ok(client)
+    }
+}
+
+fn read_password(path: &Path) -> Result<String, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        StoreError::Refused(format!(
+            "cannot read the store password file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(StoreError::Refused(format!(
+            "the store password file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(password.to_string())
+}
+
+/// A database error as a store error, naming the database.
+pub(crate) fn pg_error(url: &str, e: postgres::Error) -> StoreError {
+    StoreError::Io(std::io::Error::other(format!("PostgreSQL at {url}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_password_in_the_url_and_other_schemes() {
+        let err = PgTarget::new("postgres://labaid:secret@127.0.0.1/labaid", None).unwrap_err();
+        assert!(err.to_string().contains("holds a password"), "{err}");
+        let err = PgTarget::new("mysql://127.0.0.1/labaid", None).unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_password_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let target = PgTarget::new("postgres://labaid@127.0.0.1:5432/labaid", Some(&path)).unwrap();
+        assert_eq!(target.config.get_password(), Some(&b"s3cret"[..]));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(PgTarget::new("postgres://labaid@127.0.0.1/labaid", Some(&path)).is_err());
+    }
+}

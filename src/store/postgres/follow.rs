@@ -1,0 +1,104 @@
+//! Recovery and following: the newest snapshot row plus the journal rows after it, applied
+//! through the core. A standby keeps doing this while it waits for the lease, so taking over
+//! only applies the rows committed since its last read.
+
+use postgres::Client;
+
+use super::connect::pg_error;
+use super::snapshot;
+use crate::routing::{Event, Outcome, Router};
+use crate::store::{Directory, Entry, StoreError};
+
+/// Rows read per query while catching up.
+const PAGE: i64 = 10_000;
+
+/// A core kept as current as the journal rows read so far.
+#[derive(Debug, Default)]
+pub(crate) struct Follower {
+    /// The core, once a snapshot exists.
+    pub router: Option<Router>,
+    /// Retained events, including those of the rows applied.
+    pub events: Vec<Event>,
+    /// The directory the newest snapshot read was made under.
+    pub pinned: Option<Directory>,
+    /// The next entry number to apply.
+    pub next: u64,
+    /// Entries the snapshot read covered.
+    pub snapshot_lsn: u64,
+    /// Rows applied since that snapshot.
+    pub replayed: u64,
+}
+
+impl Follower {
+    /// Applies every row committed after `next`, reloading the newest snapshot first when there
+    /// is none yet or when the rows this core needs were dropped behind a newer snapshot.
+    pub(crate) fn catch_up(&mut self, client: &mut Client, url: &str) -> Result<(), StoreError> {
+        let newest = snapshot::newest_lsn(client, url)?;
+        let behind = match newest {
+            None => return Ok(()),
+            Some(lsn) => self.router.is_none() || lsn > self.next,
+        };
+        if behind {
+            self.reload(client, url)?;
+        }
+        loop {
+            let rows = client
+                .query(
+                    "SELECT lsn, body FROM labaid_journal WHERE lsn >= $1 ORDER BY lsn LIMIT $2",
+                    &[&(self.next as i64), &PAGE],
+                )
+                .map_err(|e| pg_error(url, e))?;
+            if self.router.is_none() {
+                return Ok(());
+            }
+            for row in &rows {
+                let lsn = row.get::<_, i64>(0) as u64;
+                if lsn != self.next {
+                    // Rows below a newer snapshot were dropped meanwhile: start from it.
+                    if snapshot::newest_lsn(client, url)?.is_some_and(|s| s > self.next) {
+                        self.reload(client, url)?;
+                        break;
+                    }
+                    return Err(StoreError::Corrupt(format!(
+                        "the journal skips from entry {} to {lsn}",
+                        self.next
+                    )));
+                }
+                let entry: Entry = postcard::from_bytes(row.get::<_, &[u8]>(1)).map_err(|e| {
+                    StoreError::Corrupt(format!("journal entry {lsn} cannot be decoded: {e}"))
+                })?;
+                let Some(router) = self.router.as_mut() else {
+                    return Ok(());
+                };
+                let mut outcome = Outcome::default();
+                router
+                    .apply(&entry.command, entry.time, &mut outcome)
+                    .map_err(|e| {
+                        StoreError::Corrupt(format!(
+                            "entry {lsn} no longer applies to the state before it ({e}); \
+                             this broker build decides differently from the one that wrote it"
+                        ))
+                    })?;
+                self.events.append(&mut outcome.events);
+                self.next += 1;
+                self.replayed += 1;
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn reload(&mut self, client: &mut Client, url: &str) -> Result<(), StoreError> {
+        if let Some(snap) = snapshot::newest(client, url)? {
+            tracing::debug!(store.snapshot_entries = snap.lsn, "snapshot row read");
+            self.router = Some(snap.router);
+            self.events = snap.events;
+            self.pinned = Some(snap.directory);
+            self.next = snap.lsn;
+            self.snapshot_lsn = snap.lsn;
+            self.replayed = 0;
+        }
+        Ok(())
+    }
+}

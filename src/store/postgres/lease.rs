@@ -1,0 +1,203 @@
+//! Leadership: one lease row with an epoch and an expiry set by the database's own clock (it
+//! survives a database failover and a holder that died mid-query, unlike a session advisory
+//! lock). The leader renews it well inside its lifetime; a watchdog on this process's monotonic
+//! clock stops the process when renewals have not succeeded for a lifetime, so a paused leader
+//! never outlives its lease. Journal writes check the epoch themselves (see `journal`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+
+use super::connect::{PgTarget, pg_error};
+use crate::store::StoreError;
+
+/// Exit status of a broker that lost its lease: not a crash; a supervisor restarts it as a standby.
+pub const STEPPED_DOWN_EXIT: i32 = 75;
+
+/// How long a lease lasts and how often it is renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// From the last renewal until a standby may take over.
+    pub lifetime: Duration,
+    /// Between renewals (a sixth of the lifetime by default: five may fail before it lapses).
+    pub renew_every: Duration,
+    /// Between a standby's attempts (and its reads of the journal).
+    pub poll_every: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self {
+            lifetime: Duration::from_millis(2_000),
+            renew_every: Duration::from_millis(330),
+            poll_every: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Takes the lease if it has lapsed (by the database's clock), with the next epoch.
+pub(crate) fn try_acquire(
+    client: &mut Client,
+    url: &str,
+    holder: &str,
+    address: &str,
+    lifetime: Duration,
+) -> Result<Option<i64>, StoreError> {
+    let row = client
+        .query_opt(
+            "UPDATE labaid_lease SET epoch = epoch + 1, holder = $1, address = $2, \
+             expires = clock_timestamp() + make_interval(secs => $3) \
+             WHERE id = 1 AND expires < clock_timestamp() RETURNING epoch",
+            &[&holder, &address, &lifetime.as_secs_f64()],
+        )
+        .map_err(|e| pg_error(url, e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The address of the broker holding an unexpired lease, if any.
+pub(crate) fn leader(client: &mut Client, url: &str) -> Result<Option<String>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT address FROM labaid_lease WHERE id = 1 AND expires >= clock_timestamp()",
+            &[],
+        )
+        .map_err(|e| pg_error(url, e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Keeps a held lease: a renewer thread and a watchdog. Dropping it (or `release`) stops both.
+#[derive(Debug)]
+pub(crate) struct LeaseKeeper {
+    epoch: i64,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    target: PgTarget,
+}
+
+impl LeaseKeeper {
+    /// Starts renewing the lease held at `epoch`.
+    pub(crate) fn start(
+        target: PgTarget,
+        epoch: i64,
+        timing: LeaseTiming,
+    ) -> Result<Self, StoreError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let origin = Instant::now();
+        // Milliseconds since `origin` at the last successful renewal (or the acquisition).
+        let renewed = Arc::new(AtomicU64::new(0));
+        let renewer = {
+            let (stop, renewed, target) = (stop.clone(), renewed.clone(), target.clone());
+            thread::Builder::new()
+                .name("labaid-lease".into())
+                .spawn(move || renew(&target, epoch, timing, origin, &renewed, &stop))?
+        };
+        let watchdog = {
+            let (stop, renewed) = (stop.clone(), renewed.clone());
+            thread::Builder::new()
+                .name("labaid-lease-watchdog".into())
+                .spawn(move || watch(epoch, timing, origin, &renewed, &stop))?
+        };
+        Ok(Self {
+            epoch,
+            stop,
+            threads: vec![renewer, watchdog],
+            target,
+        })
+    }
+
+    /// The epoch held.
+    pub(crate) fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Stops renewing and lets the lease lapse now, so a standby takes over at once (a clean stop).
+    pub(crate) fn release(mut self) -> Result<(), StoreError> {
+        self.stop_threads();
+        let mut client = self.target.connect()?;
+        client
+            .execute(
+                "UPDATE labaid_lease SET expires = '-infinity' WHERE id = 1 AND epoch = $1",
+                &[&self.epoch],
+            )
+            .map_err(|e| pg_error(self.target.url(), e))?;
+        tracing::info!(store.epoch = self.epoch, "lease released");
+        Ok(())
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn renew(
+    target: &PgTarget,
+    epoch: i64,
+    timing: LeaseTiming,
+    origin: Instant,
+    renewed: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let mut client: Option<Client> = None;
+    while !stop.load(Ordering::Acquire) {
+        thread::sleep(timing.renew_every);
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let started = origin.elapsed();
+        if client.is_none() {
+            client = target.connect().ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        match c.execute(
+            "UPDATE labaid_lease SET expires = clock_timestamp() + make_interval(secs => $2) \
+             WHERE id = 1 AND epoch = $1",
+            &[&epoch, &timing.lifetime.as_secs_f64()],
+        ) {
+            // Counted from before the statement was sent: the database set the expiry later.
+            Ok(1) => renewed.store(started.as_millis() as u64, Ordering::Release),
+            Ok(_) => step_down(epoch, "another broker took the lease"),
+            Err(e) => {
+                tracing::warn!(store.epoch = epoch, error = %e, "lease renewal failed");
+                client = None;
+            }
+        }
+    }
+}
+
+fn watch(epoch: i64, timing: LeaseTiming, origin: Instant, renewed: &AtomicU64, stop: &AtomicBool) {
+    // A margin for clock rate differences and the time a renewal takes to reach the database.
+    let limit = timing.lifetime.mul_f64(0.8).as_millis() as u64;
+    let tick = (timing.renew_every / 4).max(Duration::from_millis(10));
+    while !stop.load(Ordering::Acquire) {
+        let since =
+            (origin.elapsed().as_millis() as u64).saturating_sub(renewed.load(Ordering::Acquire));
+        if since > limit && !stop.load(Ordering::Acquire) {
+            step_down(epoch, "the lease was not renewed within its lifetime");
+        }
+        thread::sleep(tick);
+    }
+}
+
+/// Stops the process: its state may be behind the new leader's, and its journal writes are
+/// fenced anyway. Callers' connections drop, which they see as UNAVAILABLE and retry elsewhere.
+fn step_down(epoch: i64, why: &str) -> ! {
+    tracing::error!(
+        store.epoch = epoch,
+        reason = why,
+        "leadership lost; stepping down"
+    );
+    eprintln!("labaid: leadership lost ({why}); stepping down");
+    std::process::exit(STEPPED_DOWN_EXIT)
+}

@@ -1,0 +1,213 @@
+//! The PostgreSQL store: the same journal seam as the file store, on a database that several
+//! brokers share with exactly one leader. Tables (see `migrations/`): `labaid_store` (the format
+//! stamp), `labaid_lease` (leadership), `labaid_journal` (one row per entry) and
+//! `labaid_snapshot` (the newest state). A broker opening the store is a standby until it takes
+//! the lease: meanwhile it follows the journal rows, then it catches up on the last ones and
+//! serves as leader.
+
+mod connect;
+mod follow;
+mod journal;
+mod lease;
+mod schema;
+mod snapshot;
+mod start;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+
+use crate::domain::Timestamp;
+use crate::routing::{DefaultPolicy, Event, Outcome, Router};
+use crate::store::{Directory, StoreError};
+
+pub use connect::{PASSWORD_ENV, PgTarget, is_postgres_url};
+pub use journal::{DEFAULT_SNAPSHOT_EVERY, PgJournal};
+pub use lease::{LeaseTiming, STEPPED_DOWN_EXIT};
+pub use schema::STORE_FORMAT;
+pub use start::{lead, options};
+
+use follow::Follower;
+use lease::LeaseKeeper;
+
+/// How a broker uses the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// The database.
+    pub target: PgTarget,
+    /// The gRPC address other brokers' callers are sent to while this one leads.
+    pub address: String,
+    /// The lease's timing.
+    pub lease: LeaseTiming,
+    /// Entries between snapshot rows.
+    pub snapshot_every: u64,
+}
+
+/// A broker that took the lease: its core, as of the last committed entry, and its journal.
+#[derive(Debug)]
+pub struct PgRecovered {
+    /// The core.
+    pub router: Router,
+    /// Retained events.
+    pub events: Vec<Event>,
+    /// The journal, fenced by the epoch taken.
+    pub journal: PgJournal,
+    /// Entries applied at the takeover itself (those the standby had not yet followed).
+    pub caught_up: u64,
+}
+
+/// Connects, migrates, waits as a standby until this broker takes the lease (following the
+/// journal meanwhile and telling `on_leader` where the leader is), then returns the core and
+/// the journal. Returns `Ok(None)` if `stop` is set first.
+pub fn open(
+    options: &PgOptions,
+    directory: Directory,
+    on_leader: &(dyn Fn(Option<String>) + Sync),
+    stop: &AtomicBool,
+) -> Result<Option<PgRecovered>, StoreError> {
+    let url = options.target.url().to_string();
+    let holder = uuid::Uuid::new_v4().to_string();
+    let mut follower = Follower::default();
+    let mut client: Option<Client> = None;
+    let mut last_warned: Option<Instant> = None;
+    let epoch = loop {
+        if stop.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match standby_step(&mut client, options, &holder, &mut follower, on_leader) {
+            Ok(Some(epoch)) => break epoch,
+            Ok(None) => {}
+            // A standby outlives the database's failover: it reconnects and carries on.
+            Err(e @ StoreError::Io(_)) => {
+                client = None;
+                if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "standby cannot reach the store; retrying");
+                    last_warned = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+        std::thread::sleep(options.lease.poll_every);
+    };
+    let started = Instant::now();
+    // Renewals start at once: catching up and a changed directory take time.
+    let lease = LeaseKeeper::start(options.target.clone(), epoch, options.lease)?;
+    let mut client = match client {
+        Some(c) => c,
+        None => options.target.connect()?,
+    };
+    // Every row the old leader committed is visible now: its writes hold the lease row shared,
+    // so taking the lease waited for them.
+    let before = follower.replayed;
+    follower.catch_up(&mut client, &url)?;
+    let caught_up = follower.replayed.saturating_sub(before);
+    let (mut router, mut events, pinned, next, since) = match follower.router.take() {
+        Some(router) => (
+            router,
+            std::mem::take(&mut follower.events),
+            follower.pinned.take().unwrap_or_else(|| directory.clone()),
+            follower.next,
+            follower.next - follower.snapshot_lsn,
+        ),
+        None => {
+            // A new store: a snapshot of the empty state pins the directory it was made for.
+            let router = directory.router(Arc::new(DefaultPolicy));
+            write_pinning(&mut client, &url, epoch, 0, &directory, &router, &[])?;
+            tracing::info!(store.url = %url, "new store");
+            (router, Vec::new(), directory.clone(), 0, 0)
+        }
+    };
+    let differences = directory.differences(&pinned);
+    let (pinned, since) = if differences.is_empty() {
+        (pinned, since)
+    } else {
+        let mut outcome = Outcome::default();
+        router
+            .adopt_directory(&directory.router(Arc::new(DefaultPolicy)), Timestamp::now(), &mut outcome)
+            .map_err(|e| {
+                StoreError::Refused(format!(
+                    "its directory cannot change that way ({}): {e}",
+                    differences.join(", ")
+                ))
+            })?;
+        events.append(&mut outcome.events);
+        write_pinning(&mut client, &url, epoch, next, &directory, &router, &events)?;
+        tracing::warn!(
+            changed = %differences.join(", "),
+            "the directory changed since the store was written; applied it and took a snapshot"
+        );
+        (directory, 0)
+    };
+    tracing::info!(
+        store.url = %url,
+        store.epoch = epoch,
+        entries = next,
+        caught_up,
+        requests = router.request_count(),
+        ms = started.elapsed().as_millis() as u64,
+        "took the lease; leading"
+    );
+    on_leader(Some(options.address.clone()));
+    let journal = PgJournal::new(
+        &options.target,
+        lease,
+        pinned,
+        next,
+        since,
+        options.snapshot_every,
+    )?;
+    Ok(Some(PgRecovered {
+        router,
+        events,
+        journal,
+        caught_up,
+    }))
+}
+
+/// One round of waiting: (re)connect, try the lease, else say who leads and follow the journal.
+fn standby_step(
+    client: &mut Option<Client>,
+    options: &PgOptions,
+    holder: &str,
+    follower: &mut Follower,
+    on_leader: &(dyn Fn(Option<String>) + Sync),
+) -> Result<Option<i64>, StoreError> {
+    let url = options.target.url();
+    if client.is_none() {
+        let mut c = options.target.connect()?;
+        schema::migrate(&mut c, url)?;
+        *client = Some(c);
+    }
+    let Some(c) = client.as_mut() else {
+        return Ok(None);
+    };
+    if let Some(epoch) =
+        lease::try_acquire(c, url, holder, &options.address, options.lease.lifetime)?
+    {
+        return Ok(Some(epoch));
+    }
+    on_leader(lease::leader(c, url)?);
+    follower.catch_up(c, url)?;
+    Ok(None)
+}
+
+/// Writes a snapshot that must exist before the journal goes on (a new store, a changed directory).
+fn write_pinning(
+    client: &mut Client,
+    url: &str,
+    epoch: i64,
+    lsn: u64,
+    directory: &Directory,
+    router: &Router,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    match snapshot::write(client, url, epoch, lsn, directory, router.state(), events)? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Refused(format!(
+            "fenced: another broker took the lease from epoch {epoch}"
+        ))),
+    }
+}

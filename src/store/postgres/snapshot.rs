@@ -1,0 +1,129 @@
+//! Snapshot rows: the core's state, the directory it was made under and the retained events after
+//! a number of entries, as one postcard value; written fenced by the leader's epoch.
+
+use std::sync::Arc;
+
+use postgres::Client;
+use serde::{Deserialize, Serialize};
+
+use super::connect::pg_error;
+use crate::routing::{DefaultPolicy, Event, Router, State};
+use crate::store::{Directory, StoreError};
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    lsn: u64,
+    directory: &'a Directory,
+    state: &'a State,
+    events: &'a [Event],
+}
+
+#[derive(Deserialize)]
+struct SnapshotRow {
+    lsn: u64,
+    directory: Directory,
+    state: State,
+    events: Vec<Event>,
+}
+
+/// A snapshot, read back.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// Entries it covers.
+    pub lsn: u64,
+    /// The directory it was made under.
+    pub directory: Directory,
+    /// The core.
+    pub router: Router,
+    /// Retained events.
+    pub events: Vec<Event>,
+}
+
+/// Writes the snapshot after `lsn` entries if `epoch` still holds the lease, then drops the
+/// journal rows and older snapshots it covers, in one transaction. Returns its size, or `None`
+/// when fenced.
+pub(crate) fn write(
+    client: &mut Client,
+    url: &str,
+    epoch: i64,
+    lsn: u64,
+    directory: &Directory,
+    state: &State,
+    events: &[Event],
+) -> Result<Option<usize>, StoreError> {
+    let body = postcard::to_stdvec(&SnapshotRef {
+        lsn,
+        directory,
+        state,
+        events,
+    })
+    .map_err(|e| StoreError::Corrupt(format!("cannot encode a snapshot: {e}")))?;
+    let lsn = lsn as i64;
+    let mut tx = client.transaction().map_err(|e| pg_error(url, e))?;
+    let written = tx
+        .execute(
+            "INSERT INTO labaid_snapshot (lsn, epoch, body) \
+             SELECT $1, $2, $3 FROM labaid_lease WHERE id = 1 AND epoch = $2 FOR SHARE \
+             ON CONFLICT (lsn) DO NOTHING",
+            &[&lsn, &epoch, &body],
+        )
+        .map_err(|e| pg_error(url, e))?;
+    let fenced = tx
+        .query_opt(
+            "SELECT 1 FROM labaid_lease WHERE id = 1 AND epoch = $1",
+            &[&epoch],
+        )
+        .map_err(|e| pg_error(url, e))?
+        .is_none();
+    if fenced {
+        return Ok(None);
+    }
+    if written == 1 {
+        tx.execute("DELETE FROM labaid_snapshot WHERE lsn < $1", &[&lsn])
+            .map_err(|e| pg_error(url, e))?;
+        tx.execute("DELETE FROM labaid_journal WHERE lsn < $1", &[&lsn])
+            .map_err(|e| pg_error(url, e))?;
+    }
+    tx.commit().map_err(|e| pg_error(url, e))?;
+    Ok(Some(body.len()))
+}
+
+/// The newest snapshot, if any.
+pub(crate) fn newest(client: &mut Client, url: &str) -> Result<Option<Loaded>, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT lsn, body FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1",
+            &[],
+        )
+        .map_err(|e| pg_error(url, e))?
+    else {
+        return Ok(None);
+    };
+    let lsn: i64 = row.get(0);
+    let body: &[u8] = row.get(1);
+    let snap: SnapshotRow = postcard::from_bytes(body).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "the snapshot after {lsn} entries cannot be decoded: {e}"
+        ))
+    })?;
+    if snap.lsn != lsn as u64 {
+        return Err(StoreError::Corrupt(format!(
+            "the snapshot row after {lsn} entries says it covers {}",
+            snap.lsn
+        )));
+    }
+    Ok(Some(Loaded {
+        lsn: snap.lsn,
+        directory: snap.directory,
+        router: Router::from_state(snap.state, Arc::new(DefaultPolicy)),
+        events: snap.events,
+    }))
+}
+
+/// The newest snapshot's entry number, if any (cheap: no body).
+pub(crate) fn newest_lsn(client: &mut Client, url: &str) -> Result<Option<u64>, StoreError> {
+    let row = client
+        .query_one("SELECT max(lsn) FROM labaid_snapshot", &[])
+        .map_err(|e| pg_error(url, e))?;
+    Ok(row.get::<_, Option<i64>>(0).map(|l| l as u64))
+}
