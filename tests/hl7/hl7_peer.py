@@ -2,13 +2,16 @@
 orders with its MLLP client, parses the answers with its parser, and runs its asyncio MLLP server
 as the trust's results receiver. Every answer is printed as one JSON line.
 
-    hl7_peer.py send HOST PORT [--encoding ENC] < message   (segments one a line)
+    hl7_peer.py send HOST PORT [--encoding ENC] [--tls-ca CA] < message   (segments one a line)
     hl7_peer.py parse [--encoding ENC] < frame
-    hl7_peer.py receive [--reply AA|AE|AR]...               (prints LISTENING <port> first)
+    hl7_peer.py receive [--port N] [--reply AA|AE|AR]... [--tls-cert C --tls-key K]
+        (prints LISTENING <port> first; the replies are used in turn, the last repeating)
 """
 
+import argparse
 import asyncio
 import json
+import ssl
 import sys
 
 import hl7
@@ -101,9 +104,12 @@ def describe(msg):
     return out
 
 
-def send(host, port, encoding):
+def send(args):
     text = sys.stdin.buffer.read().replace(b"\r\n", b"\n").strip(b"\n").replace(b"\n", b"\r")
-    with hl7.client.MLLPClient(host, int(port), encoding=encoding) as client:
+    with hl7.client.MLLPClient(args.host, args.port, encoding=args.encoding) as client:
+        if args.tls_ca:
+            context = ssl.create_default_context(cafile=args.tls_ca)
+            client.socket = context.wrap_socket(client.socket, server_hostname=args.tls_name)
         answer = client.send_message(text)
         # The client reads once; an answer may arrive in more than one piece.
         while not answer.endswith(b"\x1c\r"):
@@ -111,16 +117,17 @@ def send(host, port, encoding):
             if not more:
                 break
             answer += more
-    print(json.dumps(describe(hl7.parse(unframe(answer).decode(encoding)))))
+    print(json.dumps(describe(hl7.parse(unframe(answer).decode(args.encoding)))))
 
 
-def parse(encoding):
+def parse(args):
     data = sys.stdin.buffer.read()
-    print(json.dumps(describe(hl7.parse(unframe(data).decode(encoding)))))
+    print(json.dumps(describe(hl7.parse(unframe(data).decode(args.encoding)))))
 
 
-async def receive(replies):
+async def receive(args):
     """Answers each result message with the next reply code (the last one repeats)."""
+    replies = args.reply or ["AA"]
     state = {"n": 0}
 
     async def on_client(reader, writer):
@@ -134,31 +141,48 @@ async def receive(replies):
                 print(json.dumps(info), flush=True)
                 writer.writemessage(msg.create_ack(ack_code=code))
                 await writer.drain()
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    server = await hl7.mllp.start_hl7_server(on_client, "127.0.0.1", 0, encoding="utf-8")
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    server = await hl7.mllp.start_hl7_server(
+        on_client, "127.0.0.1", args.port, encoding="utf-8", ssl=context
+    )
     port = server.sockets[0].getsockname()[1]
     print(f"LISTENING {port}", flush=True)
     async with server:
         await server.serve_forever()
 
 
-def main(argv):
-    if argv[1] == "send":
-        encoding = argv[5] if len(argv) > 5 and argv[4] == "--encoding" else "utf-8"
-        send(argv[2], argv[3], encoding)
-    elif argv[1] == "parse":
-        encoding = argv[3] if len(argv) > 3 and argv[2] == "--encoding" else "utf-8"
-        parse(encoding)
-    elif argv[1] == "receive":
-        replies = [argv[i + 1] for i in range(2, len(argv) - 1) if argv[i] == "--reply"] or ["AA"]
-        asyncio.run(receive(replies))
+def main():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("send")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--tls-ca")
+    p.add_argument("--tls-name", default="localhost")
+    p = sub.add_parser("parse")
+    p.add_argument("--encoding", default="utf-8")
+    p = sub.add_parser("receive")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--reply", action="append", choices=["AA", "AE", "AR"])
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    args = parser.parse_args()
+    if args.command == "send":
+        send(args)
+    elif args.command == "parse":
+        parse(args)
     else:
-        sys.exit(f"unknown command {argv[1]}")
+        asyncio.run(receive(args))
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

@@ -209,6 +209,7 @@ pub async fn serve(
     };
     let inbound = inbound::Inbound::new(broker, profile);
     metrics.set_ready(true);
+    tracing::info!("serving HL7 orders");
     inbound::listen(listener, config.tls, config.limits, config.max_connections, inbound, metrics, stop).await;
     match results {
         Some(task) => task
