@@ -442,3 +442,62 @@ async fn failure_expiry_and_cancellation_reach_the_trust_and_a_refused_result_is
     assert_eq!(edge.metric("labaid_edge_results_outbox_depth", "").await, 0.0);
     assert!(edge.log().contains("the receiver refused a result message"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_runs_over_mutual_tls_for_orders_and_tls_for_results() {
+    harness::require_python_hl7();
+    let broker = TestBroker::spawn().await;
+    let certs = tempfile::tempdir().unwrap();
+    let pki = labaid::auth::devpki::generate(
+        certs.path(),
+        [labaid::domain::OdsCode::parse("RJ1").unwrap()],
+    )
+    .expect("dev PKI");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ca, server_cert, server_key) = (path(&pki.ca), path(&pki.server_cert), path(&pki.server_key));
+    let (client_cert, client_key) = pki.client("RJ1");
+    let (client_cert, client_key) = (path(&client_cert), path(&client_key));
+
+    let receiver = Receiver::start(0, &["AA"], &["--tls-cert", &server_cert, "--tls-key", &server_key]);
+    let data = tempfile::tempdir().unwrap();
+    let mut edge = Edge::start(
+        &broker.url(),
+        data.path(),
+        &[
+            "--mllp-tls-cert", &server_cert,
+            "--mllp-tls-key", &server_key,
+            "--mllp-tls-client-ca", &ca,
+            "--results-to", &receiver.addr(),
+            "--results-tls-ca", &ca,
+        ],
+    );
+
+    // Orders over TLS, the sender showing the trust's certificate.
+    let tls = ["--tls-ca", &ca, "--tls-cert", &client_cert, "--tls-key", &client_key];
+    let ack = harness::send_with(edge.mllp, fixture("orm_o01_v23.hl7", 20), "utf-8", &tls).await;
+    assert_eq!(msa(&ack).0, "AA", "{ack}");
+
+    // Plain MLLP to the TLS listener is not a handshake: closed, unanswered, counted.
+    let answer = raw_exchange(edge.mllp, &frame(&fixture("orm_o01_v23.hl7", 20))).await;
+    assert!(!answer.starts_with(&[0x0b]), "plain MLLP got an HL7 answer from the TLS listener");
+    edge.wait_log("TLS handshake failed");
+    // And TLS without a client certificate is refused too.
+    let refused = harness::send_refused(edge.mllp, fixture("orm_o01_v23.hl7", 20), &["--tls-ca", &ca]).await;
+    assert!(refused, "a sender without a client certificate got an answer");
+
+    // Results over TLS to the trust's endpoint.
+    let r = request(&broker, "RJ1-ORD-2002").await;
+    work(
+        &broker,
+        &r,
+        vec![
+            observation("UE", "K", "4.1", "mmol/L", "3.5-5.3"),
+            observation("CRP", "", "12", "mg/L", "0-5"),
+        ],
+    )
+    .await;
+    let oru = receiver.next().await;
+    assert_eq!(oru["obr"][0]["placer"], "RJ1-ORD-2002", "{oru}");
+    edge.wait_log("results: delivered");
+    assert_eq!(edge.metric("labaid_edge_mllp_dropped_total", "reason=\"tls_handshake\"").await, 2.0);
+}

@@ -104,9 +104,46 @@ fn python(args: &[&str], stdin: &[u8]) -> Value {
 
 /// Sends `message` (segments one a line) with python-hl7's MLLP client; the ACK as it parsed it.
 pub async fn send(edge: SocketAddr, message: Vec<u8>, encoding: &str) -> Value {
-    let (host, port, encoding) = (edge.ip().to_string(), edge.port().to_string(), encoding.to_string());
+    send_with(edge, message, encoding, &[]).await
+}
+
+/// As [`send`], with more arguments for hl7_peer.py (e.g. `--tls-ca`).
+pub async fn send_with(edge: SocketAddr, message: Vec<u8>, encoding: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "send".to_string(),
+        edge.ip().to_string(),
+        edge.port().to_string(),
+        "--encoding".into(),
+        encoding.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
     tokio::task::spawn_blocking(move || {
-        python(&["send", &host, &port, "--encoding", &encoding], &message)
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        python(&args, &message)
+    })
+    .await
+    .expect("join")
+}
+
+/// True when python-hl7's client gets no ACK for `message` (its connection refused or closed).
+pub async fn send_refused(edge: SocketAddr, message: Vec<u8>, extra: &[&str]) -> bool {
+    let mut args = vec![
+        PEER.to_string(),
+        "send".into(),
+        edge.ip().to_string(),
+        edge.port().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("python3")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let _ = child.stdin.take().expect("stdin").write_all(&message);
+        !child.wait_with_output().expect("python3").status.success()
     })
     .await
     .expect("join")

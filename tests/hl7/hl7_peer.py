@@ -109,6 +109,8 @@ def send(args):
     with hl7.client.MLLPClient(args.host, args.port, encoding=args.encoding) as client:
         if args.tls_ca:
             context = ssl.create_default_context(cafile=args.tls_ca)
+            if args.tls_cert:
+                context.load_cert_chain(args.tls_cert, args.tls_key)
             client.socket = context.wrap_socket(client.socket, server_hostname=args.tls_name)
         answer = client.send_message(text)
         # The client reads once; an answer may arrive in more than one piece.
@@ -168,6 +170,8 @@ def main():
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--tls-ca")
     p.add_argument("--tls-name", default="localhost")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     p = sub.add_parser("parse")
     p.add_argument("--encoding", default="utf-8")
     p = sub.add_parser("receive")
