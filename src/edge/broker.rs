@@ -47,7 +47,8 @@ impl Broker {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                let (catalogue, names) = read_catalogue(&client).await.map_err(|e| e.to_string())?;
+                let (catalogue, names) =
+                    read_catalogue(&client).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(Self {
                     client,
                     cached: Arc::new(RwLock::new(Cached {
@@ -101,7 +102,9 @@ impl Broker {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Cached> {
-        self.cached.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.cached
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn refresh(&self) {
@@ -117,7 +120,9 @@ impl Broker {
                     read_at: Instant::now(),
                 };
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the test catalogue; keeping the last one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the test catalogue; keeping the last one")
+            }
         }
     }
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::client::{ConnectOptions, TlsFiles};
 use crate::cli::GlobalOpts;
+use crate::client::{ConnectOptions, TlsFiles};
 use crate::telemetry::LogFormat;
 
 // ---------------------------------------------------------------------------------------------
@@ -68,7 +68,9 @@ impl BrokerArgs {
                 cert: cert.as_ref().map(|c| c.value.clone()),
                 key: key.as_ref().map(|k| k.value.clone()),
             }),
-            (Some(_), _, _) => return Err("--cert and --key go together (LABAID_CERT and LABAID_KEY)".into()),
+            (Some(_), _, _) => {
+                return Err("--cert and --key go together (LABAID_CERT and LABAID_KEY)".into());
+            }
             (None, None, None) if s.addr.value.starts_with("https://") => {
                 return Err("an https:// address needs --ca (or LABAID_CA)".into());
             }
@@ -105,7 +107,12 @@ pub struct Args {
     #[command(flatten)]
     pub broker: BrokerArgs,
     /// Where the edge keeps its state (the results outbox and the event cursor)
-    #[arg(long, env = "LABAID_EDGE_DATA_DIR", value_name = "DIR", default_value = "labaid-edge-data")]
+    #[arg(
+        long,
+        env = "LABAID_EDGE_DATA_DIR",
+        value_name = "DIR",
+        default_value = "labaid-edge-data"
+    )]
     pub data_dir: PathBuf,
     /// The trust's config file: code map, priority map, time zone (see the README)
     #[arg(long, env = "LABAID_EDGE_CONFIG", value_name = "FILE")]
@@ -180,9 +187,16 @@ pub enum EdgeError {
 
 /// Runs the edge until `shutdown` resolves: binds its listeners, connects to the broker (until
 /// then `/readyz` answers 503), serves, and on shutdown finishes the messages in hand.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), EdgeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| EdgeError::Setup(format!("cannot create the data directory {}: {e}", config.data_dir.display())))?;
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EdgeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        EdgeError::Setup(format!(
+            "cannot create the data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
     let lock = lock_data_dir(&config.data_dir)?;
     let metrics = metrics::EdgeMetrics::new();
     let (stop_tx, stop) = watch::channel(false);
@@ -193,20 +207,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
     let ops = TcpListener::bind(config.metrics_listen)
         .await
-        .map_err(|e| EdgeError::Setup(format!("cannot listen on {} for metrics: {e}", config.metrics_listen)))?;
-    let ops_addr = ops.local_addr().map_err(|e| EdgeError::Setup(e.to_string()))?;
+        .map_err(|e| {
+            EdgeError::Setup(format!(
+                "cannot listen on {} for metrics: {e}",
+                config.metrics_listen
+            ))
+        })?;
+    let ops_addr = ops
+        .local_addr()
+        .map_err(|e| EdgeError::Setup(e.to_string()))?;
     let ops_task = tokio::spawn(metrics::serve(ops, metrics.clone(), stopped(stop.clone())));
-    let mllp = TcpListener::bind(config.hl7.listen)
-        .await
-        .map_err(|e| EdgeError::Setup(format!("cannot listen on {} for MLLP: {e}", config.hl7.listen)))?;
-    let mllp_addr = mllp.local_addr().map_err(|e| EdgeError::Setup(e.to_string()))?;
+    let mllp = TcpListener::bind(config.hl7.listen).await.map_err(|e| {
+        EdgeError::Setup(format!(
+            "cannot listen on {} for MLLP: {e}",
+            config.hl7.listen
+        ))
+    })?;
+    let mllp_addr = mllp
+        .local_addr()
+        .map_err(|e| EdgeError::Setup(e.to_string()))?;
     tracing::info!(metrics.addr = %ops_addr, mllp.addr = %mllp_addr, "listening");
 
-    let Some(broker) = broker::Broker::connect(&config.broker, Duration::from_secs(2), stop.clone()).await else {
+    let Some(broker) =
+        broker::Broker::connect(&config.broker, Duration::from_secs(2), stop.clone()).await
+    else {
         let _ = ops_task.await;
         return Ok(());
     };
-    let result = hl7::serve(mllp, config.hl7, &config.data_dir, broker, metrics.clone(), stop.clone()).await;
+    let result = hl7::serve(
+        mllp,
+        config.hl7,
+        &config.data_dir,
+        broker,
+        metrics.clone(),
+        stop.clone(),
+    )
+    .await;
     metrics.set_ready(false);
     let _ = ops_task.await;
     drop(lock);

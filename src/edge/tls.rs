@@ -46,7 +46,11 @@ fn roots(ca: &Path) -> Result<RootCertStore, String> {
 
 /// A TLS acceptor for the MLLP listener; with `client_ca`, senders must show a certificate it
 /// issued (mutual TLS).
-pub fn acceptor(cert: &Path, key_path: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, String> {
+pub fn acceptor(
+    cert: &Path,
+    key_path: &Path,
+    client_ca: Option<&Path>,
+) -> Result<TlsAcceptor, String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -63,7 +67,12 @@ pub fn acceptor(cert: &Path, key_path: &Path, client_ca: Option<&Path>) -> Resul
     };
     let config = builder
         .with_single_cert(certs(cert)?, key(key_path)?)
-        .map_err(|e| format!("the certificate {} and its key do not fit: {e}", cert.display()))?;
+        .map_err(|e| {
+            format!(
+                "the certificate {} and its key do not fit: {e}",
+                cert.display()
+            )
+        })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -76,7 +85,9 @@ pub struct ClientTls {
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls").field("name", &self.name).finish()
+        f.debug_struct("ClientTls")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -94,9 +105,16 @@ impl ClientTls {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots(ca)?);
         let config = match (cert, key_path) {
-            (Some(c), Some(k)) => builder
-                .with_client_auth_cert(certs(c)?, key(k)?)
-                .map_err(|e| format!("the certificate {} and its key do not fit: {e}", c.display()))?,
+            (Some(c), Some(k)) => {
+                builder
+                    .with_client_auth_cert(certs(c)?, key(k)?)
+                    .map_err(|e| {
+                        format!(
+                            "the certificate {} and its key do not fit: {e}",
+                            c.display()
+                        )
+                    })?
+            }
             (None, None) => builder.with_no_client_auth(),
             _ => return Err("give the results certificate and its key together".into()),
         };
@@ -110,6 +128,8 @@ impl ClientTls {
 
     /// Wraps a connected socket.
     pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
-        Ok(Box::new(self.connector.connect(self.name.clone(), tcp).await?))
+        Ok(Box::new(
+            self.connector.connect(self.name.clone(), tcp).await?,
+        ))
     }
 }

@@ -108,7 +108,12 @@ pub async fn send(edge: SocketAddr, message: Vec<u8>, encoding: &str) -> Value {
 }
 
 /// As [`send`], with more arguments for hl7_peer.py (e.g. `--tls-ca`).
-pub async fn send_with(edge: SocketAddr, message: Vec<u8>, encoding: &str, extra: &[&str]) -> Value {
+pub async fn send_with(
+    edge: SocketAddr,
+    message: Vec<u8>,
+    encoding: &str,
+    extra: &[&str],
+) -> Value {
     let mut args = vec![
         "send".to_string(),
         edge.ip().to_string(),
@@ -240,7 +245,14 @@ impl Edge {
     /// serves orders.
     pub fn start(broker: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
-            .args(["--addr", broker, "--mllp-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "--addr",
+                broker,
+                "--mllp-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--config")
@@ -296,9 +308,16 @@ impl Edge {
                 return line.clone();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("labaid-edge exited ({status}) before logging {needle:?}:\n{}", self.log());
+                panic!(
+                    "labaid-edge exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "no log line {needle:?} in 20 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no log line {needle:?} in 20 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -328,7 +347,10 @@ impl Edge {
     /// SIGTERM, and the exit status once it has stopped.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         self.child.wait().expect("wait")
     }
 }
@@ -351,7 +373,12 @@ pub struct Receiver {
 impl Receiver {
     /// Listens on `port` (0 for any), answering with `replies` in turn (the last repeating).
     pub fn start(port: u16, replies: &[&str], extra: &[&str]) -> Self {
-        let mut args = vec![PEER.to_string(), "receive".into(), "--port".into(), port.to_string()];
+        let mut args = vec![
+            PEER.to_string(),
+            "receive".into(),
+            "--port".into(),
+            port.to_string(),
+        ];
         for r in replies {
             args.push("--reply".into());
             args.push((*r).into());

@@ -60,9 +60,15 @@ pub struct Reply<'a> {
 pub fn build(reply: &Reply<'_>, now: &str, control_id: &str) -> Vec<u8> {
     let (delims, charset) = reply
         .to
-        .map_or((Delimiters::default(), Charset::Unlabelled), |m| (m.delims, m.charset));
+        .map_or((Delimiters::default(), Charset::Unlabelled), |m| {
+            (m.delims, m.charset)
+        });
     let mut w = Writer::new(delims);
-    let raw = |n: usize| reply.to.map_or(String::new(), |m| m.msh().raw(n).to_string());
+    let raw = |n: usize| {
+        reply
+            .to
+            .map_or(String::new(), |m| m.msh().raw(n).to_string())
+    };
     let event = reply
         .to
         .map(|m| m.component(m.msh(), 9, 2))
@@ -106,14 +112,25 @@ pub fn build(reply: &Reply<'_>, now: &str, control_id: &str) -> Vec<u8> {
     );
     let modern = matches!(version.as_str(), "2.5" | "2.5.1");
     for p in &reply.problems {
-        let (seg, seq, field) = p.location.as_ref().map_or((String::new(), String::new(), String::new()), |l| {
-            (l.segment.to_string(), l.sequence.to_string(), l.field.to_string())
-        });
+        let (seg, seq, field) =
+            p.location
+                .as_ref()
+                .map_or((String::new(), String::new(), String::new()), |l| {
+                    (
+                        l.segment.to_string(),
+                        l.sequence.to_string(),
+                        l.field.to_string(),
+                    )
+                });
         let code = p.code.to_string();
         if modern {
             let location = w.join(&[&seg, &seq, &field]);
             let error = w.join(&[&code, &clip(&p.text, 199), "HL70357"]);
-            let severity = if reply.code == AckCode::Accept { "W" } else { "E" };
+            let severity = if reply.code == AckCode::Accept {
+                "W"
+            } else {
+                "E"
+            };
             let text = w.text(&p.text);
             w.segment(
                 "ERR",
@@ -210,7 +227,12 @@ mod tests {
             "1",
         );
         let text = String::from_utf8(ack).unwrap();
-        assert!(text.contains("\rERR|PID^1^3^102&NHS number: is not a valid NHS number (check digit)&HL70357\r"), "{text}");
+        assert!(
+            text.contains(
+                "\rERR|PID^1^3^102&NHS number: is not a valid NHS number (check digit)&HL70357\r"
+            ),
+            "{text}"
+        );
 
         let ack = build(
             &Reply {
@@ -223,7 +245,10 @@ mod tests {
             "2",
         );
         let text = String::from_utf8(ack).unwrap();
-        assert!(text.starts_with("MSH|^~\\&|||||20240603||ACK^^ACK|2|P|2.5.1\rMSA|AR||no MSH\r"), "{text}");
+        assert!(
+            text.starts_with("MSH|^~\\&|||||20240603||ACK^^ACK|2|P|2.5.1\rMSA|AR||no MSH\r"),
+            "{text}"
+        );
     }
 
     #[test]

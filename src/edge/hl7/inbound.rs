@@ -83,10 +83,19 @@ impl Inbound {
 
     fn now(&self) -> (Timestamp, String) {
         let now = Timestamp::now();
-        (now, super::oru::hl7_time(now.millis(), &self.profile.timezone))
+        (
+            now,
+            super::oru::hl7_time(now.millis(), &self.profile.timezone),
+        )
     }
 
-    fn reply(&self, to: Option<&Message>, code: AckCode, text: &str, problems: Vec<Problem>) -> Handled {
+    fn reply(
+        &self,
+        to: Option<&Message>,
+        code: AckCode,
+        text: &str,
+        problems: Vec<Problem>,
+    ) -> Handled {
         let (now, stamp) = self.now();
         let why = problems
             .iter()
@@ -102,12 +111,23 @@ impl Inbound {
         Handled {
             ack: ack::build(&reply, &stamp, &self.ids.next(now.millis())),
             code,
-            kind: to.map_or_else(|| "unknown".into(), |m| {
-                format!("{}^{}", m.component(m.msh(), 9, 1), m.component(m.msh(), 9, 2))
-            }),
+            kind: to.map_or_else(
+                || "unknown".into(),
+                |m| {
+                    format!(
+                        "{}^{}",
+                        m.component(m.msh(), 9, 1),
+                        m.component(m.msh(), 9, 2)
+                    )
+                },
+            ),
             control_id: to.map(|m| m.header(10)).unwrap_or_default(),
             requests: Vec::new(),
-            why: if why.is_empty() { text.to_string() } else { why },
+            why: if why.is_empty() {
+                text.to_string()
+            } else {
+                why
+            },
         }
     }
 
@@ -117,12 +137,20 @@ impl Inbound {
             Frame::Message(b) => b,
             Frame::TooLarge { head, total } => {
                 let header = header_only(&head);
-                let text = format!("the message is {total} bytes; the most taken is {}", head.len());
-                return self.reply(header.as_ref(), AckCode::Reject, "message too large", vec![Problem {
-                    location: None,
-                    code: code::INTERNAL,
-                    text,
-                }]);
+                let text = format!(
+                    "the message is {total} bytes; the most taken is {}",
+                    head.len()
+                );
+                return self.reply(
+                    header.as_ref(),
+                    AckCode::Reject,
+                    "message too large",
+                    vec![Problem {
+                        location: None,
+                        code: code::INTERNAL,
+                        text,
+                    }],
+                );
             }
         };
         let msg = match Message::parse(&bytes) {
@@ -132,15 +160,29 @@ impl Inbound {
                 let (ack_code, err_code) = match e {
                     ParseError::Undecodable(_) => (AckCode::Error, code::DATA_TYPE),
                     ParseError::UnsupportedCharset(_) => (AckCode::Reject, code::TABLE_VALUE),
-                    ParseError::NoMsh | ParseError::BadSeparators => (AckCode::Reject, code::SEGMENT_SEQUENCE),
+                    ParseError::NoMsh | ParseError::BadSeparators => {
+                        (AckCode::Reject, code::SEGMENT_SEQUENCE)
+                    }
                 };
-                let location = matches!(e, ParseError::Undecodable(_) | ParseError::UnsupportedCharset(_))
-                    .then_some(Location { segment: "MSH", sequence: 1, field: 18 });
-                return self.reply(header.as_ref(), ack_code, "message not readable", vec![Problem {
-                    location,
-                    code: err_code,
-                    text: e.to_string(),
-                }]);
+                let location = matches!(
+                    e,
+                    ParseError::Undecodable(_) | ParseError::UnsupportedCharset(_)
+                )
+                .then_some(Location {
+                    segment: "MSH",
+                    sequence: 1,
+                    field: 18,
+                });
+                return self.reply(
+                    header.as_ref(),
+                    ack_code,
+                    "message not readable",
+                    vec![Problem {
+                        location,
+                        code: err_code,
+                        text: e.to_string(),
+                    }],
+                );
             }
         };
         if let Err(p) = orders::check_header(&msg, &self.profile) {
@@ -151,13 +193,20 @@ impl Inbound {
             msg.header(10),
         );
         if self.lock().set.contains(&key) {
-            let mut h = self.reply(Some(&msg), AckCode::Accept, "accepted before; nothing new created", vec![]);
+            let mut h = self.reply(
+                Some(&msg),
+                AckCode::Accept,
+                "accepted before; nothing new created",
+                vec![],
+            );
             h.why = "a resend of an accepted message".into();
             return h;
         }
         let orders = match orders::read_orders(&msg, &self.profile) {
             Ok(o) => o,
-            Err(problems) => return self.reply(Some(&msg), AckCode::Error, "content error", problems),
+            Err(problems) => {
+                return self.reply(Some(&msg), AckCode::Error, "content error", problems);
+            }
         };
         let problems = self.validate(&orders).await;
         if !problems.is_empty() {
@@ -172,7 +221,11 @@ impl Inbound {
                     replayed += usize::from(again);
                 }
                 Err((ack_code, problems)) => {
-                    let text = if ack_code == AckCode::Reject { "not processed: send again" } else { "content error" };
+                    let text = if ack_code == AckCode::Reject {
+                        "not processed: send again"
+                    } else {
+                        "content error"
+                    };
                     let mut h = self.reply(Some(&msg), ack_code, text, problems);
                     h.requests = ids;
                     return h;
@@ -191,15 +244,23 @@ impl Inbound {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
-        self.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Checks every order before any is submitted, with the rules the broker applies, so that a
     /// message with one bad order creates nothing.
     async fn validate(&self, orders: &[Order]) -> Vec<Problem> {
         let mut catalogue = self.broker.catalogue().await;
-        let unknown = |c: &crate::domain::Catalogue, t: &str| TestCode::parse(t).map_or(true, |code| c.get(&code).is_none());
-        if orders.iter().flat_map(|o| &o.submission.tests).any(|t| unknown(&catalogue, t)) {
+        let unknown = |c: &crate::domain::Catalogue, t: &str| {
+            TestCode::parse(t).map_or(true, |code| c.get(&code).is_none())
+        };
+        if orders
+            .iter()
+            .flat_map(|o| &o.submission.tests)
+            .any(|t| unknown(&catalogue, t))
+        {
             catalogue = self.broker.catalogue_fresh().await;
         }
         let now = Timestamp::now();
@@ -220,7 +281,9 @@ impl Inbound {
             sub.tests.retain(|t| seen.insert(t.clone()));
             if let Err(v) = NewRequest::validate(&sub, &catalogue, now) {
                 for f in v.0 {
-                    if f.field.starts_with("tests") && problems.iter().any(|p| p.code == code::TABLE_VALUE) {
+                    if f.field.starts_with("tests")
+                        && problems.iter().any(|p| p.code == code::TABLE_VALUE)
+                    {
                         continue;
                     }
                     problems.push(violation(order, &f.field, &f.description));
@@ -244,9 +307,14 @@ impl Inbound {
             }),
             tests: {
                 let mut seen = HashSet::new();
-                s.tests.iter().filter(|t| seen.insert(*t)).cloned().collect()
+                s.tests
+                    .iter()
+                    .filter(|t| seen.insert(*t))
+                    .cloned()
+                    .collect()
             },
-            priority: crate::api::convert::priority_to(s.priority.unwrap_or(Priority::Routine)) as i32,
+            priority: crate::api::convert::priority_to(s.priority.unwrap_or(Priority::Routine))
+                as i32,
             collected_at: s.collected_at.map(crate::api::convert::ts),
             clinical_note: s.clinical_note.clone(),
         };
@@ -306,7 +374,11 @@ fn violation(order: &Order, field: &str, description: &str) -> Problem {
     let label = format!("{}-{}", location.segment, location.field);
     Problem {
         location: Some(location),
-        code: if field.starts_with("tests") { code::TABLE_VALUE } else { code::DATA_TYPE },
+        code: if field.starts_with("tests") {
+            code::TABLE_VALUE
+        } else {
+            code::DATA_TYPE
+        },
         text: format!("{label} ({field}) {description}"),
     }
 }
@@ -357,11 +429,15 @@ pub async fn listen(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(mllp.peer = %peer, "MLLP: too many connections; closing the new one");
-            metrics.mllp_dropped.with_label_values(&["too_many_connections"]).inc();
+            metrics
+                .mllp_dropped
+                .with_label_values(&["too_many_connections"])
+                .inc();
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (inbound, metrics, stop, tls) = (inbound.clone(), metrics.clone(), stop.clone(), tls.clone());
+        let (inbound, metrics, stop, tls) =
+            (inbound.clone(), metrics.clone(), stop.clone(), tls.clone());
         tasks.spawn(async move {
             let io: Box<dyn Io> = match tls {
                 None => Box::new(tcp),
@@ -407,7 +483,10 @@ async fn serve_connection(
         let stray = reader.take_stray();
         if stray > 0 {
             tracing::warn!(mllp.peer = %peer, mllp.stray_bytes = stray, "MLLP: bytes outside a frame were dropped");
-            metrics.mllp_dropped.with_label_values(&["stray_bytes"]).inc();
+            metrics
+                .mllp_dropped
+                .with_label_values(&["stray_bytes"])
+                .inc();
         }
         let frame = match frame {
             Ok(f) => f,

@@ -313,7 +313,14 @@ impl Message {
 
     /// One value of a field: repetition `rep`, component `comp`, subcomponent `sub` (all from 1,
     /// as HL7 numbers them), unescaped; empty when absent.
-    pub fn value(&self, seg: &Segment, field: usize, rep: usize, comp: usize, sub: usize) -> String {
+    pub fn value(
+        &self,
+        seg: &Segment,
+        field: usize,
+        rep: usize,
+        comp: usize,
+        sub: usize,
+    ) -> String {
         let d = &self.delims;
         let raw = if seg.name == "MSH" && field <= 2 {
             // MSH-1 and MSH-2 are the separators themselves, never split or unescaped.
@@ -459,12 +466,16 @@ impl Writer {
     /// Appends a segment; `fields[i]` is field i+1, already joined with [`Writer::join`] or
     /// escaped with [`Writer::text`]. Trailing empty fields are dropped.
     pub fn segment(&mut self, name: &str, fields: &[String]) {
-        let last = fields.iter().rposition(|f| !f.is_empty()).map_or(0, |i| i + 1);
+        let last = fields
+            .iter()
+            .rposition(|f| !f.is_empty())
+            .map_or(0, |i| i + 1);
         self.out.push_str(name);
         if name == "MSH" {
             // MSH-1 is the separator itself; `fields` starts at MSH-2.
             self.out.push(self.delims.field);
-            self.out.push_str(&fields.first().cloned().unwrap_or_default());
+            self.out
+                .push_str(&fields.first().cloned().unwrap_or_default());
             for f in fields.iter().take(last).skip(1) {
                 self.out.push(self.delims.field);
                 self.out.push_str(f);
@@ -533,10 +544,7 @@ mod tests {
     fn escapes_decode_and_encode_back() {
         let m = Message::parse(ORM.as_bytes()).unwrap();
         let nte = m.first("NTE").unwrap();
-        assert_eq!(
-            m.component(nte, 3, 1),
-            "line one\nline two | with \\ and A"
-        );
+        assert_eq!(m.component(nte, 3, 1), "line one\nline two | with \\ and A");
         let d = Delimiters::default();
         let text = "a|b^c~d&e\\f\ng";
         assert_eq!(d.escape(text), "a\\F\\b\\S\\c\\R\\d\\T\\e\\E\\f\\.br\\g");
@@ -557,12 +565,14 @@ mod tests {
 
     #[test]
     fn msh_18_chooses_the_character_set() {
-        let latin1 = b"MSH|^~\\&|A|B|C|D|20240101||ORM^O01|1|P|2.3|||||GBR|8859/1\rPID|1||||Ren\xe9e";
+        let latin1 =
+            b"MSH|^~\\&|A|B|C|D|20240101||ORM^O01|1|P|2.3|||||GBR|8859/1\rPID|1||||Ren\xe9e";
         let m = Message::parse(latin1).unwrap();
         assert_eq!(m.charset, Charset::Latin1);
         assert_eq!(m.component(m.first("PID").unwrap(), 5, 1), "Renée");
 
-        let utf8 = "MSH|^~\\&|A|B|C|D|20240101||ORM^O01|1|P|2.5.1|||||GBR|UNICODE UTF-8\rPID|1||||Renée";
+        let utf8 =
+            "MSH|^~\\&|A|B|C|D|20240101||ORM^O01|1|P|2.5.1|||||GBR|UNICODE UTF-8\rPID|1||||Renée";
         let m = Message::parse(utf8.as_bytes()).unwrap();
         assert_eq!(m.component(m.first("PID").unwrap(), 5, 1), "Renée");
 
@@ -572,7 +582,10 @@ mod tests {
             Err(ParseError::Undecodable(_))
         ));
         let ascii = b"MSH|^~\\&|A|B|C|D|20240101||ORM^O01|1|P|2.3|||||GBR|ASCII\rPID|1||||Ren\xe9e";
-        assert!(matches!(Message::parse(ascii), Err(ParseError::Undecodable(_))));
+        assert!(matches!(
+            Message::parse(ascii),
+            Err(ParseError::Undecodable(_))
+        ));
         let jis = b"MSH|^~\\&|A|B|C|D|20240101||ORM^O01|1|P|2.3|||||JPN|ISO IR87\r";
         assert_eq!(
             Message::parse(jis).unwrap_err(),
@@ -583,10 +596,7 @@ mod tests {
 
     #[test]
     fn a_message_without_msh_or_separators_is_refused() {
-        assert_eq!(
-            Message::parse(b"PID|1||x").unwrap_err(),
-            ParseError::NoMsh
-        );
+        assert_eq!(Message::parse(b"PID|1||x").unwrap_err(), ParseError::NoMsh);
         assert_eq!(Message::parse(b"").unwrap_err(), ParseError::NoMsh);
         assert_eq!(
             Message::parse(b"MSH|^^\\&|A").unwrap_err(),
@@ -605,9 +615,6 @@ mod tests {
         w.segment("MSH", &[msh2, "LABAID".into(), String::new()]);
         let comps = w.join(&["K", "Potassium|x", ""]);
         w.segment("OBR", &["1".into(), comps, String::new()]);
-        assert_eq!(
-            w.finish(),
-            "MSH|^~\\&|LABAID\rOBR|1|K^Potassium\\F\\x\r"
-        );
+        assert_eq!(w.finish(), "MSH|^~\\&|LABAID\rOBR|1|K^Potassium\\F\\x\r");
     }
 }

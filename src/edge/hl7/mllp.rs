@@ -119,10 +119,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let mut total = 0usize;
         loop {
             // The end is FS CR; an FS at the very end of the buffer waits for the next read.
-            let end = self
-                .buf
-                .windows(2)
-                .position(|w| w[0] == FS && w[1] == CR);
+            let end = self.buf.windows(2).position(|w| w[0] == FS && w[1] == CR);
             let take = end.unwrap_or_else(|| {
                 let keep = usize::from(self.buf.last() == Some(&FS));
                 self.buf.len() - keep
@@ -157,7 +154,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// Writes one message in an MLLP frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, message: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    message: &[u8],
+) -> std::io::Result<()> {
     let mut framed = Vec::with_capacity(message.len() + 3);
     framed.push(VT);
     framed.extend_from_slice(message);
@@ -186,7 +186,9 @@ mod tests {
         let mut reader = FrameReader::new(rx, limits(1024));
         tokio::spawn(async move {
             tx.write_all(b"junk\x0bMSH|one\x1c").await.unwrap();
-            tx.write_all(b"\x0d\r\n\x0bMSH|t\x1cwo\x1c\x0d").await.unwrap();
+            tx.write_all(b"\x0d\r\n\x0bMSH|t\x1cwo\x1c\x0d")
+                .await
+                .unwrap();
         });
         match reader.next().await.unwrap() {
             Frame::Message(m) => assert_eq!(m, b"MSH|one"),

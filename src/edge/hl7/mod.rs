@@ -144,7 +144,9 @@ impl Hl7Args {
                     )?),
                     None => None,
                 };
-                if self.results_retry_initial_ms == 0 || self.results_retry_max_ms < self.results_retry_initial_ms {
+                if self.results_retry_initial_ms == 0
+                    || self.results_retry_max_ms < self.results_retry_initial_ms
+                {
                     return Err("--results-retry-initial-ms must be positive and at most --results-retry-max-ms".into());
                 }
                 Some(ResultsConfig {
@@ -210,7 +212,16 @@ pub async fn serve(
     let inbound = inbound::Inbound::new(broker, profile);
     metrics.set_ready(true);
     tracing::info!("serving HL7 orders");
-    inbound::listen(listener, config.tls, config.limits, config.max_connections, inbound, metrics, stop).await;
+    inbound::listen(
+        listener,
+        config.tls,
+        config.limits,
+        config.max_connections,
+        inbound,
+        metrics,
+        stop,
+    )
+    .await;
     match results {
         Some(task) => task
             .await

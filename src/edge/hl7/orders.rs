@@ -48,7 +48,13 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn at(segment: &'static str, sequence: usize, field: usize, code: u16, text: impl Into<String>) -> Self {
+    fn at(
+        segment: &'static str,
+        sequence: usize,
+        field: usize,
+        code: u16,
+        text: impl Into<String>,
+    ) -> Self {
         Self {
             location: Some(Location {
                 segment,
@@ -65,35 +71,59 @@ impl Problem {
 pub fn check_header(msg: &Message, profile: &Profile) -> Result<(), Problem> {
     let msh = msg.msh();
     if msg.header(10).is_empty() {
-        return Err(Problem::at("MSH", 1, 10, code::REQUIRED_MISSING, "MSH-10 message control ID is required"));
+        return Err(Problem::at(
+            "MSH",
+            1,
+            10,
+            code::REQUIRED_MISSING,
+            "MSH-10 message control ID is required",
+        ));
     }
     let kind = msg.component(msh, 9, 1).to_ascii_uppercase();
     let event = msg.component(msh, 9, 2).to_ascii_uppercase();
     match (kind.as_str(), event.as_str()) {
         ("OML", "O21") | ("ORM", "O01") => {}
         ("OML" | "ORM", _) => {
-            return Err(Problem::at("MSH", 1, 9, code::UNSUPPORTED_EVENT, format!(
-                "event {event:?} is not supported: send OML^O21 or ORM^O01"
-            )));
+            return Err(Problem::at(
+                "MSH",
+                1,
+                9,
+                code::UNSUPPORTED_EVENT,
+                format!("event {event:?} is not supported: send OML^O21 or ORM^O01"),
+            ));
         }
         _ => {
-            return Err(Problem::at("MSH", 1, 9, code::UNSUPPORTED_TYPE, format!(
-                "message type {kind:?} is not supported: send OML^O21 or ORM^O01"
-            )));
+            return Err(Problem::at(
+                "MSH",
+                1,
+                9,
+                code::UNSUPPORTED_TYPE,
+                format!("message type {kind:?} is not supported: send OML^O21 or ORM^O01"),
+            ));
         }
     }
     let version = msg.header(12);
     if !VERSIONS.contains(&version.as_str()) {
-        return Err(Problem::at("MSH", 1, 12, code::UNSUPPORTED_VERSION, format!(
-            "version {version:?} is not supported: send 2.3 to 2.5.1"
-        )));
+        return Err(Problem::at(
+            "MSH",
+            1,
+            12,
+            code::UNSUPPORTED_VERSION,
+            format!("version {version:?} is not supported: send 2.3 to 2.5.1"),
+        ));
     }
     let processing = msg.header(11).to_ascii_uppercase();
     if !profile.processing_ids.contains(&processing) {
-        return Err(Problem::at("MSH", 1, 11, code::UNSUPPORTED_PROCESSING_ID, format!(
-            "processing ID {processing:?} is not accepted here (accepted: {})",
-            profile.processing_ids.join(", ")
-        )));
+        return Err(Problem::at(
+            "MSH",
+            1,
+            11,
+            code::UNSUPPORTED_PROCESSING_ID,
+            format!(
+                "processing ID {processing:?} is not accepted here (accepted: {})",
+                profile.processing_ids.join(", ")
+            ),
+        ));
     }
     Ok(())
 }
@@ -173,7 +203,13 @@ struct Group {
 pub fn read_orders(msg: &Message, profile: &Profile) -> Result<Vec<Order>, Vec<Problem>> {
     let mut problems = Vec::new();
     let Some(pid) = msg.first("PID") else {
-        return Err(vec![Problem::at("PID", 1, 0, code::SEGMENT_SEQUENCE, "the message has no PID segment")]);
+        return Err(vec![Problem::at(
+            "PID",
+            1,
+            0,
+            code::SEGMENT_SEQUENCE,
+            "the message has no PID segment",
+        )]);
     };
     let nhs = nhs_number(msg, pid).unwrap_or_else(|p| {
         problems.push(p);
@@ -191,7 +227,13 @@ pub fn read_orders(msg: &Message, profile: &Profile) -> Result<Vec<Order>, Vec<P
 
     let groups = gather(msg, &mut problems);
     if groups.is_empty() && problems.is_empty() {
-        problems.push(Problem::at("OBR", 1, 0, code::SEGMENT_SEQUENCE, "the message orders nothing: it has no OBR segment"));
+        problems.push(Problem::at(
+            "OBR",
+            1,
+            0,
+            code::SEGMENT_SEQUENCE,
+            "the message orders nothing: it has no OBR segment",
+        ));
     }
     let mut orders = Vec::new();
     for g in groups {
@@ -224,7 +266,14 @@ pub fn read_orders(msg: &Message, profile: &Profile) -> Result<Vec<Order>, Vec<P
                 }
             },
             None => {
-                let at = g.tests.first().map(|(_, l)| Location { field: 7, ..l.clone() }).unwrap_or(default_at.clone());
+                let at = g
+                    .tests
+                    .first()
+                    .map(|(_, l)| Location {
+                        field: 7,
+                        ..l.clone()
+                    })
+                    .unwrap_or(default_at.clone());
                 problems.push(Problem {
                     location: Some(at.clone()),
                     code: code::REQUIRED_MISSING,
@@ -255,7 +304,11 @@ pub fn read_orders(msg: &Message, profile: &Profile) -> Result<Vec<Order>, Vec<P
             },
         });
     }
-    if problems.is_empty() { Ok(orders) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(orders)
+    } else {
+        Err(problems)
+    }
 }
 
 /// The NHS number: the PID-3 repetition whose identifier type (CX-5) is `NH`.
@@ -263,10 +316,21 @@ fn nhs_number(msg: &Message, pid: &Segment) -> Result<String, Problem> {
     msg.repetitions(pid, 3)
         .into_iter()
         .map(|rep| msg.split_components(rep))
-        .find(|c| c.get(4).is_some_and(|t| t.trim().eq_ignore_ascii_case("NH")))
+        .find(|c| {
+            c.get(4)
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("NH"))
+        })
         .map(|c| c[0].trim().to_string())
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| Problem::at("PID", 1, 3, code::REQUIRED_MISSING, "PID-3 has no NHS number (an identifier with type code NH)"))
+        .ok_or_else(|| {
+            Problem::at(
+                "PID",
+                1,
+                3,
+                code::REQUIRED_MISSING,
+                "PID-3 has no NHS number (an identifier with type code NH)",
+            )
+        })
 }
 
 /// PID-7 (`YYYYMMDD`, perhaps followed by a time) as `YYYY-MM-DD`; empty stays empty.
@@ -275,7 +339,9 @@ fn birth_date(raw: &str) -> Result<String, String> {
     if raw.is_empty() {
         return Ok(String::new());
     }
-    let date = raw.get(..8).filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+    let date = raw
+        .get(..8)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
     match date {
         Some(d) => Ok(format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..])),
         None => Err("PID-7 date of birth must start YYYYMMDD".into()),
@@ -300,26 +366,40 @@ fn gather(msg: &Message, problems: &mut Vec<Problem>) -> Vec<Group> {
         };
         let n = counts.entry(name).or_default();
         *n += 1;
-        let at = |field| Location { segment: name, sequence: *n, field };
+        let at = |field| Location {
+            segment: name,
+            sequence: *n,
+            field,
+        };
         match name {
             "ORC" => {
                 let control = msg.component(seg, 1, 1).to_ascii_uppercase();
                 if !control.is_empty() && control != "NW" {
-                    problems.push(Problem::at("ORC", *n, 1, code::TABLE_VALUE, format!(
-                        "order control {control:?} is not supported: send new orders (NW)"
-                    )));
+                    problems.push(Problem::at(
+                        "ORC",
+                        *n,
+                        1,
+                        code::TABLE_VALUE,
+                        format!("order control {control:?} is not supported: send new orders (NW)"),
+                    ));
                 }
                 let placer = msg.component(seg, 2, 1).trim().to_string();
                 current = Some(group_for(&mut groups, placer, at(2)));
                 let priority = msg.value(seg, 7, 1, 6, 1);
                 if !priority.trim().is_empty() {
-                    groups[current.unwrap_or(0)].priority.get_or_insert((priority.trim().into(), at(7)));
+                    groups[current.unwrap_or(0)]
+                        .priority
+                        .get_or_insert((priority.trim().into(), at(7)));
                 }
             }
             "OBR" => {
                 let placer = msg.component(seg, 2, 1).trim().to_string();
                 let index = match current {
-                    Some(i) if placer.is_empty() || groups[i].placer == placer || groups[i].placer.is_empty() => {
+                    Some(i)
+                        if placer.is_empty()
+                            || groups[i].placer == placer
+                            || groups[i].placer.is_empty() =>
+                    {
                         if groups[i].placer.is_empty() && !placer.is_empty() {
                             groups[i].placer = placer;
                             groups[i].placer_at = at(2);
@@ -336,7 +416,13 @@ fn gather(msg: &Message, problems: &mut Vec<Problem>) -> Vec<Group> {
                     code_text = msg.component(seg, 4, 4).trim().to_string();
                 }
                 if code_text.is_empty() {
-                    problems.push(Problem::at("OBR", *n, 4, code::REQUIRED_MISSING, "OBR-4 universal service identifier (the test code) is required"));
+                    problems.push(Problem::at(
+                        "OBR",
+                        *n,
+                        4,
+                        code::REQUIRED_MISSING,
+                        "OBR-4 universal service identifier (the test code) is required",
+                    ));
                 } else {
                     g.tests.push((code_text, at(4)));
                 }
@@ -447,7 +533,11 @@ fn clip(text: &str, max: usize) -> String {
 pub fn parse_time(raw: &str, tz: &TimeZone) -> Result<Timestamp, String> {
     let err = || "the time must be YYYYMMDDHHMM[SS][+/-ZZZZ] and a real time".to_string();
     let raw = raw.trim();
-    let (body, offset) = match raw.char_indices().skip(8).find(|(_, c)| *c == '+' || *c == '-') {
+    let (body, offset) = match raw
+        .char_indices()
+        .skip(8)
+        .find(|(_, c)| *c == '+' || *c == '-')
+    {
         Some((i, _)) => (&raw[..i], Some(&raw[i..])),
         None => (raw, None),
     };
@@ -479,7 +569,10 @@ pub fn parse_time(raw: &str, tz: &TimeZone) -> Result<Timestamp, String> {
             let offset = Offset::from_seconds(sign * (h * 3600 + m * 60)).map_err(|_| err())?;
             offset.to_timestamp(dt).map_err(|_| err())?
         }
-        None => tz.to_ambiguous_timestamp(dt).compatible().map_err(|_| err())?,
+        None => tz
+            .to_ambiguous_timestamp(dt)
+            .compatible()
+            .map_err(|_| err())?,
     };
     Ok(Timestamp::from_millis(instant.as_millisecond()))
 }
@@ -520,7 +613,10 @@ OBR|1|ORD2||CRP^CRP^L|R||202406030930
         let o = &orders[0].submission;
         assert_eq!(o.order_number, "ORD1");
         assert_eq!(o.nhs_number, "9434765919");
-        assert_eq!((o.family_name.as_str(), o.given_name.as_str()), ("Smith", "Jo"));
+        assert_eq!(
+            (o.family_name.as_str(), o.given_name.as_str()),
+            ("Smith", "Jo")
+        );
         assert_eq!(o.birth_date, "1970-01-01");
         assert_eq!(o.tests, ["K", "FBC"]);
         assert_eq!(o.priority, Some(Priority::Stat));
@@ -532,7 +628,10 @@ OBR|1|ORD2||CRP^CRP^L|R||202406030930
         assert_eq!(o.clinical_note, "chest pain\non & off warfarin");
         assert_eq!(orders[0].from.locate("tests[1]").sequence, 2);
         let o = &orders[1].submission;
-        assert_eq!((o.order_number.as_str(), o.priority), ("ORD2", Some(Priority::Routine)));
+        assert_eq!(
+            (o.order_number.as_str(), o.priority),
+            ("ORD2", Some(Priority::Routine))
+        );
         // No offset: read in Europe/London, on summer time in June.
         assert_eq!(
             o.collected_at,
@@ -563,16 +662,31 @@ OBR|1|P77||UE|||202401151230",
     fn header_problems_name_the_field_and_code() {
         let p = profile();
         let m = parse("MSH|^~\\&|EPR|RJ1|||20240603||ADT^A01|M3|P|2.5.1\r");
-        assert_eq!(check_header(&m, &p).unwrap_err().code, code::UNSUPPORTED_TYPE);
+        assert_eq!(
+            check_header(&m, &p).unwrap_err().code,
+            code::UNSUPPORTED_TYPE
+        );
         let m = parse("MSH|^~\\&|EPR|RJ1|||20240603||ORM^O02|M3|P|2.5.1\r");
-        assert_eq!(check_header(&m, &p).unwrap_err().code, code::UNSUPPORTED_EVENT);
+        assert_eq!(
+            check_header(&m, &p).unwrap_err().code,
+            code::UNSUPPORTED_EVENT
+        );
         let m = parse("MSH|^~\\&|EPR|RJ1|||20240603||ORM^O01|M3|P|2.6\r");
         let e = check_header(&m, &p).unwrap_err();
-        assert_eq!((e.code, e.location.unwrap().field), (code::UNSUPPORTED_VERSION, 12));
+        assert_eq!(
+            (e.code, e.location.unwrap().field),
+            (code::UNSUPPORTED_VERSION, 12)
+        );
         let m = parse("MSH|^~\\&|EPR|RJ1|||20240603||ORM^O01|M3|T|2.4\r");
-        assert_eq!(check_header(&m, &p).unwrap_err().code, code::UNSUPPORTED_PROCESSING_ID);
+        assert_eq!(
+            check_header(&m, &p).unwrap_err().code,
+            code::UNSUPPORTED_PROCESSING_ID
+        );
         let m = parse("MSH|^~\\&|EPR|RJ1|||20240603||ORM^O01||P|2.4\r");
-        assert_eq!(check_header(&m, &p).unwrap_err().code, code::REQUIRED_MISSING);
+        assert_eq!(
+            check_header(&m, &p).unwrap_err().code,
+            code::REQUIRED_MISSING
+        );
     }
 
     #[test]
@@ -599,19 +713,44 @@ OBR|1|P1||K|R",
                 (code::REQUIRED_MISSING, "OBR", 7),
             ]
         );
-        let m = parse("MSH|^~\\&|EPR|RJ1|||20240603||ORM^O01|M5|P|2.3\rPID|1||9434765919^^^NHS^NH\rORC|NW|P1\rOBR|1|P1||K|Q|202406031000");
+        let m = parse(
+            "MSH|^~\\&|EPR|RJ1|||20240603||ORM^O01|M5|P|2.3\rPID|1||9434765919^^^NHS^NH\rORC|NW|P1\rOBR|1|P1||K|Q|202406031000",
+        );
         let problems = read_orders(&m, &profile()).unwrap_err();
-        assert_eq!((problems[0].code, problems[0].location.as_ref().unwrap().field), (code::TABLE_VALUE, 5));
+        assert_eq!(
+            (
+                problems[0].code,
+                problems[0].location.as_ref().unwrap().field
+            ),
+            (code::TABLE_VALUE, 5)
+        );
         let m = parse("MSH|^~\\&|EPR|RJ1|||20240603||ORM^O01|M6|P|2.3\rORC|NW|P1\r");
-        assert_eq!(read_orders(&m, &profile()).unwrap_err()[0].code, code::SEGMENT_SEQUENCE);
+        assert_eq!(
+            read_orders(&m, &profile()).unwrap_err()[0].code,
+            code::SEGMENT_SEQUENCE
+        );
     }
 
     #[test]
     fn timestamps_honour_offsets_and_reject_nonsense() {
         let utc = TimeZone::UTC;
-        assert_eq!(parse_time("202406031000", &utc).unwrap().millis(), 1_717_408_800_000);
-        assert_eq!(parse_time("20240603100000.123-0200", &utc).unwrap().millis(), 1_717_416_000_000);
-        for bad in ["2024060310", "202413031000", "20240603250000", "20240603100000+01", "soon"] {
+        assert_eq!(
+            parse_time("202406031000", &utc).unwrap().millis(),
+            1_717_408_800_000
+        );
+        assert_eq!(
+            parse_time("20240603100000.123-0200", &utc)
+                .unwrap()
+                .millis(),
+            1_717_416_000_000
+        );
+        for bad in [
+            "2024060310",
+            "202413031000",
+            "20240603250000",
+            "20240603100000+01",
+            "soon",
+        ] {
             assert!(parse_time(bad, &utc).is_err(), "{bad}");
         }
     }

@@ -65,7 +65,11 @@ impl Outcome {
 /// `YYYYMMDDHHMMSS+ZZZZ` in `tz`.
 pub fn hl7_time(ms: i64, tz: &TimeZone) -> String {
     jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_zoned(tz.clone()).strftime("%Y%m%d%H%M%S%z").to_string())
+        .map(|t| {
+            t.to_zoned(tz.clone())
+                .strftime("%Y%m%d%H%M%S%z")
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -176,8 +180,12 @@ pub fn build(
             order_status.into(),
         ],
     );
-    let when = millis(event.time.as_ref()).map(|t| hl7_time(t, tz)).unwrap_or_default();
-    let collected = millis(r.collected_at.as_ref()).map(|t| hl7_time(t, tz)).unwrap_or_default();
+    let when = millis(event.time.as_ref())
+        .map(|t| hl7_time(t, tz))
+        .unwrap_or_default();
+    let collected = millis(r.collected_at.as_ref())
+        .map(|t| hl7_time(t, tz))
+        .unwrap_or_default();
     let note = advice(outcome, &r);
     let performer = w.join(&[&r.lab, "", "ODS"]);
     let performing_org = w.join(&[&r.lab, "", "", "", "", "ODS", "XX", "", "", &r.lab]);
@@ -185,7 +193,14 @@ pub fn build(
     for (i, test) in r.tests.iter().enumerate() {
         let name = names.get(test).map_or("", String::as_str);
         let local = profile.local_code(test).unwrap_or("");
-        let service = w.join(&[test, name, "LABAID", local, "", if local.is_empty() { "" } else { "L" }]);
+        let service = w.join(&[
+            test,
+            name,
+            "LABAID",
+            local,
+            "",
+            if local.is_empty() { "" } else { "L" },
+        ]);
         let mut obr = vec![String::new(); 25];
         obr[0] = (i + 1).to_string();
         obr[1] = placer.clone();
@@ -205,7 +220,11 @@ pub fn build(
         {
             obx_n += 1;
             let numeric = o.value.trim().parse::<f64>().is_ok();
-            let analyte = if o.analyte.is_empty() { test } else { &o.analyte };
+            let analyte = if o.analyte.is_empty() {
+                test
+            } else {
+                &o.analyte
+            };
             let analyte_name = if o.analyte.is_empty() { name } else { "" };
             let mut obx = vec![String::new(); 23];
             obx[0] = obx_n.to_string();
@@ -263,7 +282,7 @@ mod tests {
                         unit: "mmol/L".into(),
                         reference_range: "3.5-5.3".into(),
                         flag: proto::ObservationFlag::CriticalHigh as i32,
-                        ..Default::default()
+                        analyte: String::new(),
                     },
                     proto::Observation {
                         test: "FBC".into(),
@@ -272,7 +291,6 @@ mod tests {
                         unit: "g/L".into(),
                         reference_range: "130-170".into(),
                         flag: proto::ObservationFlag::Normal as i32,
-                        ..Default::default()
                     },
                 ],
                 failure_reason: proto::FailureReason::Haemolysed as i32,
@@ -284,11 +302,21 @@ mod tests {
 
     #[test]
     fn a_result_becomes_an_oru_with_one_obx_per_observation() {
-        let e = event(proto::RequestEventKind::Resulted, proto::RequestState::Resulted);
+        let e = event(
+            proto::RequestEventKind::Resulted,
+            proto::RequestState::Resulted,
+        );
         assert_eq!(Outcome::of(&e), Some(Outcome::Resulted));
         let profile = Profile::parse("[codes]\nKPOT = \"K\"\n").unwrap();
         let names = HashMap::from([("K".to_string(), "Potassium".to_string())]);
-        let bytes = build(Outcome::Resulted, &e, &profile, &names, "C1", 1_717_408_800_000);
+        let bytes = build(
+            Outcome::Resulted,
+            &e,
+            &profile,
+            &names,
+            "C1",
+            1_717_408_800_000,
+        );
         let m = Message::parse(&bytes).unwrap();
         assert_eq!(m.header(10), "C1");
         assert_eq!(m.component(m.msh(), 9, 2), "R01");
@@ -299,7 +327,10 @@ mod tests {
         let obrs: Vec<_> = m.all("OBR").collect();
         assert_eq!(obrs.len(), 2);
         assert_eq!(m.component(obrs[0], 2, 1), "ORD|1");
-        assert_eq!(m.component(obrs[0], 3, 1), "0190d0c1-0000-7000-8000-000000000001");
+        assert_eq!(
+            m.component(obrs[0], 3, 1),
+            "0190d0c1-0000-7000-8000-000000000001"
+        );
         assert_eq!(m.component(obrs[0], 4, 4), "KPOT");
         assert_eq!(m.component(obrs[0], 25, 1), "F");
         assert_eq!(m.component(obrs[0], 7, 1), "20240603094500+0100");
@@ -323,17 +354,32 @@ mod tests {
         let m = Message::parse(&build(Outcome::Failed, &e, &profile, &names, "C2", 0)).unwrap();
         assert_eq!(m.component(m.first("OBR").unwrap(), 25, 1), "X");
         let note = m.component(m.first("NTE").unwrap(), 3, 1);
-        assert!(note.contains("haemolysed") && note.contains("new sample"), "{note}");
+        assert!(
+            note.contains("haemolysed") && note.contains("new sample"),
+            "{note}"
+        );
         assert!(m.first("OBX").is_none(), "no results on a failure");
 
-        let e = event(proto::RequestEventKind::StateChanged, proto::RequestState::Cancelled);
+        let e = event(
+            proto::RequestEventKind::StateChanged,
+            proto::RequestState::Cancelled,
+        );
         assert_eq!(Outcome::of(&e), Some(Outcome::Cancelled));
         let m = Message::parse(&build(Outcome::Cancelled, &e, &profile, &names, "C3", 0)).unwrap();
         assert_eq!(m.component(m.first("ORC").unwrap(), 5, 1), "CA");
-        let e = event(proto::RequestEventKind::StateChanged, proto::RequestState::Accepted);
+        let e = event(
+            proto::RequestEventKind::StateChanged,
+            proto::RequestState::Accepted,
+        );
         assert_eq!(Outcome::of(&e), None);
-        let e = event(proto::RequestEventKind::Expired, proto::RequestState::Expired);
+        let e = event(
+            proto::RequestEventKind::Expired,
+            proto::RequestState::Expired,
+        );
         let m = Message::parse(&build(Outcome::Expired, &e, &profile, &names, "C4", 0)).unwrap();
-        assert!(m.component(m.first("NTE").unwrap(), 3, 1).contains("stability"));
+        assert!(
+            m.component(m.first("NTE").unwrap(), 3, 1)
+                .contains("stability")
+        );
     }
 }

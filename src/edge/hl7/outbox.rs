@@ -32,7 +32,9 @@ pub enum OutboxError {
         source: std::io::Error,
     },
     /// The log is damaged in a way a crash cannot explain.
-    #[error("results outbox {path}: {what}; move it aside to start empty (its undelivered results are then lost)")]
+    #[error(
+        "results outbox {path}: {what}; move it aside to start empty (its undelivered results are then lost)"
+    )]
     Damaged {
         /// The log.
         path: PathBuf,
@@ -98,7 +100,10 @@ impl Outbox {
             what,
         })?;
         if good < bytes.len() {
-            tracing::warn!(outbox.dropped_bytes = bytes.len() - good, "results outbox: dropped a record torn by a crash");
+            tracing::warn!(
+                outbox.dropped_bytes = bytes.len() - good,
+                "results outbox: dropped a record torn by a crash"
+            );
             file.set_len(good as u64).map_err(io)?;
             file.sync_all().map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
@@ -252,7 +257,11 @@ impl Outbox {
 fn encode(record: &Record) -> Vec<u8> {
     let payload = serde_json::to_vec(record).unwrap_or_default();
     let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend(u32::try_from(payload.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend(
+        u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     out.extend(crc32fast::hash(&payload).to_le_bytes());
     out.extend(payload);
     out
@@ -279,7 +288,11 @@ fn read_records(bytes: &[u8]) -> Result<(Vec<Record>, usize), String> {
         match parsed {
             Some(r) => records.push(r),
             None if end == bytes.len() => break,
-            None => return Err(format!("the record at byte {at} fails its checksum, with records after it")),
+            None => {
+                return Err(format!(
+                    "the record at byte {at} fails its checksum, with records after it"
+                ));
+            }
         }
         at = end;
     }
@@ -291,9 +304,15 @@ mod tests {
     use super::*;
 
     fn put(o: &mut Outbox, seq: u64) -> u64 {
-        o.put(format!("req-{seq}"), seq, format!("C{seq}"), b"MSH|x".to_vec(), 1000 + seq as i64)
-            .unwrap()
-            .id
+        o.put(
+            format!("req-{seq}"),
+            seq,
+            format!("C{seq}"),
+            b"MSH|x".to_vec(),
+            1000 + seq as i64,
+        )
+        .unwrap()
+        .id
     }
 
     #[test]

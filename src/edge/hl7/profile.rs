@@ -149,7 +149,9 @@ impl Profile {
 
     /// The priority for a priority code, if the profile knows it.
     pub fn priority(&self, code: &str) -> Option<Priority> {
-        self.priorities.get(&code.trim().to_ascii_uppercase()).copied()
+        self.priorities
+            .get(&code.trim().to_ascii_uppercase())
+            .copied()
     }
 
     /// The local code the trust uses for a catalogue code, when exactly one maps to it.
@@ -182,7 +184,11 @@ mod tests {
         assert_eq!(p.local_code("FBC"), Some("FBCX"));
         assert_eq!(p.local_code("K"), None, "two local codes map to K");
         assert_eq!(p.priority("e"), Some(Priority::Stat));
-        assert_eq!(p.priority("T"), Some(Priority::Asap), "the file overrides the default");
+        assert_eq!(
+            p.priority("T"),
+            Some(Priority::Asap),
+            "the file overrides the default"
+        );
         assert_eq!(p.priority("S"), Some(Priority::Stat));
         assert_eq!(p.priority("X"), None);
         assert_eq!(p.timezone_name, "Europe/London");

@@ -28,7 +28,9 @@ const CURSOR_EVERY: Duration = Duration::from_secs(1);
 type Shared = Arc<Mutex<Outbox>>;
 
 fn lock(outbox: &Shared) -> std::sync::MutexGuard<'_, Outbox> {
-    outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    outbox
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs the follower and the sender until `stop`; an outbox write failure ends both with it.
@@ -117,18 +119,21 @@ async fn follow(
                 continue;
             }
         };
-        tracing::info!(results.after_sequence = after, "results: watching the broker's events");
+        tracing::info!(
+            results.after_sequence = after,
+            "results: watching the broker's events"
+        );
         wait = Duration::from_millis(500);
         let mut unwritten: Option<u64> = None;
         let mut tick = tokio::time::interval(CURSOR_EVERY);
         loop {
             let step = tokio::select! {
-                m = stream.message() => Step::Event(m),
+                m = stream.message() => Step::Event(Box::new(m)),
                 _ = tick.tick() => Step::Tick,
                 _ = stop.wait_for(|s| *s) => Step::Stop,
             };
             let next = match step {
-                Step::Event(m) => m,
+                Step::Event(m) => *m,
                 Step::Tick | Step::Stop => {
                     if let Some(seq) = unwritten.take() {
                         let o = outbox.clone();
@@ -153,7 +158,9 @@ async fn follow(
                     break;
                 }
             };
-            metrics.watch_sequence.set(i64::try_from(event.sequence).unwrap_or(i64::MAX));
+            metrics
+                .watch_sequence
+                .set(i64::try_from(event.sequence).unwrap_or(i64::MAX));
             let Some(outcome) = Outcome::of(&event) else {
                 unwritten = Some(event.sequence);
                 continue;
@@ -161,7 +168,11 @@ async fn follow(
             let now = Timestamp::now().millis();
             let control_id = ids.next(now);
             let body = oru::build(outcome, &event, &profile, &broker.names(), &control_id, now);
-            let request_id = event.request.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+            let request_id = event
+                .request
+                .as_ref()
+                .map(|r| r.id.clone())
+                .unwrap_or_default();
             let sequence = event.sequence;
             let o = outbox.clone();
             let (depth, oldest) = tokio::task::spawn_blocking(move || {
@@ -191,7 +202,7 @@ async fn follow(
 
 /// What woke the follower.
 enum Step {
-    Event(Result<Option<proto::RequestEvent>, tonic::Status>),
+    Event(Box<Result<Option<proto::RequestEvent>, tonic::Status>>),
     Tick,
     Stop,
 }
@@ -247,7 +258,10 @@ async fn send(
                 .await
                 .map_err(join_error)??;
                 metrics.outbox(depth, oldest);
-                metrics.results_delivered.with_label_values(&[code.as_str()]).inc();
+                metrics
+                    .results_delivered
+                    .with_label_values(&[code.as_str()])
+                    .inc();
                 if code == "AA" || code == "CA" {
                     tracing::info!(request.id = %message.request, hl7.control_id = %message.control_id, hl7.ack = %code, "results: delivered");
                 } else {
@@ -275,13 +289,18 @@ struct Connection {
     read: FrameReader<tokio::io::ReadHalf<Box<dyn Io>>>,
 }
 
-async fn deliver(conn: &mut Option<Connection>, config: &ResultsConfig, message: &Pending) -> Answer {
+async fn deliver(
+    conn: &mut Option<Connection>,
+    config: &ResultsConfig,
+    message: &Pending,
+) -> Answer {
     if conn.is_none() {
-        let tcp = match tokio::time::timeout(config.ack_timeout, TcpStream::connect(&config.to)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Answer::Retry("connect", e.to_string()),
-            Err(_) => return Answer::Retry("connect", "timed out".into()),
-        };
+        let tcp =
+            match tokio::time::timeout(config.ack_timeout, TcpStream::connect(&config.to)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return Answer::Retry("connect", e.to_string()),
+                Err(_) => return Answer::Retry("connect", "timed out".into()),
+            };
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = match &config.tls {
             None => Box::new(tcp),
@@ -311,7 +330,9 @@ async fn deliver(conn: &mut Option<Connection>, config: &ResultsConfig, message:
     loop {
         let frame = match c.read.next().await {
             Ok(Frame::Message(b)) => b,
-            Ok(Frame::TooLarge { .. }) => return Answer::Retry("bad_ack", "the answer was too large".into()),
+            Ok(Frame::TooLarge { .. }) => {
+                return Answer::Retry("bad_ack", "the answer was too large".into());
+            }
             Err(e) => return Answer::Retry("no_ack", e.to_string()),
         };
         let Ok(ack) = Message::parse(&frame) else {
@@ -328,7 +349,10 @@ async fn deliver(conn: &mut Option<Connection>, config: &ResultsConfig, message:
         let text = ack.component(msa, 3, 1);
         return match code.as_str() {
             "AA" | "AE" | "AR" | "CA" | "CE" | "CR" => Answer::Ack(code, text),
-            _ => Answer::Retry("bad_ack", format!("MSA-1 {code:?} is not an acknowledgement code")),
+            _ => Answer::Retry(
+                "bad_ack",
+                format!("MSA-1 {code:?} is not an acknowledgement code"),
+            ),
         };
     }
 }
