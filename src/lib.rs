@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod memory;

@@ -5,7 +5,7 @@
 
 mod capacity;
 mod catalogue;
-mod config;
+pub(crate) mod config;
 mod error;
 mod follow;
 mod jobs;
