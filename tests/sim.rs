@@ -20,7 +20,12 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_file())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -34,10 +39,23 @@ fn the_same_seed_gives_byte_identical_outputs() {
         let run = sim::run(sim::load(&path).unwrap(), &mut |_| {}).unwrap();
         output::write_run(&run, &dir.path().join(name)).unwrap();
     }
-    let (one, two) = (files(&dir.path().join("one")), files(&dir.path().join("two")));
+    let (one, two) = (
+        files(&dir.path().join("one")),
+        files(&dir.path().join("two")),
+    );
     let names: Vec<&str> = one.iter().map(|(n, _)| n.as_str()).collect();
-    for expected in ["requests.csv", "timeseries.csv", "summary.txt", "index.html", "turnaround.png", "utilisation.svg"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    for expected in [
+        "requests.csv",
+        "timeseries.csv",
+        "summary.txt",
+        "index.html",
+        "turnaround.png",
+        "utilisation.svg",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     assert_eq!(one.len(), two.len());
     for ((n1, b1), (n2, b2)) in one.iter().zip(&two) {
@@ -50,7 +68,10 @@ fn the_same_seed_gives_byte_identical_outputs() {
     let run = sim::run(other, &mut |_| {}).unwrap();
     output::write_run(&run, &dir.path().join("three")).unwrap();
     let three = std::fs::read(dir.path().join("three/requests.csv")).unwrap();
-    assert_ne!(three, std::fs::read(dir.path().join("one/requests.csv")).unwrap());
+    assert_ne!(
+        three,
+        std::fs::read(dir.path().join("one/requests.csv")).unwrap()
+    );
 }
 
 /// Erlang C: the probability that an arrival waits in an M/M/c queue, and the mean wait.
@@ -137,8 +158,14 @@ weight = 1
     let simulated = waits.iter().sum::<f64>() / waits.len() as f64;
     let theory = erlang_c_mean_wait(per_day / 1440.0, 1.0 / 6.0, 4);
     let error = (simulated - theory).abs() / theory;
-    println!("M/M/4 at load 0.75: simulated mean wait {simulated:.3} min, Erlang C {theory:.3} min ({:.1} % apart)", error * 100.0);
-    assert!(error < 0.05, "simulated {simulated:.3} min vs Erlang C {theory:.3} min");
+    println!(
+        "M/M/4 at load 0.75: simulated mean wait {simulated:.3} min, Erlang C {theory:.3} min ({:.1} % apart)",
+        error * 100.0
+    );
+    assert!(
+        error < 0.05,
+        "simulated {simulated:.3} min vs Erlang C {theory:.3} min"
+    );
 }
 
 #[test]
@@ -150,14 +177,25 @@ fn the_synnovis_scenario_conserves_every_request_and_writes_its_plots() {
         .arg(out.path())
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let stdout = String::from_utf8_lossy(&status.stdout);
-    assert!(stdout.contains("requests submitted") && stdout.contains("requests/s"), "{stdout}");
+    assert!(
+        stdout.contains("requests submitted") && stdout.contains("requests/s"),
+        "{stdout}"
+    );
     // Every request appears once, in exactly one state, final after the drain.
     let csv = std::fs::read_to_string(out.path().join("requests.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     let state_col = header.iter().position(|h| *h == "state").unwrap();
-    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
     assert!(rows.len() > 10_000);
     for r in &rows {
         assert!(
@@ -169,7 +207,10 @@ fn the_synnovis_scenario_conserves_every_request_and_writes_its_plots() {
     }
     let html = std::fs::read_to_string(out.path().join("index.html")).unwrap();
     for plot in ["turnaround", "waiting", "utilisation", "expiries"] {
-        assert!(html.contains(&format!("{plot}.png")), "index.html does not show {plot}");
+        assert!(
+            html.contains(&format!("{plot}.png")),
+            "index.html does not show {plot}"
+        );
         let png = std::fs::read(out.path().join(format!("{plot}.png"))).unwrap();
         assert_eq!(&png[1..4], b"PNG");
         let svg = std::fs::read_to_string(out.path().join(format!("{plot}.svg"))).unwrap();
@@ -191,8 +232,14 @@ fn a_second_partner_lab_shortens_turnaround_in_comparison_mode() {
         .arg(out.path())
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    assert!(out.path().join("a/index.html").exists() && out.path().join("b/utilisation.png").exists());
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        out.path().join("a/index.html").exists() && out.path().join("b/utilisation.png").exists()
+    );
     let page = std::fs::read_to_string(out.path().join("index.html")).unwrap();
     assert!(page.contains("a/turnaround.png") && page.contains("b/turnaround.png"));
     let priorities = |side: &str| -> Vec<Vec<String>> {
@@ -205,20 +252,34 @@ fn a_second_partner_lab_shortens_turnaround_in_comparison_mode() {
     };
     let (a, b) = (priorities("a"), priorities("b"));
     // Column 11 is p90 in minutes; row 2 is urgent. Same demand (same seed), more capacity.
-    assert_eq!(a[2][1], b[2][1], "the pair should see the same urgent demand");
+    assert_eq!(
+        a[2][1], b[2][1],
+        "the pair should see the same urgent demand"
+    );
     let (pa, pb): (f64, f64) = (a[2][11].parse().unwrap(), b[2][11].parse().unwrap());
-    assert!(pb < pa, "urgent p90 with two partners {pb} should beat one partner's {pa}");
+    assert!(
+        pb < pa,
+        "urgent p90 with two partners {pb} should beat one partner's {pa}"
+    );
 }
 
 fn bad_scenario(body: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, body).unwrap();
-    let out = bin().arg(&path).arg("--out").arg(dir.path().join("out")).output().unwrap();
+    let out = bin()
+        .arg(&path)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
     assert!(stderr.contains("bad.toml:"), "no file named: {stderr}");
-    assert!(!dir.path().join("out").exists(), "a bad scenario wrote output");
+    assert!(
+        !dir.path().join("out").exists(),
+        "a bad scenario wrote output"
+    );
     (out.status.code().unwrap(), stderr)
 }
 
@@ -237,14 +298,22 @@ weight = 1
 fn an_unknown_lab_is_named_with_its_line_and_exit_code_2() {
     let (code, err) = bad_scenario(&format!("{GOOD_HEAD}[[lab]]\nods = \"XYZ9\"\n"));
     assert_eq!(code, 2);
-    assert!(err.contains("bad.toml:11: lab.ods: unknown lab \"XYZ9\""), "{err}");
+    assert!(
+        err.contains("bad.toml:11: lab.ods: unknown lab \"XYZ9\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_negative_capacity_is_named_with_its_line_and_exit_code_2() {
-    let (code, err) = bad_scenario(&format!("{GOOD_HEAD}[[lab]]\nods = \"RJ7\"\ncapacity = {{ FBC = -5 }}\n"));
+    let (code, err) = bad_scenario(&format!(
+        "{GOOD_HEAD}[[lab]]\nods = \"RJ7\"\ncapacity = {{ FBC = -5 }}\n"
+    ));
     assert_eq!(code, 2);
-    assert!(err.contains("bad.toml:12: capacity.FBC: must be 0 or more, not -5"), "{err}");
+    assert!(
+        err.contains("bad.toml:12: capacity.FBC: must be 0 or more, not -5"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -253,14 +322,20 @@ fn an_event_before_the_start_is_named_with_its_line_and_exit_code_2() {
         "{GOOD_HEAD}[[event]]\nkind = \"lab_offline\"\nlab = \"RJ7\"\nat = \"2024-06-02T23:00\"\n"
     ));
     assert_eq!(code, 2);
-    assert!(err.contains("bad.toml:13: at: 2024-06-02T23:00 is before the scenario's start"), "{err}");
+    assert!(
+        err.contains("bad.toml:13: at: 2024-06-02T23:00 is before the scenario's start"),
+        "{err}"
+    );
 }
 
 #[test]
 fn malformed_toml_and_unknown_fields_are_named_with_their_line() {
     let (code, err) = bad_scenario(&format!("{GOOD_HEAD}[[lab]]\nods = \"RJ7\"\nspeed = 3\n"));
     assert_eq!(code, 2);
-    assert!(err.contains("bad.toml:12:") && err.contains("speed"), "{err}");
+    assert!(
+        err.contains("bad.toml:12:") && err.contains("speed"),
+        "{err}"
+    );
     let (code, err) = bad_scenario("start = \"2024-06-03T00:00\"\nduration_hours = 24\nseed = \n");
     assert_eq!(code, 2);
     assert!(err.contains("bad.toml:3:"), "{err}");

@@ -34,9 +34,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 pub fn parse_datetime(raw: &str) -> Result<Timestamp, String> {
     let bad = || format!("{raw:?} is not a UTC date and time such as 2024-06-03T08:00");
     let raw_trim = raw.trim().trim_end_matches('Z');
-    let (date, clock) = raw_trim
-        .split_once(['T', ' '])
-        .ok_or_else(bad)?;
+    let (date, clock) = raw_trim.split_once(['T', ' ']).ok_or_else(bad)?;
     let num = |s: &str, lo: i64, hi: i64| -> Result<i64, String> {
         s.parse::<i64>()
             .ok()
@@ -45,7 +43,9 @@ pub fn parse_datetime(raw: &str) -> Result<Timestamp, String> {
     };
     let mut d = date.split('-');
     let (y, m, day) = match (d.next(), d.next(), d.next(), d.next()) {
-        (Some(y), Some(m), Some(day), None) => (num(y, 1970, 9999)?, num(m, 1, 12)?, num(day, 1, 31)?),
+        (Some(y), Some(m), Some(day), None) => {
+            (num(y, 1970, 9999)?, num(m, 1, 12)?, num(day, 1, 31)?)
+        }
         _ => return Err(bad()),
     };
     let mut c = clock.split(':');
@@ -68,7 +68,11 @@ pub fn format_datetime(t: Timestamp) -> String {
     let days = t.millis().div_euclid(DAY_MS);
     let (y, m, d) = civil_from_days(days);
     let minutes = t.millis().rem_euclid(DAY_MS) / 60_000;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", minutes / 60, minutes % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        minutes / 60,
+        minutes % 60
+    )
 }
 
 /// The weekday, 0 for Monday.
@@ -107,7 +111,13 @@ mod tests {
 
     #[test]
     fn impossible_dates_are_refused() {
-        for bad in ["2024-02-30T00:00", "2024-06-03", "2024-13-01T00:00", "yesterday", "2024-06-03T25:00"] {
+        for bad in [
+            "2024-02-30T00:00",
+            "2024-06-03",
+            "2024-13-01T00:00",
+            "yesterday",
+            "2024-06-03T25:00",
+        ] {
             assert!(parse_datetime(bad).is_err(), "{bad}");
         }
     }

@@ -11,7 +11,9 @@ use super::scenario::REPORT_ORDER;
 use super::summary::Summary;
 
 fn minutes_after(at: Option<i64>, since: i64) -> String {
-    at.map_or(String::new(), |t| format!("{:.2}", (t - since) as f64 / 60_000.0))
+    at.map_or(String::new(), |t| {
+        format!("{:.2}", (t - since) as f64 / 60_000.0)
+    })
 }
 
 /// `requests.csv`: one row per submitted request, times in minutes after collection.
@@ -24,7 +26,12 @@ pub fn requests(run: &Run) -> String {
     let sc = &run.scenario;
     for (i, life) in run.lives.iter().enumerate() {
         let d = &sc.demand[life.demand as usize];
-        let tests: Vec<&str> = d.mix[life.mix as usize].0.codes().iter().map(|t| t.as_str()).collect();
+        let tests: Vec<&str> = d.mix[life.mix as usize]
+            .0
+            .codes()
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
         let lab = life.lab.map_or("", |l| sc.labs[l as usize].ods.as_str());
         let c = life.collected_at;
         let turnaround = life.turnaround_minutes();
@@ -73,7 +80,10 @@ pub fn timeseries(run: &Run) -> String {
     o.push_str(",expired_total,resulted_total");
     for l in &sc.labs {
         let ods = l.ods.as_str();
-        let _ = write!(o, ",{ods}_in_flight,{ods}_capacity,{ods}_utilisation,{ods}_queue,{ods}_status");
+        let _ = write!(
+            o,
+            ",{ods}_in_flight,{ods}_capacity,{ods}_utilisation,{ods}_queue,{ods}_status"
+        );
     }
     o.push('\n');
     for s in &run.samples {
@@ -159,7 +169,8 @@ pub fn priorities(summary: &Summary) -> String {
             f(x.p99),
             x.target,
             x.within_target.map_or(String::new(), |v| format!("{v:.4}")),
-            x.before_deadline.map_or(String::new(), |v| format!("{v:.4}")),
+            x.before_deadline
+                .map_or(String::new(), |v| format!("{v:.4}")),
             f(x.mean_wait),
         );
     }

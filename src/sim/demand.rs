@@ -45,7 +45,13 @@ pub fn generate(scenario: &Scenario) -> Vec<Arrival> {
     all
 }
 
-fn generate_one(scenario: &Scenario, index: u16, d: &Demand, rng: &mut Pcg64, out: &mut Vec<Arrival>) {
+fn generate_one(
+    scenario: &Scenario,
+    index: u16,
+    d: &Demand,
+    rng: &mut Pcg64,
+    out: &mut Vec<Arrival>,
+) {
     let end = scenario.start.plus_millis(scenario.duration_ms);
     let longest_stability = d
         .mix
@@ -61,10 +67,9 @@ fn generate_one(scenario: &Scenario, index: u16, d: &Demand, rng: &mut Pcg64, ou
         // is still Poisson (memoryless), so each hour draws its own gaps.
         let mut hour_start = scenario.start;
         while hour_start < end {
-            let hour_end = Timestamp::from_millis(
-                (hour_start.millis().div_euclid(HOUR_MS) + 1) * HOUR_MS,
-            )
-            .min(end);
+            let hour_end =
+                Timestamp::from_millis((hour_start.millis().div_euclid(HOUR_MS) + 1) * HOUR_MS)
+                    .min(end);
             let weekend = weekday(hour_start) >= 5;
             let rate_per_hour = per_day / 24.0
                 * d.hourly[hour_of_day(hour_start) as usize]
@@ -82,7 +87,8 @@ fn generate_one(scenario: &Scenario, index: u16, d: &Demand, rng: &mut Pcg64, ou
                     // delay is held below half of it (the tail of the exponential, rare).
                     let cap = i64::from(longest_stability[mix]) * 60_000 / 2;
                     let delay = if d.collection_minutes > 0.0 {
-                        let e = Exp::new(1.0 / (d.collection_minutes * 60_000.0)).expect("positive");
+                        let e =
+                            Exp::new(1.0 / (d.collection_minutes * 60_000.0)).expect("positive");
                         (e.sample(rng) as i64).min(cap)
                     } else {
                         0
@@ -151,7 +157,10 @@ weight = 1
     fn a_morning_curve_puts_most_requests_in_the_morning() {
         let s = scenario(2000.0, "gp-morning");
         let a = generate(&s);
-        let morning = a.iter().filter(|x| (8..12).contains(&hour_of_day(x.at))).count();
+        let morning = a
+            .iter()
+            .filter(|x| (8..12).contains(&hour_of_day(x.at)))
+            .count();
         assert!(morning * 2 > a.len(), "{morning} of {}", a.len());
     }
 

@@ -52,12 +52,21 @@ pub fn draw_all(run: &Run, dir: &Path) -> Result<(), SimError> {
             message,
         };
         draw(name, &data, SVGBackend::new(&svg, SIZE).into_drawing_area()).map_err(err)?;
-        draw(name, &data, BitMapBackend::new(&png, SIZE).into_drawing_area()).map_err(err)?;
+        draw(
+            name,
+            &data,
+            BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        )
+        .map_err(err)?;
     }
     Ok(())
 }
 
-fn draw<DB: DrawingBackend>(name: &str, d: &PlotData<'_>, root: DrawingArea<DB, Shift>) -> Result<(), String> {
+fn draw<DB: DrawingBackend>(
+    name: &str,
+    d: &PlotData<'_>,
+    root: DrawingArea<DB, Shift>,
+) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     match name {
         "turnaround" => turnaround(d, &root),
@@ -68,35 +77,62 @@ fn draw<DB: DrawingBackend>(name: &str, d: &PlotData<'_>, root: DrawingArea<DB, 
     root.present().map_err(|e| e.to_string())
 }
 
-/// What the plots share: the hours axis and the run.
+/// What the plots share: the time axis and the run. The axis counts hours for runs of two days
+/// or less and days beyond, so that its labels fall on round clock times.
 struct PlotData<'a> {
     run: &'a Run,
     start: i64,
-    hours: f64,
+    /// Hours per unit of the x axis (1 or 24).
+    unit: f64,
+    /// Length of the x axis, in its units.
+    span: f64,
 }
 
 impl<'a> PlotData<'a> {
     fn new(run: &'a Run) -> Self {
         let start = run.scenario.start.millis();
-        let hours = ((run.ended_at.max(start + run.scenario.duration_ms) - start) as f64 / 3_600_000.0)
+        let hours = ((run.ended_at.max(start + run.scenario.duration_ms) - start) as f64
+            / 3_600_000.0)
             .ceil()
             .max(1.0);
-        Self { run, start, hours }
+        let unit = if hours > 48.0 { 24.0 } else { 1.0 };
+        Self {
+            run,
+            start,
+            unit,
+            span: hours / unit,
+        }
     }
 
+    /// Hours since the start.
     fn h(&self, ms: i64) -> f64 {
         (ms - self.start) as f64 / 3_600_000.0
     }
 
-    /// Hour since the start as a day and clock label, e.g. `Mon 08:00`.
-    fn label(&self, h: &f64) -> String {
-        let t = Timestamp::from_millis(self.start + (h * 3_600_000.0).round() as i64);
+    /// Position on the x axis of an instant.
+    fn x(&self, ms: i64) -> f64 {
+        self.h(ms) / self.unit
+    }
+
+    /// Position on the x axis of an hour since the start.
+    fn xh(&self, hours: f64) -> f64 {
+        hours / self.unit
+    }
+
+    /// A position on the x axis as a day and clock label, e.g. `Mon 08:00`.
+    fn label(&self, x: &f64) -> String {
+        let t = Timestamp::from_millis(self.start + (x * self.unit * 3_600_000.0).round() as i64);
         format!("{} {:02}:00", weekday_name(weekday(t)), hour_of_day(t))
     }
 
     /// Scenario events as hours, for the dashed markers.
     fn events(&self) -> Vec<f64> {
-        self.run.scenario.events.iter().map(|e| self.h(e.at.millis())).collect()
+        self.run
+            .scenario
+            .events
+            .iter()
+            .map(|e| self.x(e.at.millis()))
+            .collect()
     }
 }
 
@@ -105,20 +141,32 @@ fn e2s<E: std::fmt::Display>(e: E) -> String {
 }
 
 fn markers<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
     d: &PlotData<'_>,
     ymax: f64,
 ) -> Result<(), String> {
     let grey = RGBColor(120, 120, 120);
     for x in d.events() {
         chart
-            .draw_series(DashedLineSeries::new([(x, 0.0), (x, ymax)], 6, 4, grey.stroke_width(1)))
+            .draw_series(DashedLineSeries::new(
+                [(x, 0.0), (x, ymax)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))
             .map_err(e2s)?;
     }
     Ok(())
 }
 
-fn turnaround<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+fn turnaround<DB: DrawingBackend>(
+    d: &PlotData<'_>,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
     let (title, body) = root.split_vertically(40);
     title
         .draw_text(
@@ -128,7 +176,7 @@ fn turnaround<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift
         )
         .map_err(e2s)?;
     let panels = body.split_evenly((2, 2));
-    let buckets = d.hours.ceil() as usize;
+    let buckets = (d.span * d.unit).ceil() as usize;
     for (panel, p) in panels.iter().zip(REPORT_ORDER) {
         let i = priority_index(p);
         let mut per_hour: Vec<Vec<f64>> = vec![Vec::new(); buckets + 1];
@@ -143,19 +191,26 @@ fn turnaround<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift
         for (b, v) in per_hour.iter_mut().enumerate() {
             v.sort_by(f64::total_cmp);
             if let (Some(a), Some(c)) = (quantile(v, 0.5), quantile(v, 0.9)) {
-                p50.push((b as f64 + 0.5, a));
-                p90.push((b as f64 + 0.5, c));
+                p50.push((d.xh(b as f64 + 0.5), a));
+                p90.push((d.xh(b as f64 + 0.5), c));
             }
         }
         let target = d.run.scenario.targets_ms[i] as f64 / 3_600_000.0;
-        let ymax = p90.iter().map(|x| x.1).fold(target * 1.3, f64::max).max(0.5);
+        let ymax = p90
+            .iter()
+            .map(|x| x.1)
+            .fold(target * 1.3, f64::max)
+            .max(0.5);
         let colour = PRIORITY_COLOURS[i];
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{} (target {:.0} h)", p.as_str(), target), ("sans-serif", 18))
+            .caption(
+                format!("{} (target {:.0} h)", p.as_str(), target),
+                ("sans-serif", 18),
+            )
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(50)
-            .build_cartesian_2d(0.0..d.hours, 0.0..ymax)
+            .build_cartesian_2d(0.0..d.span, 0.0..ymax)
             .map_err(e2s)?;
         chart
             .configure_mesh()
@@ -167,15 +222,27 @@ fn turnaround<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift
             .map_err(e2s)?;
         markers(&mut chart, d, ymax)?;
         chart
-            .draw_series(DashedLineSeries::new([(0.0, target), (d.hours, target)], 10, 6, BLACK.stroke_width(2)))
+            .draw_series(DashedLineSeries::new(
+                [(0.0, target), (d.span, target)],
+                10,
+                6,
+                BLACK.stroke_width(2),
+            ))
             .map_err(e2s)?;
-        chart.draw_series(LineSeries::new(p90, colour.stroke_width(1))).map_err(e2s)?;
-        chart.draw_series(LineSeries::new(p50, colour.stroke_width(3))).map_err(e2s)?;
+        chart
+            .draw_series(LineSeries::new(p90, colour.stroke_width(1)))
+            .map_err(e2s)?;
+        chart
+            .draw_series(LineSeries::new(p50, colour.stroke_width(3)))
+            .map_err(e2s)?;
     }
     Ok(())
 }
 
-fn waiting<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+fn waiting<DB: DrawingBackend>(
+    d: &PlotData<'_>,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
     let ymax = d
         .run
         .samples
@@ -186,11 +253,14 @@ fn waiting<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>) 
         .max(5) as f64
         * 1.1;
     let mut chart = ChartBuilder::on(root)
-        .caption("Requests waiting for a lab with room, per priority", ("sans-serif", 24))
+        .caption(
+            "Requests waiting for a lab with room, per priority",
+            ("sans-serif", 24),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..d.hours, 0.0..ymax)
+        .build_cartesian_2d(0.0..d.span, 0.0..ymax)
         .map_err(e2s)?;
     chart
         .configure_mesh()
@@ -208,13 +278,15 @@ fn waiting<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>) 
             .run
             .samples
             .iter()
-            .map(|s| (d.h(s.at), f64::from(s.waiting[i])))
+            .map(|s| (d.x(s.at), f64::from(s.waiting[i])))
             .collect();
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))
             .map_err(e2s)?
             .label(p.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+            });
     }
     chart
         .configure_series_labels()
@@ -236,11 +308,18 @@ fn heat(u: f64) -> RGBColor {
         RGBColor(255, lerp(255.0, 210.0, t), lerp(255.0, 60.0, t))
     } else {
         let t = (u - 0.5) / 0.5;
-        RGBColor(lerp(255.0, 150.0, t), lerp(210.0, 0.0, t), lerp(60.0, 20.0, t))
+        RGBColor(
+            lerp(255.0, 150.0, t),
+            lerp(210.0, 0.0, t),
+            lerp(60.0, 20.0, t),
+        )
     }
 }
 
-fn utilisation<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+fn utilisation<DB: DrawingBackend>(
+    d: &PlotData<'_>,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
     let labs = &d.run.scenario.labs;
     let n = labs.len();
     let (main, legend) = root.split_horizontally(SIZE.0 - 110);
@@ -252,7 +331,7 @@ fn utilisation<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shif
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..d.hours, 0.0..n as f64)
+        .build_cartesian_2d(0.0..d.span, 0.0..n as f64)
         .map_err(e2s)?;
     chart
         .configure_mesh()
@@ -264,10 +343,10 @@ fn utilisation<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shif
         .draw()
         .map_err(e2s)?;
     // One cell per sample step and lab; the lab listed first is drawn at the top.
-    let step = f64::from(d.run.scenario.sample_minutes) / 60.0;
+    let step = d.xh(f64::from(d.run.scenario.sample_minutes) / 60.0);
     let cells = d.run.samples.iter().flat_map(|s| {
         (0..n).map(move |i| {
-            let x = d.h(s.at);
+            let x = d.x(s.at);
             let row = (n - 1 - i) as f64;
             let colour = if s.status[i] == LabStatus::Offline {
                 RGBColor(170, 170, 170)
@@ -282,7 +361,8 @@ fn utilisation<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shif
     let style = ("sans-serif", 16).into_font().color(&BLACK);
     for (i, l) in labs.iter().enumerate() {
         let (_, y) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
-        main.draw_text(l.ods.as_str(), &style, (18, y - 8)).map_err(e2s)?;
+        main.draw_text(l.ods.as_str(), &style, (18, y - 8))
+            .map_err(e2s)?;
     }
     let legend = legend.margin(60, 60, 10, 10);
     let (lw, lh) = legend.dim_in_pixel();
@@ -290,20 +370,28 @@ fn utilisation<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shif
     for y in 0..lh {
         let u = 1.0 - f64::from(y) / f64::from(lh);
         legend
-            .draw(&Rectangle::new([(10, y as i32), (40, y as i32 + 1)], heat(u).filled()))
+            .draw(&Rectangle::new(
+                [(10, y as i32), (40, y as i32 + 1)],
+                heat(u).filled(),
+            ))
             .map_err(e2s)?;
     }
     let style = ("sans-serif", 14).into_font().color(&BLACK);
     for (u, label) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
         let y = ((1.0 - u) * f64::from(lh - 1)) as i32;
-        legend.draw_text(label, &style, (45, y.max(0))).map_err(e2s)?;
+        legend
+            .draw_text(label, &style, (45, y.max(0)))
+            .map_err(e2s)?;
     }
     let _ = lw;
     Ok(())
 }
 
-fn expiries<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-    let buckets = d.hours.ceil() as usize + 1;
+fn expiries<DB: DrawingBackend>(
+    d: &PlotData<'_>,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
+    let buckets = (d.span * d.unit).ceil() as usize + 1;
     let mut expired = vec![0u32; buckets];
     let mut failed = vec![0u32; buckets];
     for life in &d.run.lives {
@@ -331,7 +419,7 @@ fn expiries<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..d.hours, 0.0..ymax)
+        .build_cartesian_2d(0.0..d.span, 0.0..ymax)
         .map_err(e2s)?;
     chart
         .configure_mesh()
@@ -345,17 +433,38 @@ fn expiries<DB: DrawingBackend>(d: &PlotData<'_>, root: &DrawingArea<DB, Shift>)
     let red = RGBColor(214, 39, 40);
     let orange = RGBColor(255, 160, 60);
     chart
-        .draw_series(expired.iter().enumerate().filter(|(_, v)| **v > 0).map(|(b, v)| {
-            Rectangle::new([(b as f64, 0.0), (b as f64 + 0.9, f64::from(*v))], red.filled())
-        }))
+        .draw_series(
+            expired
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0)
+                .map(|(b, v)| {
+                    Rectangle::new(
+                        [(d.xh(b as f64), 0.0), (d.xh(b as f64 + 0.9), f64::from(*v))],
+                        red.filled(),
+                    )
+                }),
+        )
         .map_err(e2s)?
         .label("expired")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], red.filled()));
     chart
-        .draw_series(failed.iter().enumerate().filter(|(_, v)| **v > 0).map(|(b, v)| {
-            let base = f64::from(expired[b]);
-            Rectangle::new([(b as f64, base), (b as f64 + 0.9, base + f64::from(*v))], orange.filled())
-        }))
+        .draw_series(
+            failed
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0)
+                .map(|(b, v)| {
+                    let base = f64::from(expired[b]);
+                    Rectangle::new(
+                        [
+                            (d.xh(b as f64), base),
+                            (d.xh(b as f64 + 0.9), base + f64::from(*v)),
+                        ],
+                        orange.filled(),
+                    )
+                }),
+        )
         .map_err(e2s)?
         .label("failed (haemolysed, insufficient)")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], orange.filled()));

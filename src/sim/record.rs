@@ -47,7 +47,10 @@ impl Life {
     /// Minutes from collection to result, for resulted requests.
     pub fn turnaround_minutes(&self) -> Option<f64> {
         (self.state == RequestState::Resulted)
-            .then(|| self.finished_at.map(|f| (f - self.collected_at) as f64 / 60_000.0))
+            .then(|| {
+                self.finished_at
+                    .map(|f| (f - self.collected_at) as f64 / 60_000.0)
+            })
             .flatten()
     }
 }

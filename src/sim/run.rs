@@ -128,8 +128,12 @@ impl Sim {
             s.leases,
             RETENTION_MS,
         );
-        let lab_index: BTreeMap<OdsCode, u16> =
-            s.labs.iter().enumerate().map(|(i, l)| (l.ods.clone(), i as u16)).collect();
+        let lab_index: BTreeMap<OdsCode, u16> = s
+            .labs
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.ods.clone(), i as u16))
+            .collect();
         let labs = s
             .labs
             .iter()
@@ -147,7 +151,11 @@ impl Sim {
             .labs
             .iter()
             .map(|l| LabTally {
-                peak_in_flight: l.capacity.iter().map(|(t, c)| (t.to_string(), 0, *c)).collect(),
+                peak_in_flight: l
+                    .capacity
+                    .iter()
+                    .map(|(t, c)| (t.to_string(), 0, *c))
+                    .collect(),
                 ..LabTally::default()
             })
             .collect();
@@ -161,7 +169,11 @@ impl Sim {
             })
             .flatten()
             .collect();
-        let active = s.demand.iter().map(|d| !waits_for_outage.contains(&d.trust)).collect();
+        let active = s
+            .demand
+            .iter()
+            .map(|d| !waits_for_outage.contains(&d.trust))
+            .collect();
         let can_take = s
             .demand
             .iter()
@@ -273,7 +285,9 @@ impl Sim {
             if is_timer {
                 self.apply(&Command::Tick, t)?;
             } else {
-                let Some(Reverse((_, _, ev))) = self.heap.pop() else { break };
+                let Some(Reverse((_, _, ev))) = self.heap.pop() else {
+                    break;
+                };
                 self.handle(ev, t)?;
             }
             steps += 1;
@@ -316,8 +330,12 @@ impl Sim {
             self.push(t, Ev::Sample);
             t += step;
         }
-        let hours: Vec<Option<(u32, u32)>> =
-            self.s.labs.iter().map(|l| self.s.behaviour[&l.ods].hours).collect();
+        let hours: Vec<Option<(u32, u32)>> = self
+            .s
+            .labs
+            .iter()
+            .map(|l| self.s.behaviour[&l.ods].hours)
+            .collect();
         for (i, hours) in hours.into_iter().enumerate() {
             let Some((open, close)) = hours else {
                 continue;
@@ -460,7 +478,9 @@ impl Sim {
     }
 
     fn lab_ods(&self, req: u32) -> OdsCode {
-        self.labs[self.lives[req as usize].lab.unwrap_or(0) as usize].ods.clone()
+        self.labs[self.lives[req as usize].lab.unwrap_or(0) as usize]
+            .ods
+            .clone()
     }
 
     fn note(&mut self, at: i64, what: String) {
@@ -529,7 +549,10 @@ impl Sim {
                 }
                 let names: Vec<&str> = trusts.iter().map(OdsCode::as_str).collect();
                 let what = if down {
-                    format!("provider of {} down: they submit to labaid", names.join(", "))
+                    format!(
+                        "provider of {} down: they submit to labaid",
+                        names.join(", ")
+                    )
                 } else {
                     format!("provider of {} restored", names.join(", "))
                 };
@@ -555,14 +578,26 @@ impl Sim {
                 self.push(now, Ev::LabBack(l));
             }
             EventKind::Capacity { lab, capacity } => {
-                let summary: Vec<String> = capacity.iter().map(|(t, c)| format!("{t}={c}")).collect();
+                let summary: Vec<String> =
+                    capacity.iter().map(|(t, c)| format!("{t}={c}")).collect();
                 self.note(now, format!("{lab} capacity {}", summary.join(" ")));
                 let l = self.lab_index[&lab] as usize;
                 for (test, cap) in capacity {
-                    if let Some(p) = self.tally[l].peak_in_flight.iter_mut().find(|p| p.0 == test.as_str()) {
+                    if let Some(p) = self.tally[l]
+                        .peak_in_flight
+                        .iter_mut()
+                        .find(|p| p.0 == test.as_str())
+                    {
                         p.2 = p.2.max(cap);
                     }
-                    self.apply(&Command::SetCapacity { lab: lab.clone(), test, capacity: cap }, now)?;
+                    self.apply(
+                        &Command::SetCapacity {
+                            lab: lab.clone(),
+                            test,
+                            capacity: cap,
+                        },
+                        now,
+                    )?;
                 }
             }
             EventKind::SuspendTest { test, hours } => {
@@ -602,7 +637,13 @@ impl Sim {
         if have == Some(want) {
             return Ok(());
         }
-        self.apply(&Command::SetStatus { lab: ods, status: want }, now)?;
+        self.apply(
+            &Command::SetStatus {
+                lab: ods,
+                status: want,
+            },
+            now,
+        )?;
         let live = &mut self.labs[l as usize];
         match (want, live.offline_since) {
             (LabStatus::Offline, None) => live.offline_since = Some(now),
@@ -629,7 +670,9 @@ impl Sim {
     fn apply(&mut self, cmd: &Command, now: i64) -> Result<(), SimError> {
         self.commands += 1;
         let mut out = std::mem::take(&mut self.out);
-        let result = self.router.apply(cmd, Timestamp::from_millis(now), &mut out);
+        let result = self
+            .router
+            .apply(cmd, Timestamp::from_millis(now), &mut out);
         if let Err(e) = result {
             // Every command is sent only in a state that allows it; a refusal is a bug here.
             return Err(SimError::Conservation(format!(
@@ -705,7 +748,14 @@ impl Sim {
         Ok(())
     }
 
-    fn lab_event(&mut self, req: u32, l: u16, kind: JobEventKind, r: &crate::domain::Request, now: i64) {
+    fn lab_event(
+        &mut self,
+        req: u32,
+        l: u16,
+        kind: JobEventKind,
+        r: &crate::domain::Request,
+        now: i64,
+    ) {
         let ods = self.labs[l as usize].ods.clone();
         let b = &self.s.behaviour[&ods];
         let (accept_minutes, decline, fail_chance, service, factor, extra) = (
@@ -744,13 +794,15 @@ impl Sim {
             JobEventKind::Accepted => {
                 life.accepted_at = Some(now);
                 let epoch = life.epoch;
-                let courier = i64::from(r.transport_minutes) * 60_000 + exp_ms(&mut self.rng, extra);
+                let courier =
+                    i64::from(r.transport_minutes) * 60_000 + exp_ms(&mut self.rng, extra);
                 self.push(now + courier, Ev::SampleArrives { req, epoch });
             }
             JobEventKind::Received => {
                 life.received_at = Some(now);
                 let epoch = life.epoch;
-                let mean = f64::from(r.submission.tests.turnaround_minutes(&self.s.catalogue)) * factor;
+                let mean =
+                    f64::from(r.submission.tests.turnaround_minutes(&self.s.catalogue)) * factor;
                 let minutes = match service {
                     Service::Fixed => mean,
                     Service::Exponential => {
@@ -763,7 +815,10 @@ impl Sim {
                     Service::LogNormal(cv) => lognormal(&mut self.rng, mean, cv),
                 };
                 let fail = self.rng.random::<f64>() < fail_chance;
-                self.push(now + (minutes * 60_000.0).round() as i64, Ev::AnalysisDone { req, epoch, fail });
+                self.push(
+                    now + (minutes * 60_000.0).round() as i64,
+                    Ev::AnalysisDone { req, epoch, fail },
+                );
             }
             JobEventKind::Resulted => tally.resulted += 1,
             JobEventKind::Failed => tally.failed += 1,
@@ -787,7 +842,11 @@ impl Sim {
                     format_datetime(Timestamp::from_millis(now))
                 )));
             }
-            if let Some(p) = tally.peak_in_flight.iter_mut().find(|p| p.0 == test.as_str()) {
+            if let Some(p) = tally
+                .peak_in_flight
+                .iter_mut()
+                .find(|p| p.0 == test.as_str())
+            {
                 p.1 = p.1.max(slot.in_flight);
             }
             full |= slot.capacity > 0 && slot.in_flight >= slot.capacity;
@@ -875,7 +934,10 @@ impl Sim {
                 RequestState::Offered | RequestState::Accepted | RequestState::Received
             ) {
                 let l = life.lab.unwrap_or(0);
-                for t in self.s.demand[life.demand as usize].mix[life.mix as usize].0.codes() {
+                for t in self.s.demand[life.demand as usize].mix[life.mix as usize]
+                    .0
+                    .codes()
+                {
                     *open.entry((l, t.clone())).or_default() += 1;
                 }
             }
@@ -894,7 +956,9 @@ impl Sim {
             )));
         }
         for (i, live) in self.labs.iter().enumerate() {
-            let Some(state) = self.router.labs().get(&live.ods) else { continue };
+            let Some(state) = self.router.labs().get(&live.ods) else {
+                continue;
+            };
             for (test, slot) in &state.slots {
                 let mine = open.get(&(i as u16, test.clone())).copied().unwrap_or(0);
                 if mine != slot.in_flight {

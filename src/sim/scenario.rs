@@ -276,7 +276,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     fn err_at(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> SimError {
@@ -339,7 +343,13 @@ fn chance(ctx: &Ctx<'_>, v: &S<f64>, field: &str) -> Result<f64, SimError> {
 }
 
 fn parse_hours(ctx: &Ctx<'_>, v: &S<String>) -> Result<(u32, u32), SimError> {
-    let bad = || ctx.err(v, "hours", format!("{:?} must look like 08:00-20:00", v.get_ref()));
+    let bad = || {
+        ctx.err(
+            v,
+            "hours",
+            format!("{:?} must look like 08:00-20:00", v.get_ref()),
+        )
+    };
     let (a, b) = v.get_ref().split_once('-').ok_or_else(bad)?;
     let minute = |s: &str| -> Option<u32> {
         let (h, m) = s.trim().split_once(':')?;
@@ -352,8 +362,18 @@ fn parse_hours(ctx: &Ctx<'_>, v: &S<String>) -> Result<(u32, u32), SimError> {
     }
 }
 
-fn lab_code(ctx: &Ctx<'_>, v: &S<String>, field: &str, labs: &[LabConfig]) -> Result<OdsCode, SimError> {
-    let known = || labs.iter().map(|l| l.ods.as_str()).collect::<Vec<_>>().join(", ");
+fn lab_code(
+    ctx: &Ctx<'_>,
+    v: &S<String>,
+    field: &str,
+    labs: &[LabConfig],
+) -> Result<OdsCode, SimError> {
+    let known = || {
+        labs.iter()
+            .map(|l| l.ods.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     OdsCode::parse(v.get_ref())
         .ok()
         .filter(|c| labs.iter().any(|l| &l.ods == c))
@@ -361,7 +381,11 @@ fn lab_code(ctx: &Ctx<'_>, v: &S<String>, field: &str, labs: &[LabConfig]) -> Re
             ctx.err(
                 v,
                 field,
-                format!("unknown lab {:?} (the directory has {})", v.get_ref(), known()),
+                format!(
+                    "unknown lab {:?} (the directory has {})",
+                    v.get_ref(),
+                    known()
+                ),
             )
         })
 }
@@ -373,7 +397,11 @@ fn trust_code(
     field: &str,
     trusts: &BTreeMap<OdsCode, String>,
 ) -> Result<OdsCode, SimError> {
-    let known = trusts.keys().map(OdsCode::as_str).collect::<Vec<_>>().join(", ");
+    let known = trusts
+        .keys()
+        .map(OdsCode::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
     OdsCode::parse(v.get_ref())
         .ok()
         .filter(|c| trusts.contains_key(c))
@@ -381,7 +409,10 @@ fn trust_code(
             ctx.err_at(
                 span,
                 field,
-                format!("unknown trust {:?} (the directory has {known})", v.get_ref()),
+                format!(
+                    "unknown trust {:?} (the directory has {known})",
+                    v.get_ref()
+                ),
             )
         })
 }
@@ -390,21 +421,35 @@ fn test_code(ctx: &Ctx<'_>, v: &S<String>, catalogue: &Catalogue) -> Result<Test
     TestCode::parse(v.get_ref())
         .ok()
         .filter(|c| catalogue.get(c).is_some())
-        .ok_or_else(|| ctx.err(v, "test", format!("{:?} is not in the test catalogue", v.get_ref())))
+        .ok_or_else(|| {
+            ctx.err(
+                v,
+                "test",
+                format!("{:?} is not in the test catalogue", v.get_ref()),
+            )
+        })
 }
 
 fn build(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, SimError> {
     let config = match &raw.directory {
         None => Config::demo().map_err(|e| ctx.err_at(0..0, "directory", e.to_string()))?,
         Some(d) => {
-            let file = ctx.path.parent().unwrap_or(Path::new(".")).join(d.get_ref());
+            let file = ctx
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(d.get_ref());
             Config::load(&file).map_err(|e| ctx.err(d, "directory", e.to_string()))?
         }
     };
     let start = parse_datetime(raw.start.get_ref()).map_err(|e| ctx.err(&raw.start, "start", e))?;
     let hours = *raw.duration_hours.get_ref();
     if !(hours > 0.0 && hours <= 24.0 * 366.0) {
-        return Err(ctx.err(&raw.duration_hours, "duration_hours", "must be more than 0 and at most a year"));
+        return Err(ctx.err(
+            &raw.duration_hours,
+            "duration_hours",
+            "must be more than 0 and at most a year",
+        ));
     }
     let drain = match &raw.drain_hours {
         Some(v) => non_negative(ctx, v, "drain_hours")?,
@@ -436,7 +481,11 @@ fn build(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, SimError> {
                 (d.capacity_factor.is_some(), "lab_defaults.capacity_factor"),
             ] {
                 if present {
-                    return Err(ctx.err_at(0..0, field, "belongs in a [[lab]] table, not in [lab_defaults]"));
+                    return Err(ctx.err_at(
+                        0..0,
+                        field,
+                        "belongs in a [[lab]] table, not in [lab_defaults]",
+                    ));
                 }
             }
             behaviour(ctx, d, &default_behaviour())?
@@ -467,9 +516,16 @@ fn build(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, SimError> {
             let code = TestCode::parse(test)
                 .ok()
                 .filter(|c| config.capacity.contains_key(c))
-                .ok_or_else(|| ctx.err(cap, &field, format!("lab {ods} does not perform {test}")))?;
-            let value = u32::try_from(*cap.get_ref())
-                .map_err(|_| ctx.err(cap, &field, format!("must be 0 or more, not {}", cap.get_ref())))?;
+                .ok_or_else(|| {
+                    ctx.err(cap, &field, format!("lab {ods} does not perform {test}"))
+                })?;
+            let value = u32::try_from(*cap.get_ref()).map_err(|_| {
+                ctx.err(
+                    cap,
+                    &field,
+                    format!("must be 0 or more, not {}", cap.get_ref()),
+                )
+            })?;
             config.capacity.insert(code, value);
         }
         let b = behaviour(ctx, l, &behaviours[&ods])?;
@@ -481,20 +537,34 @@ fn build(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, SimError> {
         demand.push(build_demand(ctx, d, &config.trusts, &catalogue)?);
     }
     if demand.is_empty() {
-        return Err(ctx.err_at(0..0, "demand", "a scenario needs at least one [[demand]] table"));
+        return Err(ctx.err_at(
+            0..0,
+            "demand",
+            "a scenario needs at least one [[demand]] table",
+        ));
     }
 
     let end = start.plus_millis((hours * 3_600_000.0).round() as i64);
     let mut events = Vec::new();
     for e in &raw.events {
-        events.push(build_event(ctx, e, start, end, &config.trusts, &labs, &catalogue)?);
+        events.push(build_event(
+            ctx,
+            e,
+            start,
+            end,
+            &config.trusts,
+            &labs,
+            &catalogue,
+        )?);
     }
     events.sort_by_key(|e| e.at);
 
     Ok(Scenario {
         path: ctx.path.to_path_buf(),
         name: raw.name.clone().unwrap_or_else(|| {
-            ctx.path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned())
+            ctx.path
+                .file_stem()
+                .map_or("scenario".into(), |s| s.to_string_lossy().into_owned())
         }),
         description: raw.description.clone().unwrap_or_default(),
         start,
@@ -554,7 +624,11 @@ fn behaviour(ctx: &Ctx<'_>, l: &RawLab, base: &LabBehaviour) -> Result<LabBehavi
             "exponential" => Service::Exponential,
             "lognormal" => Service::LogNormal(cv.unwrap_or(0.3)),
             other => {
-                return Err(ctx.err(v, "service", format!("{other:?} must be fixed, exponential or lognormal")));
+                return Err(ctx.err(
+                    v,
+                    "service",
+                    format!("{other:?} must be fixed, exponential or lognormal"),
+                ));
             }
         };
     } else if let (Some(cv), Service::LogNormal(_)) = (cv, b.service) {
@@ -589,20 +663,32 @@ fn build_demand(
             "gp-morning" => GP_MORNING,
             "hospital" => HOSPITAL,
             other => {
-                return Err(ctx.err(c, "curve", format!("{other:?} must be flat, gp-morning or hospital")));
+                return Err(ctx.err(
+                    c,
+                    "curve",
+                    format!("{other:?} must be flat, gp-morning or hospital"),
+                ));
             }
         },
     };
     if let Some(h) = &d.hourly {
         let values = h.get_ref();
         if values.len() != 24 || values.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
-            return Err(ctx.err(h, "hourly", "must be 24 weights of 0 or more, one per hour from midnight"));
+            return Err(ctx.err(
+                h,
+                "hourly",
+                "must be 24 weights of 0 or more, one per hour from midnight",
+            ));
         }
         hourly.copy_from_slice(values);
     }
     let mean = hourly.iter().sum::<f64>() / 24.0;
     if mean <= 0.0 {
-        return Err(ctx.err_at(d.trust.span(), "hourly", "at least one hour must have demand"));
+        return Err(ctx.err_at(
+            d.trust.span(),
+            "hourly",
+            "at least one hour must have demand",
+        ));
     }
     for w in &mut hourly {
         *w /= mean;
@@ -617,13 +703,18 @@ fn build_demand(
     };
     let mut mix = Vec::new();
     for m in &d.mix {
-        let tests = TestSet::parse(m.tests.get_ref(), catalogue).map_err(|e| ctx.err(&m.tests, "mix.tests", e))?;
+        let tests = TestSet::parse(m.tests.get_ref(), catalogue)
+            .map_err(|e| ctx.err(&m.tests, "mix.tests", e))?;
         let w = non_negative(ctx, &m.weight, "mix.weight")?;
         mix.push((tests, w));
     }
     let total: f64 = mix.iter().map(|(_, w)| w).sum();
     if total <= 0.0 {
-        return Err(ctx.err_at(d.trust.span(), "mix", "needs at least one [[demand.mix]] with a weight above 0"));
+        return Err(ctx.err_at(
+            d.trust.span(),
+            "mix",
+            "needs at least one [[demand.mix]] with a weight above 0",
+        ));
     }
     for (_, w) in &mut mix {
         *w /= total;
@@ -649,10 +740,18 @@ fn build_event(
 ) -> Result<Event, SimError> {
     let at = parse_datetime(e.at.get_ref()).map_err(|m| ctx.err(&e.at, "at", m))?;
     if at < start {
-        return Err(ctx.err(&e.at, "at", format!("{} is before the scenario's start", e.at.get_ref())));
+        return Err(ctx.err(
+            &e.at,
+            "at",
+            format!("{} is before the scenario's start", e.at.get_ref()),
+        ));
     }
     if at > end {
-        return Err(ctx.err(&e.at, "at", format!("{} is after the scenario's end", e.at.get_ref())));
+        return Err(ctx.err(
+            &e.at,
+            "at",
+            format!("{} is after the scenario's end", e.at.get_ref()),
+        ));
     }
     let kind_name = e.kind.get_ref().as_str();
     let need = |field: &str| ctx.err(&e.kind, field, format!("a {kind_name} event needs {field}"));
@@ -682,7 +781,10 @@ fn build_event(
         "lab_online" => EventKind::LabOnline(lab()?),
         "capacity" => {
             let lab = lab()?;
-            let config = labs.iter().find(|l| l.ods == lab).expect("lab() checked it");
+            let config = labs
+                .iter()
+                .find(|l| l.ods == lab)
+                .expect("lab() checked it");
             let tests: Vec<TestCode> = match &e.test {
                 Some(v) => {
                     let t = test_code(ctx, v, catalogue)?;
@@ -695,8 +797,13 @@ fn build_event(
             };
             let capacity = match (&e.capacity, &e.factor) {
                 (Some(c), None) => {
-                    let c = u32::try_from(*c.get_ref())
-                        .map_err(|_| ctx.err(c, "capacity", format!("must be 0 or more, not {}", c.get_ref())))?;
+                    let c = u32::try_from(*c.get_ref()).map_err(|_| {
+                        ctx.err(
+                            c,
+                            "capacity",
+                            format!("must be 0 or more, not {}", c.get_ref()),
+                        )
+                    })?;
                     tests.into_iter().map(|t| (t, c)).collect()
                 }
                 (None, Some(f)) => {
@@ -710,12 +817,19 @@ fn build_event(
                         .collect()
                 }
                 _ => {
-                    return Err(ctx.err(&e.kind, "capacity", "a capacity event needs either capacity or factor"));
+                    return Err(ctx.err(
+                        &e.kind,
+                        "capacity",
+                        "a capacity event needs either capacity or factor",
+                    ));
                 }
             };
             EventKind::Capacity { lab, capacity }
         }
-        "suspend_test" => EventKind::SuspendTest { test: test()?, hours },
+        "suspend_test" => EventKind::SuspendTest {
+            test: test()?,
+            hours,
+        },
         "resume_test" => EventKind::ResumeTest(test()?),
         other => {
             return Err(ctx.err(

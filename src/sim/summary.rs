@@ -206,8 +206,20 @@ pub fn render(run: &Run, s: &Summary) -> String {
     let _ = writeln!(
         o,
         "{:<8} {:>8} {:>8} {:>7} {:>6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>8} {:>9}",
-        "priority", "submit", "result", "expire", "fail", "declined", "lapsed", "suspend", "p50", "p90",
-        "p99", "target", "in tgt", "by dline"
+        "priority",
+        "submit",
+        "result",
+        "expire",
+        "fail",
+        "declined",
+        "lapsed",
+        "suspend",
+        "p50",
+        "p90",
+        "p99",
+        "target",
+        "in tgt",
+        "by dline"
     );
     for p in REPORT_ORDER {
         let x = &s.priorities[priority_index(p)];
@@ -232,13 +244,24 @@ pub fn render(run: &Run, s: &Summary) -> String {
     }
     let open: u64 = s.priorities.iter().map(|p| p.in_progress).sum();
     if open > 0 {
-        let _ = writeln!(o, "{open} requests were still in progress when the run stopped");
+        let _ = writeln!(
+            o,
+            "{open} requests were still in progress when the run stopped"
+        );
     }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
         "{:<6} {:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>8} {:>10}  peak in flight / capacity",
-        "lab", "offers", "result", "fail", "mean use", "peak use", "h at cap", "h off", "peak queue"
+        "lab",
+        "offers",
+        "result",
+        "fail",
+        "mean use",
+        "peak use",
+        "h at cap",
+        "h off",
+        "peak queue"
     );
     for l in &s.labs {
         let peaks: Vec<String> = l
@@ -264,7 +287,12 @@ pub fn render(run: &Run, s: &Summary) -> String {
     if !run.timeline.is_empty() {
         let _ = writeln!(o);
         for h in &run.timeline {
-            let _ = writeln!(o, "{}  {}", format_datetime(Timestamp::from_millis(h.at)), h.what);
+            let _ = writeln!(
+                o,
+                "{}  {}",
+                format_datetime(Timestamp::from_millis(h.at)),
+                h.what
+            );
         }
     }
     o
@@ -282,14 +310,29 @@ pub fn render_comparison(a: (&Run, &Summary), b: (&Run, &Summary)) -> String {
         "priority", "measure", "A", "B"
     );
     for p in REPORT_ORDER {
-        let (x, y) = (&a.1.priorities[priority_index(p)], &b.1.priorities[priority_index(p)]);
+        let (x, y) = (
+            &a.1.priorities[priority_index(p)],
+            &b.1.priorities[priority_index(p)],
+        );
         let rows: [(&str, String, String); 6] = [
-            ("submitted", x.submitted.to_string(), y.submitted.to_string()),
+            (
+                "submitted",
+                x.submitted.to_string(),
+                y.submitted.to_string(),
+            ),
             ("resulted", x.resulted.to_string(), y.resulted.to_string()),
             ("expired", x.expired.to_string(), y.expired.to_string()),
             ("p90", minutes(x.p90), minutes(y.p90)),
-            ("within target", share(x.within_target), share(y.within_target)),
-            ("by deadline", share(x.before_deadline), share(y.before_deadline)),
+            (
+                "within target",
+                share(x.within_target),
+                share(y.within_target),
+            ),
+            (
+                "by deadline",
+                share(x.before_deadline),
+                share(y.before_deadline),
+            ),
         ];
         for (name, va, vb) in rows {
             let _ = writeln!(o, "{:<8} {:<14} {:>10} {:>10}", p.as_str(), name, va, vb);
