@@ -365,7 +365,7 @@ fn utilisation<DB: DrawingBackend>(
             .map_err(e2s)?;
     }
     let legend = legend.margin(60, 60, 10, 10);
-    let (lw, lh) = legend.dim_in_pixel();
+    let (_, lh) = legend.dim_in_pixel();
     let lh = lh.max(1);
     for y in 0..lh {
         let u = 1.0 - f64::from(y) / f64::from(lh);
@@ -383,7 +383,6 @@ fn utilisation<DB: DrawingBackend>(
             .draw_text(label, &style, (45, y.max(0)))
             .map_err(e2s)?;
     }
-    let _ = lw;
     Ok(())
 }
 

@@ -278,7 +278,8 @@ impl Sim {
                 (None, Some(tm)) => (tm, true),
                 (Some(e), _) => (e, false),
             };
-            if t > horizon || (t >= end && self.live == 0 && self.no_more_arrivals(t)) {
+            // Arrivals all fall before the end: past it, with nothing live, the run is over.
+            if t > horizon || (t >= end && self.live == 0) {
                 break;
             }
             now = t;
@@ -310,18 +311,13 @@ impl Sim {
         })
     }
 
-    fn no_more_arrivals(&self, _t: i64) -> bool {
-        // Arrivals all fall before the end; at or after it none can be left in the queue.
-        true
-    }
-
     fn schedule_start(&mut self, start: i64, end: i64, horizon: i64) -> Result<(), SimError> {
-        for i in 0..self.arrivals.len() {
-            let at = self.arrivals[i].at.millis();
+        let arrivals: Vec<i64> = self.arrivals.iter().map(|a| a.at.millis()).collect();
+        for (i, at) in arrivals.into_iter().enumerate() {
             self.push(at, Ev::Arrive(i as u32));
         }
-        for i in 0..self.s.events.len() {
-            let at = self.s.events[i].at.millis();
+        let events: Vec<i64> = self.s.events.iter().map(|e| e.at.millis()).collect();
+        for (i, at) in events.into_iter().enumerate() {
             self.push(at, Ev::Scenario(i as u32));
         }
         let step = i64::from(self.s.sample_minutes) * 60_000;

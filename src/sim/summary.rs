@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::domain::{Priority, RequestState};
+use crate::domain::RequestState;
 
 use super::calendar::format_datetime;
 use super::run::Run;
@@ -339,11 +339,6 @@ pub fn render_comparison(a: (&Run, &Summary), b: (&Run, &Summary)) -> String {
         }
     }
     o
-}
-
-/// Priority name for tables.
-pub fn priority_name(p: Priority) -> &'static str {
-    p.as_str()
 }
 
 #[cfg(test)]
