@@ -1,6 +1,6 @@
 //! labaid-sim: rehearse an incident with the broker's own routing core in virtual time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ struct Opts {
     seed: Option<u64>,
 }
 
-fn run_one(path: &PathBuf, seed: Option<u64>) -> Result<(sim::Run, f64), SimError> {
+fn run_one(path: &Path, seed: Option<u64>) -> Result<(sim::Run, f64), SimError> {
     let mut scenario = sim::load(path)?;
     if let Some(seed) = seed {
         scenario.seed = seed;

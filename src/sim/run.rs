@@ -292,7 +292,7 @@ impl Sim {
                 self.handle(ev, t)?;
             }
             steps += 1;
-            if steps % 4096 == 0 {
+            if steps.is_multiple_of(4096) {
                 progress(now - start);
             }
         }
