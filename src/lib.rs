@@ -16,6 +16,7 @@ pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod wire;
