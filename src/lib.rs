@@ -18,6 +18,7 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 
 pub use config::Config;
 pub use error::Error;

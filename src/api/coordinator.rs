@@ -1,13 +1,17 @@
 //! CoordinatorService: the incident coordinator's overview, and decisions about labs that went
 //! dark. Shows no patient data.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::convert::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 use super::{Context, parse_id};
 use crate::audit::Action;
 use crate::auth::{Principal, Role};
-use crate::domain::{BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, RequestState};
+use crate::domain::{
+    BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, Request as Job, RequestId, RequestState,
+};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::coordinator_service_server::CoordinatorService;
@@ -104,28 +108,9 @@ impl CoordinatorService for CoordinatorApi {
     ) -> Result<Response<proto::SetLabStatusResponse>, Status> {
         let who = self.coordinator(&request)?;
         let m = request.into_inner();
-        let lab = OdsCode::parse(&m.lab).map_err(|e| Error::invalid("lab", e))?;
-        if self.ctx.engine.views().lab(&lab).is_none() {
-            return Err(Error::NotFound(format!("lab {lab} not found")).into());
-        }
         let status = status_from(m.status)
             .ok_or_else(|| Error::invalid("status", "must be one of online, draining, offline"))?;
-        let reply = self
-            .ctx
-            .engine
-            .execute(Command::SetStatus {
-                lab: lab.clone(),
-                status,
-            })
-            .await?;
-        let Reply::Status { status, withdrawn } = reply else {
-            return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
-        };
-        self.ctx
-            .audit
-            .record(&who, Action::CoordinatorLabStatus, None)
-            .await?;
-        tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
+        let (lab, status, withdrawn) = set_lab_status(&self.ctx, &who, &m.lab, status).await?;
         Ok(Response::new(proto::SetLabStatusResponse {
             lab: lab.to_string(),
             status: status_to(status) as i32,
@@ -140,26 +125,7 @@ impl CoordinatorService for CoordinatorApi {
         let who = self.coordinator(&request)?;
         let m = request.into_inner();
         let id = parse_id(&m.id)?;
-        if m.reason.trim().is_empty() {
-            return Err(
-                Error::invalid("reason", "is required: say why the job is reassigned").into(),
-            );
-        }
-        let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
-            .map_err(|e| Error::invalid("reason", e))?;
-        let reply = self
-            .ctx
-            .engine
-            .execute(Command::Reassign { id, reason })
-            .await?;
-        let Reply::Request { request, .. } = reply else {
-            return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
-        };
-        self.ctx
-            .audit
-            .record(&who, Action::CoordinatorReassign, Some(&id))
-            .await?;
-        tracing::info!(request.id = %id, "job reassigned by a coordinator");
+        let request = reassign_job(&self.ctx, &who, id, &m.reason).await?;
         Ok(Response::new(proto::ReassignJobResponse {
             id: id.to_string(),
             state: state_to(request.state) as i32,
@@ -171,4 +137,62 @@ impl CoordinatorService for CoordinatorApi {
                 .unwrap_or_default(),
         }))
     }
+}
+
+/// Sets `lab`'s status for coordinator `who` and audits it: the one path of the gRPC call and the
+/// coordinator page. Returns the lab, its status now and the offers withdrawn.
+pub(crate) async fn set_lab_status(
+    ctx: &Context,
+    who: &Principal,
+    lab: &str,
+    status: LabStatus,
+) -> Result<(OdsCode, LabStatus, u32), Error> {
+    who.require(Role::Coordinator)?;
+    let lab = OdsCode::parse(lab).map_err(|e| Error::invalid("lab", e))?;
+    if ctx.engine.views().lab(&lab).is_none() {
+        return Err(Error::NotFound(format!("lab {lab} not found")));
+    }
+    let reply = ctx
+        .engine
+        .execute(Command::SetStatus {
+            lab: lab.clone(),
+            status,
+        })
+        .await?;
+    let Reply::Status { status, withdrawn } = reply else {
+        return Err(Error::Internal(format!("unexpected reply {reply:?}")));
+    };
+    ctx.audit
+        .record(who, Action::CoordinatorLabStatus, None)
+        .await?;
+    tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
+    Ok((lab, status, withdrawn))
+}
+
+/// Returns accepted job `id` to the queue for coordinator `who`, with a required `reason`, and
+/// audits it: the one path of the gRPC call and the coordinator page.
+pub(crate) async fn reassign_job(
+    ctx: &Context,
+    who: &Principal,
+    id: RequestId,
+    reason: &str,
+) -> Result<Arc<Job>, Error> {
+    who.require(Role::Coordinator)?;
+    if reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "reason",
+            "is required: say why the job is reassigned",
+        ));
+    }
+    let reason =
+        BoundedText::parse(reason, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?;
+    let reply = ctx.engine.execute(Command::Reassign { id, reason }).await?;
+    let Reply::Request { request, .. } = reply else {
+        return Err(Error::Internal(format!("unexpected reply {reply:?}")));
+    };
+    ctx.audit
+        .record(who, Action::CoordinatorReassign, Some(&id))
+        .await?;
+    tracing::info!(request.id = %id, "job reassigned by a coordinator");
+    Ok(request)
 }

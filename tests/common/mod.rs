@@ -64,6 +64,7 @@ impl TestBroker {
         let listeners = labaid::Listeners {
             grpc: listener,
             ops: Some(ops),
+            web: None,
             on_ready: Some(ready_tx),
         };
         let mut task = tokio::spawn(labaid::serve_on(listeners, config, async {
