@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::ops::Presence;
 
 /// How often the feed looks for changes to publish.
-const STEP: Duration = Duration::from_millis(200);
+const STEP: Duration = Duration::from_millis(100);
 /// The longest a published snapshot stands unchanged.
 const REFRESH: Duration = Duration::from_secs(1);
 

@@ -9,8 +9,9 @@ use crate::domain::{LabStatus, Priority, Request, RequestState, Timestamp};
 use crate::engine::Views;
 use crate::ops::Presence;
 
-/// Rows each list on the page shows at most; the total is shown beside it.
-const ROWS: usize = 25;
+/// Rows each list on the page shows at most (the total is shown beside it): what a wall screen
+/// can show at once.
+const ROWS: usize = 12;
 
 /// Turnaround target per priority, in minutes, from the targets NHS labs publish: emergency
 /// department (stat) under an hour, asap two hours, wards (urgent) four hours, GP (routine) a day.

@@ -66,7 +66,8 @@
     rows.forEach((r) => body.appendChild(r));
     if (focused && $(focused) && document.activeElement !== $(focused)) $(focused).focus();
   }
-  const shortId = (id) => id.slice(0, 8);
+  // The random tail of an id: the head of a version 7 UUID is its time, the same for a burst.
+  const shortId = (id) => id.slice(-8);
   function idCell(id) {
     const c = el("span", shortId(id), "id");
     c.title = id;
@@ -104,12 +105,13 @@
       meter.value = Math.min(1, l.utilisation);
       meter.setAttribute("aria-label", "utilisation of " + l.ods);
       util.appendChild(meter);
-      util.appendChild(document.createTextNode(" " + Math.round(l.utilisation * 100) + " %"));
+      util.appendChild(document.createTextNode("\u00a0" + Math.round(l.utilisation * 100) + "\u00a0%"));
+      util.className = "nowrap";
       const seen = l.watching ? "watching now" : l.last_seen_ms ? ago(l.last_seen_ms, now) : "not since the broker started";
       const button = el("button", "Change status…");
       button.type = "button";
       button.id = "lab-" + l.ods + "-status";
-      button.setAttribute("aria-label", "Change the status of " + l.ods + " " + l.name);
+      button.appendChild(el("span", " of " + l.ods + " " + l.name, "sr-only"));
       button.addEventListener("click", () => openLab(l));
       const tr = row([name, badge(l.status.toUpperCase(), kind), tests, util, seen, button]);
       tr.id = "lab-" + l.ods;
@@ -139,7 +141,7 @@
       const button = el("button", "Reassign…");
       button.type = "button";
       button.id = "reassign-" + r.id;
-      button.setAttribute("aria-label", "Reassign job " + shortId(r.id) + " from " + r.lab);
+      button.appendChild(el("span", " job " + shortId(r.id) + " from " + r.lab, "sr-only"));
       button.addEventListener("click", () => openReassign(r));
       const tr = row([idCell(r.id), r.trust, lab, r.priority, r.tests.join(", "), ago(r.since_ms, now), button]);
       tr.id = "awaiting-" + r.id;

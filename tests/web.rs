@@ -1,0 +1,494 @@
+//! The coordinator page in a real browser: Debian's Chromium, headless, driven over WebDriver by
+//! chromedriver (both installed by `.ci/run`). Sign-in and its refusals, a submission appearing
+//! live, a lab marked offline from the page and its offers moving, a stranded job reassigned, CSRF
+//! refusal, a screenshot under load and an axe-core accessibility check. Fails, never skips, when
+//! Chromium cannot run.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use labaid::proto::{self, Priority};
+use serde_json::{Value, json};
+
+/// Where the screenshot and the accessibility report go.
+fn artefacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-artifacts");
+    std::fs::create_dir_all(&dir).expect("artefact dir");
+    dir
+}
+
+/// axe-core, as `.ci/run` installs it (`npm install axe-core` into target/web-tools), or where
+/// LABAID_AXE_JS points.
+fn axe_source() -> String {
+    let path = std::env::var_os("LABAID_AXE_JS").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/web-tools/node_modules/axe-core/axe.min.js")
+        },
+        PathBuf::from,
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "axe-core is needed at {} ({e}); run .ci/run, or `npm install --prefix target/web-tools axe-core`",
+            path.display()
+        )
+    })
+}
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_browser() -> (Driver, Browser) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver must be installed (apt-get install chromium chromium-driver; .ci/run does)");
+    let profile = tempfile::tempdir().expect("profile dir");
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _profile: profile,
+    };
+    // chromedriver takes a moment to listen: try to connect for up to ten seconds.
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "chromedriver did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                "--window-size=1600,1100",
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ],
+        }),
+    );
+    // The WebDriver client's TLS stack (unused on loopback http) still needs a provider chosen.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let browser = ClientBuilder::rustls()
+        .expect("rustls connector")
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("Chromium must start headless through chromedriver");
+    (driver, browser)
+}
+
+/// Evaluates `script` (a JS expression) until it is truthy, failing after `limit`; returns how
+/// long it took.
+async fn until(browser: &Browser, script: &str, limit: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let v = browser
+            .execute(&format!("return !!({script});"), vec![])
+            .await
+            .expect("script");
+        if v == Value::Bool(true) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not seen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn text_of(browser: &Browser, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+async fn sign_in(browser: &Browser, base: &str, token: &str) {
+    browser.goto(&format!("{base}/signin")).await.expect("goto");
+    let field = browser.find(Locator::Id("token")).await.expect("token field");
+    field.send_keys(token).await.expect("type token");
+    browser
+        .find(Locator::Id("signin-submit"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("sign in");
+}
+
+/// Runs axe-core in the page; returns the serious and critical violations, and writes the whole
+/// report to `name`.
+async fn accessibility(browser: &Browser, axe: &str, name: &str) -> Vec<Value> {
+    browser.execute(axe, vec![]).await.expect("inject axe-core");
+    let report = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] })
+                .then(r => done(r), e => done({ error: String(e) }));",
+            vec![],
+        )
+        .await
+        .expect("axe.run");
+    assert!(report.get("error").is_none(), "axe failed: {report}");
+    std::fs::write(
+        artefacts().join(name),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .expect("write axe report");
+    report["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+        .cloned()
+        .collect()
+}
+
+/// Lines of the audit trail with `action`, once the writer has put them there.
+async fn audited(data_dir: &Path, action: &str, n: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(data_dir.join("audit.log")).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["action"] == action)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{action} not audited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
+    let axe = axe_source();
+    let broker = TestBroker::spawn_with_web(labaid::Config::demo().unwrap()).await;
+    let base = format!("http://{}", broker.web_addr.expect("web listener"));
+    let (_driver, browser) = start_browser().await;
+
+    // Without a session the page sends you to sign in; the sign-in page itself is accessible.
+    browser.goto(&base).await.expect("goto");
+    assert!(browser.current_url().await.unwrap().path().ends_with("/signin"));
+    let bad = accessibility(&browser, &axe, "signin-axe.json").await;
+    assert!(bad.is_empty(), "sign-in page: serious accessibility violations: {bad:#?}");
+
+    // A trust's and a lab's credentials, and a made-up token, are refused and open no session.
+    for (token, says) in [
+        ("demo:RJ1", "coordinators only"),
+        ("demo:RJ7", "coordinators only"),
+        ("not-a-token", "Sign-in refused"),
+    ] {
+        sign_in(&browser, &base, token).await;
+        let alert = text_of(&browser, "#signin-error").await;
+        assert!(alert.contains(says), "{token}: {alert}");
+        browser.goto(&base).await.expect("goto");
+        assert!(
+            browser.current_url().await.unwrap().path().ends_with("/signin"),
+            "{token} opened a session"
+        );
+    }
+    let cookies = browser.get_all_cookies().await.expect("cookies");
+    assert!(cookies.is_empty(), "a refused sign-in set {cookies:?}");
+
+    // The coordinator signs in: an HttpOnly, SameSite=Strict session cookie, and the live feed.
+    sign_in(&browser, &base, "demo:coordinator").await;
+    until(&browser, "document.getElementById('feed-status').textContent === 'Live'", Duration::from_secs(5), "live feed").await;
+    let cookie = browser
+        .get_named_cookie("labaid_session")
+        .await
+        .expect("session cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
+    assert_eq!(
+        browser.execute("return document.cookie;", vec![]).await.unwrap(),
+        json!(""),
+        "the session cookie must not be readable by scripts"
+    );
+
+    // A submission appears on the page within a second.
+    let trust = broker.client("RJ1").await;
+    let r = submit(&trust, submission_of("WEB-1", Priority::Stat, &["K"], broker.now().plus_minutes(-20))).await;
+    let took = until(
+        &browser,
+        &format!("document.getElementById('offer-{}')", r.id),
+        Duration::from_secs(1),
+        "the new request among open offers",
+    )
+    .await;
+    println!("submission visible on the page after {} ms", took.as_millis());
+    assert!(
+        text_of(&browser, &format!("#deadline-{}", r.id)).await.contains("left"),
+        "its time left is shown"
+    );
+    let first_lab = r.lab.clone();
+    let offered_to = |id: &str| format!("document.getElementById('offer-{id}') && document.getElementById('offer-{id}').dataset.lab");
+
+    // A script without the session's CSRF token is refused, and changes nothing.
+    let refused = browser
+        .execute_async(
+            &format!(
+                "const done = arguments[0];
+                 fetch('/api/labs/{first_lab}/status', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }},
+                   body: JSON.stringify({{ status: 'offline', reason: 'forged' }}) }}).then(r => done(r.status));"
+            ),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, json!(403));
+    assert_eq!(get_request(&trust, &r.id).await.lab, first_lab);
+
+    // Mark the offered lab offline from the page: a confirmation that needs a reason.
+    browser
+        .find(Locator::Id(&format!("lab-{first_lab}-status")))
+        .await
+        .expect("status button")
+        .click()
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("action-status"))
+        .await
+        .unwrap()
+        .select_by_value("offline")
+        .await
+        .unwrap();
+    browser.find(Locator::Id("action-confirm")).await.unwrap().click().await.unwrap();
+    assert!(
+        text_of(&browser, "#action-error").await.contains("reason is required"),
+        "confirming without a reason is refused"
+    );
+    assert_eq!(get_request(&trust, &r.id).await.lab, first_lab, "nothing changed yet");
+    browser
+        .find(Locator::Id("action-reason"))
+        .await
+        .unwrap()
+        .send_keys("analyser down, phoned 04:20")
+        .await
+        .unwrap();
+    browser.find(Locator::Id("action-confirm")).await.unwrap().click().await.unwrap();
+    until(
+        &browser,
+        &format!("{} && {} !== '{first_lab}'", offered_to(&r.id), offered_to(&r.id)),
+        Duration::from_secs(2),
+        "the offer moving to another lab",
+    )
+    .await;
+    until(
+        &browser,
+        &format!("document.getElementById('lab-{first_lab}').textContent.includes('OFFLINE')"),
+        Duration::from_secs(2),
+        "the lab shown offline",
+    )
+    .await;
+    let moved = get_request(&trust, &r.id).await;
+    assert_ne!(moved.lab, first_lab);
+    assert_eq!(moved.state, proto::RequestState::Offered as i32);
+    let entries = audited(&broker.data_dir, "coordinator.lab_status", 1).await;
+    assert_eq!(entries[0]["org"], "X24");
+    assert_eq!(entries[0]["role"], "coordinator");
+
+    // The second lab accepts, then goes dark: the stranded job is reassigned from the page.
+    let second_lab = moved.lab.clone();
+    let lab = broker.client(&second_lab).await;
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
+        .await
+        .expect("accept");
+    broker
+        .client("coordinator")
+        .await
+        .coordinator()
+        .set_lab_status(proto::SetLabStatusRequest {
+            lab: second_lab.clone(),
+            status: proto::LabStatus::Offline as i32,
+        })
+        .await
+        .expect("offline");
+    until(
+        &browser,
+        &format!("document.getElementById('reassign-{}')", r.id),
+        Duration::from_secs(2),
+        "the stranded job with its reassign button",
+    )
+    .await;
+    browser
+        .find(Locator::Id(&format!("reassign-{}", r.id)))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("action-reason"))
+        .await
+        .unwrap()
+        .send_keys("lab offline before the sample arrived")
+        .await
+        .unwrap();
+    browser.find(Locator::Id("action-confirm")).await.unwrap().click().await.unwrap();
+    until(
+        &browser,
+        &format!(
+            "!document.getElementById('awaiting-{id}') && {} && !['{first_lab}', '{second_lab}'].includes({})",
+            offered_to(&r.id),
+            offered_to(&r.id),
+            id = r.id
+        ),
+        Duration::from_secs(2),
+        "the reassigned job offered to a third lab",
+    )
+    .await;
+    let reassigned = audited(&broker.data_dir, "coordinator.reassign", 1).await;
+    assert_eq!(reassigned[0]["request_id"], json!(r.id));
+
+    // Under load: both trusts submit a mix of priorities and labs take some of the work.
+    let rjz = broker.client("RJZ").await;
+    let mix = [
+        (Priority::Stat, &["K"][..]),
+        (Priority::Asap, &["FBC", "UE"][..]),
+        (Priority::Urgent, &["TROP"][..]),
+        (Priority::Routine, &["CRP", "LFT"][..]),
+    ];
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let (priority, tests) = mix[i % mix.len()];
+        let client = if i % 3 == 0 { &rjz } else { &trust };
+        let minutes_ago = 20 + (i as i64 * 7) % 200;
+        let req = submit(
+            client,
+            submission_of(&format!("LOAD-{i}"), priority, tests, broker.now().plus_minutes(-minutes_ago)),
+        )
+        .await;
+        ids.push(req);
+    }
+    let offered: Vec<&proto::Request> = ids
+        .iter()
+        .filter(|r| r.state == proto::RequestState::Offered as i32)
+        .collect();
+    // A few potassium requests are resulted (for the charts), a dozen others wait for samples.
+    let (done, waiting): (Vec<&proto::Request>, Vec<&proto::Request>) = offered
+        .iter()
+        .partition(|r| r.tests == ["K"] && r.order_number.ends_with(['0', '4']));
+    for req in &done {
+        let lab = broker.client(&req.lab).await;
+        accept_and_receive(&lab, &req.id).await;
+        lab.labs()
+            .post_results(proto::PostResultsRequest {
+                id: req.id.clone(),
+                observations: vec![k_result("4.1")],
+            })
+            .await
+            .expect("results");
+    }
+    for req in waiting.iter().take(12) {
+        let lab = broker.client(&req.lab).await;
+        lab.labs()
+            .accept_job(proto::AcceptJobRequest { id: req.id.clone() })
+            .await
+            .expect("accept");
+    }
+    // Crossmatches for King's: St George's has room for six, Lewisham is offline, so two wait.
+    for i in 0..8 {
+        submit(
+            &rjz,
+            submission_of(&format!("XM-{i}"), Priority::Stat, &["XM"], broker.now().plus_minutes(-30)),
+        )
+        .await;
+    }
+    until(
+        &browser,
+        "document.getElementById('queue-stat').cells[1].textContent === '2'",
+        Duration::from_secs(2),
+        "two stat requests waiting",
+    )
+    .await;
+    // An hour later they have waited past the stat target: the row says so in words.
+    broker.advance(Duration::from_secs(61 * 60));
+    until(
+        &browser,
+        "document.getElementById('queue-stat').textContent.includes('TARGET BREACHED')",
+        Duration::from_secs(2),
+        "the stat target breach",
+    )
+    .await;
+    until(
+        &browser,
+        "document.querySelectorAll('#awaiting tbody tr[id]').length >= 8",
+        Duration::from_secs(2),
+        "the accepted jobs awaiting their samples",
+    )
+    .await;
+    until(
+        &browser,
+        "document.querySelector('#charts figcaption').textContent.includes('results in the last hour')",
+        Duration::from_secs(2),
+        "the charts",
+    )
+    .await;
+    // The whole page in one picture, as a wall screen would show it.
+    browser.set_window_size(1600, 3400).await.expect("window size");
+    browser.execute("window.scrollTo(0, 0); document.activeElement.blur();", vec![]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // one repaint after the resize
+    let shot = browser.screenshot().await.expect("screenshot");
+    let path = artefacts().join("coordinator.png");
+    std::fs::write(&path, shot).expect("write screenshot");
+    println!("screenshot: {}", path.display());
+
+    let bad = accessibility(&browser, &axe, "coordinator-axe.json").await;
+    assert!(bad.is_empty(), "coordinator page: serious accessibility violations: {bad:#?}");
+
+    // Signing out ends the session: the feed and the API answer 401 to that cookie.
+    browser.find(Locator::Css("#signout button")).await.unwrap().click().await.unwrap();
+    until(&browser, "window.location.pathname === '/signin'", Duration::from_secs(5), "the sign-in page after signing out").await;
+    let status = browser
+        .execute_async(
+            "const done = arguments[0]; fetch('/api/snapshot').then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, json!(401));
+    browser.close().await.expect("close browser");
+    broker.shutdown().await;
+}
