@@ -327,6 +327,7 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     let entries = audited(&broker.data_dir, "coordinator.lab_status", 1).await;
     assert_eq!(entries[0]["org"], "X24");
     assert_eq!(entries[0]["role"], "coordinator");
+    assert_eq!(entries[0]["reason"], "analyser down, phoned 04:20");
 
     // The second lab accepts, then goes dark: the stranded job is reassigned from the page.
     let second_lab = moved.lab.clone();
@@ -342,6 +343,7 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         .set_lab_status(proto::SetLabStatusRequest {
             lab: second_lab.clone(),
             status: proto::LabStatus::Offline as i32,
+            reason: "no answer on the phone".into(),
         })
         .await
         .expect("offline");
@@ -381,6 +383,14 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     .await;
     let reassigned = audited(&broker.data_dir, "coordinator.reassign", 1).await;
     assert_eq!(reassigned[0]["request_id"], json!(r.id));
+    assert_eq!(reassigned[0]["reason"], "lab offline before the sample arrived");
+    // The page's decisions and the gRPC call's are audited alike, and chain like any other entry.
+    let statuses = audited(&broker.data_dir, "coordinator.lab_status", 2).await;
+    assert_eq!(statuses[1]["reason"], "no answer on the phone");
+    for e in statuses.iter().chain(&reassigned) {
+        let entry: labaid::audit::AuditEntry = serde_json::from_value(e.clone()).unwrap();
+        assert_eq!(entry.compute_hash(), entry.hash);
+    }
 
     // Under load: both trusts submit a mix of priorities and labs take some of the work.
     let rjz = broker.client("RJZ").await;

@@ -110,7 +110,8 @@ impl CoordinatorService for CoordinatorApi {
         let m = request.into_inner();
         let status = status_from(m.status)
             .ok_or_else(|| Error::invalid("status", "must be one of online, draining, offline"))?;
-        let (lab, status, withdrawn) = set_lab_status(&self.ctx, &who, &m.lab, status).await?;
+        let (lab, status, withdrawn) =
+            set_lab_status(&self.ctx, &who, &m.lab, status, &m.reason).await?;
         Ok(Response::new(proto::SetLabStatusResponse {
             lab: lab.to_string(),
             status: status_to(status) as i32,
@@ -139,16 +140,22 @@ impl CoordinatorService for CoordinatorApi {
     }
 }
 
-/// Sets `lab`'s status for coordinator `who` and audits it: the one path of the gRPC call and the
-/// coordinator page. Returns the lab, its status now and the offers withdrawn.
+/// Sets `lab`'s status for coordinator `who` and audits it with the `reason` given (optional over
+/// gRPC, for callers that predate it): the one path of the gRPC call and the coordinator page.
+/// Returns the lab, its status now and the offers withdrawn.
 pub(crate) async fn set_lab_status(
     ctx: &Context,
     who: &Principal,
     lab: &str,
     status: LabStatus,
+    reason: &str,
 ) -> Result<(OdsCode, LabStatus, u32), Error> {
     who.require(Role::Coordinator)?;
     let lab = OdsCode::parse(lab).map_err(|e| Error::invalid("lab", e))?;
+    let reason = match reason.trim() {
+        "" => None,
+        r => Some(BoundedText::parse(r, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?),
+    };
     if ctx.engine.views().lab(&lab).is_none() {
         return Err(Error::NotFound(format!("lab {lab} not found")));
     }
@@ -163,7 +170,12 @@ pub(crate) async fn set_lab_status(
         return Err(Error::Internal(format!("unexpected reply {reply:?}")));
     };
     ctx.audit
-        .record(who, Action::CoordinatorLabStatus, None)
+        .record_with_reason(
+            who,
+            Action::CoordinatorLabStatus,
+            None,
+            reason.as_ref().map(BoundedText::as_str),
+        )
         .await?;
     tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
     Ok((lab, status, withdrawn))
@@ -186,12 +198,23 @@ pub(crate) async fn reassign_job(
     }
     let reason =
         BoundedText::parse(reason, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?;
-    let reply = ctx.engine.execute(Command::Reassign { id, reason }).await?;
+    let reply = ctx
+        .engine
+        .execute(Command::Reassign {
+            id,
+            reason: reason.clone(),
+        })
+        .await?;
     let Reply::Request { request, .. } = reply else {
         return Err(Error::Internal(format!("unexpected reply {reply:?}")));
     };
     ctx.audit
-        .record(who, Action::CoordinatorReassign, Some(&id))
+        .record_with_reason(
+            who,
+            Action::CoordinatorReassign,
+            Some(&id),
+            Some(reason.as_str()),
+        )
         .await?;
     tracing::info!(request.id = %id, "job reassigned by a coordinator");
     Ok(request)

@@ -107,6 +107,7 @@ struct Record {
     role: &'static str,
     action: Action,
     request_id: Option<RequestId>,
+    reason: Option<String>,
 }
 
 enum Message {
@@ -180,6 +181,17 @@ impl AuditLog {
         action: Action,
         request: Option<&RequestId>,
     ) -> Result<(), Error> {
+        self.record_with_reason(who, action, request, None).await
+    }
+
+    /// [`Self::record`] with a coordinator's stated `reason` for the decision.
+    pub async fn record_with_reason(
+        &self,
+        who: &Principal,
+        action: Action,
+        request: Option<&RequestId>,
+        reason: Option<&str>,
+    ) -> Result<(), Error> {
         if self.failed.load(Ordering::Relaxed) {
             return Err(Error::Unavailable(
                 "the audit trail cannot be written; the broker refuses audited calls".into(),
@@ -191,6 +203,7 @@ impl AuditLog {
             role: who.role.as_str(),
             action,
             request_id: request.copied(),
+            reason: reason.map(str::to_string),
         };
         self.tx
             .send(Message::Record(record))
@@ -293,6 +306,7 @@ fn write_loop(
                         request_id: r
                             .request_id
                             .map(|id| &*id.0.hyphenated().encode_lower(&mut id_text)),
+                        reason: r.reason.as_deref(),
                     };
                     chain::chain_hash(&head, &body, &mut scratch, &mut next_head);
                     if let Err(e) = chain::write_line(&mut out, &body, &head, &next_head) {

@@ -69,9 +69,9 @@ pub(super) async fn set_status(
     let run = async {
         let session = authorised(&web, &headers)?;
         let status = LabStatus::parse(&body.status).map_err(|e| Error::invalid("status", e))?;
-        reason(&body.reason)?;
+        let why = reason(&body.reason)?;
         let (lab, status, withdrawn) =
-            set_lab_status(&web.ctx, &session.who, &lab, status).await?;
+            set_lab_status(&web.ctx, &session.who, &lab, status, why).await?;
         Ok::<_, Error>(Json(serde_json::json!({
             "lab": lab.to_string(),
             "status": status.as_str(),
