@@ -52,18 +52,36 @@
     });
     return tr;
   }
+  // Rows are kept by id and only their changed cells rewritten, so that a button under the
+  // pointer (or holding focus) is the same element a second later.
+  function sync(o, n) {
+    if (o.cells.length !== n.cells.length) return n;
+    o.className = n.className;
+    Object.keys(n.dataset).forEach((k) => { o.dataset[k] = n.dataset[k]; });
+    for (let i = 0; i < n.cells.length; i++) {
+      const oc = o.cells[i], nc = n.cells[i];
+      if (oc.querySelector("button") && nc.querySelector("button")) continue;
+      if (oc.innerHTML !== nc.innerHTML) oc.replaceChildren(...nc.childNodes);
+    }
+    return o;
+  }
   function fill(table, rows, empty) {
     const body = table.tBodies[0];
     const focused = document.activeElement && document.activeElement.id;
-    body.replaceChildren();
-    if (rows.length === 0) {
+    const old = new Map();
+    Array.from(body.rows).forEach((tr) => { if (tr.id) old.set(tr.id, tr); });
+    let next = rows.map((tr) => (tr.id && old.has(tr.id) ? sync(old.get(tr.id), tr) : tr));
+    if (next.length === 0) {
       const tr = document.createElement("tr");
       const td = el("td", empty, "empty");
       td.colSpan = table.tHead.rows[0].cells.length;
       tr.appendChild(td);
-      body.appendChild(tr);
+      next = [tr];
+      const current = body.rows[0];
+      if (body.rows.length === 1 && current && !current.id && current.textContent === empty) return;
     }
-    rows.forEach((r) => body.appendChild(r));
+    const same = next.length === body.rows.length && next.every((tr, i) => body.rows[i] === tr);
+    if (!same) body.replaceChildren(...next);
     if (focused && $(focused) && document.activeElement !== $(focused)) $(focused).focus();
   }
   // The random tail of an id: the head of a version 7 UUID is its time, the same for a burst.
@@ -76,7 +94,9 @@
   }
 
   // --- Rendering. ---
+  let latest = null;
   function render(s) {
+    latest = s;
     const now = s.now_ms;
     lastNow = now;
     $("now").textContent = clock(now);
@@ -112,7 +132,8 @@
       button.type = "button";
       button.id = "lab-" + l.ods + "-status";
       button.appendChild(el("span", " of " + l.ods + " " + l.name, "sr-only"));
-      button.addEventListener("click", () => openLab(l));
+      button.dataset.action = "lab";
+      button.dataset.ods = l.ods;
       const tr = row([name, badge(l.status.toUpperCase(), kind), tests, util, seen, button]);
       tr.id = "lab-" + l.ods;
       return tr;
@@ -142,7 +163,8 @@
       button.type = "button";
       button.id = "reassign-" + r.id;
       button.appendChild(el("span", " job " + shortId(r.id) + " from " + r.lab, "sr-only"));
-      button.addEventListener("click", () => openReassign(r));
+      button.dataset.action = "reassign";
+      button.dataset.id = r.id;
       const tr = row([idCell(r.id), r.trust, lab, r.priority, r.tests.join(", "), ago(r.since_ms, now), button]);
       tr.id = "awaiting-" + r.id;
       return tr;
@@ -198,7 +220,10 @@
       pic.appendChild(svg("line", { x1: 0, x2: w, y1: ty, y2: ty, class: "target" }));
       let d = "";
       s.turnaround_s.forEach((t, i) => {
-        if (t !== null) d += (d ? " L" : "M") + (i * bw + bw / 2).toFixed(1) + " " + (h - (t / maxT) * (h - 4)).toFixed(1);
+        if (t === null) return;
+        const x = (i * bw + bw / 2).toFixed(1), y = (h - (t / maxT) * (h - 4)).toFixed(1);
+        d += (d ? " L" : "M") + x + " " + y;
+        pic.appendChild(svg("circle", { cx: x, cy: y, r: 2.5, class: "tat-point" }));
       });
       if (d) pic.appendChild(svg("path", { d: d, class: "tat" }));
       fig.appendChild(pic);
@@ -309,6 +334,18 @@
       }
     });
     $("action").addEventListener("cancel", () => { pending = null; });
+    // One listener for the rows' buttons, reading the latest snapshot when clicked.
+    document.addEventListener("click", (e) => {
+      const b = e.target.closest && e.target.closest("button[data-action]");
+      if (!b || !latest) return;
+      if (b.dataset.action === "lab") {
+        const l = latest.labs.find((x) => x.ods === b.dataset.ods);
+        if (l) openLab(l);
+      } else if (b.dataset.action === "reassign") {
+        const r = latest.awaiting_sample.rows.find((x) => x.id === b.dataset.id);
+        if (r) openReassign(r);
+      }
+    });
   }
 
   document.addEventListener("DOMContentLoaded", () => { wire(); start(); });
