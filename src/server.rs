@@ -93,7 +93,9 @@ pub async fn serve(
         };
     let web = match config.web_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            Error::Internal(format!("cannot listen for the coordinator page on {addr}: {e}"))
+            Error::Internal(format!(
+                "cannot listen for the coordinator page on {addr}: {e}"
+            ))
         })?),
         None => None,
     };

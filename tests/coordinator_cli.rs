@@ -20,7 +20,11 @@ struct Run {
 impl Run {
     #[track_caller]
     fn expect(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "exit code; stdout: {} stderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code; stdout: {} stderr: {}",
+            self.stdout, self.stderr
+        );
         if code != 0 {
             let lines: Vec<&str> = self.stderr.lines().collect();
             assert_eq!(lines.len(), 1, "one line of error: {:?}", self.stderr);
@@ -71,16 +75,30 @@ async fn a_coordinator_sees_the_network_and_takes_a_stranded_job_from_a_dark_lab
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let trust = broker.client("RJ1").await;
-    let r = submit(&trust, submission("CLI-COORD-1", Priority::Stat, broker.now())).await;
+    let r = submit(
+        &trust,
+        submission("CLI-COORD-1", Priority::Stat, broker.now()),
+    )
+    .await;
 
     // The overview counts the open offer; labs lists every lab and test.
-    let o = labctl(&broker, home, COORD, &["coordinator", "overview", "-o", "json"]).await;
+    let o = labctl(
+        &broker,
+        home,
+        COORD,
+        &["coordinator", "overview", "-o", "json"],
+    )
+    .await;
     let o = o.expect(0).json();
     assert_eq!(o["offers_open"], 1);
     assert_eq!(o["queues"][0]["priority"], "stat");
     assert_eq!(o["labs"].as_array().unwrap().len(), 6);
     let table = labctl(&broker, home, COORD, &["coordinator", "overview"]).await;
-    assert!(table.expect(0).stdout.contains("Open offers: 1"), "{}", table.stdout);
+    assert!(
+        table.expect(0).stdout.contains("Open offers: 1"),
+        "{}",
+        table.stdout
+    );
     let labs = labctl(&broker, home, COORD, &["coordinator", "labs", "-o", "json"]).await;
     let labs = labs.expect(0).json();
     let held = labs["labs"]
@@ -89,7 +107,12 @@ async fn a_coordinator_sees_the_network_and_takes_a_stranded_job_from_a_dark_lab
         .iter()
         .find(|l| l["ods"] == r.lab.as_str())
         .expect("the lab holding the offer");
-    let k = held["tests"].as_array().unwrap().iter().find(|t| t["test"] == "K").unwrap();
+    let k = held["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["test"] == "K")
+        .unwrap();
     assert_eq!(k["in_flight"], 1);
 
     // The lab accepts, then stops answering: the coordinator marks it offline, with a reason.
@@ -102,13 +125,28 @@ async fn a_coordinator_sees_the_network_and_takes_a_stranded_job_from_a_dark_lab
         &broker,
         home,
         COORD,
-        &["coordinator", "set-status", &r.lab, "offline", "--reason", "no answer since 04:00", "-o", "json"],
+        &[
+            "coordinator",
+            "set-status",
+            &r.lab,
+            "offline",
+            "--reason",
+            "no answer since 04:00",
+            "-o",
+            "json",
+        ],
     )
     .await;
     let set = set.expect(0).json();
     assert_eq!(set["lab"], r.lab.as_str());
     assert_eq!(set["status"], "offline");
-    let o = labctl(&broker, home, COORD, &["coordinator", "overview", "-o", "json"]).await;
+    let o = labctl(
+        &broker,
+        home,
+        COORD,
+        &["coordinator", "overview", "-o", "json"],
+    )
+    .await;
     let o = o.expect(0).json();
     assert_eq!(o["stranded"][0]["id"], r.id.as_str());
 
@@ -117,10 +155,23 @@ async fn a_coordinator_sees_the_network_and_takes_a_stranded_job_from_a_dark_lab
         &broker,
         home,
         COORD,
-        &["coordinator", "reassign", &r.id, "--reason", "lab offline before the sample arrived"],
+        &[
+            "coordinator",
+            "reassign",
+            &r.id,
+            "--reason",
+            "lab offline before the sample arrived",
+        ],
     )
     .await;
-    assert!(moved.expect(0).stdout.contains("reassigned: now offered to"), "{}", moved.stdout);
+    assert!(
+        moved
+            .expect(0)
+            .stdout
+            .contains("reassigned: now offered to"),
+        "{}",
+        moved.stdout
+    );
     let now = get_request(&trust, &r.id).await;
     assert_ne!(now.lab, r.lab);
     assert_eq!(now.state, proto::RequestState::Offered as i32);
@@ -134,9 +185,15 @@ async fn a_coordinator_sees_the_network_and_takes_a_stranded_job_from_a_dark_lab
         waited += 1;
         audit = std::fs::read_to_string(broker.data_dir.join("audit.log")).unwrap_or_default();
     }
-    assert!(audit.contains("\"action\":\"coordinator.lab_status\""), "{audit}");
+    assert!(
+        audit.contains("\"action\":\"coordinator.lab_status\""),
+        "{audit}"
+    );
     assert!(audit.contains("no answer since 04:00"), "{audit}");
-    assert!(audit.contains("lab offline before the sample arrived"), "{audit}");
+    assert!(
+        audit.contains("lab offline before the sample arrived"),
+        "{audit}"
+    );
     broker.shutdown().await;
 }
 
@@ -145,20 +202,65 @@ async fn coordinator_commands_fail_with_the_documented_exit_codes() {
     let broker = TestBroker::spawn().await;
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let args = |lab: &'static str| ["coordinator", "set-status", lab, "draining", "--reason", "test"];
+    let args = |lab: &'static str| {
+        [
+            "coordinator",
+            "set-status",
+            lab,
+            "draining",
+            "--reason",
+            "test",
+        ]
+    };
 
     // Usage (2): no reason (clap's own message), a blank one, a malformed id, an unknown status;
     // nothing is sent.
-    let missing = labctl(&broker, home, COORD, &["coordinator", "set-status", "RJ7", "offline"]).await;
+    let missing = labctl(
+        &broker,
+        home,
+        COORD,
+        &["coordinator", "set-status", "RJ7", "offline"],
+    )
+    .await;
     assert_eq!(missing.code, 2, "{}", missing.stderr);
     assert!(missing.stderr.contains("--reason"), "{}", missing.stderr);
-    labctl(&broker, home, COORD, &["coordinator", "set-status", "RJ7", "offline", "--reason", " "])
-        .await
-        .expect(2);
-    labctl(&broker, home, COORD, &["coordinator", "reassign", "not-an-id", "--reason", "x"])
-        .await
-        .expect(2);
-    let status = labctl(&broker, home, COORD, &["coordinator", "set-status", "RJ7", "sleeping", "--reason", "x"]).await;
+    labctl(
+        &broker,
+        home,
+        COORD,
+        &[
+            "coordinator",
+            "set-status",
+            "RJ7",
+            "offline",
+            "--reason",
+            " ",
+        ],
+    )
+    .await
+    .expect(2);
+    labctl(
+        &broker,
+        home,
+        COORD,
+        &["coordinator", "reassign", "not-an-id", "--reason", "x"],
+    )
+    .await
+    .expect(2);
+    let status = labctl(
+        &broker,
+        home,
+        COORD,
+        &[
+            "coordinator",
+            "set-status",
+            "RJ7",
+            "sleeping",
+            "--reason",
+            "x",
+        ],
+    )
+    .await;
     assert_eq!(status.code, 2, "{}", status.stderr);
     // Not found (3): an unknown lab, an unknown job.
     labctl(&broker, home, COORD, &args("RXX")).await.expect(3);
@@ -166,24 +268,51 @@ async fn coordinator_commands_fail_with_the_documented_exit_codes() {
         &broker,
         home,
         COORD,
-        &["coordinator", "reassign", "0190f3a2-7c1e-7b3a-9d2f-3a4b5c6d7e8f", "--reason", "x"],
+        &[
+            "coordinator",
+            "reassign",
+            "0190f3a2-7c1e-7b3a-9d2f-3a4b5c6d7e8f",
+            "--reason",
+            "x",
+        ],
     )
     .await
     .expect(3);
     // Conflict (4): only an accepted job can be reassigned.
     let trust = broker.client("RJ1").await;
-    let r = submit(&trust, submission("CLI-COORD-2", Priority::Stat, broker.now())).await;
-    labctl(&broker, home, COORD, &["coordinator", "reassign", &r.id, "--reason", "x"])
-        .await
-        .expect(4);
+    let r = submit(
+        &trust,
+        submission("CLI-COORD-2", Priority::Stat, broker.now()),
+    )
+    .await;
+    labctl(
+        &broker,
+        home,
+        COORD,
+        &["coordinator", "reassign", &r.id, "--reason", "x"],
+    )
+    .await
+    .expect(4);
     // Denied (6): a trust's or a lab's token, or none that the broker knows.
-    labctl(&broker, home, "demo:RJ1", &args("RJ7")).await.expect(6);
-    labctl(&broker, home, "demo:RJ7", &["coordinator", "overview"]).await.expect(6);
-    labctl(&broker, home, "nonsense", &["coordinator", "labs"]).await.expect(6);
+    labctl(&broker, home, "demo:RJ1", &args("RJ7"))
+        .await
+        .expect(6);
+    labctl(&broker, home, "demo:RJ7", &["coordinator", "overview"])
+        .await
+        .expect(6);
+    labctl(&broker, home, "nonsense", &["coordinator", "labs"])
+        .await
+        .expect(6);
     // Nothing changed: every lab is still online.
     let labs = labctl(&broker, home, COORD, &["coordinator", "labs", "-o", "json"]).await;
     let labs = labs.expect(0).json();
-    assert!(labs["labs"].as_array().unwrap().iter().all(|l| l["status"] == "online"));
+    assert!(
+        labs["labs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["status"] == "online")
+    );
     // Unavailable (5): no broker there.
     let gone = broker.url();
     broker.shutdown().await;
@@ -197,5 +326,10 @@ async fn coordinator_commands_fail_with_the_documented_exit_codes() {
         .env_remove("LABAID_PROFILE")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

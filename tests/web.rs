@@ -138,7 +138,10 @@ async fn text_of(browser: &Browser, css: &str) -> String {
 
 async fn sign_in(browser: &Browser, base: &str, token: &str) {
     browser.goto(&format!("{base}/signin")).await.expect("goto");
-    let field = browser.find(Locator::Id("token")).await.expect("token field");
+    let field = browser
+        .find(Locator::Id("token"))
+        .await
+        .expect("token field");
     field.send_keys(token).await.expect("type token");
     browser
         .find(Locator::Id("signin-submit"))
@@ -178,7 +181,11 @@ async fn accessibility(browser: &Browser, axe: &str, name: &str) -> Vec<Value> {
 }
 
 /// The client of the trust that submitted `r`.
-fn trust_of<'a>(rj1: &'a labaid::client::Client, rjz: &'a labaid::client::Client, r: &proto::Request) -> &'a labaid::client::Client {
+fn trust_of<'a>(
+    rj1: &'a labaid::client::Client,
+    rjz: &'a labaid::client::Client,
+    r: &proto::Request,
+) -> &'a labaid::client::Client {
     if r.trust == "RJZ" { rjz } else { rj1 }
 }
 
@@ -212,9 +219,19 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
 
     // Without a session the page sends you to sign in; the sign-in page itself is accessible.
     browser.goto(&base).await.expect("goto");
-    assert!(browser.current_url().await.unwrap().path().ends_with("/signin"));
+    assert!(
+        browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/signin")
+    );
     let bad = accessibility(&browser, &axe, "signin-axe.json").await;
-    assert!(bad.is_empty(), "sign-in page: serious accessibility violations: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "sign-in page: serious accessibility violations: {bad:#?}"
+    );
 
     // A trust's and a lab's credentials, and a made-up token, are refused and open no session.
     for (token, says) in [
@@ -227,7 +244,12 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         assert!(alert.contains(says), "{token}: {alert}");
         browser.goto(&base).await.expect("goto");
         assert!(
-            browser.current_url().await.unwrap().path().ends_with("/signin"),
+            browser
+                .current_url()
+                .await
+                .unwrap()
+                .path()
+                .ends_with("/signin"),
             "{token} opened a session"
         );
     }
@@ -236,7 +258,13 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
 
     // The coordinator signs in: an HttpOnly, SameSite=Strict session cookie, and the live feed.
     sign_in(&browser, &base, "demo:coordinator").await;
-    until(&browser, "document.getElementById('feed-status').textContent === 'Live'", Duration::from_secs(5), "live feed").await;
+    until(
+        &browser,
+        "document.getElementById('feed-status').textContent === 'Live'",
+        Duration::from_secs(5),
+        "live feed",
+    )
+    .await;
     let cookie = browser
         .get_named_cookie("labaid_session")
         .await
@@ -244,14 +272,26 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     assert_eq!(cookie.http_only(), Some(true));
     assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
     assert_eq!(
-        browser.execute("return document.cookie;", vec![]).await.unwrap(),
+        browser
+            .execute("return document.cookie;", vec![])
+            .await
+            .unwrap(),
         json!(""),
         "the session cookie must not be readable by scripts"
     );
 
     // A submission appears on the page within a second.
     let trust = broker.client("RJ1").await;
-    let r = submit(&trust, submission_of("WEB-1", Priority::Stat, &["K"], broker.now().plus_minutes(-20))).await;
+    let r = submit(
+        &trust,
+        submission_of(
+            "WEB-1",
+            Priority::Stat,
+            &["K"],
+            broker.now().plus_minutes(-20),
+        ),
+    )
+    .await;
     let took = until(
         &browser,
         &format!("document.getElementById('offer-{}')", r.id),
@@ -259,13 +299,22 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         "the new request among open offers",
     )
     .await;
-    println!("submission visible on the page after {} ms", took.as_millis());
+    println!(
+        "submission visible on the page after {} ms",
+        took.as_millis()
+    );
     assert!(
-        text_of(&browser, &format!("#deadline-{}", r.id)).await.contains("left"),
+        text_of(&browser, &format!("#deadline-{}", r.id))
+            .await
+            .contains("left"),
         "its time left is shown"
     );
     let first_lab = r.lab.clone();
-    let offered_to = |id: &str| format!("document.getElementById('offer-{id}') && document.getElementById('offer-{id}').dataset.lab");
+    let offered_to = |id: &str| {
+        format!(
+            "document.getElementById('offer-{id}') && document.getElementById('offer-{id}').dataset.lab"
+        )
+    };
 
     // A script without the session's CSRF token is refused, and changes nothing.
     let refused = browser
@@ -297,12 +346,24 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         .select_by_value("offline")
         .await
         .unwrap();
-    browser.find(Locator::Id("action-confirm")).await.unwrap().click().await.unwrap();
+    browser
+        .find(Locator::Id("action-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert!(
-        text_of(&browser, "#action-error").await.contains("reason is required"),
+        text_of(&browser, "#action-error")
+            .await
+            .contains("reason is required"),
         "confirming without a reason is refused"
     );
-    assert_eq!(get_request(&trust, &r.id).await.lab, first_lab, "nothing changed yet");
+    assert_eq!(
+        get_request(&trust, &r.id).await.lab,
+        first_lab,
+        "nothing changed yet"
+    );
     browser
         .find(Locator::Id("action-reason"))
         .await
@@ -310,10 +371,20 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         .send_keys("analyser down, phoned 04:20")
         .await
         .unwrap();
-    browser.find(Locator::Id("action-confirm")).await.unwrap().click().await.unwrap();
+    browser
+        .find(Locator::Id("action-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until(
         &browser,
-        &format!("{} && {} !== '{first_lab}'", offered_to(&r.id), offered_to(&r.id)),
+        &format!(
+            "{} && {} !== '{first_lab}'",
+            offered_to(&r.id),
+            offered_to(&r.id)
+        ),
         Duration::from_secs(2),
         "the offer moving to another lab",
     )
@@ -372,7 +443,13 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         .send_keys("lab offline before the sample arrived")
         .await
         .unwrap();
-    browser.find(Locator::Id("action-confirm")).await.unwrap().click().await.unwrap();
+    browser
+        .find(Locator::Id("action-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until(
         &browser,
         &format!(
@@ -387,7 +464,10 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     .await;
     let reassigned = audited(&broker.data_dir, "coordinator.reassign", 1).await;
     assert_eq!(reassigned[0]["request_id"], json!(r.id));
-    assert_eq!(reassigned[0]["reason"], "lab offline before the sample arrived");
+    assert_eq!(
+        reassigned[0]["reason"],
+        "lab offline before the sample arrived"
+    );
     // The page's decisions and the gRPC call's are audited alike, and chain like any other entry.
     let statuses = audited(&broker.data_dir, "coordinator.lab_status", 2).await;
     assert_eq!(statuses[1]["reason"], "no answer on the phone");
@@ -411,7 +491,12 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         let minutes_ago = 20 + (i as i64 * 7) % 200;
         let req = submit(
             client,
-            submission_of(&format!("LOAD-{i}"), priority, tests, broker.now().plus_minutes(-minutes_ago)),
+            submission_of(
+                &format!("LOAD-{i}"),
+                priority,
+                tests,
+                broker.now().plus_minutes(-minutes_ago),
+            ),
         )
         .await;
         ids.push(req);
@@ -421,7 +506,11 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         .filter(|r| r.state == proto::RequestState::Offered as i32)
         .collect();
     // A dozen jobs are accepted and wait for their samples.
-    let waiting: Vec<&proto::Request> = offered.iter().copied().filter(|r| r.tests != ["K"]).collect();
+    let waiting: Vec<&proto::Request> = offered
+        .iter()
+        .copied()
+        .filter(|r| r.tests != ["K"])
+        .collect();
     for req in waiting.iter().take(12) {
         let lab = broker.client(&req.lab).await;
         lab.labs()
@@ -433,7 +522,12 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     for i in 0..8 {
         submit(
             &rjz,
-            submission_of(&format!("XM-{i}"), Priority::Stat, &["XM"], broker.now().plus_minutes(-30)),
+            submission_of(
+                &format!("XM-{i}"),
+                Priority::Stat,
+                &["XM"],
+                broker.now().plus_minutes(-30),
+            ),
         )
         .await;
     }
@@ -456,7 +550,7 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     // Potassium results come back within the hour (the charts' window): those offered now.
     let mut resulted = 0;
     for req in ids.iter().filter(|r| r.tests == ["K"]) {
-        let now = get_request(&trust_of(&trust, &rjz, req), &req.id).await;
+        let now = get_request(trust_of(&trust, &rjz, req), &req.id).await;
         if now.state != proto::RequestState::Offered as i32 || resulted == 4 {
             continue;
         }
@@ -494,8 +588,17 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     )
     .await;
     // The whole page in one picture, as a wall screen would show it.
-    browser.set_window_size(1600, 3800).await.expect("window size");
-    browser.execute("window.scrollTo(0, 0); document.activeElement.blur();", vec![]).await.unwrap();
+    browser
+        .set_window_size(1600, 3800)
+        .await
+        .expect("window size");
+    browser
+        .execute(
+            "window.scrollTo(0, 0); document.activeElement.blur();",
+            vec![],
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await; // one repaint after the resize
     let shot = browser.screenshot().await.expect("screenshot");
     let path = artefacts().join("coordinator.png");
@@ -503,11 +606,26 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     println!("screenshot: {}", path.display());
 
     let bad = accessibility(&browser, &axe, "coordinator-axe.json").await;
-    assert!(bad.is_empty(), "coordinator page: serious accessibility violations: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "coordinator page: serious accessibility violations: {bad:#?}"
+    );
 
     // Signing out ends the session: the feed and the API answer 401 to that cookie.
-    browser.find(Locator::Css("#signout button")).await.unwrap().click().await.unwrap();
-    until(&browser, "window.location.pathname === '/signin'", Duration::from_secs(5), "the sign-in page after signing out").await;
+    browser
+        .find(Locator::Css("#signout button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &browser,
+        "window.location.pathname === '/signin'",
+        Duration::from_secs(5),
+        "the sign-in page after signing out",
+    )
+    .await;
     let status = browser
         .execute_async(
             "const done = arguments[0]; fetch('/api/snapshot').then(r => done(r.status));",

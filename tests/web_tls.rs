@@ -151,7 +151,11 @@ async fn under_tls_a_coordinator_certificate_or_token_signs_in_with_a_secure_coo
         .await
         .expect("trust client")
     };
-    let r = submit(&trust, submission("TLS-WEB-1", Priority::Stat, broker.now())).await;
+    let r = submit(
+        &trust,
+        submission("TLS-WEB-1", Priority::Stat, broker.now()),
+    )
+    .await;
     let session = cookie.split(';').next().unwrap();
     let get = format!(
         "GET /api/snapshot HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nCookie: {session}\r\n\r\n"
@@ -166,7 +170,10 @@ async fn under_tls_a_coordinator_certificate_or_token_signs_in_with_a_secure_coo
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(body.contains(&r.id), "the request never reached the snapshot");
+    assert!(
+        body.contains(&r.id),
+        "the request never reached the snapshot"
+    );
     for secret in ["9434765919", "Testpatient", "Alex", "1970-01-01"] {
         assert!(!body.contains(secret), "the snapshot shows {secret}");
     }

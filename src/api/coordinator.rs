@@ -10,7 +10,8 @@ use super::{Context, parse_id};
 use crate::audit::Action;
 use crate::auth::{Principal, Role};
 use crate::domain::{
-    BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, Request as Job, RequestId, RequestState,
+    BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, Request as Job, RequestId,
+    RequestState,
 };
 use crate::error::Error;
 use crate::proto;

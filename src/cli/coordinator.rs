@@ -180,13 +180,15 @@ fn status_style(status: i32) -> Style {
 fn labs_table(out: &Output, labs: &[proto::Lab]) -> Result<(), CliError> {
     let mut table = Table::new(["LAB", "STATUS", "IN FLIGHT", "CAPACITY", "NAME"]);
     for l in labs {
-        let (used, cap) = l
-            .tests
-            .iter()
-            .fold((0u64, 0u64), |(u, c), t| (u + u64::from(t.in_flight), c + u64::from(t.capacity)));
+        let (used, cap) = l.tests.iter().fold((0u64, 0u64), |(u, c), t| {
+            (u + u64::from(t.in_flight), c + u64::from(t.capacity))
+        });
         table.styled_row(vec![
             (l.ods.clone(), Style::Plain),
-            (lab_status_name(l.status).to_string(), status_style(l.status)),
+            (
+                lab_status_name(l.status).to_string(),
+                status_style(l.status),
+            ),
             (used.to_string(), Style::Plain),
             (cap.to_string(), Style::Plain),
             (l.name.clone(), Style::Plain),
@@ -259,7 +261,10 @@ async fn labs(ctx: &Ctx) -> Result<(), CliError> {
         for (i, t) in l.tests.iter().enumerate() {
             let first = i == 0;
             table.styled_row(vec![
-                (if first { l.ods.clone() } else { String::new() }, Style::Plain),
+                (
+                    if first { l.ods.clone() } else { String::new() },
+                    Style::Plain,
+                ),
                 (
                     if first {
                         lab_status_name(l.status).to_string()

@@ -128,10 +128,7 @@ impl Snapshot {
             .into_iter()
             .rev()
             .map(|(p, waiting)| {
-                let oldest = waits
-                    .iter()
-                    .find(|(q, _)| *q == p)
-                    .map_or(0.0, |(_, w)| *w);
+                let oldest = waits.iter().find(|(q, _)| *q == p).map_or(0.0, |(_, w)| *w);
                 let target_s = target_minutes(p) * 60;
                 Queue {
                     priority: p.as_str(),

@@ -150,7 +150,11 @@ mod tests {
         let id = sessions.open(who(), now).unwrap();
         let headers = with_cookie(&format!("other=1; {COOKIE_NAME}={id}"));
         assert!(sessions.find(&headers, now).is_some());
-        assert!(sessions.find(&with_cookie("labaid_session=nope"), now).is_none());
+        assert!(
+            sessions
+                .find(&with_cookie("labaid_session=nope"), now)
+                .is_none()
+        );
         let later = now.plus_millis(SESSION_TTL.as_millis() as i64);
         assert!(sessions.find(&headers, later).is_none());
     }

@@ -56,16 +56,20 @@ impl WebTls {
         let builder = match &paths.client_ca {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad("client CA", ca, &e))?
+                for cert in
+                    CertificateDer::pem_file_iter(ca).map_err(|e| bad("client CA", ca, &e))?
                 {
                     roots
                         .add(cert.map_err(|e| bad("client CA", ca, &e))?)
                         .map_err(|e| bad("client CA", ca, &e))?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| Error::FailedPrecondition(format!("web tls: client CA: {e}")))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| {
+                            Error::FailedPrecondition(format!("web tls: client CA: {e}"))
+                        })?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),

@@ -99,14 +99,11 @@ impl Tracker {
     pub(crate) fn on_event(&mut self, views: &Views, event: &Event) {
         let id = event.request.id;
         match event.kind {
-            EventKind::Trust(TrustEventKind::Resulted) => {
-                if !self.counted_at_fill.remove(&id) {
-                    self.count_result(&event.request, event.time);
-                }
+            EventKind::Trust(TrustEventKind::Resulted) if !self.counted_at_fill.remove(&id) => {
+                self.count_result(&event.request, event.time);
             }
             EventKind::Trust(TrustEventKind::Expired) => {
-                self.expired
-                    .insert((event.time, id), event.request.clone());
+                self.expired.insert((event.time, id), event.request.clone());
             }
             _ => {}
         }
@@ -129,8 +126,10 @@ impl Tracker {
     }
 
     fn count_result(&mut self, r: &Request, at: Timestamp) {
-        let bin = &mut self.bins.entry(at.millis().div_euclid(MINUTE_MS)).or_default()
-            [priority_index(r.submission.priority)];
+        let bin = &mut self
+            .bins
+            .entry(at.millis().div_euclid(MINUTE_MS))
+            .or_default()[priority_index(r.submission.priority)];
         bin.results += 1;
         bin.turnaround_ms_sum += at.millis_since(r.submitted_at).max(0);
     }
@@ -221,8 +220,10 @@ mod tests {
     fn bins_leave_the_window_after_an_hour() {
         let mut t = Tracker::default();
         let now = Timestamp::from_millis(10 * 3_600_000);
-        t.bins.insert(now.millis() / MINUTE_MS - 61, [Bin::default(); 4]);
-        t.bins.insert(now.millis() / MINUTE_MS - 5, [Bin::default(); 4]);
+        t.bins
+            .insert(now.millis() / MINUTE_MS - 61, [Bin::default(); 4]);
+        t.bins
+            .insert(now.millis() / MINUTE_MS - 5, [Bin::default(); 4]);
         t.prune(now);
         assert_eq!(t.bins.len(), 1);
         let minutes = t.minutes(now);
