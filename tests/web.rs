@@ -637,3 +637,117 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
     browser.close().await.expect("close browser");
     broker.shutdown().await;
 }
+
+/// A demo broker on `dir` serving the page on `web`, until the returned sender is used.
+async fn broker_on(
+    dir: &Path,
+    web: tokio::net::TcpListener,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), labaid::Error>>,
+) {
+    let mut config = labaid::Config::demo().unwrap();
+    config.data_dir = dir.to_path_buf();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready, serving) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(labaid::serve_on(
+        labaid::Listeners {
+            grpc,
+            ops: None,
+            web: Some(web),
+            on_ready: Some(ready),
+        },
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    serving.await.expect("the broker serves");
+    (addr, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_notices_a_broker_restart_and_comes_back_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap();
+    let base = format!("http://{web_addr}");
+    let (addr, stop, task) = broker_on(dir.path(), web).await;
+    let (_driver, browser) = start_browser().await;
+    sign_in(&browser, &base, "demo:coordinator").await;
+    until(
+        &browser,
+        "document.getElementById('feed-status').textContent === 'Live'",
+        Duration::from_secs(5),
+        "live feed",
+    )
+    .await;
+    let trust = labaid::client::Client::connect(&labaid::client::ConnectOptions {
+        addr: format!("http://{addr}"),
+        token: Some("demo:RJ1".into()),
+        connect_timeout: None,
+        tls: None,
+    })
+    .await
+    .unwrap();
+    let r = submit(
+        &trust,
+        submission(
+            "RESTART-1",
+            Priority::Stat,
+            labaid::domain::Timestamp::now(),
+        ),
+    )
+    .await;
+    until(
+        &browser,
+        &format!("document.getElementById('offer-{}')", r.id),
+        Duration::from_secs(2),
+        "the request",
+    )
+    .await;
+
+    // The broker stops: the page says the connection is lost, and keeps trying.
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    until(
+        &browser,
+        "document.getElementById('feed-status').textContent.startsWith('Connection lost') || document.getElementById('feed-status').textContent.startsWith('Broker unreachable')",
+        Duration::from_secs(5),
+        "the lost connection shown",
+    )
+    .await;
+
+    // It comes back on the same address: sessions do not outlive a restart, so the page goes to
+    // the sign-in by itself; signed in again, it is live with what the broker had made durable.
+    let web = tokio::net::TcpListener::bind(web_addr).await.unwrap();
+    let (_, stop, task) = broker_on(dir.path(), web).await;
+    until(
+        &browser,
+        "window.location.pathname === '/signin'",
+        Duration::from_secs(10),
+        "the page back at sign-in",
+    )
+    .await;
+    sign_in(&browser, &base, "demo:coordinator").await;
+    until(
+        &browser,
+        "document.getElementById('feed-status').textContent === 'Live'",
+        Duration::from_secs(5),
+        "live again",
+    )
+    .await;
+    until(
+        &browser,
+        &format!("document.getElementById('offer-{}')", r.id),
+        Duration::from_secs(2),
+        "the request after the restart",
+    )
+    .await;
+    browser.close().await.expect("close browser");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
