@@ -24,6 +24,8 @@ pub const DEMO_DIRECTORY: &str = include_str!("../deploy/demo/se-london.toml");
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default address of the metrics and health HTTP listener.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Default address of the coordinator page.
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8080";
 /// Default time in-flight calls get to finish at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u32 = 10;
 /// Default data directory.
@@ -62,6 +64,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the metrics and health HTTP listener; `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the coordinator page; `None` turns it off.
+    pub web_listen: Option<SocketAddr>,
     /// How long in-flight calls get to finish once shutdown begins.
     pub shutdown_grace: std::time::Duration,
     /// A lab silent this long (no call, no open watch) is marked OFFLINE; `None` turns this off.
@@ -308,6 +312,7 @@ struct SecurityFile {
 struct FileConfig {
     listen: Option<String>,
     metrics_listen: Option<String>,
+    web_listen: Option<String>,
     shutdown_grace_seconds: Option<u32>,
     heartbeat_timeout_seconds: Option<u32>,
     data_dir: Option<PathBuf>,
@@ -479,6 +484,14 @@ impl Config {
                 ))
             })?),
         };
+        let web_listen = match file.web_listen.as_deref().unwrap_or(DEFAULT_WEB_LISTEN) {
+            "" | "off" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                invalid(format!(
+                    "web_listen: {e} (expected e.g. 127.0.0.1:8080, or \"off\")"
+                ))
+            })?),
+        };
         let grace = file
             .shutdown_grace_seconds
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
@@ -618,6 +631,7 @@ impl Config {
         Ok(Self {
             listen,
             metrics_listen,
+            web_listen,
             shutdown_grace: std::time::Duration::from_secs(u64::from(grace)),
             heartbeat_timeout,
             data_dir: file

@@ -20,6 +20,7 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod wire;
+pub mod web;
 
 pub use config::Config;
 pub use error::Error;

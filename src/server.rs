@@ -51,6 +51,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Metrics and health over HTTP; `None` for none.
     pub ops: Option<TcpListener>,
+    /// The coordinator page; `None` for none.
+    pub web: Option<TcpListener>,
     /// Told once the broker serves calls (after recovery).
     pub on_ready: Option<oneshot::Sender<()>>,
 }
@@ -78,8 +80,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Serves the broker on `listener` (and the operations listener at `config.metrics_listen`, if
-/// any) until `shutdown` resolves.
+/// Serves the broker on `listener` (and the operations listener at `config.metrics_listen` and the
+/// coordinator page at `config.web_listen`, if any) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -92,10 +94,19 @@ pub async fn serve(
             })?),
             None => None,
         };
+    let web = match config.web_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::Internal(format!(
+                "cannot listen for the coordinator page on {addr}: {e}"
+            ))
+        })?),
+        None => None,
+    };
     serve_on(
         Listeners {
             grpc: listener,
             ops,
+            web,
             on_ready: None,
         },
         config,
@@ -130,9 +141,20 @@ pub async fn serve_on(
         }
     };
     let ops_addr = listeners.ops.as_ref().and_then(|l| l.local_addr().ok());
-    log_effective_config(&config, addr, ops_addr);
+    let web_addr = listeners.web.as_ref().and_then(|l| l.local_addr().ok());
+    log_effective_config(&config, addr, ops_addr, web_addr);
     let demo_tokens = config.demo && addr.ip().is_loopback();
     let tls = transport_security(addr, &config, demo_tokens)?;
+    let web_tls = match (web_addr, &config.tls) {
+        (Some(_), Some(paths)) => Some(crate::web::WebTls::from_paths(paths)?),
+        (Some(web), None) if !web.ip().is_loopback() => {
+            return Err(Error::FailedPrecondition(format!(
+                "refusing to serve the coordinator page in plaintext on {web}: set --tls-cert and \
+                 --tls-key, or listen on loopback"
+            )));
+        }
+        _ => None,
+    };
     if demo_tokens {
         tracing::warn!(listen = %addr, "demo mode: demo tokens accepted on loopback");
     }
@@ -254,6 +276,25 @@ pub async fn serve_on(
         presence: Arc::new(Presence::default()),
         metrics: metrics.clone(),
     };
+    let web_task = listeners.web.map(|listener| {
+        let mut web_ctx = ctx.clone();
+        // Demo tokens on the page only when the page, too, is on loopback.
+        web_ctx.auth = authenticator(
+            &config,
+            demo_tokens && web_addr.is_some_and(|a| a.ip().is_loopback()),
+        );
+        let mut stopped = stop_rx.clone();
+        tokio::spawn(crate::web::serve_web(
+            listener,
+            web_ctx,
+            config.trusts.keys().cloned().collect(),
+            config.labs.iter().map(|l| l.ods.clone()).collect(),
+            web_tls,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    });
     if let Some(timeout) = config.heartbeat_timeout {
         tokio::spawn(crate::ops::watch_heartbeats(
             engine.clone(),
@@ -369,6 +410,10 @@ pub async fn serve_on(
     if let Some(task) = ops_task {
         let _ = task.await;
     }
+    if let Some(task) = web_task {
+        // Open live feeds end at the shutdown signal; the grace period bounds anything else.
+        let _ = tokio::time::timeout(grace, task).await;
+    }
     // Wait for the sequencer, so the journal is complete and synced.
     let _ = tokio::task::spawn_blocking(move || sequencer.join()).await;
     let _ = tokio::task::spawn_blocking(move || audit_writer.close()).await;
@@ -426,10 +471,16 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Logs the configuration in effect; it holds no secrets but the log masks nothing by accident
 /// because only these fields are printed.
-fn log_effective_config(config: &Config, grpc: SocketAddr, ops: Option<SocketAddr>) {
+fn log_effective_config(
+    config: &Config,
+    grpc: SocketAddr,
+    ops: Option<SocketAddr>,
+    web: Option<SocketAddr>,
+) {
     tracing::info!(
         listen = %grpc,
         metrics_listen = %ops.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        web_listen = %web.map_or_else(|| "off".to_string(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
         snapshot_min_bytes = config.store.snapshot_min_bytes,
         demo = config.demo,

@@ -31,6 +31,7 @@ async fn a_job_stranded_at_an_offline_lab_is_seen_and_reassigned_by_the_coordina
         .set_lab_status(proto::SetLabStatusRequest {
             lab: r.lab.clone(),
             status: proto::LabStatus::Offline as i32,
+            reason: String::new(),
         })
         .await
         .unwrap();
@@ -188,6 +189,7 @@ async fn coordinator_calls_need_the_coordinator_role_and_check_state() {
             .set_lab_status(proto::SetLabStatusRequest {
                 lab: "RJ7".into(),
                 status: 3,
+                reason: String::new(),
             })
             .await
             .unwrap_err();
@@ -209,6 +211,7 @@ async fn coordinator_calls_need_the_coordinator_role_and_check_state() {
         .set_lab_status(proto::SetLabStatusRequest {
             lab: "RXX".into(),
             status: 3,
+            reason: String::new(),
         })
         .await
         .unwrap_err();

@@ -718,6 +718,7 @@ fn config_in(dir: &Path) -> labaid::Config {
     let mut config = labaid::Config::demo().expect("demo config");
     config.data_dir = dir.to_path_buf();
     config.metrics_listen = None;
+    config.web_listen = None;
     config
 }
 

@@ -1,18 +1,23 @@
 //! CoordinatorService: the incident coordinator's overview, and decisions about labs that went
 //! dark. Shows no patient data.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
+use crate::wire::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 use super::{Context, parse_id};
 use crate::audit::Action;
-use crate::auth::caller;
-use crate::domain::{BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, RequestState};
+use crate::auth::{Principal, Role, caller};
+use crate::domain::{
+    BoundedText, LabStatus, MAX_NOTE_CHARS, OdsCode, Priority, Request as Job, RequestId,
+    RequestState,
+};
 use crate::engine::Asked;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::coordinator_service_server::CoordinatorService;
 use crate::routing::{Command, Reply};
-use crate::wire::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 
 /// The coordinators' service.
 #[derive(Debug, Clone)]
@@ -25,6 +30,7 @@ impl CoordinatorApi {
     pub fn new(ctx: Context) -> Self {
         Self { ctx }
     }
+
 }
 
 #[tonic::async_trait]
@@ -99,26 +105,10 @@ impl CoordinatorService for CoordinatorApi {
     ) -> Result<Response<proto::SetLabStatusResponse>, Status> {
         let who = caller(&request)?;
         let m = request.into_inner();
-        let lab = OdsCode::parse(&m.lab).map_err(|e| Error::invalid("lab", e))?;
-        if self.ctx.engine.views().lab(&lab).is_none() {
-            return Err(Error::NotFound(format!("lab {lab} not found")).into());
-        }
         let status = status_from(m.status)
             .ok_or_else(|| Error::invalid("status", "must be one of online, draining, offline"))?;
-        let asked = Asked {
-            who: &who,
-            action: Action::CoordinatorLabStatus,
-            request: None,
-        };
-        let command = Command::SetStatus {
-            lab: lab.clone(),
-            status,
-        };
-        let reply = self.ctx.engine.execute_as(asked, command).await?;
-        let Reply::Status { status, withdrawn } = reply else {
-            return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
-        };
-        tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
+        let (lab, status, withdrawn) =
+            set_lab_status(&self.ctx, &who, &m.lab, status, &m.reason).await?;
         Ok(Response::new(proto::SetLabStatusResponse {
             lab: lab.to_string(),
             status: status_to(status) as i32,
@@ -133,24 +123,7 @@ impl CoordinatorService for CoordinatorApi {
         let who = caller(&request)?;
         let m = request.into_inner();
         let id = parse_id(&m.id)?;
-        if m.reason.trim().is_empty() {
-            return Err(
-                Error::invalid("reason", "is required: say why the job is reassigned").into(),
-            );
-        }
-        let reason = BoundedText::parse(&m.reason, MAX_NOTE_CHARS)
-            .map_err(|e| Error::invalid("reason", e))?;
-        let asked = Asked {
-            who: &who,
-            action: Action::CoordinatorReassign,
-            request: Some(id),
-        };
-        let command = Command::Reassign { id, reason };
-        let reply = self.ctx.engine.execute_as(asked, command).await?;
-        let Reply::Request { request, .. } = reply else {
-            return Err(Error::Internal(format!("unexpected reply {reply:?}")).into());
-        };
-        tracing::info!(request.id = %id, "job reassigned by a coordinator");
+        let request = reassign_job(&self.ctx, &who, id, &m.reason).await?;
         Ok(Response::new(proto::ReassignJobResponse {
             id: id.to_string(),
             state: state_to(request.state) as i32,
@@ -162,4 +135,76 @@ impl CoordinatorService for CoordinatorApi {
                 .unwrap_or_default(),
         }))
     }
+}
+
+/// Sets `lab`'s status for coordinator `who` and audits it with the `reason` given (optional over
+/// gRPC, for callers that predate it): the one path of the gRPC call and the coordinator page.
+/// Returns the lab, its status now and the offers withdrawn.
+pub(crate) async fn set_lab_status(
+    ctx: &Context,
+    who: &Principal,
+    lab: &str,
+    status: LabStatus,
+    reason: &str,
+) -> Result<(OdsCode, LabStatus, u32), Error> {
+    who.require(Role::Coordinator)?;
+    let lab = OdsCode::parse(lab).map_err(|e| Error::invalid("lab", e))?;
+    let reason = match reason.trim() {
+        "" => None,
+        r => Some(BoundedText::parse(r, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?),
+    };
+    if ctx.engine.views().lab(&lab).is_none() {
+        return Err(Error::NotFound(format!("lab {lab} not found")));
+    }
+    let asked = Asked {
+        who,
+        action: Action::CoordinatorLabStatus,
+        request: None,
+        reason: reason.as_ref().map(BoundedText::as_str),
+    };
+    let command = Command::SetStatus {
+        lab: lab.clone(),
+        status,
+    };
+    let reply = ctx.engine.execute_as(asked, command).await?;
+    let Reply::Status { status, withdrawn } = reply else {
+        return Err(Error::Internal(format!("unexpected reply {reply:?}")));
+    };
+    tracing::info!(lab = %lab, status = status.as_str(), withdrawn, "lab status set by a coordinator");
+    Ok((lab, status, withdrawn))
+}
+
+/// Returns accepted job `id` to the queue for coordinator `who`, with a required `reason`, and
+/// audits it: the one path of the gRPC call and the coordinator page.
+pub(crate) async fn reassign_job(
+    ctx: &Context,
+    who: &Principal,
+    id: RequestId,
+    reason: &str,
+) -> Result<Arc<Job>, Error> {
+    who.require(Role::Coordinator)?;
+    if reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "reason",
+            "is required: say why the job is reassigned",
+        ));
+    }
+    let reason =
+        BoundedText::parse(reason, MAX_NOTE_CHARS).map_err(|e| Error::invalid("reason", e))?;
+    let asked = Asked {
+        who,
+        action: Action::CoordinatorReassign,
+        request: Some(id),
+        reason: Some(reason.as_str()),
+    };
+    let command = Command::Reassign {
+        id,
+        reason: reason.clone(),
+    };
+    let reply = ctx.engine.execute_as(asked, command).await?;
+    let Reply::Request { request, .. } = reply else {
+        return Err(Error::Internal(format!("unexpected reply {reply:?}")));
+    };
+    tracing::info!(request.id = %id, "job reassigned by a coordinator");
+    Ok(request)
 }

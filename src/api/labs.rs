@@ -116,6 +116,7 @@ impl LabApi {
             who,
             action,
             request: Some(id),
+            reason: None,
         };
         match self.ctx.engine.execute_as(asked, command).await? {
             Reply::Request { request, .. } => Ok(job_to(&request)),
@@ -164,6 +165,7 @@ impl LabApi {
             who,
             action: Action::JobDecline,
             request: Some(id),
+            reason: None,
         };
         self.ctx
             .engine
@@ -465,6 +467,7 @@ impl LabService for LabApi {
             who: &who,
             action: Action::LabCapacity,
             request: None,
+            reason: None,
         };
         let command = Command::SetCapacity {
             lab: who.org.clone(),
@@ -511,6 +514,7 @@ impl LabService for LabApi {
             who: &who,
             action: Action::LabStatus,
             request: None,
+            reason: None,
         };
         let command = Command::SetStatus {
             lab: who.org.clone(),

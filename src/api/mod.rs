@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::ops::Presence;
 
 pub use coordinator::CoordinatorApi;
+pub(crate) use coordinator::{reassign_job, set_lab_status};
 pub use directory::DirectoryApi;
 pub use labs::LabApi;
 pub use requests::RequestApi;

@@ -50,6 +50,7 @@ impl RequestService for RequestApi {
             who: &who,
             action: Action::RequestSubmit,
             request: None,
+            reason: None,
         };
         let command = Command::Submit {
             trust: who.org.clone(),
@@ -128,6 +129,7 @@ impl RequestService for RequestApi {
             who: &who,
             action: Action::RequestCancel,
             request: Some(id),
+            reason: None,
         };
         let command = Command::Cancel {
             trust: who.org.clone(),

@@ -29,6 +29,9 @@ pub struct AuditEntry {
     /// The request (or job) concerned, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// A coordinator's stated reason for a decision (setting a lab's status, reassigning a job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Hash of the previous entry ([`GENESIS`] for the first).
     pub prev_hash: String,
     /// SHA-256 over `prev_hash`, a newline and the canonical body (see [`AuditEntry::compute_hash`]).
@@ -37,7 +40,7 @@ pub struct AuditEntry {
 
 /// The hashed part of an entry, in a fixed field order: serde_json writes struct fields in
 /// declaration order, so this serialisation is canonical. `request_id` is always present (null
-/// if none).
+/// if none); `reason` only when there is one, so entries without it hash as they always did.
 #[derive(Serialize)]
 pub(crate) struct Body<'a> {
     pub(crate) seq: u64,
@@ -46,6 +49,8 @@ pub(crate) struct Body<'a> {
     pub(crate) role: &'a str,
     pub(crate) action: &'a str,
     pub(crate) request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<&'a str>,
 }
 
 /// An entry as written: the same JSON line an [`AuditEntry`] makes, from borrowed parts.
@@ -58,6 +63,8 @@ struct Line<'a> {
     action: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     prev_hash: &'a str,
     hash: &'a str,
 }
@@ -72,6 +79,7 @@ impl AuditEntry {
             role: &self.role,
             action: &self.action,
             request_id: self.request_id.as_deref(),
+            reason: self.reason.as_deref(),
         };
         let mut hash = String::new();
         chain_hash(&self.prev_hash, &body, &mut Vec::new(), &mut hash);
@@ -114,6 +122,7 @@ pub(crate) fn write_line(
         role: body.role,
         action: body.action,
         request_id: body.request_id,
+        reason: body.reason,
         prev_hash,
         hash,
     };

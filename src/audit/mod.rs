@@ -108,6 +108,8 @@ pub struct Record {
     role: &'static str,
     action: Action,
     request_id: Option<RequestId>,
+    /// A coordinator's stated reason for a decision.
+    reason: Option<String>,
 }
 
 impl Record {
@@ -124,7 +126,14 @@ impl Record {
             role: who.role.as_str(),
             action,
             request_id: request,
+            reason: None,
         }
+    }
+
+    /// The entry with a coordinator's stated `reason` for the decision.
+    pub fn with_reason(mut self, reason: Option<&str>) -> Self {
+        self.reason = reason.map(str::to_string);
+        self
     }
 
     /// The request the entry names, once it is known (a submission's id comes from its reply).
@@ -351,6 +360,7 @@ fn write_loop(
                             request_id: r
                                 .request_id
                                 .map(|id| &*id.0.hyphenated().encode_lower(&mut id_text)),
+                            reason: r.reason.as_deref(),
                         };
                         chain::chain_hash(&head, &body, &mut scratch, &mut next_head);
                         if let Err(e) = chain::write_line(&mut out, &body, &head, &next_head) {

@@ -477,6 +477,7 @@ fn generated_config(
     let mut entries = String::new();
     let _ = writeln!(out, "listen = \"{addr}\"");
     let _ = writeln!(out, "metrics_listen = \"{metrics}\"");
+    let _ = writeln!(out, "web_listen = \"off\"");
     let _ = writeln!(out, "data_dir = {:?}", data_dir.display().to_string());
     let _ = writeln!(out, "allow_plaintext_loopback = true\n");
     let _ = writeln!(

@@ -36,6 +36,10 @@ struct Args {
     /// [default: 127.0.0.1:9464, or the config file's `metrics_listen`].
     #[arg(long, env = "LABAID_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Address of the coordinator page (served over TLS when the broker has TLS), or "off"
+    /// [default: 127.0.0.1:8080, or the config file's `web_listen`].
+    #[arg(long, env = "LABAID_WEB_LISTEN", value_parser = parse_web_listen)]
+    web_listen: Option<WebListen>,
     /// Directory the store keeps its journal, snapshots and audit log in [default: ./labaid-data,
     /// or the config file's `data_dir`].
     #[arg(long, env = "LABAID_DATA_DIR")]
@@ -216,6 +220,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(metrics) = args.metrics_listen {
         config.metrics_listen = Some(metrics);
     }
+    if let Some(WebListen(web)) = args.web_listen {
+        config.web_listen = web;
+    }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
@@ -254,6 +261,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         };
+        let web = match config.web_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for the coordinator page on {addr}"))?,
+            ),
+            None => None,
+        };
         // systemd hears READY=1 once the store is recovered and the broker serves on bound
         // listeners, and STOPPING=1 when a signal starts the drain.
         let (ready, serving) = tokio::sync::oneshot::channel();
@@ -262,12 +277,27 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let listeners = labaid::Listeners {
             grpc,
             ops,
+            web,
             on_ready: Some(ready),
         };
         let shutdown = systemd::stopping_after(labaid::shutdown_signal());
         labaid::serve_on(listeners, config, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `--web-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct WebListen(Option<std::net::SocketAddr>);
+
+fn parse_web_listen(raw: &str) -> Result<WebListen, String> {
+    match raw {
+        "off" => Ok(WebListen(None)),
+        addr => addr
+            .parse()
+            .map(|a| WebListen(Some(a)))
+            .map_err(|e| format!("{e} (expected e.g. 127.0.0.1:8080, or off)")),
+    }
 }
 
 fn token_create(org: &str, role: &str) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,7 @@
 mod capacity;
 mod catalogue;
 pub(crate) mod config;
+mod coordinator;
 mod error;
 mod follow;
 mod jobs;
@@ -41,8 +42,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// labctl: work pathology mutual-aid requests on a labaid broker.
 ///
 /// Lab operators watch offers, accept or decline them, record samples and post results; trust
-/// staff submit, follow and cancel requests. Which organisation you act for comes from your token
-/// (for the demo broker, LABAID_TOKEN=demo:RJ7 for a lab or demo:RJ1 for a trust).
+/// staff submit, follow and cancel requests; coordinators watch the network and act on labs that
+/// went dark. Which organisation you act for comes from your token (for the demo broker,
+/// LABAID_TOKEN=demo:RJ7 for a lab, demo:RJ1 for a trust, demo:coordinator for a coordinator).
 ///
 /// Settings come from flags, then the environment (LABAID_ADDR, LABAID_TOKEN, LABAID_CA,
 /// LABAID_CERT, LABAID_KEY, LABAID_PROFILE), then the profile file
@@ -103,6 +105,9 @@ enum Command {
     /// Trust: submit, list, show, watch and cancel requests
     #[command(subcommand)]
     Requests(requests::RequestsCommand),
+    /// Coordinator: the network at a glance, lab status and reassigning stranded jobs
+    #[command(subcommand)]
+    Coordinator(coordinator::CoordinatorCommand),
     /// Show the connection settings in effect (secrets masked)
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -285,6 +290,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             Command::Status(a) => status::run(&ctx, a).await,
             Command::Catalogue => catalogue::run(&ctx).await,
             Command::Requests(c) => requests::run(&ctx, c).await,
+            Command::Coordinator(c) => coordinator::run(&ctx, c).await,
             Command::Config(_) | Command::Completions { .. } => Ok(()),
         }
     })

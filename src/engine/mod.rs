@@ -47,6 +47,8 @@ pub struct Asked<'a> {
     pub action: Action,
     /// The request it acts on, when known before the command is decided.
     pub request: Option<RequestId>,
+    /// A coordinator's stated reason, recorded with the entry.
+    pub reason: Option<&'a str>,
 }
 
 /// What has been decided and not yet taken by the syncer, with the state it was decided on.
@@ -271,7 +273,7 @@ impl Engine {
             d.replies.push(Pending {
                 reply,
                 result: result.map_err(Error::from),
-                audit: asked.map(|a| Record::new(now, a.who, a.action, a.request)),
+                audit: asked.map(|a| Record::new(now, a.who, a.action, a.request).with_reason(a.reason)),
             });
             let next_timer = d.router.next_timer();
             let wake_timers = next_timer.is_some_and(|t| d.timer_target.is_none_or(|at| t < at));

@@ -49,6 +49,12 @@ impl Presence {
         }
     }
 
+    /// When `lab` was last heard from, and whether it holds a watch open now (the coordinator
+    /// page's heartbeat column).
+    pub fn last_seen(&self, lab: &OdsCode) -> Option<(Timestamp, bool)> {
+        self.seen.get(lab).map(|entry| (entry.0, entry.1 > 0))
+    }
+
     /// True when `lab` holds a watch open or was heard from after `since`.
     fn present(&self, lab: &OdsCode, since: Timestamp) -> bool {
         self.seen

@@ -23,6 +23,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The metrics and health HTTP listener.
     pub ops_addr: SocketAddr,
+    /// The coordinator page, when the broker serves it (`spawn_with_web`).
+    pub web_addr: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), labaid::Error>>>,
@@ -46,7 +48,16 @@ impl TestBroker {
     }
 
     /// A broker with this config and clock (e.g. a restart on `config.data_dir` at a later time).
-    pub async fn spawn_with_clock(mut config: Config, clock: Arc<ManualClock>) -> Self {
+    pub async fn spawn_with_clock(config: Config, clock: Arc<ManualClock>) -> Self {
+        Self::start(config, clock, false).await
+    }
+
+    /// A broker with this config that also serves the coordinator page on an ephemeral port.
+    pub async fn spawn_with_web(config: Config) -> Self {
+        Self::start(config, Arc::new(ManualClock::new(Timestamp::now())), true).await
+    }
+
+    async fn start(mut config: Config, clock: Arc<ManualClock>, web: bool) -> Self {
         config.clock = clock.clone();
         let data = (config.data_dir == std::path::Path::new(labaid::config::DEFAULT_DATA_DIR))
             .then(|| tempfile::tempdir().expect("tempdir"));
@@ -61,11 +72,18 @@ impl TestBroker {
         let addr = listener.local_addr().expect("addr");
         let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind ops");
         let ops_addr = ops.local_addr().expect("ops addr");
+        let web = if web {
+            Some(TcpListener::bind("127.0.0.1:0").await.expect("bind web"))
+        } else {
+            None
+        };
+        let web_addr = web.as_ref().map(|l| l.local_addr().expect("web addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready) = oneshot::channel();
         let listeners = labaid::Listeners {
             grpc: listener,
             ops: Some(ops),
+            web,
             on_ready: Some(ready_tx),
         };
         let mut task = tokio::spawn(labaid::serve_on(listeners, config, async {
@@ -78,6 +96,7 @@ impl TestBroker {
         Self {
             addr,
             ops_addr,
+            web_addr,
             clock,
             stop: Some(stop),
             task: Some(task),
