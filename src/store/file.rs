@@ -27,9 +27,9 @@ const SEGMENT_MAGIC: &[u8; 8] = b"LABAIDJ1";
 pub(crate) const SEGMENT_HEADER: usize = 20;
 /// Zeros written ahead of the journal's records whenever they reach the end of the file. The sync
 /// after a reservation also flushes the zeros and the file's new length: with 1 MiB that one sync
-/// took 1.5-2.5 ms here against 0.15, and every batch decided meanwhile waited for it, a few
-/// dozen times a run at 13,000 submissions a second. 64 KiB costs it ~0.2 ms more, and writes the
-/// length once per 64 KiB of journal instead of once per sync.
+/// took about ten times an ordinary one, and every batch decided meanwhile waited for it. 64 KiB
+/// keeps that sync close to an ordinary one, and still writes the length once per 64 KiB of
+/// journal instead of once per sync (BENCHMARKS.md, history, b533194).
 const RESERVE: u64 = 64 * 1024;
 /// First bytes of a snapshot; followed by the payload length, a checksum and the payload. Format
 /// 3 writes the requests apart from the rest of the state, in chunks that decode in parallel
@@ -402,8 +402,8 @@ pub(super) fn write_sections(
 }
 
 /// Bytes a snapshot writer leaves unsynced at most. The journal's syncs share the disk's queue
-/// with it: one sync of a whole snapshot put tens of megabytes ahead of them (journal syncs of
-/// 50-400 ms while one was written), so it syncs as it goes, as PostgreSQL's checkpoints do.
+/// with it: one sync of a whole snapshot put tens of megabytes ahead of them, and the journal's
+/// syncs waited behind it, so it syncs as it goes, as PostgreSQL's checkpoints do.
 const SNAPSHOT_SYNC_EVERY: usize = 1024 * 1024;
 
 /// Writes a file, syncing its data every `SNAPSHOT_SYNC_EVERY` bytes.
