@@ -734,11 +734,17 @@ async fn the_grafana_dashboard_queries_only_metrics_the_broker_exports() {
     }
 
     let exposition = scrape(&exercised_metrics().await);
-    // A histogram's samples come back under its family name, its `_sum` and `_count` under theirs.
+    // A histogram's buckets come back under its family name (exported as `<name>_bucket`), its
+    // `_sum` and `_count` under theirs.
     let exported: BTreeSet<String> = exposition
         .samples
         .iter()
-        .map(|s| s.metric.clone())
+        .flat_map(|s| match s.value {
+            prometheus_parse::Value::Histogram(_) => {
+                vec![s.metric.clone(), format!("{}_bucket", s.metric)]
+            }
+            _ => vec![s.metric.clone()],
+        })
         .collect();
     // Every family the broker exports has a `# HELP` line.
     let families: BTreeSet<String> = exposition.docs.keys().cloned().collect();
