@@ -597,7 +597,7 @@ fn authenticator(config: &Config, demo_tokens: bool) -> Authenticator {
 /// Per-connection limits; per-organisation ones are in the authenticator and the watch limiter.
 /// HTTP/2's stream limit bounds the calls running on a connection: a call runs only while its
 /// stream is open, so a per-connection concurrency layer as well would take a semaphore permit
-/// per call (2 % of the broker's CPU) and never wait.
+/// per call, a measurable cost, and never wait.
 fn limited(builder: Server, limits: &Limits) -> Server {
     builder
         .max_concurrent_streams(limits.streams_per_connection)

@@ -179,10 +179,14 @@ async fn with_addr_the_bench_drives_a_tls_broker_as_the_organisations_of_an_orgs
     // The work is the broker's: RJ7 holds jobs in flight there.
     let (status, metrics) = common::http_get(broker.ops_addr, "/metrics").await;
     assert_eq!(status, 200);
-    let in_flight: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("labaid_lab_in_flight{") && l.contains("lab=\"RJ7\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    let in_flight: f64 = common::scrape(&metrics)
+        .samples
+        .iter()
+        .filter(|s| s.metric == "labaid_lab_in_flight" && s.labels.get("lab") == Some("RJ7"))
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
         .sum();
     assert!(in_flight > 0.0, "RJ7 holds no jobs: {metrics}");
 }

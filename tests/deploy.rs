@@ -733,17 +733,22 @@ async fn the_grafana_dashboard_queries_only_metrics_the_broker_exports() {
         }
     }
 
-    let exposition = exercised_metrics().await;
+    let exposition = scrape(&exercised_metrics().await);
+    // A histogram's buckets come back under its family name (exported as `<name>_bucket`), its
+    // `_sum` and `_count` under theirs.
     let exported: BTreeSet<String> = exposition
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .samples
+        .iter()
+        .flat_map(|s| match s.value {
+            prometheus_parse::Value::Histogram(_) => {
+                vec![s.metric.clone(), format!("{}_bucket", s.metric)]
+            }
+            _ => vec![s.metric.clone()],
+        })
         .collect();
-    let families: BTreeSet<String> = exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split(' ').next().unwrap().to_string())
-        .collect();
+    // Every family the broker exports has a `# HELP` line.
+    let families: BTreeSet<String> = exposition.docs.keys().cloned().collect();
+    assert!(!families.is_empty(), "no metric families in the exposition");
     for name in &used {
         let known = exported.contains(name)
             || ["_bucket", "_sum", "_count"]

@@ -10,17 +10,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// The value of one sample line, e.g. `labaid_requests{priority="stat",state="resulted"}`.
-fn sample(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no sample {name_and_labels}"))
-}
-
 /// Snapshots of `kind` handed to the writer so far.
 fn snapshots(metrics: &str, kind: &str) -> f64 {
     sample(

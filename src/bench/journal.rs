@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use prometheus_parse::{Scrape, Value};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -76,47 +77,43 @@ pub async fn read(addr: SocketAddr) -> Option<Counters> {
     Some(parse(&body))
 }
 
+/// Reads the counters from the exposition with `prometheus-parse`, which groups a histogram's
+/// buckets under its name and labels (it needs the `# TYPE` line the broker always writes).
 fn parse(text: &str) -> Counters {
     let mut counters = Counters::default();
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        match name {
-            "labaid_store_sync_seconds_count" => counters.syncs = value,
-            "labaid_store_sync_seconds_sum" => counters.sync_seconds = value,
-            "labaid_store_batch_commands_sum" => counters.commands = value,
-            _ if name.starts_with("labaid_store_snapshot_") => {
-                let Some((metric, labels)) = name.split_once('{') else {
-                    continue;
-                };
-                let kind = match labels {
-                    "kind=\"full\"}" => 0,
-                    "kind=\"incremental\"}" => 1,
-                    _ => continue,
-                };
-                let snapshots = &mut counters.snapshots[kind];
-                match metric {
-                    "labaid_store_snapshot_write_seconds_count" => snapshots.written = value,
-                    "labaid_store_snapshot_write_seconds_sum" => snapshots.write_seconds = value,
-                    "labaid_store_snapshot_bytes_total" => snapshots.bytes = value,
-                    _ => {}
-                }
+    let Ok(scrape) = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) else {
+        return counters;
+    };
+    for sample in &scrape.samples {
+        let value = match &sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) if sample.metric == "labaid_store_sync_seconds" => {
+                counters.sync_buckets = buckets
+                    .iter()
+                    .filter(|b| b.less_than.is_finite())
+                    .map(|b| (b.less_than, b.count))
+                    .collect();
+                continue;
             }
-            _ => {
-                if let Some(le) = name
-                    .strip_prefix("labaid_store_sync_seconds_bucket{le=\"")
-                    .and_then(|rest| rest.strip_suffix("\"}"))
-                    .and_then(|le| le.parse::<f64>().ok())
-                    .filter(|le| le.is_finite())
-                {
-                    counters.sync_buckets.push((le, value));
-                }
+            Value::Histogram(_) | Value::Summary(_) => continue,
+        };
+        let kind = match sample.labels.get("kind") {
+            Some("full") => Some(0),
+            Some("incremental") => Some(1),
+            _ => None,
+        };
+        match (sample.metric.as_str(), kind) {
+            ("labaid_store_sync_seconds_count", None) => counters.syncs = value,
+            ("labaid_store_sync_seconds_sum", None) => counters.sync_seconds = value,
+            ("labaid_store_batch_commands_sum", None) => counters.commands = value,
+            ("labaid_store_snapshot_write_seconds_count", Some(k)) => {
+                counters.snapshots[k].written = value;
             }
+            ("labaid_store_snapshot_write_seconds_sum", Some(k)) => {
+                counters.snapshots[k].write_seconds = value;
+            }
+            ("labaid_store_snapshot_bytes_total", Some(k)) => counters.snapshots[k].bytes = value,
+            _ => {}
         }
     }
     counters
@@ -198,7 +195,7 @@ mod tests {
     #[test]
     fn the_tail_comes_from_the_histogram_buckets_of_the_window() {
         let reading = |buckets: [f64; 4], count: f64| {
-            let mut text = String::new();
+            let mut text = String::from("# TYPE labaid_store_sync_seconds histogram\n");
             for (le, n) in ["0.0008", "0.0016", "0.0032", "0.0064"].iter().zip(buckets) {
                 text.push_str(&format!(
                     "labaid_store_sync_seconds_bucket{{le=\"{le}\"}} {n}\n"
@@ -225,7 +222,10 @@ mod tests {
     #[test]
     fn snapshots_are_counted_by_kind_over_the_window() {
         let reading = |full: [f64; 3], incremental: [f64; 3]| {
-            let mut text = String::new();
+            let mut text = String::from(
+                "# TYPE labaid_store_snapshot_write_seconds histogram\n\
+                 # TYPE labaid_store_snapshot_bytes_total counter\n",
+            );
             for (kind, [count, sum, bytes]) in [("full", full), ("incremental", incremental)] {
                 text.push_str(&format!(
                     "labaid_store_snapshot_write_seconds_bucket{{kind=\"{kind}\",le=\"0.01\"}} 0\n\

@@ -67,7 +67,7 @@ struct Args {
     #[arg(long, env = "LABAID_BENCH_DIR")]
     work_dir: Option<PathBuf>,
     /// A `labaid-broker` executable to measure instead of this build's broker, e.g. to compare
-    /// two builds in one session.
+    /// two builds in one window of the machine's load.
     #[arg(long, conflicts_with = "addr")]
     broker: Option<PathBuf>,
     /// Print JSON instead of the table.

@@ -1,8 +1,8 @@
 //! A queue kept in chunks of fixed size: appending never moves what is already there.
 //!
 //! Each organisation's retained events were one `VecDeque`, which the syncer appends to under
-//! the log's write lock. When it doubled, at a quarter of a million events, the copy held that
-//! lock, and so every answer and event of the batch, for 21 ms.
+//! the log's write lock. When it doubled, the copy of every event held that lock, and so every
+//! answer and event of the batch, for tens of milliseconds (BENCHMARKS.md, history).
 
 use std::collections::VecDeque;
 

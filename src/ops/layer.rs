@@ -151,8 +151,8 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = self.methods.get(request.uri().path());
-        // Debug level: at the default level a span per call cost about 7 % of the broker's CPU
-        // (creating it and formatting the fields the handlers record), for lines that already
+        // Debug level: at the default level a span per call was a visible share of the broker's
+        // CPU in a profile (creating it and formatting the fields the handlers record), for lines that already
         // name what they are about. `RUST_LOG=labaid=debug` brings it back for tracing a call.
         let span = tracing::debug_span!(
             "rpc",

@@ -15,9 +15,9 @@ const SEGMENT_MAGIC: &[u8; 8] = b"LABAIDJ1";
 pub(crate) const SEGMENT_HEADER: usize = 20;
 /// Zeros written ahead of the journal's records whenever they reach the end of the file. The sync
 /// after a reservation also flushes the zeros and the file's new length: with 1 MiB that one sync
-/// took 1.5-2.5 ms here against 0.15, and every batch decided meanwhile waited for it, a few
-/// dozen times a run at 13,000 submissions a second. 64 KiB costs it ~0.2 ms more, and writes the
-/// length once per 64 KiB of journal instead of once per sync.
+/// took about ten times an ordinary one, and every batch decided meanwhile waited for it. 64 KiB
+/// keeps that sync close to an ordinary one, and still writes the length once per 64 KiB of
+/// journal instead of once per sync (BENCHMARKS.md, history, b533194).
 pub(super) const RESERVE: u64 = 64 * 1024;
 
 /// The segment holding entries from `first` on.

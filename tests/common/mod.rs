@@ -259,6 +259,32 @@ pub async fn accept_and_receive(lab: &Client, id: &str) {
         .expect("receive");
 }
 
+/// The exposition text of `/metrics`, parsed with `prometheus-parse` (the same parser the bench
+/// reads the broker's figures with).
+pub fn scrape(metrics: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition text parses")
+}
+
+/// The value of one sample, named as it is written, e.g.
+/// `labaid_requests{priority="stat",state="resulted"}` or `labaid_decision_seconds_count`: the
+/// name and the whole set of labels must match. The selector is parsed as a sample line too.
+pub fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    let wanted = scrape(&format!("{name_and_labels} 0"));
+    let wanted = wanted.samples.first().expect("a sample selector");
+    scrape(metrics)
+        .samples
+        .iter()
+        .find(|s| s.metric == wanted.metric && s.labels == wanted.labels)
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no sample {name_and_labels}"))
+}
+
 /// A plain HTTP/1.1 GET (for the operations listener): status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

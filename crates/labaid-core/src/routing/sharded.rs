@@ -1,9 +1,10 @@
 //! A hash map kept in 64 shards, so that growing it never rehashes more than a 64th at once.
 //!
 //! The core decides under one lock. Its request and order-number tables, each one hash table,
-//! doubled inside a single insert: at 229,377 live requests that insert held every decision for
-//! 66 ms, and at a million it would be four times that. The shards fill evenly, so they grow one
-//! after another over many inserts, each pausing for a 64th of that.
+//! doubled inside a single insert, which then held every decision for as long as rehashing the
+//! whole table took (tens of milliseconds at a few hundred thousand live requests, growing with
+//! them). The shards fill evenly, so they grow one after another over many inserts, each pausing
+//! for a 64th of that.
 
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry, VacantEntry};
