@@ -19,8 +19,8 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
-pub mod wire;
 pub mod web;
+pub mod wire;
 
 pub use config::Config;
 pub use error::Error;

@@ -130,6 +130,8 @@ impl Broker {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--web-listen",
+                "off",
                 "--log-format",
                 "json",
                 "--data-dir",

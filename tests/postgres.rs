@@ -38,6 +38,7 @@ impl PgBroker {
     fn start(url: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--web-listen", "off"])
             .args(["--log-format", "json", "--store", url])
             .env("RUST_LOG", "info")
             .env_remove("LABAID_DATA_DIR")

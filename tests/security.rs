@@ -902,3 +902,43 @@ async fn an_edited_deleted_or_reordered_audit_entry_is_caught_and_named() {
         original.len()
     );
 }
+
+/// The audit trail cannot be written (its file is /dev/full, so every write fails with ENOSPC):
+/// audited calls answer UNAVAILABLE, a submission is refused before it is decided, and a restart
+/// with a writable trail shows that nothing was made durable.
+#[tokio::test]
+async fn a_failed_audit_trail_refuses_changes_before_they_are_made() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(AUDIT_FILE)).unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config.clone()).await;
+    let mut coord = broker.client("coordinator").await.coordinator();
+    let read = coord.get_overview(proto::GetOverviewRequest {}).await;
+    assert_eq!(read.unwrap_err().code(), Code::Unavailable);
+
+    let trust = broker.client("RJ1").await;
+    let err = trust
+        .requests()
+        .submit_request(submission("ORD-UNAUDITED", Priority::Stat, broker.now()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(err.message().contains("audit"), "{}", err.message());
+    broker.shutdown().await;
+
+    std::fs::remove_file(dir.path().join(AUDIT_FILE)).unwrap();
+    let broker = TestBroker::spawn_with(config).await;
+    let trust = broker.client("RJ1").await;
+    let list = trust
+        .requests()
+        .list_requests(proto::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        list.requests.is_empty(),
+        "a refused submission was made durable"
+    );
+    broker.shutdown().await;
+}

@@ -43,6 +43,8 @@ fn the_broker_notifies_ready_once_serving_pings_the_watchdog_and_notifies_stoppi
             &addr,
             "--metrics-listen",
             "127.0.0.1:0",
+            "--web-listen",
+            "off",
             "--data-dir",
         ])
         .arg(dir.path().join("data"))

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::wire::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 use super::{Context, parse_id};
 use crate::audit::Action;
 use crate::auth::{Principal, Role, caller};
@@ -18,6 +17,7 @@ use crate::error::Error;
 use crate::proto;
 use crate::proto::coordinator_service_server::CoordinatorService;
 use crate::routing::{Command, Reply};
+use crate::wire::{lab_to, priority_to, state_to, status_from, status_to, test_codes};
 
 /// The coordinators' service.
 #[derive(Debug, Clone)]
@@ -30,7 +30,6 @@ impl CoordinatorApi {
     pub fn new(ctx: Context) -> Self {
         Self { ctx }
     }
-
 }
 
 #[tonic::async_trait]

@@ -273,7 +273,8 @@ impl Engine {
             d.replies.push(Pending {
                 reply,
                 result: result.map_err(Error::from),
-                audit: asked.map(|a| Record::new(now, a.who, a.action, a.request).with_reason(a.reason)),
+                audit: asked
+                    .map(|a| Record::new(now, a.who, a.action, a.request).with_reason(a.reason)),
             });
             let next_timer = d.router.next_timer();
             let wake_timers = next_timer.is_some_and(|t| d.timer_target.is_none_or(|at| t < at));

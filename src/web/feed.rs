@@ -14,8 +14,8 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use super::model::Snapshot;
 use super::tracker::Tracker;
 use crate::domain::OdsCode;
-use crate::metrics::Metrics;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::ops::Presence;
 
 /// How often the feed looks for changes to publish.

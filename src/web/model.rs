@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::tracker::{Tracker, WINDOW_MINUTES};
 use crate::domain::{LabStatus, Priority, Request, RequestState, Timestamp};
-use crate::metrics::Metrics;
 use crate::engine::Views;
+use crate::metrics::Metrics;
 use crate::ops::Presence;
 
 /// Rows each list on the page shows at most (the total is shown beside it): what a wall screen

@@ -313,8 +313,7 @@ impl Inbound {
                     .cloned()
                     .collect()
             },
-            priority: crate::wire::priority_to(s.priority.unwrap_or(Priority::Routine))
-                as i32,
+            priority: crate::wire::priority_to(s.priority.unwrap_or(Priority::Routine)) as i32,
             collected_at: s.collected_at.map(crate::wire::ts),
             clinical_note: s.clinical_note.clone(),
         };

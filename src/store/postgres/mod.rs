@@ -126,7 +126,11 @@ pub fn open(
     } else {
         let mut outcome = Outcome::default();
         router
-            .adopt_directory(&directory.router(Arc::new(DefaultPolicy)), Timestamp::now(), &mut outcome)
+            .adopt_directory(
+                &directory.router(Arc::new(DefaultPolicy)),
+                Timestamp::now(),
+                &mut outcome,
+            )
             .map_err(|e| {
                 StoreError::Refused(format!(
                     "its directory cannot change that way ({}): {e}",
