@@ -1,0 +1,3 @@
+//! labaid-edge: adapters that let trust systems speak their own standards to the broker.
+
+pub mod fhir;
