@@ -143,13 +143,14 @@ impl Client {
         configure: impl FnOnce(Endpoint) -> Endpoint,
     ) -> Result<Self, ClientError> {
         let (endpoint, auth) = Self::endpoint(options)?;
-        let channel = configure(endpoint)
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: options.addr.clone(),
-                source,
-            })?;
+        let channel =
+            configure(endpoint)
+                .connect()
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: options.addr.clone(),
+                    source,
+                })?;
         Ok(Self { channel, auth })
     }
 

@@ -65,10 +65,8 @@ impl Edge {
                     && let Some(addr) = v.get("fhir.listen").and_then(|a| a.as_str())
                 {
                     let tls = v.get("fhir.tls").and_then(serde_json::Value::as_bool) == Some(true);
-                    let _ = listening.send(format!(
-                        "{}://{addr}",
-                        if tls { "https" } else { "http" }
-                    ));
+                    let _ =
+                        listening.send(format!("{}://{addr}", if tls { "https" } else { "http" }));
                 }
                 kept.lock().unwrap().push(line);
             }
@@ -102,7 +100,13 @@ impl Drop for Edge {
 }
 
 /// Runs a scenario of the Python FHIR client; it must succeed. Returns its output.
-async fn python(edge: &Edge, broker: &str, scenario: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+async fn python(
+    edge: &Edge,
+    broker: &str,
+    scenario: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
     let mut command = Command::new("python3");
     command
         .arg(format!("{ROOT}/tests/fhir/fhir_client.py"))
@@ -140,7 +144,10 @@ async fn a_trust_orders_over_fhir_and_follows_the_task_to_its_report() {
         .expect("the scenario prints the ids");
     let first = ids.split_whitespace().next().unwrap().to_string();
     assert!(out.contains("ok: critical high: HH"), "{out}");
-    assert!(out.contains("ok: Task in-progress once the sample arrived"), "{out}");
+    assert!(
+        out.contains("ok: Task in-progress once the sample arrived"),
+        "{out}"
+    );
 
     // Need-to-know: another trust, a lab, no token and a bad token.
     python(&edge, &broker.url(), "need_to_know", &[&first], &[]).await;
@@ -209,5 +216,8 @@ fn plaintext_fhir_off_loopback_is_refused() {
         .expect("run labaid-edge");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("refusing to serve FHIR in plaintext"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve FHIR in plaintext"),
+        "{stderr}"
+    );
 }

@@ -35,9 +35,21 @@ pub(super) fn statement(base: &str) -> Value {
         "Task",
         &["read", "patch", "search-type"],
         &[
-            ("status", "token", "requested, accepted, in-progress, completed, failed, cancelled; comma for any of several"),
-            ("_lastUpdated", "date", "gt, ge, lt or le with an instant or a date; repeat for a range"),
-            ("_count", "number", "page size, 1 to 1000 (default 50); follow the next link for more"),
+            (
+                "status",
+                "token",
+                "requested, accepted, in-progress, completed, failed, cancelled; comma for any of several",
+            ),
+            (
+                "_lastUpdated",
+                "date",
+                "gt, ge, lt or le with an instant or a date; repeat for a range",
+            ),
+            (
+                "_count",
+                "number",
+                "page size, 1 to 1000 (default 50); follow the next link for more",
+            ),
         ],
     );
     task["documentation"] = json!(
@@ -46,7 +58,11 @@ pub(super) fn statement(base: &str) -> Value {
     let mut report = resource(
         "DiagnosticReport",
         &["read", "search-type"],
-        &[("based-on", "reference", "ServiceRequest/{id}: the report of that order, once resulted")],
+        &[(
+            "based-on",
+            "reference",
+            "ServiceRequest/{id}: the report of that order, once resulted",
+        )],
     );
     report["searchInclude"] = json!(["DiagnosticReport:result"]);
     let mut service_request = resource("ServiceRequest", &["read", "create"], &[]);

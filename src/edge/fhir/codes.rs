@@ -93,7 +93,9 @@ impl Codes {
         for (index, coding) in codings.iter().enumerate() {
             let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
             let code = coding.get("code").and_then(Value::as_str).unwrap_or("");
-            let Some(known) = [LOINC, SNOMED, CATALOGUE].into_iter().find(|s| *s == system)
+            let Some(known) = [LOINC, SNOMED, CATALOGUE]
+                .into_iter()
+                .find(|s| *s == system)
             else {
                 continue;
             };
@@ -178,7 +180,10 @@ mod tests {
         ]});
         assert_eq!(c.tests_of(&concept).unwrap(), ["K", "UE"]);
         // Both directions agree.
-        assert_eq!(c.tests_of(&c.concept(&["K".into(), "UE".into()])).unwrap(), ["K", "UE"]);
+        assert_eq!(
+            c.tests_of(&c.concept(&["K".into(), "UE".into()])).unwrap(),
+            ["K", "UE"]
+        );
     }
 
     #[test]
@@ -187,6 +192,9 @@ mod tests {
         let err = codes().tests_of(&concept).unwrap_err();
         assert!(err.to_string().contains("http://loinc.org|9999-9"), "{err}");
         let none = json!({ "coding": [{ "system": "http://example.org", "code": "K" }] });
-        assert_eq!(codes().tests_of(&none).unwrap_err(), CodeError::NoKnownSystem);
+        assert_eq!(
+            codes().tests_of(&none).unwrap_err(),
+            CodeError::NoKnownSystem
+        );
     }
 }

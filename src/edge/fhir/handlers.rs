@@ -72,7 +72,10 @@ async fn json_body(headers: &HeaderMap, body: Body, media: &[&str]) -> Result<Va
         return Err(Outcome::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-supported",
-            format!("send the body as {} (got {content_type:?})", media.join(" or ")),
+            format!(
+                "send the body as {} (got {content_type:?})",
+                media.join(" or ")
+            ),
         ));
     }
     let too_large = || {
@@ -216,9 +219,9 @@ async fn submit(
         .await
         .map_err(|s| Outcome::from_status(&s, &|f| order.origins.path_of(f)))?
         .into_inner();
-    let request = answer
-        .request
-        .ok_or_else(|| Outcome::from_status(&tonic::Status::internal("no request"), &|f| f.into()))?;
+    let request = answer.request.ok_or_else(|| {
+        Outcome::from_status(&tonic::Status::internal("no request"), &|f| f.into())
+    })?;
     tracing::info!(request.id = %request.id, request.replayed = answer.replayed, "fhir order submitted");
     Ok((request, answer.replayed))
 }
@@ -273,7 +276,10 @@ pub(super) async fn read(
     let client = edge.caller(&headers)?;
     // An Observation's id is its request's id and its place in the results.
     let (request_id, nth) = match kind.as_str() {
-        "Observation" => match id.rsplit_once('-').and_then(|(r, n)| Some((r, n.parse::<usize>().ok()?))) {
+        "Observation" => match id
+            .rsplit_once('-')
+            .and_then(|(r, n)| Some((r, n.parse::<usize>().ok()?)))
+        {
             Some((r, n)) if n > 0 => (r.to_string(), Some(n)),
             _ => return Err(Outcome::not_found(format!("Observation/{id} is not known"))),
         },
@@ -343,7 +349,11 @@ pub(super) async fn patch_task(
         .map_err(|s| Outcome::from_status(&s, &|_| "Task.statusReason".into()))?
         .into_inner();
     tracing::info!(request.id = %id, "fhir task cancelled");
-    Ok(versioned(StatusCode::OK, &render::task(&cancelled), &version(&cancelled)))
+    Ok(versioned(
+        StatusCode::OK,
+        &render::task(&cancelled),
+        &version(&cancelled),
+    ))
 }
 
 /// The cancel reason from a JSON Patch that sets `/status` to `cancelled` (and optionally
@@ -366,13 +376,21 @@ fn cancel_patch(patch: &Value) -> Result<String, Outcome> {
         let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
         let path = op.get("path").and_then(Value::as_str).unwrap_or("");
         if !matches!(kind, "replace" | "add") {
-            return Err(refuse(format!("Task (patch operation {i})"), "unsupported operation"));
+            return Err(refuse(
+                format!("Task (patch operation {i})"),
+                "unsupported operation",
+            ));
         }
         match path {
             "/status" if op.get("value").and_then(Value::as_str) == Some("cancelled") => {
                 cancelled = true;
             }
-            "/status" => return Err(refuse("Task.status".into(), "a Task can only be set to cancelled")),
+            "/status" => {
+                return Err(refuse(
+                    "Task.status".into(),
+                    "a Task can only be set to cancelled",
+                ));
+            }
             "/statusReason" => {
                 reason = op
                     .pointer("/value/text")
@@ -381,24 +399,43 @@ fn cancel_patch(patch: &Value) -> Result<String, Outcome> {
                     .to_string();
             }
             "/statusReason/text" => {
-                reason = op.get("value").and_then(Value::as_str).unwrap_or("").to_string();
+                reason = op
+                    .get("value")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
             }
             other => {
-                return Err(refuse(format!("Task (patch path {other})"), "this element cannot be changed"));
+                return Err(refuse(
+                    format!("Task (patch path {other})"),
+                    "this element cannot be changed",
+                ));
             }
         }
     }
     if !cancelled {
-        return Err(refuse("Task.status".into(), "the patch does not cancel the Task"));
+        return Err(refuse(
+            "Task.status".into(),
+            "the patch does not cancel the Task",
+        ));
     }
     Ok(reason)
 }
 
 /// Any other path.
 pub(super) async fn unknown(method: Method, uri: axum::http::Uri) -> Outcome {
-    let kind = uri.path().trim_start_matches('/').split('/').next().unwrap_or("");
+    let kind = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
     if kind.is_empty() {
-        return Outcome::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", format!("{method} / is not supported; POST a transaction Bundle"));
+        return Outcome::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            format!("{method} / is not supported; POST a transaction Bundle"),
+        );
     }
     unsupported_kind(kind)
 }
@@ -408,7 +445,10 @@ pub(super) async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> 
     Outcome::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "not-supported",
-        format!("{method} {} is not supported; GET /metadata lists the interactions", uri.path()),
+        format!(
+            "{method} {} is not supported; GET /metadata lists the interactions",
+            uri.path()
+        ),
     )
 }
 
@@ -424,7 +464,10 @@ mod tests {
         ]);
         assert_eq!(cancel_patch(&ok).unwrap(), "patient discharged");
         let completed = json!([{ "op": "replace", "path": "/status", "value": "completed" }]);
-        assert_eq!(cancel_patch(&completed).unwrap_err().expression, ["Task.status"]);
+        assert_eq!(
+            cancel_patch(&completed).unwrap_err().expression,
+            ["Task.status"]
+        );
         let owner = json!([{ "op": "replace", "path": "/owner", "value": {} }]);
         assert!(cancel_patch(&owner).is_err());
         assert!(cancel_patch(&json!({})).is_err());

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::codes::{CodeError, Codes};
-use super::outcome::Outcome;
 use super::instant::parse_instant;
+use super::outcome::Outcome;
 use crate::domain::NhsNumber;
 use crate::proto;
 
@@ -182,10 +182,10 @@ pub fn service_request(request: &Value, codes: &Codes) -> Result<Order, Outcome>
         path: "ServiceRequest",
     };
     if str_at(rp, "resourceType") != Some("ServiceRequest") {
-        return Err(Outcome::not_supported(
-            "POST /ServiceRequest takes a ServiceRequest resource",
-        )
-        .at("ServiceRequest.resourceType"));
+        return Err(
+            Outcome::not_supported("POST /ServiceRequest takes a ServiceRequest resource")
+                .at("ServiceRequest.resourceType"),
+        );
     }
     let contained = request
         .get("contained")
@@ -193,9 +193,10 @@ pub fn service_request(request: &Value, codes: &Codes) -> Result<Order, Outcome>
         .map(Vec::as_slice)
         .unwrap_or_default();
     let find = |kind: &str| {
-        contained.iter().enumerate().find(|(_, r)| {
-            r.get("resourceType").and_then(Value::as_str) == Some(kind)
-        })
+        contained
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.get("resourceType").and_then(Value::as_str) == Some(kind))
     };
     let (pi, patient) = find("Patient").ok_or_else(|| {
         Outcome::required(
@@ -230,7 +231,12 @@ pub fn service_request(request: &Value, codes: &Codes) -> Result<Order, Outcome>
     )
 }
 
-fn order(patient: Node<'_>, request: Node<'_>, specimen: Node<'_>, codes: &Codes) -> Result<Order, Outcome> {
+fn order(
+    patient: Node<'_>,
+    request: Node<'_>,
+    specimen: Node<'_>,
+    codes: &Codes,
+) -> Result<Order, Outcome> {
     let nhs_number = nhs_number(patient)?;
     let name = patient.value.pointer("/name/0");
     let family = name
@@ -298,13 +304,20 @@ fn order(patient: Node<'_>, request: Node<'_>, specimen: Node<'_>, codes: &Codes
         .value
         .pointer("/collection/collectedDateTime")
         .and_then(Value::as_str)
-        .ok_or_else(|| Outcome::required(&collected_path, "the Specimen's collection time is missing"))?;
+        .ok_or_else(|| {
+            Outcome::required(&collected_path, "the Specimen's collection time is missing")
+        })?;
     let collected_at = parse_instant(collected).map_err(|e| Outcome::value(&collected_path, e))?;
     let note: Vec<&str> = request
         .value
         .get("note")
         .and_then(Value::as_array)
-        .map(|notes| notes.iter().filter_map(|n| n.get("text")?.as_str()).collect())
+        .map(|notes| {
+            notes
+                .iter()
+                .filter_map(|n| n.get("text")?.as_str())
+                .collect()
+        })
         .unwrap_or_default();
     Ok(Order {
         submit: proto::SubmitRequestRequest {
@@ -337,7 +350,10 @@ fn nhs_number(patient: Node<'_>) -> Result<String, Outcome> {
         .and_then(Value::as_array)
         .filter(|ids| !ids.is_empty())
         .ok_or_else(|| {
-            Outcome::required(&path, format!("the Patient needs an identifier of system {NHS_NUMBER}"))
+            Outcome::required(
+                &path,
+                format!("the Patient needs an identifier of system {NHS_NUMBER}"),
+            )
         })?;
     let Some((i, id)) = ids
         .iter()
@@ -352,7 +368,11 @@ fn nhs_number(patient: Node<'_>) -> Result<String, Outcome> {
             &path,
             format!(
                 "no identifier of system {NHS_NUMBER} (found {})",
-                if systems.is_empty() { "none with a system".to_string() } else { systems.join(", ") }
+                if systems.is_empty() {
+                    "none with a system".to_string()
+                } else {
+                    systems.join(", ")
+                }
             ),
         ));
     };
@@ -402,7 +422,12 @@ fn placer_identifier(request: Node<'_>) -> Result<String, Outcome> {
         .and_then(Value::as_str)
         .filter(|v| !v.trim().is_empty())
         .map(str::to_string)
-        .ok_or_else(|| Outcome::required(format!("{path}[{i}].value"), "the placer identifier has no value"))
+        .ok_or_else(|| {
+            Outcome::required(
+                format!("{path}[{i}].value"),
+                "the placer identifier has no value",
+            )
+        })
 }
 
 fn check_task(task: Node<'_>, request_url: &str) -> Result<(), Outcome> {
@@ -421,10 +446,20 @@ fn check_task(task: Node<'_>, request_url: &str) -> Result<(), Outcome> {
             ));
         }
     }
-    expect_reference(task, "focus", request_url, "the ServiceRequest entry's fullUrl")
+    expect_reference(
+        task,
+        "focus",
+        request_url,
+        "the ServiceRequest entry's fullUrl",
+    )
 }
 
-fn expect_reference(node: Node<'_>, element: &str, target: &str, what: &str) -> Result<(), Outcome> {
+fn expect_reference(
+    node: Node<'_>,
+    element: &str,
+    target: &str,
+    what: &str,
+) -> Result<(), Outcome> {
     let path = format!("{}.{element}", node.path);
     let reference = node
         .value
@@ -450,13 +485,20 @@ fn expect_specimen(request: Node<'_>, target: &str, what: &str) -> Result<(), Ou
         .map(Vec::as_slice)
         .unwrap_or_default();
     match refs {
-        [one] if !target.is_empty()
-            && one.get("reference").and_then(Value::as_str) == Some(target) =>
+        [one]
+            if !target.is_empty()
+                && one.get("reference").and_then(Value::as_str) == Some(target) =>
         {
             Ok(())
         }
-        [] => Err(Outcome::required(&path, format!("{path} must refer to {what}"))),
-        _ => Err(Outcome::value(&path, format!("{path} must refer to {what}, once"))),
+        [] => Err(Outcome::required(
+            &path,
+            format!("{path} must refer to {what}"),
+        )),
+        _ => Err(Outcome::value(
+            &path,
+            format!("{path} must refer to {what}, once"),
+        )),
     }
 }
 

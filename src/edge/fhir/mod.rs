@@ -91,17 +91,18 @@ impl Edge {
             })
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                Outcome::login("send the organisation's labaid token as Authorization: Bearer <token>")
+                Outcome::login(
+                    "send the organisation's labaid token as Authorization: Bearer <token>",
+                )
             })?;
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = callers.get(&key) {
             return Ok(client.clone());
         }
-        let client = self
-            .broker
-            .with_token(token)
-            .map_err(|_| Outcome::login("the bearer token contains characters that cannot be sent"))?;
+        let client = self.broker.with_token(token).map_err(|_| {
+            Outcome::login("the bearer token contains characters that cannot be sent")
+        })?;
         if callers.len() >= MAX_CALLERS {
             callers.clear();
         }
@@ -127,7 +128,8 @@ impl Edge {
             .into_inner()
             .tests;
         let codes = Arc::new(Codes::new(&tests));
-        *self.codes.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), codes.clone()));
+        *self.codes.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), codes.clone()));
         Ok(codes)
     }
 }
@@ -170,7 +172,10 @@ fn router(state: State) -> Router {
         .route("/ServiceRequest", post(handlers::create_service_request))
         .route("/Task", get(search::tasks))
         .route("/DiagnosticReport", get(search::reports))
-        .route("/Task/{id}", get(handlers::read_task).patch(handlers::patch_task))
+        .route(
+            "/Task/{id}",
+            get(handlers::read_task).patch(handlers::patch_task),
+        )
         .route("/{kind}/{id}", get(handlers::read))
         .fallback(handlers::unknown)
         .method_not_allowed_fallback(handlers::method_not_allowed)

@@ -60,7 +60,12 @@ impl Outcome {
 
     /// A code labaid does not know (422, `code-invalid`).
     pub fn code_invalid(path: impl Into<String>, diagnostics: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "code-invalid", diagnostics).at(path)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "code-invalid",
+            diagnostics,
+        )
+        .at(path)
     }
 
     /// A request that asks for something this server does not do (400, `not-supported`).
@@ -105,7 +110,9 @@ impl Outcome {
             Code::AlreadyExists => Self::new(StatusCode::CONFLICT, "duplicate", message),
             Code::FailedPrecondition => Self::new(StatusCode::CONFLICT, "business-rule", message),
             Code::Aborted => Self::new(StatusCode::CONFLICT, "conflict", message),
-            Code::ResourceExhausted => Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message),
+            Code::ResourceExhausted => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message)
+            }
             Code::Unauthenticated => Self::login(message),
             Code::PermissionDenied => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {

@@ -184,7 +184,11 @@ fn status_reason(r: &proto::Request) -> Option<String> {
         RequestState::Expired => "expired: recollect".to_string(),
         RequestState::Failed => {
             let why = proto::FailureReason::try_from(r.failure_reason)
-                .map(|f| f.as_str_name().trim_start_matches("FAILURE_REASON_").to_lowercase())
+                .map(|f| {
+                    f.as_str_name()
+                        .trim_start_matches("FAILURE_REASON_")
+                        .to_lowercase()
+                })
                 .unwrap_or_else(|_| "other".into());
             format!("failed ({why}): recollect")
         }
@@ -341,7 +345,10 @@ fn reference_range(raw: &str, unit: &str) -> Value {
         q
     };
     let bounds = raw.trim().split_once('-').and_then(|(lo, hi)| {
-        Some((lo.trim().parse::<f64>().ok()?, hi.trim().parse::<f64>().ok()?))
+        Some((
+            lo.trim().parse::<f64>().ok()?,
+            hi.trim().parse::<f64>().ok()?,
+        ))
     });
     match bounds {
         Some((low, high)) => json!({ "low": quantity(low), "high": quantity(high), "text": raw }),

@@ -8,11 +8,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::State;
 use super::handlers::{fetch, fhir};
 use super::instant::{millis, parse_instant};
 use super::outcome::Outcome;
 use super::render::{self, states_of_task_status};
-use super::State;
 use crate::proto;
 
 /// Default and largest page sizes of a Task search.
@@ -33,7 +33,9 @@ impl Bound {
             _ => {
                 return Err(param(
                     "_lastUpdated",
-                    format!("use gt, ge, lt or le with an instant, e.g. gt2024-06-03T09:00:00Z (got {raw:?})"),
+                    format!(
+                        "use gt, ge, lt or le with an instant, e.g. gt2024-06-03T09:00:00Z (got {raw:?})"
+                    ),
                 ));
             }
         };
@@ -135,7 +137,10 @@ pub(super) async fn tasks(
         })
         .await
         .map_err(|s| match s.code() {
-            tonic::Code::InvalidArgument => param("_cursor", "the paging cursor is not valid; start the search again"),
+            tonic::Code::InvalidArgument => param(
+                "_cursor",
+                "the paging cursor is not valid; start the search again",
+            ),
             _ => Outcome::from_status(&s, &|f| f.into()),
         })?
         .into_inner();
@@ -171,7 +176,10 @@ pub(super) async fn tasks(
         .find(|(k, _)| k == "_cursor")
         .map(|(_, v)| v.as_str());
     let next = (!page.next_page_token.is_empty()).then(|| link(Some(&page.next_page_token)));
-    Ok(fhir(StatusCode::OK, &searchset(link(current), next, entries)))
+    Ok(fhir(
+        StatusCode::OK,
+        &searchset(link(current), next, entries),
+    ))
 }
 
 /// `GET /DiagnosticReport?based-on=ServiceRequest/{id}[&_include=DiagnosticReport:result]`.
@@ -201,7 +209,10 @@ pub(super) async fn reports(
         }
     }
     let id = based_on.ok_or_else(|| {
-        param("based-on", "search DiagnosticReports by based-on=ServiceRequest/{id}")
+        param(
+            "based-on",
+            "search DiagnosticReports by based-on=ServiceRequest/{id}",
+        )
     })?;
     // Search answers what matches: another trust's or an unknown request matches nothing.
     let request = match fetch(&client, "ServiceRequest", &id).await {
@@ -231,11 +242,10 @@ pub(super) async fn reports(
     }
     let self_link = format!("{}/DiagnosticReport?{}", edge.base, query_string(&params));
     let mut bundle = searchset(self_link, None, entries);
-    bundle["total"] = json!(usize::from(
-        request
-            .as_ref()
-            .is_some_and(|r| r.state == proto::RequestState::Resulted as i32)
-    ));
+    bundle["total"] =
+        json!(usize::from(request.as_ref().is_some_and(
+            |r| r.state == proto::RequestState::Resulted as i32
+        )));
     Ok(fhir(StatusCode::OK, &bundle))
 }
 
@@ -253,7 +263,9 @@ fn check_format(value: &str) -> Result<(), Outcome> {
 fn unknown_param(kind: &str, name: &str) -> Outcome {
     param(
         name,
-        format!("{kind} searches do not support the parameter {name:?}; GET /metadata lists those that are"),
+        format!(
+            "{kind} searches do not support the parameter {name:?}; GET /metadata lists those that are"
+        ),
     )
 }
 
@@ -266,7 +278,11 @@ mod tests {
     fn last_updated_bounds_take_prefixes_and_dates() {
         let t = parse_instant("2024-06-03T09:00:00Z").unwrap();
         let ms = millis(&t);
-        assert!(Bound::parse("gt2024-06-03T09:00:00Z").unwrap().admits(ms + 1));
+        assert!(
+            Bound::parse("gt2024-06-03T09:00:00Z")
+                .unwrap()
+                .admits(ms + 1)
+        );
         assert!(!Bound::parse("gt2024-06-03T09:00:00Z").unwrap().admits(ms));
         assert!(Bound::parse("ge2024-06-03T09:00:00Z").unwrap().admits(ms));
         assert!(Bound::parse("lt2024-06-04").unwrap().admits(ms));
