@@ -208,6 +208,62 @@ async fn the_fhir_listener_serves_https_with_a_certificate() {
     broker.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_tokens_are_forwarded_to_a_broker_on_tls_and_an_edge_with_a_certificate_serves_its_organisation()
+ {
+    require_fhir_resources();
+    use labaid::auth::{Role, TokenHash, create_token, token_digest};
+    let dir = tempfile::tempdir().unwrap();
+    let demo = labaid::Config::demo().unwrap();
+    let orgs: Vec<_> = demo
+        .trusts
+        .keys()
+        .cloned()
+        .chain(demo.labs.iter().map(|l| l.ods.clone()))
+        .collect();
+    let pki = labaid::auth::devpki::generate(dir.path(), orgs).expect("dev PKI");
+    let token = |org: &str| {
+        let ods = labaid::domain::OdsCode::parse(org).unwrap();
+        let token = create_token(&ods, Role::Trust).unwrap().token;
+        let entry = TokenHash {
+            org: ods,
+            role: Role::Trust,
+            sha256: token_digest(&token),
+        };
+        (token, entry)
+    };
+    let ((rj1, rj1_entry), (rjz, rjz_entry)) = (token("RJ1"), token("RJZ"));
+    // The demo directory as a production broker: mutual TLS or configured tokens.
+    let mut config = demo;
+    config.demo = false;
+    config.tls = Some(labaid::config::TlsPaths {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    });
+    config.tokens = vec![rj1_entry, rjz_entry];
+    let broker = TestBroker::spawn_with(config).await;
+    let ca = pki.ca.to_str().unwrap();
+    let tokens = [
+        ("FHIR_TOKEN_RJ1", rj1.as_str()),
+        ("FHIR_TOKEN_RJZ", rjz.as_str()),
+    ];
+
+    let edge = Edge::spawn(&broker.url(), &["--ca", ca]);
+    let out = python(&edge, &broker.url(), "tls_broker", &[], &tokens).await;
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ids "))
+        .expect("the scenario prints the id")
+        .to_string();
+
+    let (cert, key) = pki.client("RJ1");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let rj1_edge = Edge::spawn(&broker.url(), &["--ca", ca, "--cert", cert, "--key", key]);
+    python(&rj1_edge, &broker.url(), "single_org", &[&id], &tokens).await;
+    broker.shutdown().await;
+}
+
 #[test]
 fn plaintext_fhir_off_loopback_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))

@@ -32,7 +32,9 @@ BASE = os.environ["FHIR_BASE"]
 FIXTURES = os.environ.get("FIXTURES", "tests/fixtures/fhir")
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 LOINC = "http://loinc.org"
-RJ1 = "demo:RJ1"
+# Demo tokens by default; a broker with configured tokens passes its own.
+RJ1 = os.environ.get("FHIR_TOKEN_RJ1", "demo:RJ1")
+RJZ = os.environ.get("FHIR_TOKEN_RJZ", "demo:RJZ")
 
 
 def check(condition, what):
@@ -332,6 +334,23 @@ def unavailable(id):
     check(meta.status == "active", "metadata still served")
 
 
+def tls_broker():
+    """Over a broker that takes configured tokens on TLS: each caller's token is forwarded."""
+    id = post_order(order_bundle("GST-TLS-1"))
+    t, _ = task(id)
+    check(t.status == "requested", "RJ1 reads its Task through the edge")
+    outcome("GET", f"/Task/{id}", 404, "not-found", token=RJZ)
+    outcome("GET", f"/Task/{id}", 401, "login", token="demo:RJ1")
+    print(f"ids {id}")
+
+
+def single_org(id):
+    """An edge holding RJ1's certificate: RJ1's token works, another trust's is refused."""
+    t, _ = task(id)
+    check(t.id == id, "RJ1 reads its Task through RJ1's edge")
+    outcome("GET", f"/Task/{id}", 401, "login", token=RJZ)
+
+
 def metadata():
     meta, _ = expect(CapabilityStatement, "GET", "/metadata", token=None)
     check(meta.implementation.url.startswith("https://"), f"served over HTTPS ({meta.implementation.url})")
@@ -345,4 +364,6 @@ if __name__ == "__main__":
         "bad_inputs": bad_inputs,
         "unavailable": unavailable,
         "metadata": metadata,
+        "tls_broker": tls_broker,
+        "single_org": single_org,
     }[scenario](*args)
