@@ -41,14 +41,18 @@ fn versioned(status: StatusCode, body: &Value, version: &str) -> Response {
 /// Logs each call by method, route and status: never a body, a query value or a patient field.
 pub(super) async fn log(request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let kind = request
+    // Only a known resource type is logged: the path is the client's text, which could be anything.
+    let first = request
         .uri()
         .path()
         .trim_start_matches('/')
         .split('/')
-        .next()
-        .unwrap_or("")
-        .to_string();
+        .next();
+    let kind = match first.unwrap_or("") {
+        k @ ("" | "metadata" | "Task" | "ServiceRequest" | "Patient" | "Specimen"
+        | "DiagnosticReport" | "Observation") => k.to_string(),
+        _ => "other".to_string(),
+    };
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     tracing::info!(
