@@ -205,6 +205,43 @@ impl Client {
             addr: addr.to_string(),
             ..options.clone()
         };
+        let (endpoint, auth) = Self::endpoint(options)?;
+        let endpoint = configure(endpoint);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: options.addr.clone(),
+                source,
+            })?;
+        Ok(Self { channel, auth })
+    }
+
+    /// A client that connects on its first call and reconnects after the broker went away (for
+    /// long-running adapters such as labaid-edge, which must start, and answer "unavailable",
+    /// while the broker is down).
+    pub fn connect_lazy(options: &ConnectOptions) -> Result<Self, ClientError> {
+        let (endpoint, auth) = Self::endpoint(options)?;
+        Ok(Self {
+            channel: endpoint.connect_lazy(),
+            auth,
+        })
+    }
+
+    /// The same connection, calling with another bearer token (an adapter forwarding each of its
+    /// callers' credentials over one channel).
+    pub fn with_token(&self, token: &str) -> Result<Self, ClientError> {
+        let value = format!("Bearer {token}")
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|_| ClientError::Token)?;
+        Ok(Self {
+            channel: self.channel.clone(),
+            auth: BearerAuth(Some(value)),
+        })
+    }
+
+    /// The endpoint and credential for one broker address.
+    fn endpoint(options: &ConnectOptions) -> Result<(Endpoint, BearerAuth), ClientError> {
         let addr = match (&options.tls, options.addr.strip_prefix("http://")) {
             (Some(_), Some(rest)) => format!("https://{rest}"),
             _ => options.addr.clone(),
@@ -221,7 +258,6 @@ impl Client {
                 .tls_config(client_tls(files)?)
                 .map_err(|e| ClientError::Tls(e.to_string()))?;
         }
-        let endpoint = configure(endpoint);
         let auth = match &options.token {
             Some(t) => Some(
                 format!("Bearer {t}")
@@ -230,17 +266,7 @@ impl Client {
             ),
             None => None,
         };
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: options.addr.clone(),
-                source,
-            })?;
-        Ok(Self {
-            channel,
-            auth: BearerAuth(auth),
-        })
+        Ok((endpoint, BearerAuth(auth)))
     }
 
     /// The trusts' service.

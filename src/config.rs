@@ -387,6 +387,8 @@ struct RawTest {
     unit: Option<String>,
     critical_low: Option<f64>,
     critical_high: Option<f64>,
+    loinc: Option<String>,
+    snomed: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -529,6 +531,8 @@ impl Config {
                         unit: t.unit,
                         critical_low: t.critical_low,
                         critical_high: t.critical_high,
+                        loinc: t.loinc,
+                        snomed: t.snomed,
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?,

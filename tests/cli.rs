@@ -577,6 +577,10 @@ async fn json_output_parses_and_carries_what_the_tables_show() {
         .find(|t| t["code"] == "K")
         .unwrap();
     assert_eq!(k["stability_minutes"], 240);
+    assert_eq!(
+        (k["loinc"].as_str(), k["snomed"].as_str()),
+        (Some("2823-3"), Some("59573005"))
+    );
 
     let status = cli
         .run(lab, &["status", "draining", "-o", "json"])

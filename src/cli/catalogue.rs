@@ -39,6 +39,8 @@ fn to_domain(tests: &[proto::TestDefinition]) -> Result<Catalogue, CliError> {
                 unit: (!t.unit.is_empty()).then(|| t.unit.clone()),
                 critical_low: t.critical_low,
                 critical_high: t.critical_high,
+                loinc: (!t.loinc.is_empty()).then(|| t.loinc.clone()),
+                snomed: (!t.snomed.is_empty()).then(|| t.snomed.clone()),
             })
         })
         .collect::<Result<Vec<_>, CliError>>()?;

@@ -436,6 +436,8 @@ pub(crate) fn test_json(t: &proto::TestDefinition) -> Value {
         "unit": t.unit,
         "critical_low": t.critical_low,
         "critical_high": t.critical_high,
+        "loinc": t.loinc,
+        "snomed": t.snomed,
     })
 }
 

@@ -151,6 +151,8 @@ async fn read_catalogue(
             unit: (!t.unit.is_empty()).then_some(t.unit),
             critical_low: t.critical_low,
             critical_high: t.critical_high,
+            loinc: (!t.loinc.is_empty()).then_some(t.loinc),
+            snomed: (!t.snomed.is_empty()).then_some(t.snomed),
         })
     });
     let catalogue =

@@ -3,6 +3,7 @@
 //! the adapters share: the arguments, the broker connection, the metrics listener and the
 //! graceful stop; `hl7` holds the HL7 v2 / MLLP adapter.
 
+pub mod fhir;
 pub mod broker;
 pub mod hl7;
 pub mod metrics;

@@ -377,5 +377,7 @@ pub fn test_to(t: &TestDef) -> proto::TestDefinition {
         unit: t.unit.clone().unwrap_or_default(),
         critical_low: t.critical_low,
         critical_high: t.critical_high,
+        loinc: t.loinc.clone().unwrap_or_default(),
+        snomed: t.snomed.clone().unwrap_or_default(),
     }
 }

@@ -58,6 +58,12 @@ pub struct TestDef {
     pub critical_low: Option<f64>,
     /// Values at or above this are critical.
     pub critical_high: Option<f64>,
+    /// LOINC code of the test (e.g. `2823-3`), for FHIR and other coded interfaces.
+    #[serde(default)]
+    pub loinc: Option<String>,
+    /// SNOMED CT procedure code of the test, where one fits.
+    #[serde(default)]
+    pub snomed: Option<String>,
 }
 
 /// The tests the broker can route, by code.

@@ -308,6 +308,8 @@ mod tests {
             unit: None,
             critical_low: Some(2.5),
             critical_high: Some(6.5),
+            loinc: None,
+            snomed: None,
         };
         Catalogue::new([def("K", 4, 45), def("UE", 24, 60)]).unwrap()
     }

@@ -32,6 +32,8 @@ fn catalogue() -> Catalogue {
         unit: None,
         critical_low: None,
         critical_high: None,
+        loinc: None,
+        snomed: None,
     };
     Catalogue::new([def("K", 240, 45), def("UE", 1440, 60), def("GLU", 240, 30)]).unwrap()
 }

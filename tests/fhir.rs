@@ -1,0 +1,279 @@
+//! The FHIR R4 facade, end to end: a real broker, the real `labaid-edge` binary, and an
+//! independent FHIR client (`tests/fhir/fhir_client.py`, built on the Python `fhir.resources`
+//! R4B models) that builds every request and parses every answer. The lab's side is the real
+//! `labctl`. Python with fhir.resources is required: without it these tests fail, never skip
+//! (`.ci/run` installs it).
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use common::TestBroker;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Patient data in the fixtures, which must never reach a log line.
+const PATIENT_DATA: &[&str] = &[
+    "9434765919",
+    "6541003238",
+    "654 100 3238",
+    "Testpatient",
+    "1970-01-01",
+    "1985-04-12",
+];
+
+fn require_fhir_resources() {
+    let ok = Command::new("python3")
+        .args(["-c", "import fhir.resources.R4B.bundle"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 with fhir.resources is required for the FHIR tests: pip install fhir.resources"
+    );
+}
+
+/// A running `labaid-edge`, its JSON log lines collected.
+struct Edge {
+    child: Child,
+    base: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Edge {
+    fn spawn(broker: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
+            .args(["fhir", "--addr", broker, "--fhir-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start labaid-edge");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (listening, listen) = mpsc::channel();
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(addr) = v.get("fhir.listen").and_then(|a| a.as_str())
+                {
+                    let tls = v.get("fhir.tls").and_then(serde_json::Value::as_bool) == Some(true);
+                    let _ =
+                        listening.send(format!("{}://{addr}", if tls { "https" } else { "http" }));
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let base = listen
+            .recv_timeout(Duration::from_secs(60))
+            .expect("labaid-edge did not start listening");
+        Self { child, base, logs }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let status = self.child.wait().expect("wait");
+        // The reader thread ends with the pipe; give it a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = self.logs.lock().unwrap().clone();
+        (status, logs)
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a scenario of the Python FHIR client; it must succeed. Returns its output.
+async fn python(
+    edge: &Edge,
+    broker: &str,
+    scenario: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let mut command = Command::new("python3");
+    command
+        .arg(format!("{ROOT}/tests/fhir/fhir_client.py"))
+        .arg(scenario)
+        .args(args)
+        .env("FHIR_BASE", &edge.base)
+        .env("FIXTURES", format!("{ROOT}/tests/fixtures/fhir"))
+        .env("LABCTL", env!("CARGO_BIN_EXE_labctl"))
+        .env("LABAID_ADDR", broker);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "FHIR client scenario {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_orders_over_fhir_and_follows_the_task_to_its_report() {
+    require_fhir_resources();
+    let broker = TestBroker::spawn().await;
+    let edge = Edge::spawn(&broker.url(), &[]);
+    let out = python(&edge, &broker.url(), "life_cycle", &[], &[]).await;
+    let ids = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ids "))
+        .expect("the scenario prints the ids");
+    let first = ids.split_whitespace().next().unwrap().to_string();
+    assert!(out.contains("ok: critical high: HH"), "{out}");
+    assert!(
+        out.contains("ok: Task in-progress once the sample arrived"),
+        "{out}"
+    );
+
+    // Need-to-know: another trust, a lab, no token and a bad token.
+    python(&edge, &broker.url(), "need_to_know", &[&first], &[]).await;
+
+    // Graceful stop, JSON logs, and no patient data in them (at debug level).
+    let (status, logs) = edge.stop();
+    assert!(status.success(), "labaid-edge exited with {status}");
+    assert!(logs.iter().any(|l| l.contains("FHIR facade stopped")));
+    for line in &logs {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        for secret in PATIENT_DATA {
+            assert!(!line.contains(secret), "patient data in a log line: {line}");
+        }
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_fhir_inputs_get_operation_outcomes_and_change_nothing() {
+    require_fhir_resources();
+    let broker = TestBroker::spawn().await;
+    let edge = Edge::spawn(&broker.url(), &[]);
+    let out = python(&edge, &broker.url(), "bad_inputs", &[], &[]).await;
+    assert!(out.contains("ok: no bad input created a request"), "{out}");
+    let (_, logs) = edge.stop();
+    for line in &logs {
+        for secret in PATIENT_DATA {
+            assert!(!line.contains(secret), "patient data in a log line: {line}");
+        }
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_answers_503_while_the_broker_is_down() {
+    require_fhir_resources();
+    let broker = TestBroker::spawn().await;
+    let url = broker.url();
+    let edge = Edge::spawn(&url, &[]);
+    broker.shutdown().await;
+    let id = uuid::Uuid::now_v7().to_string();
+    python(&edge, &url, "unavailable", &[&id], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fhir_listener_serves_https_with_a_certificate() {
+    require_fhir_resources();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = labaid::auth::devpki::generate(dir.path(), []).expect("dev PKI");
+    let broker = TestBroker::spawn().await;
+    let cert = pki.server_cert.to_str().unwrap();
+    let key = pki.server_key.to_str().unwrap();
+    let edge = Edge::spawn(&broker.url(), &["--tls-cert", cert, "--tls-key", key]);
+    assert!(edge.base.starts_with("https://"), "{}", edge.base);
+    let ca = pki.ca.to_str().unwrap();
+    python(&edge, &broker.url(), "metadata", &[], &[("FHIR_CA", ca)]).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_tokens_are_forwarded_to_a_broker_on_tls_and_an_edge_with_a_certificate_serves_its_organisation()
+ {
+    require_fhir_resources();
+    use labaid::auth::{Role, TokenHash, create_token, token_digest};
+    let dir = tempfile::tempdir().unwrap();
+    let demo = labaid::Config::demo().unwrap();
+    let orgs: Vec<_> = demo
+        .trusts
+        .keys()
+        .cloned()
+        .chain(demo.labs.iter().map(|l| l.ods.clone()))
+        .collect();
+    let pki = labaid::auth::devpki::generate(dir.path(), orgs).expect("dev PKI");
+    let token = |org: &str| {
+        let ods = labaid::domain::OdsCode::parse(org).unwrap();
+        let token = create_token(&ods, Role::Trust).unwrap().token;
+        let entry = TokenHash {
+            org: ods,
+            role: Role::Trust,
+            sha256: token_digest(&token),
+        };
+        (token, entry)
+    };
+    let ((rj1, rj1_entry), (rjz, rjz_entry)) = (token("RJ1"), token("RJZ"));
+    // The demo directory as a production broker: mutual TLS or configured tokens.
+    let mut config = demo;
+    config.demo = false;
+    config.tls = Some(labaid::config::TlsPaths {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    });
+    config.tokens = vec![rj1_entry, rjz_entry];
+    let broker = TestBroker::spawn_with(config).await;
+    let ca = pki.ca.to_str().unwrap();
+    let tokens = [
+        ("FHIR_TOKEN_RJ1", rj1.as_str()),
+        ("FHIR_TOKEN_RJZ", rjz.as_str()),
+    ];
+
+    let edge = Edge::spawn(&broker.url(), &["--ca", ca]);
+    let out = python(&edge, &broker.url(), "tls_broker", &[], &tokens).await;
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ids "))
+        .expect("the scenario prints the id")
+        .to_string();
+
+    let (cert, key) = pki.client("RJ1");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let rj1_edge = Edge::spawn(&broker.url(), &["--ca", ca, "--cert", cert, "--key", key]);
+    python(&rj1_edge, &broker.url(), "single_org", &[&id], &tokens).await;
+    broker.shutdown().await;
+}
+
+#[test]
+fn plaintext_fhir_off_loopback_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
+        .args(["fhir", "--fhir-listen", "0.0.0.0:0"])
+        .output()
+        .expect("run labaid-edge");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to serve FHIR in plaintext"),
+        "{stderr}"
+    );
+}
