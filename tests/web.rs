@@ -126,9 +126,13 @@ async fn until(browser: &Browser, script: &str, limit: Duration, what: &str) -> 
     }
 }
 
+/// The text of the element `css`, waiting (bounded) for it to appear: a form just submitted
+/// may still be on its way to the next page.
 async fn text_of(browser: &Browser, css: &str) -> String {
     browser
-        .find(Locator::Css(css))
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
         .text()

@@ -1,10 +1,10 @@
 //! labaid-edge: adapters that let a trust's systems use labaid without new code, running inside
 //! the trust's network as a gRPC client with the trust's own credential. This module holds what
 //! the adapters share: the arguments, the broker connection, the metrics listener and the
-//! graceful stop; `hl7` holds the HL7 v2 / MLLP adapter.
+//! graceful stop; `hl7` holds the HL7 v2 / MLLP adapter and `fhir` the FHIR R4 facade.
 
-pub mod fhir;
 pub mod broker;
+pub mod fhir;
 pub mod hl7;
 pub mod metrics;
 pub mod tls;
