@@ -107,3 +107,26 @@ impl Catalogue {
         self.tests.is_empty()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Potassium (4 h stability, critical below 2.5 or above 6.5) and U&E, for the domain's tests.
+    pub(crate) fn potassium_and_ue() -> Catalogue {
+        let def = |code: &str, stability_h: u32, tat: u32| TestDef {
+            code: TestCode::parse(code).unwrap(),
+            name: code.into(),
+            discipline: "biochemistry".into(),
+            specimen: "serum".into(),
+            stability_minutes: stability_h * 60,
+            turnaround_minutes: tat,
+            unit: None,
+            critical_low: Some(2.5),
+            critical_high: Some(6.5),
+            loinc: None,
+            snomed: None,
+        };
+        Catalogue::new([def("K", 4, 45), def("UE", 24, 60)]).unwrap()
+    }
+}

@@ -297,22 +297,7 @@ impl NewRequest {
 mod tests {
     use super::*;
 
-    fn catalogue() -> Catalogue {
-        let def = |code: &str, stability_h: u32, tat: u32| super::super::TestDef {
-            code: TestCode::parse(code).unwrap(),
-            name: code.into(),
-            discipline: "biochemistry".into(),
-            specimen: "serum".into(),
-            stability_minutes: stability_h * 60,
-            turnaround_minutes: tat,
-            unit: None,
-            critical_low: Some(2.5),
-            critical_high: Some(6.5),
-            loinc: None,
-            snomed: None,
-        };
-        Catalogue::new([def("K", 4, 45), def("UE", 24, 60)]).unwrap()
-    }
+    use crate::domain::catalogue::tests::potassium_and_ue as catalogue;
 
     fn raw(now: Timestamp) -> RawSubmission {
         RawSubmission {
