@@ -140,6 +140,24 @@ async fn text_of(browser: &Browser, css: &str) -> String {
         .expect("text")
 }
 
+/// Types `reason` into the open confirmation dialog and confirms the action.
+async fn confirm_action(browser: &Browser, reason: &str) {
+    browser
+        .find(Locator::Id("action-reason"))
+        .await
+        .unwrap()
+        .send_keys(reason)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("action-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn sign_in(browser: &Browser, base: &str, token: &str) {
     browser.goto(&format!("{base}/signin")).await.expect("goto");
     let field = browser
@@ -368,20 +386,7 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         first_lab,
         "nothing changed yet"
     );
-    browser
-        .find(Locator::Id("action-reason"))
-        .await
-        .unwrap()
-        .send_keys("analyser down, phoned 04:20")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("action-confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    confirm_action(&browser, "analyser down, phoned 04:20").await;
     until(
         &browser,
         &format!(
@@ -440,20 +445,7 @@ async fn a_coordinator_works_the_incident_room_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("action-reason"))
-        .await
-        .unwrap()
-        .send_keys("lab offline before the sample arrived")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("action-confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    confirm_action(&browser, "lab offline before the sample arrived").await;
     until(
         &browser,
         &format!(
