@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::submission_of;
+use common::{all_requests, submission_of};
 use labaid::client::{Client, ConnectOptions};
 use labaid::domain::Timestamp;
 use labaid::proto::{self, JobEventKind, Priority, RequestState};
@@ -427,28 +427,6 @@ async fn trust_watcher(client: Client, trust: &'static str, ledger: Shared) {
     while let Ok(Some(event)) = stream.message().await {
         let id = event.request.map(|r| r.id).unwrap_or_default();
         lock(&ledger).saw(trust, event.sequence, id, event.kind);
-    }
-}
-
-async fn all_requests(client: &Client) -> Vec<proto::Request> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .requests()
-            .list_requests(proto::ListRequestsRequest {
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .expect("list requests")
-            .into_inner();
-        out.extend(page.requests);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
     }
 }
 

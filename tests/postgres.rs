@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::pg::PgServer;
-use common::{http_get, submission};
+use common::{all_requests, http_get, submission};
 use labaid::client::{Client, ConnectOptions};
 use labaid::domain::Timestamp;
 use labaid::proto::{self, Priority};
@@ -163,30 +163,6 @@ async fn submit_until_failure(
             _ => return,
         }
     }
-}
-
-/// Every request RJ1 can list.
-async fn all_requests(client: &Client) -> Vec<proto::Request> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    for _ in 0..10_000 {
-        let page = client
-            .requests()
-            .list_requests(proto::ListRequestsRequest {
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .expect("list requests")
-            .into_inner();
-        out.extend(page.requests);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    out
 }
 
 /// Every acknowledged submission is held exactly once, under the id it was acknowledged with.

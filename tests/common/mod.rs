@@ -353,3 +353,26 @@ pub async fn close_all_labs(broker: &TestBroker) {
         }
     }
 }
+
+/// Every request the client's organisation can list, page by page.
+pub async fn all_requests(client: &Client) -> Vec<proto::Request> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .requests()
+            .list_requests(proto::ListRequestsRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list requests")
+            .into_inner();
+        out.extend(page.requests);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
