@@ -8,13 +8,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::pg::PgServer;
+use common::pg::{PgBroker, PgServer, leader_of};
 use common::{all_requests, http_get, submission};
 use labaid::client::{Client, ConnectOptions};
 use labaid::domain::Timestamp;
@@ -22,120 +20,6 @@ use labaid::proto::{self, Priority};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-/// A broker process on the PostgreSQL store; killed when dropped.
-struct PgBroker {
-    child: Child,
-    addr: SocketAddr,
-    ops: SocketAddr,
-    serving: mpsc::Receiver<()>,
-    served: bool,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl PgBroker {
-    /// Starts a broker and waits until it has bound its listeners (it may be a standby).
-    fn start(url: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--web-listen", "off"])
-            .args(["--log-format", "json", "--store", url])
-            .env("RUST_LOG", "info")
-            .env_remove("LABAID_DATA_DIR")
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start labaid-broker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (bound_tx, bound_rx) = mpsc::channel();
-        let (serving_tx, serving) = mpsc::channel();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let seen = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "effective configuration" {
-                        let f = &v;
-                        let _ = bound_tx.send((
-                            f["listen"].as_str().unwrap_or_default().to_string(),
-                            f["metrics_listen"].as_str().unwrap_or_default().to_string(),
-                        ));
-                    }
-                    if v["message"] == "broker serving" {
-                        let _ = serving_tx.send(());
-                    }
-                }
-                seen.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        let Ok((addr, ops)) = bound_rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the broker did not start: {:#?}", lines.lock().unwrap());
-        };
-        Self {
-            child,
-            addr: addr.parse().expect("listen address"),
-            ops: ops.parse().expect("metrics address"),
-            serving,
-            served: false,
-            lines,
-        }
-    }
-
-    /// True once the broker has said it serves (leads), waiting at most `within`.
-    fn wait_serving(&mut self, within: Duration) -> bool {
-        if !self.served {
-            self.served = self.serving.recv_timeout(within).is_ok();
-        }
-        self.served
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .join("\n")
-    }
-
-    async fn client(&self, org: &str) -> Client {
-        Client::connect(&ConnectOptions {
-            addr: format!("http://{}", self.addr),
-            token: Some(format!("demo:{org}")),
-            connect_timeout: Some(Duration::from_secs(5)),
-            tls: None,
-        })
-        .await
-        .expect("connect")
-    }
-}
-
-impl Drop for PgBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Acknowledged submissions: order number → request id.
 type Acked = Arc<Mutex<HashMap<String, String>>>;
@@ -301,19 +185,6 @@ async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
     assert_eq!(info.metadata.get("leader"), Some(&leader.addr.to_string()));
 }
 
-/// Waits until one of `brokers` leads; returns its index.
-fn leader_of(brokers: &mut [PgBroker], within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        for (i, b) in brokers.iter_mut().enumerate() {
-            if b.wait_serving(Duration::from_millis(50)) {
-                return i;
-            }
-        }
-    }
-    panic!("no broker took the lead within {within:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_takes_over_when_the_leader_is_killed_and_loses_nothing() {
     let pg = PgServer::start();
@@ -420,7 +291,7 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
     // It steps down: the process ends on its own.
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = old.child.try_wait().expect("wait") {
+        if let Some(status) = old.try_wait() {
             break status;
         }
         assert!(

@@ -201,7 +201,10 @@ impl Ctx {
 
     async fn connect_with(
         &self,
-        configure: impl Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+        configure: impl Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint
+        + Send
+        + Sync
+        + 'static,
     ) -> Result<Client, CliError> {
         let s = &self.settings;
         let tls = match (&s.ca, &s.cert, &s.key) {

@@ -100,7 +100,7 @@ pub async fn check(opts: &HealthCheck) -> Result<(), Unhealthy> {
         tls: opts.tls.clone(),
     };
     let timeout = opts.timeout;
-    let client = Client::connect_with(&options, |e| e.timeout(timeout))
+    let client = Client::connect_with(&options, move |e| e.timeout(timeout))
         .await
         .map_err(|e| match e {
             ClientError::Address { .. } | ClientError::Tls(_) | ClientError::Token => {

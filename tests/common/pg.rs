@@ -1,10 +1,16 @@
 //! A real PostgreSQL for the tests: `initdb` and `pg_ctl` on a temporary directory and a free
 //! loopback port, run as the `postgres` OS user when the tests run as root (PostgreSQL refuses
-//! root), stopped when dropped. A test that needs it FAILS when it cannot start.
+//! root), stopped when dropped. A test that needs it FAILS when it cannot start. And broker
+//! processes on it ([`PgBroker`]).
 
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use labaid::client::{Client, ConnectOptions};
 
 /// Where Debian's PostgreSQL 15 keeps its programs (override with `LABAID_PG_BIN`).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -167,4 +173,138 @@ impl Drop for PgServer {
                 .output();
         }
     }
+}
+
+/// A broker process on the PostgreSQL store; killed when dropped.
+pub struct PgBroker {
+    child: Child,
+    /// The gRPC listener.
+    pub addr: SocketAddr,
+    /// The metrics and health listener.
+    pub ops: SocketAddr,
+    serving: mpsc::Receiver<()>,
+    served: bool,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl PgBroker {
+    /// Starts a broker and waits until it has bound its listeners (it may be a standby).
+    pub fn start(url: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--web-listen", "off"])
+            .args(["--log-format", "json", "--store", url])
+            .env("RUST_LOG", "info")
+            .env_remove("LABAID_DATA_DIR")
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start labaid-broker");
+        let stderr = child.stderr.take().expect("stderr");
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let (serving_tx, serving) = mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "effective configuration" {
+                        let f = &v;
+                        let _ = bound_tx.send((
+                            f["listen"].as_str().unwrap_or_default().to_string(),
+                            f["metrics_listen"].as_str().unwrap_or_default().to_string(),
+                        ));
+                    }
+                    if v["message"] == "broker serving" {
+                        let _ = serving_tx.send(());
+                    }
+                }
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let Ok((addr, ops)) = bound_rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the broker did not start: {:#?}", lines.lock().unwrap());
+        };
+        Self {
+            child,
+            addr: addr.parse().expect("listen address"),
+            ops: ops.parse().expect("metrics address"),
+            serving,
+            served: false,
+            lines,
+        }
+    }
+
+    /// True once the broker has said it serves (leads), waiting at most `within`.
+    pub fn wait_serving(&mut self, within: Duration) -> bool {
+        if !self.served {
+            self.served = self.serving.recv_timeout(within).is_ok();
+        }
+        self.served
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Its exit status, if it has ended.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    pub async fn client(&self, org: &str) -> Client {
+        Client::connect(&ConnectOptions {
+            addr: format!("http://{}", self.addr),
+            token: Some(format!("demo:{org}")),
+            connect_timeout: Some(Duration::from_secs(5)),
+            tls: None,
+        })
+        .await
+        .expect("connect")
+    }
+}
+
+impl Drop for PgBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until one of `brokers` leads; returns its index.
+pub fn leader_of(brokers: &mut [PgBroker], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for (i, b) in brokers.iter_mut().enumerate() {
+            if b.wait_serving(Duration::from_millis(50)) {
+                return i;
+            }
+        }
+    }
+    panic!("no broker took the lead within {within:?}");
 }

@@ -1,7 +1,10 @@
-//! The typed client that `labctl`, the bench and the tests share: a channel plus the caller's
-//! credential on every call.
+//! The typed client that `labctl`, the bench, the edges and the tests share: a transport that
+//! follows the leading broker, plus the caller's credential on every call.
+
+mod failover;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -11,6 +14,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status, Streaming};
+
+pub use failover::Transport;
 
 use crate::proto;
 use crate::proto::coordinator_service_client::CoordinatorServiceClient;
@@ -41,6 +46,38 @@ pub struct TlsFiles {
     pub cert: Option<PathBuf>,
     /// Its private key.
     pub key: Option<PathBuf>,
+}
+
+impl ConnectOptions {
+    /// The same options for one broker address.
+    fn with_addr(&self, addr: &str) -> Self {
+        Self {
+            addr: addr.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The comma-separated addresses in `addr`.
+fn addresses(addr: &str) -> Vec<String> {
+    addr.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// True when the broker answers gRPC health SERVING (it leads its store).
+async fn leads(channel: &Channel) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let check = health.check(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+    )
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -129,12 +166,12 @@ impl Interceptor for BearerAuth {
 /// A connected client.
 #[derive(Debug, Clone)]
 pub struct Client {
-    channel: Channel,
+    transport: Transport,
     auth: BearerAuth,
 }
 
 /// A generated client with the credential attached.
-pub type Authed = InterceptedService<Channel, BearerAuth>;
+pub type Authed = InterceptedService<Transport, BearerAuth>;
 
 impl Client {
     /// Connects to the broker.
@@ -145,19 +182,26 @@ impl Client {
     /// Connects to the broker, letting the caller tune the endpoint first (a call timeout for
     /// one-shot commands, HTTP/2 keep-alive for long-lived watches). Several comma-separated
     /// addresses name brokers sharing one store: the client connects to the one that leads
-    /// (gRPC health SERVING), trying them all again for a few seconds while a standby takes over.
+    /// (gRPC health SERVING), trying them all again for a few seconds while a standby takes over,
+    /// and moves to the new leader whenever it loses the one it has.
     pub async fn connect_with(
         options: &ConnectOptions,
-        configure: impl Fn(Endpoint) -> Endpoint,
+        configure: impl Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
     ) -> Result<Self, ClientError> {
-        let addrs: Vec<&str> = options
-            .addr
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .collect();
+        let addrs = addresses(&options.addr);
+        let configure: failover::Configure = Arc::new(configure);
         if addrs.len() <= 1 {
-            return Self::connect_one(options, options.addr.trim(), &configure).await;
+            let (channel, auth) =
+                Self::connect_one(options, options.addr.trim(), &configure).await?;
+            return Ok(Self {
+                transport: Transport::new(channel, None),
+                auth,
+            });
+        }
+        // Every address must be usable, so that a mistyped one is reported now.
+        let (_, auth) = Self::endpoint(&options.with_addr(&addrs[0]))?;
+        for addr in &addrs[1..] {
+            Self::endpoint(&options.with_addr(addr))?;
         }
         // A takeover takes a lease's lifetime (two seconds by default) plus catching up.
         let deadline = tokio::time::Instant::now()
@@ -165,13 +209,14 @@ impl Client {
                 .connect_timeout
                 .unwrap_or(Duration::from_secs(5))
                 .max(Duration::from_secs(10));
+        let finder = Self::finder(options, &addrs, &configure);
         loop {
             for addr in &addrs {
-                let Ok(client) = Self::connect_one(options, addr, &configure).await else {
-                    continue;
-                };
-                if client.leads().await {
-                    return Ok(client);
+                if let Some(channel) = (finder.probe)(addr.clone()).await {
+                    return Ok(Self {
+                        transport: Transport::new(channel, Some(finder)),
+                        auth,
+                    });
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -183,28 +228,33 @@ impl Client {
         }
     }
 
-    /// True when the broker answers gRPC health SERVING (it leads its store).
-    async fn leads(&self) -> bool {
-        use tonic_health::pb::health_check_response::ServingStatus;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-        let check = health.check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        });
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), check).await,
-            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
-        )
+    /// How to find the leader among `addrs` again: connect to each and ask.
+    fn finder(
+        options: &ConnectOptions,
+        addrs: &[String],
+        configure: &failover::Configure,
+    ) -> failover::Finder {
+        let options = options.clone();
+        let configure = configure.clone();
+        failover::Finder {
+            addrs: addrs.to_vec(),
+            probe: Arc::new(move |addr| {
+                let options = options.clone();
+                let configure = configure.clone();
+                Box::pin(async move {
+                    let (channel, _) = Self::connect_one(&options, &addr, &configure).await.ok()?;
+                    leads(&channel).await.then_some(channel)
+                })
+            }),
+        }
     }
 
     async fn connect_one(
         options: &ConnectOptions,
         addr: &str,
-        configure: &impl Fn(Endpoint) -> Endpoint,
-    ) -> Result<Self, ClientError> {
-        let options = &ConnectOptions {
-            addr: addr.to_string(),
-            ..options.clone()
-        };
+        configure: &failover::Configure,
+    ) -> Result<(Channel, BearerAuth), ClientError> {
+        let options = &options.with_addr(addr);
         let (endpoint, auth) = Self::endpoint(options)?;
         let endpoint = configure(endpoint);
         let channel = endpoint
@@ -214,18 +264,30 @@ impl Client {
                 addr: options.addr.clone(),
                 source,
             })?;
-        Ok(Self { channel, auth })
+        Ok((channel, auth))
     }
 
     /// A client that connects on its first call and reconnects after the broker went away (for
     /// long-running adapters such as labaid-edge, which must start, and answer "unavailable",
-    /// while the broker is down).
+    /// while the broker is down). Given several addresses it starts with the first and looks
+    /// for the leader at once, and again whenever it loses it.
     pub fn connect_lazy(options: &ConnectOptions) -> Result<Self, ClientError> {
-        let (endpoint, auth) = Self::endpoint(options)?;
-        Ok(Self {
-            channel: endpoint.connect_lazy(),
-            auth,
-        })
+        let addrs = addresses(&options.addr);
+        let first = addrs.first().cloned().unwrap_or_default();
+        let (endpoint, auth) = Self::endpoint(&options.with_addr(&first))?;
+        for addr in addrs.iter().skip(1) {
+            Self::endpoint(&options.with_addr(addr))?;
+        }
+        let finder = (addrs.len() > 1).then(|| {
+            let configure: failover::Configure = Arc::new(|e| e);
+            Self::finder(options, &addrs, &configure)
+        });
+        let several = finder.is_some();
+        let transport = Transport::new(endpoint.connect_lazy(), finder);
+        if several {
+            transport.search();
+        }
+        Ok(Self { transport, auth })
     }
 
     /// The same connection, calling with another bearer token (an adapter forwarding each of its
@@ -235,7 +297,7 @@ impl Client {
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| ClientError::Token)?;
         Ok(Self {
-            channel: self.channel.clone(),
+            transport: self.transport.clone(),
             auth: BearerAuth(Some(value)),
         })
     }
@@ -271,27 +333,27 @@ impl Client {
 
     /// The trusts' service.
     pub fn requests(&self) -> RequestServiceClient<Authed> {
-        RequestServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+        RequestServiceClient::with_interceptor(self.transport.clone(), self.auth.clone())
     }
 
     /// The labs' service.
     pub fn labs(&self) -> LabServiceClient<Authed> {
-        LabServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+        LabServiceClient::with_interceptor(self.transport.clone(), self.auth.clone())
     }
 
     /// The coordinators' service.
     pub fn coordinator(&self) -> CoordinatorServiceClient<Authed> {
-        CoordinatorServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+        CoordinatorServiceClient::with_interceptor(self.transport.clone(), self.auth.clone())
     }
 
     /// The directory.
     pub fn directory(&self) -> DirectoryServiceClient<Authed> {
-        DirectoryServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+        DirectoryServiceClient::with_interceptor(self.transport.clone(), self.auth.clone())
     }
 
-    /// The underlying channel (for health and reflection clients).
+    /// The channel to the broker calls go to now (for health and reflection clients).
     pub fn channel(&self) -> Channel {
-        self.channel.clone()
+        self.transport.channel()
     }
 
     /// This trust's requests, newest first, in these states and priorities (empty for all), at
