@@ -2,196 +2,25 @@
 //!
 //! Only the syncer writes here, after a batch is durable; readers never wait for it.
 
+mod changes;
+mod events;
+
+use changes::lab_view;
+pub use changes::{Changes, SinceSnapshot};
+pub use events::EventLog;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use rustc_hash::{FxBuildHasher, FxHashMap};
-use tokio::sync::broadcast;
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use super::chunked::ChunkedQueue;
 use crate::domain::{Catalogue, OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
 use crate::metrics::Metrics;
-use crate::routing::{
-    Event, EventKind, JobEventKind, LabState, Outcome, Router, State, TrustEventKind,
-};
-use crate::store::Delta;
-
-/// Capacity of each organisation's live event channel; a watcher that falls further behind
-/// catches up from the retained log instead.
-const LIVE_EVENTS: usize = 1024;
-
-/// One organisation's events: the retained log and the live channel.
-#[derive(Debug)]
-pub struct EventLog {
-    history: RwLock<ChunkedQueue<Event>>,
-    live: broadcast::Sender<Event>,
-}
-
-impl EventLog {
-    fn new() -> Self {
-        Self {
-            history: RwLock::new(ChunkedQueue::default()),
-            live: broadcast::channel(LIVE_EVENTS).0,
-        }
-    }
-
-    fn publish(&self, event: Event) {
-        let mut history = self.history.write().unwrap_or_else(|e| e.into_inner());
-        // Send under the lock so that a subscriber sees each event exactly once: either in the
-        // history it copies or on the channel it joined.
-        let _ = self.live.send(event.clone());
-        history.push_back(event);
-    }
-
-    /// At most `limit` retained events after `after`, and a receiver for every later event.
-    pub fn subscribe(&self, after: u64, limit: usize) -> (Vec<Event>, broadcast::Receiver<Event>) {
-        let history = self.history.read().unwrap_or_else(|e| e.into_inner());
-        let rx = self.live.subscribe();
-        (Self::after(&history, after, limit), rx)
-    }
-
-    /// At most `limit` retained events after `after`: a watcher reads its backlog a part at a
-    /// time, so that the syncer, which publishes under this lock, never waits for a copy of a
-    /// whole history (a million events for a large trust).
-    pub fn since(&self, after: u64, limit: usize) -> Vec<Event> {
-        let history = self.history.read().unwrap_or_else(|e| e.into_inner());
-        Self::after(&history, after, limit)
-    }
-
-    fn after(history: &ChunkedQueue<Event>, after: u64, limit: usize) -> Vec<Event> {
-        history
-            .iter_from(|e| e.sequence <= after)
-            .take(limit)
-            .cloned()
-            .collect()
-    }
-
-    fn len(&self) -> usize {
-        self.history.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Appends every retained event to `out` (for snapshots).
-    fn copy_into(&self, out: &mut Vec<Event>) {
-        let history = self.history.read().unwrap_or_else(|e| e.into_inner());
-        out.extend(history.iter().cloned());
-    }
-
-    fn prune_before(&self, cutoff: Timestamp) {
-        let mut history = self.history.write().unwrap_or_else(|e| e.into_inner());
-        while history.front().is_some_and(|e| e.time < cutoff) {
-            history.pop_front();
-        }
-    }
-}
-
-#[cfg(test)]
-impl EventLog {
-    /// An empty log, for tests of its readers.
-    pub(crate) fn empty() -> Self {
-        Self::new()
-    }
-
-    /// Publishes `event` as the syncer would.
-    pub(crate) fn publish_for_tests(&self, event: Event) {
-        self.publish(event);
-    }
-
-    /// Events the live channel holds before a receiver lags.
-    pub(crate) const LIVE_CAPACITY: usize = LIVE_EVENTS;
-}
-
-/// A lab as readers see it: everything but the set of its open jobs, which only the core needs
-/// and which grows with the work in flight (copying it on every batch made each submission cost
-/// time proportional to the offers already open).
-fn lab_view(lab: &LabState) -> LabState {
-    LabState {
-        config: lab.config.clone(),
-        status: lab.status,
-        slots: lab.slots.clone(),
-        open: BTreeSet::new(),
-        last_offer: lab.last_offer,
-    }
-}
-
-/// What one batch changed, captured from the core right after it was decided: the core moves on
-/// to later batches while this one waits for its journal sync, and readers must see this batch's
-/// state, not a later one.
-#[derive(Debug, Default)]
-pub struct Changes {
-    requests: Vec<Arc<Request>>,
-    purged: Vec<RequestId>,
-    labs: Vec<LabState>,
-    events: Vec<Event>,
-}
-
-impl Changes {
-    /// Takes what `outcome` names from `router`, leaving `outcome` empty for the next batch.
-    pub fn capture(router: &Router, outcome: &mut Outcome) -> Self {
-        // A batch names the same requests and labs many times; the last state is what counts.
-        outcome.requests.sort_unstable();
-        outcome.requests.dedup();
-        outcome.labs.sort_unstable();
-        outcome.labs.dedup();
-        let changes = Self {
-            requests: outcome
-                .requests
-                .iter()
-                .filter_map(|id| router.request(id).cloned())
-                .collect(),
-            purged: std::mem::take(&mut outcome.purged),
-            labs: outcome
-                .labs
-                .iter()
-                .filter_map(|ods| router.labs().get(ods).map(lab_view))
-                .collect(),
-            events: std::mem::take(&mut outcome.events),
-        };
-        outcome.requests.clear();
-        outcome.labs.clear();
-        outcome.changed = false;
-        changes
-    }
-}
-
-/// What changed since the last snapshot (full or incremental): the syncer notes each batch's
-/// changes here, and hands them to the journal as the next incremental snapshot.
-#[derive(Debug, Default)]
-pub struct SinceSnapshot {
-    requests: FxHashMap<RequestId, Option<Arc<Request>>>,
-    events: Vec<Event>,
-}
-
-impl SinceSnapshot {
-    /// Notes a batch's changes, before the views take them.
-    pub fn note(&mut self, changes: &Changes) {
-        for r in &changes.requests {
-            self.requests.insert(r.id, Some(r.clone()));
-        }
-        for id in &changes.purged {
-            self.requests.insert(*id, None);
-        }
-        self.events.extend(changes.events.iter().cloned());
-    }
-
-    /// Everything noted, as an incremental snapshot beside `head`; starts again empty.
-    pub fn take(&mut self, head: State) -> Delta {
-        Delta {
-            head,
-            requests: self.requests.drain().collect(),
-            events: std::mem::take(&mut self.events),
-        }
-    }
-
-    /// Forgets everything noted: a full snapshot covers it.
-    pub fn clear(&mut self) {
-        self.requests.clear();
-        self.events.clear();
-    }
-}
+use crate::routing::{Event, EventKind, JobEventKind, LabState, Router, TrustEventKind};
 
 /// Shards of the requests' view: the syncer inserts under one shard's lock, and a shard that
 /// grows rehashes under it, so more shards make each growth shorter (dashmap's default is four
@@ -590,6 +419,7 @@ impl Views {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::routing::Outcome;
     use crate::routing::{Command, fixtures};
 
     const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
