@@ -257,14 +257,15 @@ pub async fn serve_on(
         metrics.clone(),
     ));
     let (audit, audit_writer) = AuditLog::open(&config.data_dir, config.clock.clone())?;
-    let (engine, sequencer) = Engine::start(
+    let (engine, sequencer) = Engine::start(crate::engine::Parts {
         router,
         journal,
         views,
-        config.clock.clone(),
-        metrics.clone(),
-        audit.clone(),
-    )?;
+        clock: config.clock.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        on_fatal: crate::engine::abort_process(),
+    })?;
     let _ = engine_slot.set(engine.clone());
     let auth = authenticator(&config, demo_tokens);
     let ctx = Context {

@@ -11,6 +11,9 @@
 
 mod chunked;
 mod clock;
+mod fatal;
+#[cfg(test)]
+mod tests;
 mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +31,7 @@ use crate::routing::{Command, Outcome, Reply, Router, SnapshotState, State};
 use crate::store::{Entry, Journal, Snapshot, SnapshotKind};
 
 pub use clock::{ManualClock, SystemClock};
+pub use fatal::{Fatal, OnFatal, abort_process};
 pub use views::{Changes, EventLog, SinceSnapshot, Views};
 
 /// A caller waiting for its command's answer until the command is durable, with the audit
@@ -135,6 +139,32 @@ impl Drop for Handle {
     }
 }
 
+/// What the engine is started with.
+pub struct Parts {
+    /// The core, as recovered.
+    pub router: Router,
+    /// Where decisions are made durable.
+    pub journal: Box<dyn Journal>,
+    /// The read views, built from the recovered state.
+    pub views: Arc<Views>,
+    /// The time decisions are made at, and timers wait on.
+    pub clock: Arc<dyn Clock>,
+    /// Where the engine reports its timings.
+    pub metrics: Arc<Metrics>,
+    /// The audit trail callers' commands are recorded in.
+    pub audit: AuditLog,
+    /// Called when a decided batch cannot be made durable ([`abort_process`] in the broker).
+    pub on_fatal: OnFatal,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A handle to the sequencer and its read views. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -158,14 +188,16 @@ impl Engine {
     /// Starts the syncer and timer threads (journal syncs never block the runtime that serves
     /// gRPC). The returned handle joins once the engine is closed or every `Engine` clone is
     /// dropped, with everything decided durable.
-    pub fn start(
-        router: Router,
-        journal: Box<dyn Journal>,
-        views: Arc<Views>,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-        audit: AuditLog,
-    ) -> Result<(Self, thread::JoinHandle<()>), Error> {
+    pub fn start(parts: Parts) -> Result<(Self, thread::JoinHandle<()>), Error> {
+        let Parts {
+            router,
+            journal,
+            views,
+            clock,
+            metrics,
+            audit,
+            on_fatal,
+        } = parts;
         let shared = Arc::new(Shared {
             decided: Mutex::new(Decided {
                 router,
@@ -207,7 +239,7 @@ impl Engine {
             thread::Builder::new()
                 .name("labaid-syncer".into())
                 .spawn(move || {
-                    sync(&shared, journal, &views, &metrics, &audit);
+                    sync(&shared, journal, &views, &metrics, &audit, &*on_fatal);
                     if timers.join().is_err() {
                         tracing::error!("timer thread panicked");
                     }
@@ -374,8 +406,44 @@ fn sync(
     views: &Views,
     metrics: &Metrics,
     audit: &AuditLog,
+    on_fatal: &(dyn Fn(&Fatal) + Send + Sync),
 ) {
     let _abort = AbortOnPanic("journal syncer");
+    // The failed batch's callers: answered only after the hook (which aborts the broker).
+    let mut unanswered = Vec::new();
+    let synced = sync_until_closed(
+        shared,
+        &mut *journal,
+        views,
+        metrics,
+        audit,
+        &mut unanswered,
+    );
+    if let Err(fatal) = synced {
+        tracing::error!(error = %fatal, "a decided batch cannot be made durable; stopping");
+        on_fatal(&fatal);
+        drop(unanswered);
+        // Only a hook that returns (a test's) gets here: stop as the process would have, with
+        // nothing more decided, and the callers still waiting told UNAVAILABLE.
+        let mut d = shared.decided.blocking_lock();
+        d.closed = true;
+        d.entries.clear();
+        d.replies.clear();
+        drop(d);
+        shared.close();
+    }
+}
+
+/// The syncer's loop until the engine closes, then the closing snapshot; the first failure to
+/// make something durable ends it, leaving the batch's callers in `unanswered`.
+fn sync_until_closed(
+    shared: &Shared,
+    journal: &mut dyn Journal,
+    views: &Views,
+    metrics: &Metrics,
+    audit: &AuditLog,
+    unanswered: &mut Vec<Pending>,
+) -> Result<(), Fatal> {
     let mut snapshot_wanted = None;
     let mut since_snapshot = journal.incremental().then(SinceSnapshot::default);
     // Emptied vectors go back for the next decisions, so taking allocates nothing.
@@ -420,11 +488,18 @@ fn sync(
             changes,
             state,
         } = taken;
-        record(audit, &mut replies);
-        if !entries.is_empty() {
-            append(&mut *journal, metrics, &entries);
-            entries.clear();
+        let durable = record(audit, &mut replies).and_then(|()| {
+            if entries.is_empty() {
+                Ok(())
+            } else {
+                append(journal, metrics, &entries)
+            }
+        });
+        if let Err(fatal) = durable {
+            *unanswered = replies;
+            return Err(fatal);
         }
+        entries.clear();
         if let Some(since) = &mut since_snapshot {
             since.note(&changes);
         }
@@ -442,13 +517,13 @@ fn sync(
         {
             match (copy, &mut since_snapshot) {
                 (SnapshotCopy::Full(state), since) => {
-                    snapshot(*state, views, metrics, &mut *journal);
+                    snapshot(*state, views, metrics, journal)?;
                     if let Some(since) = since {
                         since.clear();
                     }
                 }
                 (SnapshotCopy::Head(head), Some(since)) => {
-                    delta(*head, since, metrics, &mut *journal);
+                    delta(*head, since, metrics, journal)?;
                 }
                 // Only a journal that keeps incremental snapshots asks for one.
                 (SnapshotCopy::Head(_), None) => {}
@@ -458,12 +533,9 @@ fn sync(
     };
     // A snapshot at a clean stop makes the next start read it instead of replaying the journal.
     if let Some(state) = closing_state {
-        snapshot(*state, views, metrics, &mut *journal);
+        snapshot(*state, views, metrics, journal)?;
     }
-    if let Err(err) = journal.close() {
-        tracing::error!(error = %err, "journal close failed; stopping");
-        std::process::abort();
-    }
+    journal.close().map_err(Fatal::Close)
 }
 
 /// Copies the state for a snapshot. Deciding waits for the copy (it is taken under the lock, so
@@ -486,7 +558,7 @@ fn copy_for_snapshot(router: &Router, metrics: &Metrics) -> Box<SnapshotState> {
 /// change must never be durable unaudited. The batch is decided already, so a trail that cannot
 /// be written stops the process; recovery then holds none of it and no caller was answered.
 /// A refused command changed nothing and is not recorded.
-fn record(audit: &AuditLog, replies: &mut [Pending]) {
+fn record(audit: &AuditLog, replies: &mut [Pending]) -> Result<(), Fatal> {
     let records: Vec<Record> = replies
         .iter_mut()
         .filter_map(|p| {
@@ -500,30 +572,29 @@ fn record(audit: &AuditLog, replies: &mut [Pending]) {
         })
         .collect();
     if records.is_empty() {
-        return;
+        return Ok(());
     }
-    if let Err(err) = audit.append_durably(records) {
-        tracing::error!(error = %err, "audit write failed under a decided batch; stopping");
-        std::process::abort();
-    }
+    audit.append_durably(records).map_err(Fatal::Audit)
 }
 
 /// Appends `entries` with one sync.
-fn append(journal: &mut dyn Journal, metrics: &Metrics, entries: &[Entry]) {
+fn append(journal: &mut dyn Journal, metrics: &Metrics, entries: &[Entry]) -> Result<(), Fatal> {
     let started = std::time::Instant::now();
     let appended = journal.append(entries);
     metrics.store_sync.observe(started.elapsed().as_secs_f64());
     metrics.store_batch.observe(entries.len() as f64);
-    if let Err(err) = appended {
-        // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop, and let
-        // recovery replay what is durable.
-        tracing::error!(error = %err, "journal append failed; stopping");
-        std::process::abort();
-    }
+    // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop, and let
+    // recovery replay what is durable.
+    appended.map_err(Fatal::Journal)
 }
 
 /// Hands the journal the state after the last durable decision.
-fn snapshot(state: SnapshotState, views: &Views, metrics: &Metrics, journal: &mut dyn Journal) {
+fn snapshot(
+    state: SnapshotState,
+    views: &Views,
+    metrics: &Metrics,
+    journal: &mut dyn Journal,
+) -> Result<(), Fatal> {
     // Replies to the next batch wait for this copy too (at 1,000,000 live requests it takes
     // longer than the state's), so operators see it beside the state copy's log line.
     let started = std::time::Instant::now();
@@ -535,22 +606,21 @@ fn snapshot(state: SnapshotState, views: &Views, metrics: &Metrics, journal: &mu
     );
     let snapshot = Snapshot { state, events };
     metrics.store_snapshots.with_label_values(&["full"]).inc();
-    if let Err(err) = journal.snapshot(snapshot) {
-        tracing::error!(error = %err, "snapshot failed; stopping");
-        std::process::abort();
-    }
+    journal.snapshot(snapshot).map_err(Fatal::Snapshot)
 }
 
 /// Hands the journal what changed since the last snapshot, as of the batch `head` was copied at.
-fn delta(head: State, since: &mut SinceSnapshot, metrics: &Metrics, journal: &mut dyn Journal) {
+fn delta(
+    head: State,
+    since: &mut SinceSnapshot,
+    metrics: &Metrics,
+    journal: &mut dyn Journal,
+) -> Result<(), Fatal> {
     metrics
         .store_snapshots
         .with_label_values(&["incremental"])
         .inc();
-    if let Err(err) = journal.delta(since.take(head)) {
-        tracing::error!(error = %err, "snapshot failed; stopping");
-        std::process::abort();
-    }
+    journal.delta(since.take(head)).map_err(Fatal::Snapshot)
 }
 
 async fn sleep_until(clock: &dyn Clock, at: Option<Timestamp>) {
