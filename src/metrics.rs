@@ -2,8 +2,8 @@
 //! tests, do not mix). Labels carry ODS codes, test codes, priorities and states: never patient data.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::domain::{OdsCode, Priority, Request, RequestState};
@@ -69,6 +69,10 @@ pub struct Metrics {
     pub decision: Histogram,
     /// Seconds the syncer took to update the read views with one durable batch.
     pub view_update: Histogram,
+    /// Bytes free on the data directory's filesystem, as last measured.
+    pub data_dir_free_bytes: IntGauge,
+    /// The free-space floor below which new work is refused (0: none).
+    pub data_dir_free_floor_bytes: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -159,6 +163,20 @@ impl Metrics {
             "decision_seconds",
             "Time one command held the decision lock, being decided (every other waits).",
             prometheus::exponential_buckets(0.000_002, 2.0, 18),
+        );
+        let plain_gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let data_dir_free_bytes = plain_gauge(
+            "data_dir_free_bytes",
+            "Bytes free on the data directory's filesystem (journal, snapshots, audit trail), \
+             measured once a second.",
+        );
+        let data_dir_free_floor_bytes = plain_gauge(
+            "data_dir_free_floor_bytes",
+            "The free-space floor: below it the broker refuses new work (0: no floor).",
         );
         let view_update = plain_hist(
             "view_update_seconds",
@@ -260,6 +278,8 @@ impl Metrics {
             store_snapshot_bytes,
             decision,
             view_update,
+            data_dir_free_bytes,
+            data_dir_free_floor_bytes,
             registry,
         }
     }

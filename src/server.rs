@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::{Context, CoordinatorApi, DirectoryApi, LabApi, RequestApi};
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, DiskFloor};
 use crate::auth::{Authenticator, Gate, RateLimiter, Role, WatchLimiter};
 use crate::config::{Config, Limits, TlsPaths};
 use crate::engine::{Engine, Views};
@@ -256,7 +256,15 @@ pub async fn serve_on(
         config.retention_ms,
         metrics.clone(),
     ));
-    let (audit, audit_writer) = AuditLog::open(&config.data_dir, config.clock.clone())?;
+    let limiter = rate_limiter(&config);
+    let (floor, floor_monitor) = DiskFloor::start(
+        &config.data_dir,
+        config.min_free_bytes,
+        Some(metrics.clone()),
+    )?;
+    let (audit, audit_writer) =
+        AuditLog::open(&config.data_dir, config.audit, config.clock.clone())?;
+    let audit = audit.with_budget(limiter.clone()).with_floor(floor);
     let (engine, sequencer) = Engine::start(crate::engine::Parts {
         router,
         journal,
@@ -267,7 +275,7 @@ pub async fn serve_on(
         on_fatal: crate::engine::abort_process(),
     })?;
     let _ = engine_slot.set(engine.clone());
-    let auth = authenticator(&config, demo_tokens);
+    let auth = authenticator(&config, demo_tokens, limiter.clone());
     let ctx = Context {
         engine: engine.clone(),
         auth,
@@ -283,6 +291,7 @@ pub async fn serve_on(
         web_ctx.auth = authenticator(
             &config,
             demo_tokens && web_addr.is_some_and(|a| a.ip().is_loopback()),
+            limiter,
         );
         let mut stopped = stop_rx.clone();
         tokio::spawn(crate::web::serve_web(
@@ -417,7 +426,11 @@ pub async fn serve_on(
     }
     // Wait for the sequencer, so the journal is complete and synced.
     let _ = tokio::task::spawn_blocking(move || sequencer.join()).await;
-    let _ = tokio::task::spawn_blocking(move || audit_writer.close()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        audit_writer.close();
+        drop(floor_monitor);
+    })
+    .await;
     tracing::info!("broker stopped");
     result
 }
@@ -580,7 +593,21 @@ fn snapshot_metrics(metrics: Arc<Metrics>) -> store::SnapshotObserver {
     })
 }
 
-fn authenticator(config: &Config, demo_tokens: bool) -> Authenticator {
+/// One limiter for every way in (gRPC and the coordinator page): an organisation's calls and
+/// audit volume are counted once, wherever they come from.
+fn rate_limiter(config: &Config) -> RateLimiter {
+    RateLimiter::new(
+        config.limits.rate_per_second,
+        config.limits.burst,
+        config.clock.clone(),
+    )
+    .with_audit_budget(
+        config.limits.audit_bytes_per_second,
+        config.limits.audit_burst_bytes,
+    )
+}
+
+fn authenticator(config: &Config, demo_tokens: bool, limiter: RateLimiter) -> Authenticator {
     Authenticator::new(
         config.trusts.keys().cloned(),
         config.labs.iter().map(|l| l.ods.clone()),
@@ -588,11 +615,7 @@ fn authenticator(config: &Config, demo_tokens: bool) -> Authenticator {
     )
     .with_coordinators(config.coordinators.iter().cloned())
     .with_tokens(config.tokens.iter().cloned())
-    .with_rate_limit(RateLimiter::new(
-        config.limits.rate_per_second,
-        config.limits.burst,
-        config.clock.clone(),
-    ))
+    .with_rate_limit(limiter)
 }
 
 /// Per-connection limits; per-organisation ones are in the authenticator and the watch limiter.

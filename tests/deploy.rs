@@ -410,6 +410,8 @@ fn the_example_config_loads_and_sets_every_key() {
         "shutdown_grace_seconds",
         "heartbeat_timeout_seconds",
         "data_dir",
+        "min_free_bytes",
+        "audit",
         "retention_days",
         "leases",
         "test",
@@ -436,8 +438,11 @@ fn the_example_config_loads_and_sets_every_key() {
             "streams_per_connection",
             "request_timeout_seconds",
             "keepalive_seconds",
+            "audit_bytes_per_second",
+            "audit_burst_bytes",
         ])
     );
+    assert_eq!(keys("audit"), set(&["rotate_bytes", "rotate_daily"]));
     let test_keys: BTreeSet<String> = table["test"]
         .as_array()
         .unwrap()

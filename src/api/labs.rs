@@ -367,7 +367,7 @@ impl LabService for LabApi {
         let seen = page.iter().filter(|r| r.patient_visible_to_lab());
         self.ctx
             .audit
-            .record_each(&who, Action::JobList, seen.map(|r| r.id))
+            .record_list(&who, Action::JobList, seen.map(|r| r.id))
             .await?;
         Ok(Response::new(proto::ListJobsResponse {
             jobs: page.iter().map(|r| job_to(r)).collect(),

@@ -108,7 +108,7 @@ impl RequestService for RequestApi {
         });
         self.ctx
             .audit
-            .record_each(&who, Action::RequestList, page.iter().map(|r| r.id))
+            .record_list(&who, Action::RequestList, page.iter().map(|r| r.id))
             .await?;
         Ok(Response::new(proto::ListRequestsResponse {
             requests: page.iter().map(|r| request_to(r)).collect(),

@@ -1,13 +1,17 @@
 //! The audit file format: one JSON object per line, each hash-chained to the one before, so an
-//! edited, deleted, inserted or reordered entry breaks the chain at that point.
+//! edited, deleted, inserted or reordered entry breaks the chain at that point; and reading a
+//! file's first and last entries.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
+
+use crate::domain::RequestId;
 
 /// `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -29,6 +33,9 @@ pub struct AuditEntry {
     /// The request (or job) concerned, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The requests (or jobs) a list call returned, in its order: one entry for the whole page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ids: Option<Vec<String>>,
     /// A coordinator's stated reason for a decision (setting a lab's status, reassigning a job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -40,7 +47,8 @@ pub struct AuditEntry {
 
 /// The hashed part of an entry, in a fixed field order: serde_json writes struct fields in
 /// declaration order, so this serialisation is canonical. `request_id` is always present (null
-/// if none); `reason` only when there is one, so entries without it hash as they always did.
+/// if none); `request_ids` and `reason` only when there are some, so entries without them hash
+/// as they always did.
 #[derive(Serialize)]
 pub(crate) struct Body<'a> {
     pub(crate) seq: u64,
@@ -50,7 +58,33 @@ pub(crate) struct Body<'a> {
     pub(crate) action: &'a str,
     pub(crate) request_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) request_ids: Option<Ids<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<&'a str>,
+}
+
+/// A list of request ids, written as an array of lower-case hyphenated UUIDs whether it comes
+/// from the broker (parsed ids) or from a file being checked (their text).
+#[derive(Clone, Copy)]
+pub(crate) enum Ids<'a> {
+    Parsed(&'a [RequestId]),
+    Text(&'a [String]),
+}
+
+impl Serialize for Ids<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Text(ids) => serializer.collect_seq(ids.iter()),
+            Self::Parsed(ids) => {
+                let mut seq = serializer.serialize_seq(Some(ids.len()))?;
+                let mut text = uuid::Uuid::encode_buffer();
+                for id in *ids {
+                    seq.serialize_element(&*id.0.hyphenated().encode_lower(&mut text))?;
+                }
+                seq.end()
+            }
+        }
+    }
 }
 
 /// An entry as written: the same JSON line an [`AuditEntry`] makes, from borrowed parts.
@@ -63,6 +97,8 @@ struct Line<'a> {
     action: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_ids: Option<Ids<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
     prev_hash: &'a str,
@@ -79,11 +115,22 @@ impl AuditEntry {
             role: &self.role,
             action: &self.action,
             request_id: self.request_id.as_deref(),
+            request_ids: self.request_ids.as_deref().map(Ids::Text),
             reason: self.reason.as_deref(),
         };
         let mut hash = String::new();
         chain_hash(&self.prev_hash, &body, &mut Vec::new(), &mut hash);
         hash
+    }
+
+    /// True when the entry names request `id`, alone or among a list call's ids: who saw or
+    /// changed it.
+    pub fn concerns(&self, id: &str) -> bool {
+        self.request_id.as_deref() == Some(id)
+            || self
+                .request_ids
+                .as_ref()
+                .is_some_and(|ids| ids.iter().any(|i| i == id))
     }
 }
 
@@ -108,9 +155,9 @@ pub(crate) fn chain_hash(
     hash.extend(hex_digest.iter().map(|&b| char::from(b)));
 }
 
-/// Writes one entry as its JSON line, chained to `prev_hash`, whose hash is `hash`.
+/// Appends one entry to `out` as its JSON line, chained to `prev_hash`, whose hash is `hash`.
 pub(crate) fn write_line(
-    out: &mut impl Write,
+    out: &mut Vec<u8>,
     body: &Body<'_>,
     prev_hash: &str,
     hash: &str,
@@ -122,37 +169,14 @@ pub(crate) fn write_line(
         role: body.role,
         action: body.action,
         request_id: body.request_id,
+        request_ids: body.request_ids,
         reason: body.reason,
         prev_hash,
         hash,
     };
     serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
-    out.write_all(b"\n")
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("audit chain broken at line {line}{}: {reason}", seq.map(|s| format!(" (entry seq {s})")).unwrap_or_default())]
-pub struct Broken {
-    /// 1-based line of the file.
-    pub line: usize,
-    /// The entry's own sequence number, when it could be read.
-    pub seq: Option<u64>,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// The outcome of checking a log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every entry chains to the one before.
-    Intact {
-        /// How many entries.
-        entries: u64,
-        /// The hash of the last entry: record it elsewhere to detect truncation later.
-        head: String,
-    },
-    /// The first broken entry.
-    Broken(Broken),
+    out.push(b'\n');
+    Ok(())
 }
 
 /// Why a log could not be checked at all.
@@ -163,109 +187,6 @@ pub struct ReadError {
     pub path: String,
     /// Why.
     pub source: std::io::Error,
-}
-
-/// Checks every entry of the log at `path`.
-pub fn verify(path: &Path) -> Result<Verdict, ReadError> {
-    let mut entries = 0;
-    let mut head = GENESIS.to_string();
-    let result = walk(path, |_, entry| {
-        entries += 1;
-        head = entry.hash.clone();
-        true
-    })?;
-    Ok(match result {
-        Some(broken) => Verdict::Broken(broken),
-        None => Verdict::Intact { entries, head },
-    })
-}
-
-/// Verifies the log and writes it to `out` as JSON lines; stops at the first broken entry.
-pub fn export(path: &Path, out: &mut dyn Write) -> Result<Verdict, ReadError> {
-    let mut write_error = None;
-    let mut entries = 0;
-    let mut head = GENESIS.to_string();
-    let broken = walk(path, |_, entry| {
-        entries += 1;
-        head = entry.hash.clone();
-        match serde_json::to_string(entry)
-            .map_err(std::io::Error::other)
-            .and_then(|line| writeln!(out, "{line}"))
-        {
-            Ok(()) => true,
-            Err(e) => {
-                write_error = Some(e);
-                false
-            }
-        }
-    })?;
-    if let Some(source) = write_error {
-        return Err(ReadError {
-            path: "<output>".into(),
-            source,
-        });
-    }
-    Ok(match broken {
-        Some(b) => Verdict::Broken(b),
-        None => Verdict::Intact { entries, head },
-    })
-}
-
-/// Reads the log line by line, checking the chain, handing each good entry to `each` (which may
-/// stop the walk by returning false). Returns the first break, if any.
-fn walk(
-    path: &Path,
-    mut each: impl FnMut(usize, &AuditEntry) -> bool,
-) -> Result<Option<Broken>, ReadError> {
-    let read_error = |source| ReadError {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_error(e)),
-    };
-    let mut prev = GENESIS.to_string();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(read_error)?;
-        let number = i + 1;
-        let expected_seq = number as u64;
-        let entry: AuditEntry = match serde_json::from_str(&line) {
-            Ok(e) => e,
-            Err(e) => {
-                return Ok(Some(Broken {
-                    line: number,
-                    seq: None,
-                    reason: format!("not an audit entry: {e}"),
-                }));
-            }
-        };
-        let broken = |reason: String| {
-            Ok(Some(Broken {
-                line: number,
-                seq: Some(entry.seq),
-                reason,
-            }))
-        };
-        if entry.seq != expected_seq {
-            return broken(format!(
-                "sequence {} where {expected_seq} was expected (an entry was deleted, inserted or moved)",
-                entry.seq
-            ));
-        }
-        if entry.prev_hash != prev {
-            return broken("prev_hash does not match the previous entry's hash".into());
-        }
-        if entry.compute_hash() != entry.hash {
-            return broken("the hash does not match the entry's content (it was edited)".into());
-        }
-        if !each(number, &entry) {
-            return Ok(None);
-        }
-        prev = entry.hash;
-    }
-    Ok(None)
 }
 
 /// Bytes read at a time when a log is read from its end.
@@ -319,6 +240,26 @@ pub(crate) fn last_entry_by_blocks(
         cut = bytes;
         end = start;
     }
+}
+
+/// The first entry of the file at `path`, if its first line is one; reads no further than its
+/// first newline (and its length: the file may be a device that never ends).
+pub(crate) fn first_entry(path: &Path) -> Result<Option<AuditEntry>, ReadError> {
+    let read_error = |source| ReadError {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_error(e)),
+    };
+    let len = file.metadata().map_err(read_error)?.len();
+    let mut line = Vec::new();
+    BufReader::new(file.take(len))
+        .read_until(b'\n', &mut line)
+        .map_err(read_error)?;
+    Ok(serde_json::from_slice(line.trim_ascii_end()).ok())
 }
 
 /// Where the log's last whole line ends (0 if it has none): anything after it is an entry whose

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use labaid::Config;
-use labaid::audit::{self, AUDIT_FILE, Verdict};
+use labaid::audit::{self, Verdict};
 use labaid::auth::{self, Role, devpki};
 use labaid::config::TlsPaths;
 use labaid::domain::OdsCode;
@@ -145,13 +145,15 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Checks the hash chain; exit 0 when intact, 1 when broken (naming the first bad entry).
+    /// Checks the hash chain across `audit.log` and the files rotated out of it; exit 0 when
+    /// intact, 1 when broken (naming the file and its first bad entry, or a missing file).
     Verify {
         /// The broker's data directory.
         #[arg(long, env = "LABAID_DATA_DIR", default_value = labaid::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
-    /// Writes the verified log as JSON lines (to stdout, or --out); exit 1 if it is broken.
+    /// Writes the verified trail, every file in order, as JSON lines (to stdout, or --out);
+    /// exit 1 if it is broken.
     Export {
         /// The broker's data directory.
         #[arg(long, env = "LABAID_DATA_DIR", default_value = labaid::config::DEFAULT_DATA_DIR)]
@@ -159,6 +161,10 @@ enum AuditCommand {
         /// Output file [default: stdout].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only the entries that name this request (or job) id, alone or among a list call's:
+        /// who saw or changed it. The whole trail is still verified.
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
     },
 }
 
@@ -194,9 +200,11 @@ fn main() -> ExitCode {
             server_names,
         }) => dev_certs(&dir, config.as_deref(), &server_names),
         Some(Command::Audit(AuditCommand::Verify { data_dir })) => audit_verify(&data_dir),
-        Some(Command::Audit(AuditCommand::Export { data_dir, out })) => {
-            audit_export(&data_dir, out.as_deref())
-        }
+        Some(Command::Audit(AuditCommand::Export {
+            data_dir,
+            out,
+            request,
+        })) => audit_export(&data_dir, out.as_deref(), request.as_deref()),
         Some(Command::Health(h)) => return health(h),
         None => run(args),
     };
@@ -344,8 +352,12 @@ fn dev_certs(
 
 fn report(verdict: Verdict) -> ExitCode {
     match verdict {
-        Verdict::Intact { entries, head } => {
-            eprintln!("audit log intact: {entries} entries, head {head}");
+        Verdict::Intact {
+            entries,
+            files,
+            head,
+        } => {
+            eprintln!("audit log intact: {entries} entries in {files} files, head {head}");
             ExitCode::SUCCESS
         }
         Verdict::Broken(broken) => {
@@ -355,32 +367,51 @@ fn report(verdict: Verdict) -> ExitCode {
     }
 }
 
+/// Refuses a directory that holds no audit file at all: a mistyped path is not an intact trail.
+fn ensure_trail(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let files = audit::chain_files(data_dir)
+        .with_context(|| format!("cannot read {}", data_dir.display()))?;
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no audit log in {} (neither {} nor rotated audit-*.log files)",
+        data_dir.display(),
+        audit::AUDIT_FILE
+    );
+    Ok(())
+}
+
 fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let path = data_dir.join(AUDIT_FILE);
-    anyhow::ensure!(path.exists(), "no audit log at {}", path.display());
-    Ok(report(audit::verify(&path)?))
+    ensure_trail(data_dir)?;
+    Ok(report(audit::verify(data_dir)?))
 }
 
 fn audit_export(
     data_dir: &std::path::Path,
     out: Option<&std::path::Path>,
+    request: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let path = data_dir.join(AUDIT_FILE);
-    anyhow::ensure!(path.exists(), "no audit log at {}", path.display());
+    ensure_trail(data_dir)?;
+    // Written as the trail writes ids, whatever case it was given in.
+    let request = request
+        .map(labaid::domain::RequestId::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--request: {e}"))?
+        .map(|id| id.to_string());
+    let request = request.as_deref();
     let verdict = match out {
         Some(file) => {
             let mut w = std::io::BufWriter::new(
                 std::fs::File::create(file)
                     .with_context(|| format!("cannot create {}", file.display()))?,
             );
-            let v = audit::export(&path, &mut w)?;
+            let v = audit::export(data_dir, &mut w, request)?;
             std::io::Write::flush(&mut w)?;
             v
         }
         None => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            audit::export(&path, &mut lock)?
+            audit::export(data_dir, &mut lock, request)?
         }
     };
     Ok(report(verdict))

@@ -268,9 +268,12 @@ impl Engine {
     }
 
     /// Decides a caller's command and waits until it and its audit entry are durable. Refused
-    /// with UNAVAILABLE, before anything is decided, while the audit trail cannot be written.
+    /// before anything is decided as the audit trail refuses a call: UNAVAILABLE while it
+    /// cannot be written or the disk is below its free-space floor, RESOURCE_EXHAUSTED while the
+    /// caller is over its audit volume budget.
     pub async fn execute_as(&self, asked: Asked<'_>, command: Command) -> Result<Reply, Error> {
-        self.audit.check()?;
+        self.audit
+            .admit(&asked.who.org, crate::audit::entry_bytes(0, asked.reason))?;
         self.decide(command, Some(asked)).await
     }
 

@@ -97,7 +97,8 @@ impl Harness {
         let router = demo_router();
         let metrics = Arc::new(Metrics::new());
         let views = Arc::new(Views::new(&router, Vec::new(), 60_000, metrics.clone()));
-        let (audit, writer) = AuditLog::open(dir.path(), clock.clone()).expect("audit");
+        let (audit, writer) =
+            AuditLog::open(dir.path(), Default::default(), clock.clone()).expect("audit");
         let fatal = Arc::new(Mutex::new(Vec::new()));
         let seen = fatal.clone();
         let (engine, sequencer) = Engine::start(Parts {

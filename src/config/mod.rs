@@ -9,7 +9,13 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::auth::{Role, TokenHash};
+mod security;
+
+pub use security::{Limits, TlsPaths};
+use security::{RawAudit, RawLimits, RawTls, RawToken, SecurityFile, build_audit, build_security};
+
+use crate::audit::AuditOptions;
+use crate::auth::TokenHash;
 use crate::domain::Clock;
 use crate::domain::{Catalogue, MINUTE_MS, OdsCode, TestCode, TestDef};
 use crate::engine::SystemClock;
@@ -17,9 +23,9 @@ use crate::routing::{DefaultPolicy, LabConfig, Leases, RoutingPolicy};
 use crate::store::{Directory, StoreOptions};
 
 /// The bundled demo catalogue.
-pub const DEMO_CATALOGUE: &str = include_str!("../deploy/demo/catalogue.toml");
+pub const DEMO_CATALOGUE: &str = include_str!("../../deploy/demo/catalogue.toml");
 /// The bundled demo directory of south-east London.
-pub const DEMO_DIRECTORY: &str = include_str!("../deploy/demo/se-london.toml");
+pub const DEMO_DIRECTORY: &str = include_str!("../../deploy/demo/se-london.toml");
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default address of the metrics and health HTTP listener.
@@ -32,6 +38,8 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u32 = 10;
 pub const DEFAULT_DATA_DIR: &str = "labaid-data";
 /// Default retention of finished requests.
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// Default free-space floor of the data directory: below it new work is refused.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A configuration that cannot be used, with what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,10 @@ pub struct Config {
     pub heartbeat_timeout: Option<std::time::Duration>,
     /// Where the store keeps its files.
     pub data_dir: PathBuf,
+    /// New work is refused while the data directory's filesystem has fewer bytes free (0: never).
+    pub min_free_bytes: u64,
+    /// How the audit trail is rotated.
+    pub audit: AuditOptions,
     /// The test catalogue.
     pub catalogue: Arc<Catalogue>,
     /// Trusts by ODS code, with their names.
@@ -110,203 +122,6 @@ pub struct Config {
     pub limits: Limits,
 }
 
-// --- Security settings: TLS, tokens, coordinators, limits. ---
-
-/// The broker's certificate and key, and the CA its clients' certificates must chain to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsPaths {
-    /// PEM certificate chain of the broker.
-    pub cert: PathBuf,
-    /// PEM private key of the broker.
-    pub key: PathBuf,
-    /// PEM CA for client certificates (mutual TLS); without it only tokens authenticate.
-    pub client_ca: Option<PathBuf>,
-}
-
-impl TlsPaths {
-    /// TLS from the three flags: none at all is plaintext; a CA alone, or a certificate without
-    /// its key, is a mistake.
-    pub fn from_parts(
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
-        client_ca: Option<PathBuf>,
-    ) -> Result<Option<Self>, ConfigError> {
-        match (cert, key) {
-            (Some(cert), Some(key)) => Ok(Some(Self {
-                cert,
-                key,
-                client_ca,
-            })),
-            (None, None) if client_ca.is_none() => Ok(None),
-            _ => Err(ConfigError::Invalid(
-                "tls: give the broker's certificate and key together (--tls-cert and --tls-key); \
-                 --client-ca needs them too"
-                    .into(),
-            )),
-        }
-    }
-}
-
-/// Limits against abuse. The defaults are generous so that benchmarks are not throttled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    /// Calls per second each organisation may sustain.
-    pub rate_per_second: u32,
-    /// Calls an organisation may make at once before the rate applies.
-    pub burst: u32,
-    /// Open watch streams per organisation.
-    pub watches_per_org: usize,
-    /// Concurrent HTTP/2 streams (calls) per connection.
-    pub streams_per_connection: u32,
-    /// Longest a unary call (or the start of a stream) may take.
-    pub request_timeout: std::time::Duration,
-    /// HTTP/2 keepalive ping interval; dead peers are dropped after one more interval.
-    pub keepalive: std::time::Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            rate_per_second: 2000,
-            burst: 4000,
-            watches_per_org: 64,
-            streams_per_connection: 256,
-            request_timeout: std::time::Duration::from_secs(30),
-            keepalive: std::time::Duration::from_secs(30),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    rate_per_second: Option<u32>,
-    burst: Option<u32>,
-    watches_per_org: Option<usize>,
-    streams_per_connection: Option<u32>,
-    request_timeout_seconds: Option<u64>,
-    keepalive_seconds: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawToken {
-    org: String,
-    role: String,
-    sha256: String,
-}
-
-/// The security part of a config file, checked against the directory.
-struct Security {
-    tls: Option<TlsPaths>,
-    allow_plaintext_loopback: bool,
-    tokens: Vec<TokenHash>,
-    coordinators: BTreeSet<OdsCode>,
-    limits: Limits,
-}
-
-fn build_security(
-    file: SecurityFile,
-    trusts: &BTreeMap<OdsCode, String>,
-    labs: &[LabConfig],
-) -> Result<Security, ConfigError> {
-    let invalid = ConfigError::Invalid;
-    let coordinators = file
-        .coordinators
-        .unwrap_or_else(|| vec![crate::auth::COORDINATOR_ORG.to_string()])
-        .iter()
-        .map(|c| OdsCode::parse(c).map_err(|e| invalid(format!("coordinators: {c}: {e}"))))
-        .collect::<Result<BTreeSet<_>, _>>()?;
-    let is_lab = |o: &OdsCode| labs.iter().any(|l| &l.ods == o);
-    if let Some(c) = coordinators
-        .iter()
-        .find(|c| trusts.contains_key(*c) || is_lab(c))
-    {
-        return Err(invalid(format!(
-            "coordinators: {c} is already a trust or lab in the directory"
-        )));
-    }
-    let mut tokens = Vec::new();
-    for t in file.tokens {
-        let org = OdsCode::parse(&t.org).map_err(|e| invalid(format!("token {}: {e}", t.org)))?;
-        let role = Role::parse(&t.role).map_err(|e| invalid(format!("token {org}: {e}")))?;
-        let fits = match role {
-            Role::Trust => trusts.contains_key(&org),
-            Role::Lab => is_lab(&org),
-            Role::Coordinator => !trusts.contains_key(&org) && !is_lab(&org),
-        };
-        if !fits {
-            return Err(invalid(format!(
-                "token {org}: role {} does not match the directory",
-                role.as_str()
-            )));
-        }
-        let sha256 =
-            TokenHash::parse_hex(&t.sha256).map_err(|e| invalid(format!("token {org}: {e}")))?;
-        if tokens.iter().any(|x: &TokenHash| x.sha256 == sha256) {
-            return Err(invalid(format!(
-                "token {org}: the same hash is listed twice"
-            )));
-        }
-        tokens.push(TokenHash { org, role, sha256 });
-    }
-    let d = Limits::default();
-    let limits = match file.limits {
-        None => d,
-        Some(l) => Limits {
-            rate_per_second: l.rate_per_second.unwrap_or(d.rate_per_second),
-            burst: l.burst.unwrap_or(d.burst),
-            watches_per_org: l.watches_per_org.unwrap_or(d.watches_per_org),
-            streams_per_connection: l.streams_per_connection.unwrap_or(d.streams_per_connection),
-            request_timeout: l
-                .request_timeout_seconds
-                .map_or(d.request_timeout, std::time::Duration::from_secs),
-            keepalive: l
-                .keepalive_seconds
-                .map_or(d.keepalive, std::time::Duration::from_secs),
-        },
-    };
-    if limits.rate_per_second == 0
-        || limits.burst == 0
-        || limits.watches_per_org == 0
-        || limits.streams_per_connection == 0
-        || limits.request_timeout.is_zero()
-        || limits.keepalive.is_zero()
-    {
-        return Err(invalid("limits: every limit must be at least 1".into()));
-    }
-    Ok(Security {
-        tls: file.tls.map(|t| TlsPaths {
-            cert: t.cert,
-            key: t.key,
-            client_ca: t.client_ca,
-        }),
-        allow_plaintext_loopback: file.allow_plaintext_loopback.unwrap_or(false),
-        tokens,
-        coordinators,
-        limits,
-    })
-}
-
-/// The security keys of the file, split off before the directory is built.
-struct SecurityFile {
-    tls: Option<RawTls>,
-    allow_plaintext_loopback: Option<bool>,
-    tokens: Vec<RawToken>,
-    coordinators: Option<Vec<String>>,
-    limits: Option<RawLimits>,
-}
-
-// --- End of security settings. ---
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -316,6 +131,8 @@ struct FileConfig {
     shutdown_grace_seconds: Option<u32>,
     heartbeat_timeout_seconds: Option<u32>,
     data_dir: Option<PathBuf>,
+    min_free_bytes: Option<u64>,
+    audit: Option<RawAudit>,
     store_url: Option<String>,
     store_password_file: Option<PathBuf>,
     advertise: Option<String>,
@@ -632,6 +449,7 @@ impl Config {
             return Err(invalid("retention_days must be at least 1".into()));
         }
         let security = build_security(security_file, &trusts, &labs)?;
+        let audit = build_audit(file.audit)?;
         Ok(Self {
             listen,
             metrics_listen,
@@ -641,6 +459,8 @@ impl Config {
             data_dir: file
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            min_free_bytes: file.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
+            audit,
             catalogue: Arc::new(catalogue),
             trusts,
             labs,
@@ -701,6 +521,53 @@ agreements = ["RJ9"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("RJ9"), "{err}");
+    }
+
+    const SMALL: &str = r#"
+[[trust]]
+ods = "RJ1"
+name = "A"
+[[lab]]
+ods = "RJ7"
+name = "B"
+tests = ["K"]
+capacity = { K = 1 }
+transport_minutes = { RJ1 = 10 }
+agreements = ["RJ1"]
+"#;
+
+    #[test]
+    fn the_audit_trail_settings_are_read_and_checked() {
+        let c = Config::from_toml(SMALL, Path::new("x.toml")).unwrap();
+        assert_eq!(c.audit, AuditOptions::default());
+        assert_eq!(c.min_free_bytes, DEFAULT_MIN_FREE_BYTES);
+        let text = format!(
+            "min_free_bytes = 0\n{SMALL}\n[audit]\nrotate_bytes = 8192\nrotate_daily = true\n\
+             [limits]\naudit_bytes_per_second = 5000\naudit_burst_bytes = 70000\n"
+        );
+        let c = Config::from_toml(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.min_free_bytes, 0);
+        assert_eq!(
+            c.audit,
+            AuditOptions {
+                rotate_bytes: 8192,
+                rotate_daily: true
+            }
+        );
+        assert_eq!(
+            (c.limits.audit_bytes_per_second, c.limits.audit_burst_bytes),
+            (5000, 70000)
+        );
+        for (bad, named) in [
+            ("[audit]\nrotate_bytes = 10\n", "audit.rotate_bytes"),
+            ("[limits]\naudit_burst_bytes = 1000\n", "audit_burst_bytes"),
+            ("[limits]\naudit_bytes_per_second = 0\n", "at least 1"),
+        ] {
+            let err = Config::from_toml(&format!("{SMALL}\n{bad}"), Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{err}");
+        }
     }
 
     #[test]

@@ -1,0 +1,218 @@
+//! The audit writer thread: chains the entries handed to it, writes whatever arrived since its
+//! last write and syncs once for all of it (group commit), then answers each waiter; rotates
+//! `audit.log` when it is full or a new day begins, the chain running on into the next file.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::chain::{self, Ids};
+use super::files::{self, AUDIT_FILE};
+use super::{AuditOptions, Record};
+use crate::error::Error;
+
+/// Bytes of a batch held before they are written, so a huge batch does not sit in memory.
+const WRITE_AT: usize = 256 * 1024;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The writer's answer to a batch: true once every entry of it is durable.
+pub(super) type Ack = oneshot::Sender<bool>;
+
+pub(super) enum Message {
+    Records(Vec<Record>, Ack),
+    Close,
+}
+
+/// The file being written and where the chain stands.
+pub(super) struct Writer {
+    dir: PathBuf,
+    file: fs::File,
+    seq: u64,
+    head: String,
+    /// Bytes in `file`, written or held in `pending`.
+    size: u64,
+    /// The sequence number and UTC day of the file's first entry, once it has one.
+    first: Option<(u64, i64)>,
+    options: AuditOptions,
+    pending: Vec<u8>,
+    scratch: Vec<u8>,
+    next_head: String,
+}
+
+impl Writer {
+    /// Opens `dir/audit.log` to continue the chain, wherever it ends: in it, or in the newest
+    /// rotated file (a crash right after a rotation).
+    pub(super) fn open(dir: &Path, options: AuditOptions) -> Result<Self, Error> {
+        let path = dir.join(AUDIT_FILE);
+        drop_torn_tail(&path)?;
+        let internal = |e: chain::ReadError| Error::Internal(e.to_string());
+        let last = files::chain_end(dir).map_err(internal)?;
+        let (seq, head) = last.map_or((0, chain::GENESIS.to_string()), |e| (e.seq, e.hash));
+        let first = chain::first_entry(&path)
+            .map_err(internal)?
+            .map(|e| (e.seq, day(e.time_ms)));
+        let file = files::open_append(&path)
+            .map_err(|e| Error::Internal(format!("cannot open {}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?
+            .len();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+            seq,
+            head,
+            size,
+            first,
+            options,
+            pending: Vec::new(),
+            scratch: Vec::new(),
+            next_head: String::with_capacity(64),
+        })
+    }
+
+    /// Chains `r` onto the log, rotating first when the file is due.
+    fn append(&mut self, r: &Record) -> std::io::Result<()> {
+        if self.rotation_due(r.time_ms) {
+            self.rotate()?;
+        }
+        self.seq += 1;
+        let mut id_text = uuid::Uuid::encode_buffer();
+        let body = chain::Body {
+            seq: self.seq,
+            time_ms: r.time_ms,
+            org: r.org.as_str(),
+            role: r.role,
+            action: r.action.as_str(),
+            request_id: r
+                .request_id
+                .map(|id| &*id.0.hyphenated().encode_lower(&mut id_text)),
+            request_ids: r.request_ids.as_deref().map(Ids::Parsed),
+            reason: r.reason.as_deref(),
+        };
+        chain::chain_hash(&self.head, &body, &mut self.scratch, &mut self.next_head);
+        let before = self.pending.len();
+        chain::write_line(&mut self.pending, &body, &self.head, &self.next_head)?;
+        self.size += (self.pending.len() - before) as u64;
+        std::mem::swap(&mut self.head, &mut self.next_head);
+        self.first.get_or_insert((self.seq, day(r.time_ms)));
+        if self.pending.len() >= WRITE_AT {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn rotation_due(&self, time_ms: i64) -> bool {
+        let Some((_, first_day)) = self.first else {
+            return false;
+        };
+        let full = self.options.rotate_bytes > 0 && self.size >= self.options.rotate_bytes;
+        full || (self.options.rotate_daily && day(time_ms) != first_day)
+    }
+
+    /// Makes the current file durable, moves it aside and continues in a new `audit.log`.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let Some((first_seq, _)) = self.first else {
+            return Ok(());
+        };
+        self.sync()?;
+        self.file = files::rotate(&self.dir, first_seq)?;
+        tracing::info!(
+            file = %files::rotated_name(first_seq),
+            first_seq,
+            last_seq = self.seq,
+            bytes = self.size,
+            "audit log rotated"
+        );
+        self.size = 0;
+        self.first = None;
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes what is held and syncs the file.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.write_pending()?;
+        self.file.sync_data()
+    }
+}
+
+/// The UTC day of a time in milliseconds since the epoch.
+fn day(time_ms: i64) -> i64 {
+    time_ms.div_euclid(DAY_MS)
+}
+
+/// Drops a partial last line left by a crash mid-write: it was never complete, so never counted.
+pub(super) fn drop_torn_tail(path: &Path) -> Result<(), Error> {
+    let Ok(file) = fs::File::open(path) else {
+        return Ok(());
+    };
+    let (keep, len) = chain::end_of_last_line(&file)
+        .and_then(|keep| Ok((keep, file.metadata()?.len())))
+        .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
+    if keep < len {
+        tracing::warn!(
+            path = %path.display(),
+            dropped_bytes = len - keep,
+            "audit log ends in a partial entry from an interrupted write; dropping it"
+        );
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(keep))
+            .map_err(|e| Error::Internal(format!("cannot repair {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Writes what was handed over since the last write, syncs once for all of it, then answers
+/// each batch. After a failed write, sync or rotation nothing more is written (the file may end
+/// in a partial entry, dropped at the next start) and every batch is answered false.
+pub(super) fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Message>, failed: Arc<AtomicBool>) {
+    let mut acks = Vec::new();
+    loop {
+        let first = rx.blocking_recv().unwrap_or(Message::Close);
+        let mut closing = false;
+        let mut written = Ok(());
+        let batch = std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for message in batch {
+            match message {
+                Message::Records(records, ack) => {
+                    acks.push(ack);
+                    if failed.load(Ordering::Relaxed) || written.is_err() {
+                        continue;
+                    }
+                    written = records.iter().try_for_each(|r| w.append(r));
+                }
+                Message::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+        }
+        if !acks.is_empty() && !failed.load(Ordering::Relaxed) {
+            written = written.and_then(|()| w.sync());
+            if let Err(e) = &written {
+                tracing::error!(dir = %w.dir.display(), error = %e, "audit log write failed; refusing audited calls");
+                failed.store(true, Ordering::Relaxed);
+            }
+        }
+        let durable = !failed.load(Ordering::Relaxed);
+        for ack in acks.drain(..) {
+            let _ = ack.send(durable);
+        }
+        if closing {
+            tracing::info!(entries = w.seq, head = %w.head, "audit log closed");
+            return;
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The audit trail under volume and failure: a list call is one compact entry, audit volume is
+//! limited per organisation, the trail rotates into files that verify together, a broker below
+//! its free-space floor refuses new work, and every acknowledged call survives a SIGKILL of the
+//! real broker process in an intact chain.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use common::{TestBroker, http_get, sample, submission, submit};
+use labaid::Config;
+use labaid::audit::{AuditEntry, Verdict};
+use labaid::client::{Client, ConnectOptions};
+use labaid::domain::Timestamp;
+use labaid::proto::{self, Priority};
+use tokio::task::JoinSet;
+use tonic::Code;
+
+/// Every entry of the trail in `dir`, across its files, once verified.
+fn entries(dir: &Path) -> Vec<AuditEntry> {
+    let mut out = Vec::new();
+    let verdict = labaid::audit::export(dir, &mut out, None).unwrap();
+    assert!(matches!(verdict, Verdict::Intact { .. }), "{verdict:?}");
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Bytes in the trail's files.
+fn trail_bytes(dir: &Path) -> u64 {
+    labaid::audit::chain_files(dir)
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::metadata(&f.path).unwrap().len())
+        .sum()
+}
+
+/// Runs `labaid-broker audit ARGS --data-dir DIR`: exit code, stdout and stderr.
+fn audit_cli(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+        .arg("audit")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+async fn submit_many(trust: &Client, prefix: &str, n: usize, now: Timestamp) -> Vec<String> {
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let trust = trust.clone();
+        let sub = submission(&format!("{prefix}-{i}"), Priority::Routine, now);
+        set.spawn(async move { submit(&trust, sub).await.id });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = set.join_next().await {
+        ids.push(id.unwrap());
+    }
+    ids
+}
+
+async fn list(trust: &Client, page_size: u32) -> Result<Vec<String>, tonic::Status> {
+    let page = trust
+        .requests()
+        .list_requests(proto::ListRequestsRequest {
+            page_size,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(page.requests.into_iter().map(|r| r.id).collect())
+}
+
+#[tokio::test]
+async fn a_list_of_a_thousand_requests_is_one_compact_audit_entry() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config).await;
+    let trust = broker.client("RJ1").await;
+    let ids = submit_many(&trust, "BULK", 1000, broker.now()).await;
+    let before = trail_bytes(&broker.data_dir);
+    let listed = list(&trust, 1000).await.unwrap();
+    assert_eq!(listed.len(), 1000);
+    let grew = trail_bytes(&broker.data_dir) - before;
+    eprintln!("audit bytes for one ListRequests(page_size=1000): {grew}");
+    // One quoted id and a comma each, and one entry's fields and hashes.
+    assert!(grew <= 1000 * 39 + 400, "{grew} bytes");
+    broker.shutdown().await;
+    let data_dir = data.path();
+    let all = entries(data_dir);
+    let lists: Vec<&AuditEntry> = all.iter().filter(|e| e.action == "request.list").collect();
+    assert_eq!(lists.len(), 1);
+    assert_eq!(lists[0].request_ids.as_deref(), Some(&listed[..]));
+    assert_eq!(
+        (lists[0].org.as_str(), lists[0].role.as_str()),
+        ("RJ1", "trust")
+    );
+    // "Who saw request X" finds the list that showed it.
+    let (code, out, err) = audit_cli(&["export", "--request", &ids[17].to_uppercase()], data_dir);
+    assert_eq!(code, 0, "{err}");
+    let found: Vec<AuditEntry> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = found.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["request.submit", "request.list"], "{out}");
+}
+
+#[tokio::test]
+async fn an_organisation_over_its_audit_volume_is_refused_while_another_is_served() {
+    let mut config = Config::demo().unwrap();
+    config.limits.audit_bytes_per_second = 1;
+    config.limits.audit_burst_bytes = 64 * 1024;
+    let broker = TestBroker::spawn_with(config).await;
+    let (rj1, rjz) = (broker.client("RJ1").await, broker.client("RJZ").await);
+    submit_many(&rj1, "A", 100, broker.now()).await;
+    submit_many(&rjz, "B", 100, broker.now()).await;
+    // 100 submissions and then pages of 100 ids: the burst is spent within a few dozen calls.
+    let mut served = 0;
+    let refused = loop {
+        match list(&rj1, 100).await {
+            Ok(_) => served += 1,
+            Err(status) => break status,
+        }
+        assert!(served < 100, "never refused");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("audit volume"),
+        "{}",
+        refused.message()
+    );
+    let before = trail_bytes(&broker.data_dir);
+    assert_eq!(
+        list(&rj1, 100).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        trail_bytes(&broker.data_dir),
+        before,
+        "a refused read was recorded"
+    );
+    assert_eq!(list(&rjz, 100).await.unwrap().len(), 100);
+    // The budget refills with the broker's clock.
+    broker.advance(Duration::from_secs(10_000));
+    assert_eq!(list(&rj1, 100).await.unwrap().len(), 100);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_small_rotation_size_makes_several_files_that_verify_together() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    config.audit.rotate_bytes = 4096;
+    let broker = TestBroker::spawn_with(config.clone()).await;
+    let trust = broker.client("RJ1").await;
+    let ids = submit_many(&trust, "ROT", 40, broker.now()).await;
+    for id in &ids {
+        common::get_request(&trust, id).await;
+    }
+    broker.shutdown().await;
+    // A restart finds the chain's end in the newest file and carries on.
+    let broker = TestBroker::spawn_with(config).await;
+    let trust = broker.client("RJ1").await;
+    assert_eq!(list(&trust, 1000).await.unwrap().len(), 40);
+    broker.shutdown().await;
+
+    let files = labaid::audit::chain_files(data.path()).unwrap();
+    assert!(files.len() >= 4, "{files:?}");
+    let (code, _, said) = audit_cli(&["verify"], data.path());
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains(&format!("81 entries in {} files", files.len())),
+        "{said}"
+    );
+    // Removing a middle file is caught and the file after the gap named.
+    std::fs::remove_file(&files[1].path).unwrap();
+    let (code, _, said) = audit_cli(&["verify"], data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains(&files[2].name()) && said.contains("missing"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn below_the_free_space_floor_new_work_is_refused_and_nothing_changes() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    // No disk has this much free: the floor is crossed without filling the real one.
+    config.min_free_bytes = u64::MAX;
+    let broker = TestBroker::spawn_with(config.clone()).await;
+    let trust = broker.client("RJ1").await;
+    let err = trust
+        .requests()
+        .submit_request(submission("FLOOR-1", Priority::Stat, broker.now()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("the broker's disk is below its free-space floor"),
+        "{}",
+        err.message()
+    );
+    // An empty list reads nothing and writes nothing, so it is served.
+    assert!(list(&trust, 10).await.unwrap().is_empty());
+    let (_, metrics) = http_get(broker.ops_addr, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "labaid_data_dir_free_floor_bytes"),
+        i64::MAX as f64
+    );
+    assert!(sample(&metrics, "labaid_data_dir_free_bytes") > 0.0);
+    broker.shutdown().await;
+    assert_eq!(trail_bytes(data.path()), 0, "a refused call was audited");
+
+    config.min_free_bytes = 1;
+    let broker = TestBroker::spawn_with(config).await;
+    let trust = broker.client("RJ1").await;
+    assert!(
+        list(&trust, 10).await.unwrap().is_empty(),
+        "a refused submission was kept"
+    );
+    submit(&trust, submission("FLOOR-1", Priority::Stat, broker.now())).await;
+    broker.shutdown().await;
+}
+
+/// The broker binary on the demo directory; SIGKILLed when dropped.
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--web-listen", "off", "--log-format", "json", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start labaid-broker");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "broker serving" {
+                    let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the broker did not start serving")
+            .parse()
+            .expect("listen address");
+        Self { child, addr }
+    }
+
+    async fn client(&self, org: &str) -> Client {
+        Client::connect(&ConnectOptions {
+            addr: format!("http://{}", self.addr),
+            token: Some(format!("demo:{org}")),
+            connect_timeout: Some(Duration::from_secs(5)),
+            tls: None,
+        })
+        .await
+        .expect("connect")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A call the broker answered OK: what the trail must hold for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Acked {
+    One(&'static str, &'static str, String),
+    List(&'static str, Vec<String>),
+}
+
+/// Submits, reads back and now and then lists, recording every OK answer, until a call fails
+/// (the broker was killed).
+async fn worker(client: Client, org: &'static str, tag: String, acked: Arc<Mutex<Vec<Acked>>>) {
+    for n in 0.. {
+        let sub = submission(&format!("{tag}-{n}"), Priority::Routine, Timestamp::now());
+        let Ok(reply) = client.requests().submit_request(sub).await else {
+            return;
+        };
+        let id = reply.into_inner().request.expect("request").id;
+        acked
+            .lock()
+            .unwrap()
+            .push(Acked::One(org, "request.submit", id.clone()));
+        let get = proto::GetRequestRequest { id: id.clone() };
+        if client.requests().get_request(get).await.is_err() {
+            return;
+        }
+        acked
+            .lock()
+            .unwrap()
+            .push(Acked::One(org, "request.get", id));
+        if n % 4 == 3 {
+            let Ok(ids) = list(&client, 25).await else {
+                return;
+            };
+            acked.lock().unwrap().push(Acked::List(org, ids));
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_call_is_in_the_trail_after_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    for cycle in 0..3 {
+        let broker = Broker::start(data.path());
+        let mut workers = JoinSet::new();
+        for (w, org) in ["RJ1", "RJZ", "RJ1", "RJZ"].into_iter().enumerate() {
+            let client = broker.client(org).await;
+            workers.spawn(worker(
+                client,
+                org,
+                format!("KILL{cycle}-{w}"),
+                acked.clone(),
+            ));
+        }
+        // Kill right after a reply: once this cycle's calls pass a count that varies by cycle.
+        let target = acked.lock().unwrap().len() + 150 + 70 * cycle;
+        let mut waited = 0;
+        while acked.lock().unwrap().len() < target {
+            assert!(waited < 30_000, "the workers stalled before the kill");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            waited += 1;
+        }
+        drop(broker);
+        while workers.join_next().await.is_some() {}
+    }
+
+    let trail = entries(data.path());
+    let ones: HashSet<(&str, &str, &str)> = trail
+        .iter()
+        .filter_map(|e| Some((e.org.as_str(), e.action.as_str(), e.request_id.as_deref()?)))
+        .collect();
+    let lists: HashSet<(&str, &[String])> = trail
+        .iter()
+        .filter(|e| e.action == "request.list")
+        .filter_map(|e| Some((e.org.as_str(), e.request_ids.as_deref()?)))
+        .collect();
+    let acked = acked.lock().unwrap();
+    for call in acked.iter() {
+        let held = match call {
+            Acked::One(org, action, id) => ones.contains(&(*org, *action, id.as_str())),
+            Acked::List(_, ids) if ids.is_empty() => true,
+            Acked::List(org, ids) => lists.contains(&(*org, &ids[..])),
+        };
+        assert!(held, "acknowledged but not in the audit trail: {call:?}");
+    }
+    let (code, _, said) = audit_cli(&["verify"], data.path());
+    assert_eq!(code, 0, "{said}");
+    eprintln!(
+        "{} acknowledged calls over 3 kills, all audited; {said}",
+        acked.len()
+    );
+}
