@@ -31,6 +31,7 @@ use crate::proto::lab_service_server::LabServiceServer;
 use crate::proto::request_service_server::RequestServiceServer;
 use crate::routing::{Event, Router};
 use crate::store::{self, Journal};
+use crate::wire::frames::FramingLayer;
 
 /// Largest message the broker accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -341,6 +342,7 @@ pub async fn serve_on(
     }
     let server = builder
         .layer(RpcLayer::new(metrics))
+        .layer(FramingLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
