@@ -162,6 +162,11 @@ pub struct Limits {
     pub request_timeout: std::time::Duration,
     /// HTTP/2 keepalive ping interval; dead peers are dropped after one more interval.
     pub keepalive: std::time::Duration,
+    /// Open gRPC connections from one IP address; more are closed as they arrive.
+    pub connections_per_peer: usize,
+    /// Longest a new gRPC connection may take to finish its TLS handshake and send the HTTP/2
+    /// preface and its first frame; a connection that has not is closed.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -173,6 +178,8 @@ impl Default for Limits {
             streams_per_connection: 256,
             request_timeout: std::time::Duration::from_secs(30),
             keepalive: std::time::Duration::from_secs(30),
+            connections_per_peer: 64,
+            handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -194,6 +201,8 @@ struct RawLimits {
     streams_per_connection: Option<u32>,
     request_timeout_seconds: Option<u64>,
     keepalive_seconds: Option<u64>,
+    connections_per_peer: Option<usize>,
+    handshake_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +281,10 @@ fn build_security(
             keepalive: l
                 .keepalive_seconds
                 .map_or(d.keepalive, std::time::Duration::from_secs),
+            connections_per_peer: l.connections_per_peer.unwrap_or(d.connections_per_peer),
+            handshake_timeout: l
+                .handshake_timeout_seconds
+                .map_or(d.handshake_timeout, std::time::Duration::from_secs),
         },
     };
     if limits.rate_per_second == 0
@@ -280,6 +293,8 @@ fn build_security(
         || limits.streams_per_connection == 0
         || limits.request_timeout.is_zero()
         || limits.keepalive.is_zero()
+        || limits.connections_per_peer == 0
+        || limits.handshake_timeout.is_zero()
     {
         return Err(invalid("limits: every limit must be at least 1".into()));
     }

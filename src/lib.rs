@@ -2,6 +2,7 @@
 //! submits urgent blood-test requests; labaid routes each one, by clinical priority and live lab
 //! capacity, to a partner lab that can run every test before the sample spoils.
 
+pub mod accept;
 pub mod api;
 pub mod audit;
 pub mod auth;

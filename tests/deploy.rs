@@ -436,6 +436,8 @@ fn the_example_config_loads_and_sets_every_key() {
             "streams_per_connection",
             "request_timeout_seconds",
             "keepalive_seconds",
+            "connections_per_peer",
+            "handshake_timeout_seconds",
         ])
     );
     let test_keys: BTreeSet<String> = table["test"]
