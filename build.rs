@@ -33,6 +33,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     methods.push_str("]\n");
     std::fs::write(out.join("labaid_methods.rs"), methods)?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Messages and servers: the servers decode with our codec, so that a malformed request is
+    // the caller's INVALID_ARGUMENT (src/wire/codec.rs).
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::wire::codec::ServerCodec")
+        .compile_fds(fds.clone())?;
+    // Clients only, over the messages above, with prost's codec: a malformed answer is the
+    // broker's fault, not the caller's.
+    let clients = out.join("client");
+    std::fs::create_dir_all(&clients)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .extern_path(".labaid.v1", "crate::proto")
+        .out_dir(&clients)
+        .compile_fds(fds)?;
     Ok(())
 }

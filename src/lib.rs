@@ -2,6 +2,7 @@
 //! submits urgent blood-test requests; labaid routes each one, by clinical priority and live lab
 //! capacity, to a partner lab that can run every test before the sample spoils.
 
+pub mod accept;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -31,6 +32,8 @@ pub use server::{Listeners, serve, serve_on, shutdown_signal};
 #[allow(missing_docs, unreachable_pub, clippy::all)] // generated code
 pub mod proto {
     tonic::include_proto!("labaid.v1");
+    // The clients, generated apart so that they keep prost's codec (see build.rs).
+    include!(concat!(env!("OUT_DIR"), "/client/labaid.v1.rs"));
 
     /// The encoded descriptor set, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

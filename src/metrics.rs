@@ -51,6 +51,9 @@ pub struct Metrics {
     pub grpc_calls: IntCounterVec,
     /// gRPC call latency by method, seconds.
     pub grpc_latency: HistogramVec,
+    /// gRPC connections the broker closed before serving them, by reason (`peer_limit`,
+    /// `handshake_timeout`).
+    pub grpc_connections_closed: IntCounterVec,
     /// Actions on labs' Work streams by action and status code (the stream is one call).
     pub work_actions: IntCounterVec,
     /// Journal sync latency, seconds.
@@ -264,6 +267,11 @@ impl Metrics {
                 "gRPC call latency (to response headers).",
                 &["method"],
                 prometheus::exponential_buckets(0.000_05, 2.0, 18).unwrap_or_default(),
+            ),
+            grpc_connections_closed: counter(
+                "grpc_connections_closed_total",
+                "gRPC connections closed before they were served, by reason.",
+                &["reason"],
             ),
             work_actions: counter(
                 "work_actions_total",

@@ -4,18 +4,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context as TaskContext, Poll};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::accept::{AcceptOptions, SharedIncoming};
 use crate::api::{Context, CoordinatorApi, DirectoryApi, LabApi, RequestApi};
 use crate::audit::{AuditLog, DiskFloor};
 use crate::auth::{Authenticator, Gate, RateLimiter, Role, WatchLimiter};
@@ -31,6 +31,7 @@ use crate::proto::lab_service_server::LabServiceServer;
 use crate::proto::request_service_server::RequestServiceServer;
 use crate::routing::{Event, Router};
 use crate::store::{self, Journal};
+use crate::wire::frames::FramingLayer;
 
 /// Largest message the broker accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -162,7 +163,18 @@ pub async fn serve_on(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let metrics = Arc::new(Metrics::new());
-    let grpc = Arc::new(listeners.grpc);
+    // TLS, the per-address cap and the handshake deadline apply to every connection, from the
+    // first health check while the store recovers.
+    let conns = crate::accept::spawn(
+        listeners.grpc,
+        AcceptOptions {
+            per_peer: config.limits.connections_per_peer,
+            handshake_timeout: config.limits.handshake_timeout,
+            keepalive: config.limits.keepalive,
+            tls,
+        },
+        metrics.clone(),
+    );
     let engine_slot = Arc::new(OnceLock::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -184,23 +196,16 @@ pub async fn serve_on(
     let (recovered_tx, recovered_rx) = oneshot::channel::<()>();
     let starting_done = Arc::new(AtomicBool::new(false));
     let leader = LeaderHint::default();
-    let mut starting_builder = Server::builder();
-    if let Some(tls) = &tls {
-        starting_builder = starting_builder
-            .tls_config(tls.clone())
-            .map_err(|e| Error::FailedPrecondition(format!("tls: {e}")))?;
-    }
     let starting = tokio::spawn(
-        starting_builder
+        Server::builder()
             .layer(StartingLayer {
                 leader: leader.clone(),
             })
             .add_service(health_service.clone())
             .serve_with_incoming_shutdown(
                 SharedIncoming {
-                    listener: grpc.clone(),
+                    conns: conns.clone(),
                     done: Some(starting_done.clone()),
-                    keepalive: config.limits.keepalive,
                 },
                 async {
                     let _ = recovered_rx.await;
@@ -343,14 +348,9 @@ pub async fn serve_on(
         });
     }
     let grace = config.shutdown_grace;
-    let mut builder = limited(Server::builder(), &config.limits);
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::FailedPrecondition(format!("tls: {e}")))?;
-    }
-    let server = builder
+    let server = limited(Server::builder(), &config.limits)
         .layer(RpcLayer::new(metrics))
+        .layer(FramingLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -374,16 +374,9 @@ pub async fn serve_on(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             Gate::for_role(ctx.auth.clone(), Role::Coordinator),
         ))
-        .serve_with_incoming_shutdown(
-            SharedIncoming {
-                listener: grpc,
-                done: None,
-                keepalive: config.limits.keepalive,
-            },
-            async move {
-                let _ = drain_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(SharedIncoming { conns, done: None }, async move {
+            let _ = drain_rx.await;
+        });
     ready.set(true);
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(listen = %addr, "broker serving");
@@ -435,43 +428,6 @@ pub async fn serve_on(
     result
 }
 
-/// Accepts from a listener shared by the starting (health-only) server and the full one. A
-/// listener wakes only the last task that polled it, so the starting server's stream ends for
-/// good once `done` is set, before the full server begins to accept.
-#[derive(Debug)]
-struct SharedIncoming {
-    listener: Arc<TcpListener>,
-    done: Option<Arc<AtomicBool>>,
-    /// TCP keepalive for accepted connections (tonic sets socket options only on listeners it
-    /// binds itself, so a given listener needs them set here).
-    keepalive: std::time::Duration,
-}
-
-impl tokio_stream::Stream for SharedIncoming {
-    type Item = std::io::Result<TcpStream>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        if self.done.as_ref().is_some_and(|d| d.load(Ordering::SeqCst)) {
-            return Poll::Ready(None);
-        }
-        let keepalive = self.keepalive;
-        self.listener.poll_accept(cx).map(|accepted| {
-            Some(accepted.map(|(stream, _)| {
-                // Without TCP_NODELAY, Nagle's algorithm holds small gRPC answers back until the
-                // previous segment is acknowledged: milliseconds of latency per call.
-                if let Err(err) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-                }
-                let options = socket2::TcpKeepalive::new().with_time(keepalive);
-                if let Err(err) = socket2::SockRef::from(&stream).set_tcp_keepalive(&options) {
-                    tracing::debug!(error = %err, "cannot set TCP keepalive");
-                }
-                stream
-            }))
-        })
-    }
-}
-
 /// Resolves once shutdown has begun.
 async fn stopped(signal: &mut watch::Receiver<bool>) {
     let _ = signal.wait_for(|s| *s).await;
@@ -520,7 +476,7 @@ fn transport_security(
     addr: SocketAddr,
     config: &Config,
     demo_tokens: bool,
-) -> Result<Option<ServerTlsConfig>, Error> {
+) -> Result<Option<TlsAcceptor>, Error> {
     let refuse = |why: String| Err(Error::FailedPrecondition(why));
     match &config.tls {
         Some(paths) => {
@@ -549,30 +505,10 @@ fn transport_security(
     }
 }
 
-fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| {
-        Error::FailedPrecondition(format!(
-            "tls: cannot read the {what} {}: {e}",
-            path.display()
-        ))
-    })
-}
-
-fn tls_config(paths: &TlsPaths, client_cert_optional: bool) -> Result<ServerTlsConfig, Error> {
-    let identity = Identity::from_pem(
-        read_pem(&paths.cert, "certificate")?,
-        read_pem(&paths.key, "key")?,
-    );
-    // A bounded handshake, so half-open TLS connections cannot pile up.
-    let mut tls = ServerTlsConfig::new()
-        .identity(identity)
-        .timeout(std::time::Duration::from_secs(10));
-    if let Some(ca) = &paths.client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))
-            .client_auth_optional(client_cert_optional);
-    }
-    Ok(tls)
+fn tls_config(paths: &TlsPaths, client_cert_optional: bool) -> Result<TlsAcceptor, Error> {
+    let mut config = crate::web::tls::server_config(paths, client_cert_optional, "tls")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Times and weighs each snapshot once the writer has made it durable.

@@ -440,6 +440,8 @@ fn the_example_config_loads_and_sets_every_key() {
             "keepalive_seconds",
             "audit_bytes_per_second",
             "audit_burst_bytes",
+            "connections_per_peer",
+            "handshake_timeout_seconds",
         ])
     );
     assert_eq!(keys("audit"), set(&["rotate_bytes", "rotate_daily"]));

@@ -153,7 +153,10 @@ impl Authenticator {
     /// The caller of a request: UNAUTHENTICATED without a valid credential, RESOURCE_EXHAUSTED
     /// when its organisation is over its rate limit.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
-        let peer = request.peer_certs();
+        let peer = request
+            .extensions()
+            .get::<crate::accept::PeerInfo>()
+            .and_then(|p| p.certs.clone());
         self.authenticate_parts(request.metadata(), peer.as_deref().map(Vec::as_slice))
     }
 

@@ -480,10 +480,13 @@ fn generated_config(
     let _ = writeln!(out, "web_listen = \"off\"");
     let _ = writeln!(out, "data_dir = {:?}", data_dir.display().to_string());
     let _ = writeln!(out, "allow_plaintext_loopback = true\n");
+    // Every connection comes from this host: a watcher per lab and per trust, the submitting
+    // connections, and room for the probes and the CLI besides.
+    let per_peer = options.labs + options.trusts + options.connections + 64;
     let _ = writeln!(
         out,
         "[limits]\nrate_per_second = 10000000\nburst = 10000000\nwatches_per_org = 64\n\
-         streams_per_connection = 4096\n"
+         streams_per_connection = 4096\nconnections_per_peer = {per_peer}\n"
     );
     let mut org = |code: &str, role: Role| -> anyhow::Result<Org> {
         let ods = OdsCode::parse(code).map_err(anyhow::Error::msg)?;

@@ -71,6 +71,11 @@ pub struct Limits {
     pub audit_bytes_per_second: u64,
     /// Bytes of audit entries an organisation may add at once before that rate applies.
     pub audit_burst_bytes: u64,
+    /// Open gRPC connections from one IP address; more are closed as they arrive.
+    pub connections_per_peer: usize,
+    /// Longest a new gRPC connection may take to finish its TLS handshake and send the HTTP/2
+    /// preface and its first frame; a connection that has not is closed.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -84,6 +89,8 @@ impl Default for Limits {
             keepalive: std::time::Duration::from_secs(30),
             audit_bytes_per_second: 1024 * 1024,
             audit_burst_bytes: 8 * 1024 * 1024,
+            connections_per_peer: 64,
+            handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -107,6 +114,8 @@ pub(super) struct RawLimits {
     keepalive_seconds: Option<u64>,
     audit_bytes_per_second: Option<u64>,
     audit_burst_bytes: Option<u64>,
+    connections_per_peer: Option<usize>,
+    handshake_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +196,10 @@ pub(super) fn build_security(
                 .map_or(d.keepalive, std::time::Duration::from_secs),
             audit_bytes_per_second: l.audit_bytes_per_second.unwrap_or(d.audit_bytes_per_second),
             audit_burst_bytes: l.audit_burst_bytes.unwrap_or(d.audit_burst_bytes),
+            connections_per_peer: l.connections_per_peer.unwrap_or(d.connections_per_peer),
+            handshake_timeout: l
+                .handshake_timeout_seconds
+                .map_or(d.handshake_timeout, std::time::Duration::from_secs),
         },
     };
     if limits.rate_per_second == 0
@@ -196,6 +209,8 @@ pub(super) fn build_security(
         || limits.request_timeout.is_zero()
         || limits.keepalive.is_zero()
         || limits.audit_bytes_per_second == 0
+        || limits.connections_per_peer == 0
+        || limits.handshake_timeout.is_zero()
     {
         return Err(invalid("limits: every limit must be at least 1".into()));
     }

@@ -1,7 +1,8 @@
 //! TLS for the coordinator page, from the broker's own TLS settings: its certificate and key, and
 //! (for mutual TLS) the client CA, with a certificate optional so that a coordinator may sign in
 //! with a token instead. Handshakes run in their own tasks with a time limit, so that a slow or
-//! silent client never holds up the others.
+//! silent client never holds up the others. The rustls configuration is built here for the gRPC
+//! listener as well.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,49 +38,59 @@ impl std::fmt::Debug for WebTls {
 impl WebTls {
     /// TLS from the broker's certificate, key and optional client CA.
     pub fn from_paths(paths: &TlsPaths) -> Result<Self, Error> {
-        let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
-            Error::FailedPrecondition(format!(
-                "web tls: cannot read the {what} {}: {e}",
-                path.display()
-            ))
-        };
-        let chain = CertificateDer::pem_file_iter(&paths.cert)
-            .map_err(|e| bad("certificate", &paths.cert, &e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate", &paths.cert, &e))?;
-        let key =
-            PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| bad("key", &paths.key, &e))?;
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::FailedPrecondition(format!("web tls: {e}")))?;
-        let builder = match &paths.client_ca {
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for cert in
-                    CertificateDer::pem_file_iter(ca).map_err(|e| bad("client CA", ca, &e))?
-                {
-                    roots
-                        .add(cert.map_err(|e| bad("client CA", ca, &e))?)
-                        .map_err(|e| bad("client CA", ca, &e))?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .allow_unauthenticated()
-                        .build()
-                        .map_err(|e| {
-                            Error::FailedPrecondition(format!("web tls: client CA: {e}"))
-                        })?;
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let mut config = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| Error::FailedPrecondition(format!("web tls: {e}")))?;
+        let mut config = server_config(paths, true, "web tls")?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self(TlsAcceptor::from(Arc::new(config))))
     }
+}
+
+/// A rustls server configuration from the broker's certificate, key and optional client CA (the
+/// gRPC listener's too): with a client CA, a client certificate is verified against it, and
+/// required unless `client_cert_optional`. `what` prefixes error messages.
+pub(crate) fn server_config(
+    paths: &TlsPaths,
+    client_cert_optional: bool,
+    what: &str,
+) -> Result<ServerConfig, Error> {
+    let bad = |file: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        Error::FailedPrecondition(format!(
+            "{what}: cannot read the {file} {}: {e}",
+            path.display()
+        ))
+    };
+    let chain = CertificateDer::pem_file_iter(&paths.cert)
+        .map_err(|e| bad("certificate", &paths.cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", &paths.cert, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| bad("key", &paths.key, &e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::FailedPrecondition(format!("{what}: {e}")))?;
+    let builder = match &paths.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad("client CA", ca, &e))? {
+                roots
+                    .add(cert.map_err(|e| bad("client CA", ca, &e))?)
+                    .map_err(|e| bad("client CA", ca, &e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if client_cert_optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| Error::FailedPrecondition(format!("{what}: client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::FailedPrecondition(format!("{what}: {e}")))
 }
 
 /// The verified client certificate chain of a connection, if it presented one.

@@ -1,6 +1,9 @@
 //! Conversions between the domain and the labaid.v1 messages, in one place that the server and
 //! the client share, including what each side may see.
 
+pub mod codec;
+pub mod frames;
+
 use crate::domain::{
     FailureReason, LabStatus, Observation, ObservationFlag, Priority, RawSubmission, Request,
     RequestState, TestDef, Timestamp,
