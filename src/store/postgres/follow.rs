@@ -2,18 +2,20 @@
 //! through the core. A standby keeps doing this while it waits for the lease, so taking over
 //! only applies the rows committed since its last read.
 
+use std::sync::Arc;
+
 use postgres::Client;
 
 use super::connect::pg_error;
 use super::snapshot;
-use crate::routing::{Event, Outcome, Router};
+use crate::routing::{Event, Outcome, Router, RoutingPolicy};
 use crate::store::{Directory, Entry, StoreError};
 
 /// Rows read per query while catching up.
 const PAGE: i64 = 10_000;
 
 /// A core kept as current as the journal rows read so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Follower {
     /// The core, once a snapshot exists.
     pub router: Option<Router>,
@@ -27,9 +29,24 @@ pub(crate) struct Follower {
     pub snapshot_lsn: u64,
     /// Rows applied since that snapshot.
     pub replayed: u64,
+    /// The broker's routing policy, for the cores read from snapshots.
+    policy: Arc<dyn RoutingPolicy>,
 }
 
 impl Follower {
+    /// A follower with no core yet, whose cores route by `policy`.
+    pub(crate) fn new(policy: Arc<dyn RoutingPolicy>) -> Self {
+        Self {
+            router: None,
+            events: Vec::new(),
+            pinned: None,
+            next: 0,
+            snapshot_lsn: 0,
+            replayed: 0,
+            policy,
+        }
+    }
+
     /// Applies every row committed after `next`, reloading the newest snapshot first when there
     /// is none yet or when the rows this core needs were dropped behind a newer snapshot.
     pub(crate) fn catch_up(&mut self, client: &mut Client, url: &str) -> Result<(), StoreError> {
@@ -90,7 +107,7 @@ impl Follower {
     }
 
     fn reload(&mut self, client: &mut Client, url: &str) -> Result<(), StoreError> {
-        if let Some(snap) = snapshot::newest(client, url)? {
+        if let Some(snap) = snapshot::newest(client, url, self.policy.clone())? {
             tracing::debug!(store.snapshot_entries = snap.lsn, "snapshot row read");
             self.router = Some(snap.router);
             self.events = snap.events;

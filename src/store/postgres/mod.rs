@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 
 use crate::domain::Timestamp;
-use crate::routing::{DefaultPolicy, Event, Outcome, Router};
+use crate::routing::{Event, Outcome, Router, RoutingPolicy};
 use crate::store::{Directory, StoreError};
 
 pub use connect::{PASSWORD_ENV, PgTarget, is_postgres_url};
@@ -43,6 +43,8 @@ pub struct PgOptions {
     pub lease: LeaseTiming,
     /// Entries between snapshot rows.
     pub snapshot_every: u64,
+    /// How the core routes: the broker's configured policy, also for cores read from snapshots.
+    pub policy: Arc<dyn RoutingPolicy>,
 }
 
 /// A broker that took the lease: its core, as of the last committed entry, and its journal.
@@ -69,7 +71,7 @@ pub fn open(
 ) -> Result<Option<PgRecovered>, StoreError> {
     let url = options.target.url().to_string();
     let holder = uuid::Uuid::new_v4().to_string();
-    let mut follower = Follower::default();
+    let mut follower = Follower::new(options.policy.clone());
     let mut client: Option<Client> = None;
     let mut last_warned: Option<Instant> = None;
     let epoch = loop {
@@ -114,7 +116,7 @@ pub fn open(
         ),
         None => {
             // A new store: a snapshot of the empty state pins the directory it was made for.
-            let router = directory.router(Arc::new(DefaultPolicy));
+            let router = directory.router(options.policy.clone());
             write_pinning(&mut client, &url, epoch, 0, &directory, &router, &[])?;
             tracing::info!(store.url = %url, "new store");
             (router, Vec::new(), directory.clone(), 0, 0)
@@ -127,7 +129,7 @@ pub fn open(
         let mut outcome = Outcome::default();
         router
             .adopt_directory(
-                &directory.router(Arc::new(DefaultPolicy)),
+                &directory.router(options.policy.clone()),
                 Timestamp::now(),
                 &mut outcome,
             )

@@ -7,7 +7,7 @@ use postgres::Client;
 use serde::{Deserialize, Serialize};
 
 use super::connect::pg_error;
-use crate::routing::{DefaultPolicy, Event, Router, State};
+use crate::routing::{Event, Router, RoutingPolicy, State};
 use crate::store::{Directory, StoreError};
 
 #[derive(Serialize)]
@@ -89,7 +89,12 @@ pub(crate) fn write(
 }
 
 /// The newest snapshot, if any.
-pub(crate) fn newest(client: &mut Client, url: &str) -> Result<Option<Loaded>, StoreError> {
+/// Its core routes by `policy`, the broker's configured one.
+pub(crate) fn newest(
+    client: &mut Client,
+    url: &str,
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<Option<Loaded>, StoreError> {
     let Some(row) = client
         .query_opt(
             "SELECT lsn, body FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1",
@@ -115,7 +120,7 @@ pub(crate) fn newest(client: &mut Client, url: &str) -> Result<Option<Loaded>, S
     Ok(Some(Loaded {
         lsn: snap.lsn,
         directory: snap.directory,
-        router: Router::from_state(snap.state, Arc::new(DefaultPolicy)),
+        router: Router::from_state(snap.state, policy),
         events: snap.events,
     }))
 }

@@ -25,6 +25,7 @@ pub fn options(config: &Config, url: &str, bound: SocketAddr) -> Result<PgOption
             .unwrap_or_else(|| bound.to_string()),
         lease: LeaseTiming::default(),
         snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+        policy: config.policy.clone(),
     })
 }
 
