@@ -5,6 +5,9 @@
 //! (`.ci/run` installs it).
 
 mod common;
+#[path = "hl7/harness.rs"]
+#[allow(dead_code)] // tests/hl7.rs uses the rest
+mod harness;
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -41,15 +44,24 @@ struct Edge {
     child: Child,
     base: String,
     logs: Arc<Mutex<Vec<String>>>,
+    _data: tempfile::TempDir,
 }
 
 impl Edge {
     fn spawn(broker: &str, extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        // The facade alone: no MLLP listener, and no token of the edge's own.
         let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
-            .args(["fhir", "--addr", broker, "--fhir-listen", "127.0.0.1:0"])
+            .args(["--addr", broker, "--fhir-listen", "127.0.0.1:0"])
+            .args(["--mllp-listen", "off", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.path())
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "debug")
+            .env_remove("LABAID_TOKEN")
+            .env("LABAID_PROFILE", "")
+            .env("XDG_CONFIG_HOME", data.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -74,7 +86,12 @@ impl Edge {
         let base = listen
             .recv_timeout(Duration::from_secs(60))
             .expect("labaid-edge did not start listening");
-        Self { child, base, logs }
+        Self {
+            child,
+            base,
+            logs,
+            _data: data,
+        }
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -201,7 +218,10 @@ async fn the_fhir_listener_serves_https_with_a_certificate() {
     let broker = TestBroker::spawn().await;
     let cert = pki.server_cert.to_str().unwrap();
     let key = pki.server_key.to_str().unwrap();
-    let edge = Edge::spawn(&broker.url(), &["--tls-cert", cert, "--tls-key", key]);
+    let edge = Edge::spawn(
+        &broker.url(),
+        &["--fhir-tls-cert", cert, "--fhir-tls-key", key],
+    );
     assert!(edge.base.starts_with("https://"), "{}", edge.base);
     let ca = pki.ca.to_str().unwrap();
     python(&edge, &broker.url(), "metadata", &[], &[("FHIR_CA", ca)]).await;
@@ -267,13 +287,73 @@ async fn callers_tokens_are_forwarded_to_a_broker_on_tls_and_an_edge_with_a_cert
 #[test]
 fn plaintext_fhir_off_loopback_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
-        .args(["fhir", "--fhir-listen", "0.0.0.0:0"])
+        .args(["--fhir-listen", "0.0.0.0:0", "--mllp-listen", "off"])
+        .env("LABAID_PROFILE", "")
         .output()
         .expect("run labaid-edge");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("refusing to serve FHIR in plaintext"),
         "{stderr}"
     );
+}
+
+/// A GET with the caller's bearer token; the status and body.
+async fn get_as(addr: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.expect("read");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_edge_takes_an_hl7_order_over_mllp_and_serves_it_as_a_fhir_task() {
+    harness::require_python_hl7();
+    let broker = TestBroker::spawn().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut edge = harness::Edge::start(
+        &broker.url(),
+        data.path(),
+        &["--fhir-listen", "127.0.0.1:0"],
+    );
+    let listening: serde_json::Value =
+        serde_json::from_str(&edge.wait_log("\"listening\"")).expect("JSON log line");
+    let fhir = listening["fhir.addr"]
+        .as_str()
+        .expect("FHIR on")
+        .to_string();
+
+    let ack = harness::send(edge.mllp, harness::fixture("oml_o21_v251.hl7", 20), "utf-8").await;
+    assert_eq!(harness::msa(&ack).0, "AA", "{ack}");
+    let held = broker
+        .client("RJ1")
+        .await
+        .request_by_order("RJ1-ORD-1001")
+        .await
+        .expect("list")
+        .expect("the HL7 order is held");
+
+    // The same process answers for it over FHIR, with the caller's own token.
+    let (status, task) = get_as(&fhir, &format!("/Task/{}", held.id), "demo:RJ1").await;
+    assert_eq!(status, 200, "{task}");
+    assert_eq!(task["resourceType"], "Task");
+    assert_eq!(task["id"], held.id.as_str());
+    // Another trust's caller is told it does not exist, as over gRPC.
+    let (status, outcome) = get_as(&fhir, &format!("/Task/{}", held.id), "demo:RJZ").await;
+    assert_eq!(status, 404, "{outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert!(edge.terminate().success(), "a graceful stop exits 0");
 }

@@ -1,7 +1,8 @@
 //! labaid-edge: adapters that let a trust's systems use labaid without new code, running inside
-//! the trust's network as a gRPC client with the trust's own credential. This module holds what
-//! the adapters share: the arguments, the broker connection, the metrics listener and the
-//! graceful stop; `hl7` holds the HL7 v2 / MLLP adapter and `fhir` the FHIR R4 facade.
+//! the trust's network as a gRPC client of the broker. This module holds what the adapters
+//! share: the arguments, the broker connection, the metrics listener and the graceful stop;
+//! `hl7` holds the HL7 v2 / MLLP adapter (which calls with the trust's own credential) and
+//! `fhir` the FHIR R4 facade (which calls with each caller's). One process runs either or both.
 
 pub mod broker;
 pub mod fhir;
@@ -87,6 +88,88 @@ impl BrokerArgs {
     }
 }
 
+/// A listener's address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+/// Parses `--mllp-listen` and `--fhir-listen`: an address, or `off`.
+pub fn parse_listen(raw: &str) -> Result<Listen, String> {
+    match raw {
+        "off" => Ok(Listen(None)),
+        addr => addr
+            .parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|e| format!("{e} (expected e.g. 127.0.0.1:2575, or off)")),
+    }
+}
+
+/// The FHIR facade's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FhirArgs {
+    /// Where FHIR R4 clients call (REST, application/fhir+json)
+    #[arg(long, env = "LABAID_FHIR_LISTEN", value_name = "ADDR|off", default_value = fhir::DEFAULT_LISTEN, value_parser = parse_listen)]
+    pub fhir_listen: Listen,
+    /// The base URL FHIR clients use, for links in answers [default: http(s)://<fhir-listen>]
+    #[arg(long, env = "LABAID_FHIR_BASE_URL", value_name = "URL")]
+    pub fhir_base_url: Option<String>,
+    /// Certificate chain (PEM) for HTTPS on the FHIR listener; required off loopback
+    #[arg(
+        long,
+        env = "LABAID_FHIR_TLS_CERT",
+        value_name = "FILE",
+        requires = "fhir_tls_key"
+    )]
+    pub fhir_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM)
+    #[arg(
+        long,
+        env = "LABAID_FHIR_TLS_KEY",
+        value_name = "FILE",
+        requires = "fhir_tls_cert"
+    )]
+    pub fhir_tls_key: Option<PathBuf>,
+}
+
+impl FhirArgs {
+    /// The facade's listener and settings, or `None` when it is off. Plain HTTP is refused off
+    /// loopback: the facade carries patient data.
+    fn validate(&self, broker: &ConnectOptions) -> Result<Option<FhirListen>, String> {
+        let Some(addr) = self.fhir_listen.0 else {
+            return Ok(None);
+        };
+        let tls = match (&self.fhir_tls_cert, &self.fhir_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ if !addr.ip().is_loopback() => {
+                return Err(format!(
+                    "refusing to serve FHIR in plaintext on {addr}: patient data needs TLS; give --fhir-tls-cert and --fhir-tls-key"
+                ));
+            }
+            _ => None,
+        };
+        Ok(Some(FhirListen {
+            addr,
+            config: fhir::FhirConfig {
+                // Every FHIR call carries its own caller's token, never the edge's.
+                broker: ConnectOptions {
+                    token: None,
+                    ..broker.clone()
+                },
+                tls,
+                base_url: self.fhir_base_url.clone(),
+            },
+        }))
+    }
+}
+
+/// The FHIR facade, when it is on.
+#[derive(Debug)]
+pub struct FhirListen {
+    /// Its listener's address.
+    pub addr: SocketAddr,
+    /// Its settings.
+    pub config: fhir::FhirConfig,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogArg {
@@ -101,7 +184,7 @@ pub enum LogArg {
 #[command(
     name = "labaid-edge",
     version,
-    about = "Connects a trust's integration engine to labaid: HL7 v2 orders in and results out over MLLP"
+    about = "Connects a trust's systems to labaid: HL7 v2 orders in and results out over MLLP, and a FHIR R4 facade"
 )]
 pub struct Args {
     /// The broker connection.
@@ -127,6 +210,9 @@ pub struct Args {
     /// The HL7 v2 adapter.
     #[command(flatten)]
     pub hl7: hl7::Hl7Args,
+    /// The FHIR facade.
+    #[command(flatten)]
+    pub fhir: FhirArgs,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,6 +230,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// The HL7 adapter.
     pub hl7: hl7::Hl7Config,
+    /// The FHIR facade, when it is on.
+    pub fhir: Option<FhirListen>,
 }
 
 impl Args {
@@ -162,11 +250,17 @@ impl Args {
             Some(path) => hl7::profile::Profile::load(path)?,
             None => hl7::profile::Profile::default(),
         };
+        let hl7 = self.hl7.validate(profile)?;
+        let fhir = self.fhir.validate(&broker)?;
+        if hl7.listen.is_none() && fhir.is_none() {
+            return Err("--mllp-listen and --fhir-listen are both off: nothing to serve".into());
+        }
         Ok(Config {
             broker,
             data_dir: self.data_dir.clone(),
             metrics_listen: self.metrics_listen,
-            hl7: self.hl7.validate(profile)?,
+            hl7,
+            fhir,
         })
     }
 }
@@ -184,6 +278,9 @@ pub enum EdgeError {
     /// The results outbox failed; nothing is acknowledged past a failed write.
     #[error(transparent)]
     Outbox(#[from] hl7::outbox::OutboxError),
+    /// The FHIR facade could not start.
+    #[error("FHIR: {0}")]
+    Fhir(#[from] fhir::EdgeError),
 }
 
 /// Runs the edge until `shutdown` resolves: binds its listeners, connects to the broker (until
@@ -201,11 +298,15 @@ pub async fn run(
     let lock = lock_data_dir(&config.data_dir)?;
     let metrics = metrics::EdgeMetrics::new();
     let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("stopping: finishing the messages in hand");
-        let _ = stop_tx.send(true);
-    });
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("stopping: finishing the messages in hand");
+            let _ = stop_tx.send(true);
+        });
+    }
     let ops = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|e| {
@@ -218,37 +319,75 @@ pub async fn run(
         .local_addr()
         .map_err(|e| EdgeError::Setup(e.to_string()))?;
     let ops_task = tokio::spawn(metrics::serve(ops, metrics.clone(), stopped(stop.clone())));
-    let mllp = TcpListener::bind(config.hl7.listen).await.map_err(|e| {
-        EdgeError::Setup(format!(
-            "cannot listen on {} for MLLP: {e}",
-            config.hl7.listen
-        ))
-    })?;
-    let mllp_addr = mllp
-        .local_addr()
-        .map_err(|e| EdgeError::Setup(e.to_string()))?;
-    tracing::info!(metrics.addr = %ops_addr, mllp.addr = %mllp_addr, "listening");
-
-    let Some(broker) =
-        broker::Broker::connect(&config.broker, Duration::from_secs(2), stop.clone()).await
-    else {
-        let _ = ops_task.await;
-        return Ok(());
+    let mllp = match config.hl7.listen {
+        Some(addr) => Some(bind(addr, "MLLP").await?),
+        None => None,
     };
-    let result = hl7::serve(
-        mllp,
-        config.hl7,
-        &config.data_dir,
-        broker,
-        metrics.clone(),
-        stop.clone(),
-    )
-    .await;
+    let fhir = match &config.fhir {
+        Some(f) => Some(bind(f.addr, "FHIR").await?),
+        None => None,
+    };
+    let shown = |l: &Option<TcpListener>| {
+        l.as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| "off".to_string(), |a| a.to_string())
+    };
+    tracing::info!(metrics.addr = %ops_addr, mllp.addr = %shown(&mllp), fhir.addr = %shown(&fhir), "listening");
+
+    let fhir_task = match (fhir, config.fhir) {
+        (Some(listener), Some(f)) => Some(tokio::spawn(fhir::serve(
+            listener,
+            f.config,
+            stopped(stop.clone()),
+        ))),
+        _ => None,
+    };
+    let result = match mllp {
+        Some(mllp) => {
+            match broker::Broker::connect(&config.broker, Duration::from_secs(2), stop.clone())
+                .await
+            {
+                Some(broker) => {
+                    hl7::serve(
+                        mllp,
+                        config.hl7,
+                        &config.data_dir,
+                        broker,
+                        metrics.clone(),
+                        stop.clone(),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        }
+        None => {
+            // The facade connects on its first call and answers 503 while the broker is away.
+            metrics.set_ready(true);
+            stopped(stop.clone()).await;
+            Ok(())
+        }
+    };
     metrics.set_ready(false);
+    // The HL7 side may have stopped on an error: the facade stops with it.
+    let _ = stop_tx.send(true);
+    let fhir_result = match fhir_task {
+        Some(task) => task
+            .await
+            .map_err(|e| EdgeError::Setup(format!("the FHIR task failed: {e}")))?
+            .map_err(EdgeError::from),
+        None => Ok(()),
+    };
     let _ = ops_task.await;
     drop(lock);
     tracing::info!("stopped");
-    result
+    result.and(fhir_result)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, EdgeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| EdgeError::Setup(format!("cannot listen on {addr} for {what}: {e}")))
 }
 
 /// Resolves once the stop flag is set.

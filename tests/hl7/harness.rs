@@ -259,6 +259,8 @@ impl Edge {
             .arg(codes_toml())
             .args(extra)
             .env("LABAID_TOKEN", "demo:RJ1")
+            // The FHIR facade only where a test asks for it (`--fhir-listen` in `extra`).
+            .env("LABAID_FHIR_LISTEN", "off")
             .env("LABAID_PROFILE", "")
             .env("XDG_CONFIG_HOME", data_dir)
             .env("RUST_LOG", "info")

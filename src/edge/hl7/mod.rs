@@ -26,8 +26,8 @@ use super::{EdgeError, Metrics};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Hl7Args {
     /// Where the trust's integration engine sends orders (MLLP)
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2575")]
-    pub mllp_listen: SocketAddr,
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:2575", value_parser = super::parse_listen)]
+    pub mllp_listen: super::Listen,
     /// TLS certificate for the MLLP listener, PEM; turns on TLS
     #[arg(long, value_name = "FILE", requires = "mllp_tls_key")]
     pub mllp_tls_cert: Option<PathBuf>,
@@ -93,8 +93,8 @@ pub struct ResultsConfig {
 
 /// The validated HL7 configuration.
 pub struct Hl7Config {
-    /// The MLLP listener's address.
-    pub listen: SocketAddr,
+    /// The MLLP listener's address; `None` (`--mllp-listen off`) turns the HL7 adapter off.
+    pub listen: Option<SocketAddr>,
     /// TLS on the listener.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Framing limits.
@@ -162,7 +162,7 @@ impl Hl7Args {
             return Err("--max-message-bytes must be at least 1024".into());
         }
         Ok(Hl7Config {
-            listen: self.mllp_listen,
+            listen: self.mllp_listen.0,
             tls,
             limits: mllp::Limits {
                 max_frame: self.max_message_bytes,
