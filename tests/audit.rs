@@ -1,21 +1,24 @@
-//! The audit trail under volume and failure: a list call is one compact entry, audit volume is
-//! limited per organisation, the trail rotates into files that verify together, a broker below
-//! its free-space floor refuses new work, and every acknowledged call survives a SIGKILL of the
-//! real broker process in an intact chain.
+//! The audit trail: every patient read and state change recorded in an intact chain, tampering
+//! caught and named, a failed trail refusing changes before they are made, and no patient
+//! identifier in the logs or the trail. Under volume and failure: a list call is one compact
+//! entry, audit volume is limited per organisation, the trail rotates into files that verify
+//! together, a broker below its free-space floor refuses new work, and every acknowledged call
+//! survives a SIGKILL of the real broker process in an intact chain.
 
 mod common;
 
 use std::collections::HashSet;
+use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
-use common::{TestBroker, http_get, sample, submission, submit};
+use common::{TestBroker, http_get, next, sample, submission, submit, watch_request_events};
 use labaid::Config;
-use labaid::audit::{AuditEntry, Verdict};
+use labaid::audit::{AUDIT_FILE, AuditEntry, Verdict};
 use labaid::client::{Client, ConnectOptions};
 use labaid::domain::Timestamp;
 use labaid::proto::{self, Priority};
@@ -389,4 +392,332 @@ async fn every_acknowledged_call_is_in_the_trail_after_sigkill() {
         "{} acknowledged calls over 3 kills, all audited; {said}",
         acked.len()
     );
+}
+
+/// Distinctive patient identifiers, searched for in logs and the audit trail.
+const NHS: &str = "6541003238";
+const FAMILY: &str = "Quillfeather";
+const GIVEN: &str = "Ottoline";
+const BIRTH: &str = "1961-07-23";
+
+/// A request's whole life, plus a cancellation and some refused calls; returns the request ids.
+async fn walkthrough(broker: &TestBroker) -> Vec<String> {
+    let trust = broker.client("RJ1").await;
+    let mut events = watch_request_events(&trust).await;
+    let mut sub = submission("WALK-1", Priority::Stat, broker.now());
+    sub.patient = Some(proto::Patient {
+        nhs_number: NHS.into(),
+        family_name: FAMILY.into(),
+        given_name: GIVEN.into(),
+        birth_date: BIRTH.into(),
+    });
+    let r = submit(&trust, sub.clone()).await;
+    let lab = broker.client(&r.lab).await;
+    lab.labs()
+        .get_job(proto::GetJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .get_job(proto::GetJobRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .unwrap();
+    lab.labs()
+        .receive_sample(proto::ReceiveSampleRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    lab.labs()
+        .post_results(proto::PostResultsRequest {
+            id: r.id.clone(),
+            observations: vec![proto::Observation {
+                test: "K".into(),
+                value: "4.1".into(),
+                unit: "mmol/L".into(),
+                reference_range: "3.5-5.3".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let _ = next(&mut events).await;
+    trust
+        .requests()
+        .get_request(proto::GetRequestRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    trust
+        .requests()
+        .list_requests(proto::ListRequestsRequest::default())
+        .await
+        .unwrap();
+    let mut second = sub.clone();
+    second.order_number = "WALK-2".into();
+    let r2 = submit(&trust, second).await;
+    trust
+        .requests()
+        .cancel_request(proto::CancelRequestRequest {
+            id: r2.id.clone(),
+            reason: "duplicate".into(),
+        })
+        .await
+        .unwrap();
+    // Refused calls: their errors must not echo the patient either.
+    let mut bad = sub.clone();
+    bad.order_number = "WALK-3".into();
+    bad.patient.as_mut().unwrap().nhs_number = "6541003239".into();
+    bad.patient.as_mut().unwrap().birth_date = "2999-99-99".into();
+    let err = trust.requests().submit_request(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut same_order = sub.clone();
+    same_order.tests = vec!["FBC".into()];
+    let err = trust
+        .requests()
+        .submit_request(same_order)
+        .await
+        .unwrap_err();
+    for text in [err.message().to_string(), format!("{err:?}")] {
+        for secret in [NHS, "6541003239", FAMILY, GIVEN, BIRTH, "2999-99-99"] {
+            assert!(!text.contains(secret), "error text holds {secret}: {text}");
+        }
+    }
+    vec![r.id, r2.id]
+}
+
+fn log_capture() -> Arc<Mutex<Vec<u8>>> {
+    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let writer = buf.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || Capture(writer.clone()))
+                .try_init()
+                .expect("the first subscriber of this test binary");
+            buf
+        })
+        .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_patient_identifier_reaches_the_logs_at_debug_level_or_the_audit_trail() {
+    let logs = log_capture();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config).await;
+    let ids = walkthrough(&broker).await;
+    broker.shutdown().await;
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(
+        text.contains("request submitted") && text.contains(&ids[0]),
+        "the capture saw the walkthrough"
+    );
+    assert!(text.contains("DEBUG"), "debug level was on");
+    let audit = std::fs::read_to_string(data.path().join(AUDIT_FILE)).unwrap();
+    for secret in [NHS, "6541003239", FAMILY, GIVEN, BIRTH, "2999-99-99"] {
+        assert!(!text.contains(secret), "the logs hold {secret}");
+        assert!(!audit.contains(secret), "the audit log holds {secret}");
+    }
+}
+
+#[tokio::test]
+async fn every_patient_read_and_state_change_is_audited_in_an_intact_chain() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config).await;
+    let ids = walkthrough(&broker).await;
+    broker.shutdown().await;
+    let path = data.path().join(AUDIT_FILE);
+    let entries: Vec<labaid::audit::AuditEntry> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<(&str, Option<&str>)> = entries
+        .iter()
+        .map(|e| (e.action.as_str(), e.request_id.as_deref()))
+        .collect();
+    let first = Some(ids[0].as_str());
+    for expected in [
+        ("request.watch", None),
+        ("request.submit", first),
+        ("job.accept", first),
+        ("job.get", first),
+        ("job.receive", first),
+        ("job.results", first),
+        ("request.get", first),
+        ("request.cancel", Some(ids[1].as_str())),
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected:?} missing from {actions:?}"
+        );
+    }
+    // A list call is one entry naming every request it returned.
+    for list in ["job.list", "request.list"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.action == list && e.request_id.is_none() && e.concerns(&ids[0])),
+            "no {list} entry naming {}",
+            ids[0]
+        );
+    }
+    // Only one job.get: the read before acceptance showed no patient, so it is not audited.
+    assert_eq!(actions.iter().filter(|a| a.0 == "job.get").count(), 1);
+    let accept = entries.iter().find(|e| e.action == "job.accept").unwrap();
+    assert_eq!(accept.role, "lab");
+    assert!(matches!(
+        labaid::audit::verify(data.path()).unwrap(),
+        Verdict::Intact { entries: n, .. } if n == entries.len() as u64
+    ));
+}
+
+/// Runs `labaid-broker audit verify --data-dir DIR`; returns the exit code and stderr.
+fn audit_verify_cli(dir: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn rewrite(dir: &Path, original: &[String], edit: impl FnOnce(&mut Vec<String>)) {
+    let mut lines = original.to_vec();
+    edit(&mut lines);
+    let mut f = std::fs::File::create(dir.join(AUDIT_FILE)).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_edited_deleted_or_reordered_audit_entry_is_caught_and_named() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config).await;
+    walkthrough(&broker).await;
+    broker.shutdown().await;
+    let original: Vec<String> = std::fs::read_to_string(data.path().join(AUDIT_FILE))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(original.len() >= 6);
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("intact"), "{said}");
+
+    // Edit: the third entry claims another organisation.
+    rewrite(data.path(), &original, |l| {
+        l[2] = l[2].replacen("\"org\":\"", "\"org\":\"X", 1);
+    });
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 3") && said.contains("edited"), "{said}");
+
+    // Delete the third entry.
+    rewrite(data.path(), &original, |l| {
+        l.remove(2);
+    });
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 3"), "{said}");
+
+    // Swap the fourth and fifth.
+    rewrite(data.path(), &original, |l| l.swap(3, 4));
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 4"), "{said}");
+
+    // Rewriting an entry and recomputing its own hash still breaks the next link.
+    rewrite(data.path(), &original, |l| {
+        let mut e: labaid::audit::AuditEntry = serde_json::from_str(&l[1]).unwrap();
+        e.org = "RJZ".into();
+        e.hash = e.compute_hash();
+        l[1] = serde_json::to_string(&e).unwrap();
+    });
+    let (code, said) = audit_verify_cli(data.path());
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("line 3"), "{said}");
+
+    // Export writes the verified entries as JSON lines.
+    rewrite(data.path(), &original, |_| {});
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+        .args(["audit", "export", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        original.len()
+    );
+}
+
+/// The audit trail cannot be written (its file is /dev/full, so every write fails with ENOSPC):
+/// audited calls answer UNAVAILABLE, a submission is refused before it is decided, and a restart
+/// with a writable trail shows that nothing was made durable.
+#[tokio::test]
+async fn a_failed_audit_trail_refuses_changes_before_they_are_made() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(AUDIT_FILE)).unwrap();
+    let mut config = Config::demo().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    let broker = TestBroker::spawn_with(config.clone()).await;
+    let mut coord = broker.client("coordinator").await.coordinator();
+    let read = coord.get_overview(proto::GetOverviewRequest {}).await;
+    assert_eq!(read.unwrap_err().code(), Code::Unavailable);
+
+    let trust = broker.client("RJ1").await;
+    let err = trust
+        .requests()
+        .submit_request(submission("ORD-UNAUDITED", Priority::Stat, broker.now()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(err.message().contains("audit"), "{}", err.message());
+    broker.shutdown().await;
+
+    std::fs::remove_file(dir.path().join(AUDIT_FILE)).unwrap();
+    let broker = TestBroker::spawn_with(config).await;
+    let trust = broker.client("RJ1").await;
+    let list = trust
+        .requests()
+        .list_requests(proto::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        list.requests.is_empty(),
+        "a refused submission was made durable"
+    );
+    broker.shutdown().await;
 }
