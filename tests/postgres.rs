@@ -7,11 +7,12 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::acked::{Acked, load, verify};
 use common::pg::{PgBroker, PgServer, leader_of};
 use common::{all_requests, http_get, submission};
 use labaid::client::{Client, ConnectOptions};
@@ -20,83 +21,6 @@ use labaid::proto::{self, Priority};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-/// Acknowledged submissions: order number → request id.
-type Acked = Arc<Mutex<HashMap<String, String>>>;
-
-/// Submits orders `<prefix>-<n>` from RJ1 one after another until a call fails or `stop` is
-/// set; records each acknowledged one.
-async fn submit_until_failure(
-    client: Client,
-    prefix: String,
-    acked: Acked,
-    stop: Arc<Mutex<bool>>,
-) {
-    for n in 0..100_000u32 {
-        if *stop.lock().unwrap() {
-            return;
-        }
-        let order = format!("{prefix}-{n}");
-        let mut requests = client.requests();
-        let call = requests.submit_request(submission(&order, Priority::Urgent, Timestamp::now()));
-        match tokio::time::timeout(Duration::from_secs(10), call).await {
-            Ok(Ok(r)) => {
-                let id = r.into_inner().request.expect("request").id;
-                acked.lock().unwrap().insert(order, id);
-            }
-            _ => return,
-        }
-    }
-}
-
-/// Every acknowledged submission is held exactly once, under the id it was acknowledged with.
-async fn verify(broker: &PgBroker, acked: &Acked) -> usize {
-    let held = all_requests(&broker.client("RJ1").await).await;
-    let mut orders = HashSet::new();
-    let mut ids = HashSet::new();
-    for r in &held {
-        assert!(
-            orders.insert(r.order_number.clone()),
-            "order {} held twice",
-            r.order_number
-        );
-        assert!(ids.insert(r.id.clone()), "request {} held twice", r.id);
-    }
-    let by_order: HashMap<_, _> = held
-        .iter()
-        .map(|r| (r.order_number.clone(), r.id.clone()))
-        .collect();
-    for (order, id) in acked.lock().unwrap().iter() {
-        assert_eq!(
-            by_order.get(order),
-            Some(id),
-            "acknowledged order {order} is missing or changed id"
-        );
-    }
-    held.len()
-}
-
-/// Submits from four clients for `for_ms`, then stops them; returns their tasks.
-async fn load(
-    broker: &PgBroker,
-    cycle: usize,
-    acked: &Acked,
-    for_ms: u64,
-) -> (Arc<Mutex<bool>>, Vec<tokio::task::JoinHandle<()>>) {
-    let stop = Arc::new(Mutex::new(false));
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let client = broker.client("RJ1").await;
-        tasks.push(tokio::spawn(submit_until_failure(
-            client,
-            format!("c{cycle}-t{t}"),
-            acked.clone(),
-            stop.clone(),
-        )));
-    }
-    tokio::time::sleep(Duration::from_millis(for_ms)).await;
-    (stop, tasks)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_submissions_survive_sigkill_on_postgres() {

@@ -2,6 +2,7 @@
 //! organisation of the demo directory.
 #![allow(dead_code, unreachable_pub)] // each test file uses a different part of the harness
 
+pub mod acked;
 pub mod pg;
 
 use std::net::SocketAddr;

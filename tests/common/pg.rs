@@ -71,27 +71,220 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The name the standby streams under, which the primary waits for.
+const STANDBY_NAME: &str = "labaid_standby";
+
+/// A temporary directory the `postgres` user owns, and the data directory path inside it.
+fn new_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("labaid-pg-")
+        .tempdir()
+        .expect("tempdir");
+    if as_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(tmp.path())
+            .status()
+            .expect("chown")
+            .success();
+        assert!(
+            ok,
+            "cannot give {} to the postgres user",
+            tmp.path().display()
+        );
+    }
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}
+
+/// Appends to a configuration file (as root, the file keeps its owner).
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("cannot append to {}: {e}", path.display()));
+}
+
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name: the state first,
+/// then the parent's pid.
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// A process's state letter, or `None` once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    stat_fields(&pid.to_string())?.first()?.chars().next()
+}
+
+/// The processes whose parent is `pid` (from `/proc`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let Ok(child) = name.parse::<u32>() else {
+            continue;
+        };
+        let ppid = stat_fields(&name).and_then(|f| f.get(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
 impl PgServer {
     /// initdb and start a cluster; panics (failing the test) if PostgreSQL cannot start.
     pub fn start() -> Self {
-        let tmp = tempfile::Builder::new()
-            .prefix("labaid-pg-")
-            .tempdir()
-            .expect("tempdir");
-        let dir = tmp.path().join("data");
-        if as_root() {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(tmp.path())
-                .status()
-                .expect("chown")
-                .success();
-            assert!(
-                ok,
-                "cannot give {} to the postgres user",
-                tmp.path().display()
-            );
+        Self::init().start_on(free_port(), "")
+    }
+
+    /// A cluster that streams its WAL to a synchronous standby named `labaid_standby` (see
+    /// [`PgServer::start_standby_of`]): every commit waits until the standby has flushed it.
+    /// The setting is given on the command line, not in a file, so that a base backup of this
+    /// cluster does not carry it to the standby, which would otherwise wait forever for a
+    /// standby of its own once promoted.
+    pub fn start_primary() -> Self {
+        let server = Self::init();
+        append(
+            &server.dir.join("pg_hba.conf"),
+            "host replication postgres 127.0.0.1/32 trust\n",
+        );
+        server.start_on(
+            free_port(),
+            &format!(
+                "-c wal_level=replica -c max_wal_senders=4 -c wal_sender_timeout=5s \
+                 -c synchronous_standby_names={STANDBY_NAME}"
+            ),
+        )
+    }
+
+    /// A hot standby of `primary` from `pg_basebackup`, streaming as `labaid_standby` on a port
+    /// of its own. Use [`PgServer::wait_synchronous`] on the primary before relying on it.
+    pub fn start_standby_of(primary: &PgServer) -> Self {
+        let (tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8 path");
+        let port = primary.port.to_string();
+        run(
+            "pg_basebackup",
+            &[
+                "-D",
+                d,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        // `-R` wrote standby.signal and a primary_conninfo; this later line names the standby
+        // so that the primary's synchronous_standby_names matches it.
+        append(
+            &dir.join("postgresql.auto.conf"),
+            &format!(
+                "primary_conninfo = 'host=127.0.0.1 port={port} user=postgres \
+                 application_name={STANDBY_NAME}'\n"
+            ),
+        );
+        Self {
+            port: 0,
+            dir,
+            _tmp: tmp,
         }
+        .start_on(free_port(), "-c hot_standby=on")
+    }
+
+    /// Waits until this primary's standby streams synchronously; panics after `within`.
+    pub fn wait_synchronous(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let sql = format!(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
+        );
+        loop {
+            let state = self.psql(&sql);
+            if state == "sync" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby is not synchronous after {within:?} (sync_state {state:?}): {}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs the postmaster and every process it started at once, as a lost host would:
+    /// no shutdown checkpoint, no goodbye to the standby or the clients.
+    pub fn kill9(&self) {
+        let pid = self.postmaster_pid();
+        let mut pids = children_of(pid);
+        pids.push(pid);
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        // Its status is not checked: a backend may end by itself between the listing and the
+        // signal. The postmaster's end is.
+        let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_state(pid).is_some_and(|s| s != 'Z') {
+            assert!(
+                Instant::now() < deadline,
+                "postmaster {pid} still runs 10 s after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Promotes a standby and waits until it accepts writes; panics after `within`.
+    pub fn promote(&self, within: Duration) {
+        let d = self.dir.to_str().expect("utf-8 path");
+        let secs = within.as_secs().max(1).to_string();
+        run("pg_ctl", &["-D", d, "-w", "-t", &secs, "promote"]);
+        let deadline = Instant::now() + within;
+        loop {
+            let in_recovery = self.psql("SELECT pg_is_in_recovery()");
+            if in_recovery == "f" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still in recovery {within:?} after promotion (pg_is_in_recovery {in_recovery:?}): {}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid in `postmaster.pid`'s first line.
+    fn postmaster_pid(&self) -> u32 {
+        let path = self.dir.join("postmaster.pid");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{} holds no pid: {text:?}", path.display()))
+    }
+
+    /// The end of the server's log, for panic messages.
+    fn server_log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// A new data directory from initdb.
+    fn init() -> Self {
+        let (tmp, dir) = new_dir();
         let d = dir.to_str().expect("utf-8 path");
         run(
             "initdb",
@@ -107,19 +300,18 @@ impl PgServer {
                 "UTF8",
             ],
         );
-        let server = Self {
+        Self {
             port: 0,
             dir,
             _tmp: tmp,
-        };
-        server.start_on(free_port())
+        }
     }
 
-    fn start_on(mut self, port: u16) -> Self {
+    fn start_on(mut self, port: u16, extra: &str) -> Self {
         self.port = port;
         let d = self.dir.to_str().expect("utf-8 path").to_string();
         let opts = format!(
-            "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=on"
+            "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=on {extra}"
         );
         let log = format!("{d}/server.log");
         run(

@@ -115,6 +115,22 @@ mod tests {
     }
 
     #[test]
+    fn accepts_several_hosts_that_must_accept_writes() {
+        // A database failover: the brokers try each host and keep the one that is writable.
+        let target = PgTarget::new(
+            "postgres://labaid@10.0.0.1:5432,10.0.0.2:5433/labaid?target_session_attrs=read-write",
+            None,
+        )
+        .unwrap();
+        assert_eq!(target.config.get_hosts().len(), 2);
+        assert_eq!(target.config.get_ports(), &[5432, 5433]);
+        assert_eq!(
+            target.config.get_target_session_attrs(),
+            postgres::config::TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    #[test]
     fn reads_the_password_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
