@@ -7,8 +7,9 @@
 //! was handed to it since its last write, chains and writes it and syncs once for all of it
 //! (group commit), then tells each waiter. Reads record with [`AuditLog::record`] and
 //! [`AuditLog::record_list`]; changes are recorded by the engine's syncer from each batch,
-//! before the batch's journal write ([`AuditLog::append_durably`]), so a change is never durable
-//! unaudited. Before an audited call acts it is admitted ([`AuditLog::admit`]): refused while the
+//! written before the batch's journal append and synced beside it
+//! ([`AuditLog::append_written`]), so no change is answered, or left durable by a killed
+//! process, unaudited. Before an audited call acts it is admitted ([`AuditLog::admit`]): refused while the
 //! trail cannot be written (once a write or sync fails it is closed for good), while the data
 //! directory is below its free-space floor, or while the caller's organisation is over its audit
 //! volume budget.
@@ -344,6 +345,10 @@ impl AuditLog {
     async fn send(&self, org: &OdsCode, record: Record) -> Result<(), Error> {
         self.admit(org, record.weight())?;
         let (ack, acked) = oneshot::channel();
+        let ack = writer::Ack {
+            written: None,
+            durable: ack,
+        };
         self.tx
             .send(Message::Records(vec![record], ack))
             .await
@@ -354,17 +359,42 @@ impl AuditLog {
         }
     }
 
-    /// Writes `records` and returns once they are durable: for the engine's syncer thread, which
-    /// must not go on to make a batch durable that the trail could not record. Their calls were
-    /// admitted before they were decided, so nothing is charged or refused here but a trail that
-    /// cannot be written.
-    pub fn append_durably(&self, records: Vec<Record>) -> Result<(), AuditFailed> {
+    /// Writes `records` and returns once they are in the file, with what to wait on for their
+    /// sync: for the engine's syncer thread, which must not go on to make a batch durable that
+    /// the trail could not write, and answers nobody before both syncs (the trail's and the
+    /// journal's, which run side by side) are done. Their calls were admitted before they were
+    /// decided, so nothing is charged or refused here but a trail that cannot be written.
+    pub fn append_written(&self, records: Vec<Record>) -> Result<Syncing, AuditFailed> {
         self.check()?;
-        let (ack, acked) = oneshot::channel();
+        let (written, was_written) = oneshot::channel();
+        let (durable, synced) = oneshot::channel();
+        let ack = writer::Ack {
+            written: Some(written),
+            durable,
+        };
         self.tx
             .blocking_send(Message::Records(records, ack))
             .map_err(|_| AuditFailed)?;
-        match acked.blocking_recv() {
+        match was_written.blocking_recv() {
+            Ok(true) => Ok(Syncing(synced)),
+            _ => Err(AuditFailed),
+        }
+    }
+
+    /// Writes `records` and returns once they are durable.
+    pub fn append_durably(&self, records: Vec<Record>) -> Result<(), AuditFailed> {
+        self.append_written(records)?.wait()
+    }
+}
+
+/// Entries written to the trail whose sync is under way.
+#[derive(Debug)]
+pub struct Syncing(oneshot::Receiver<bool>);
+
+impl Syncing {
+    /// Waits for the sync (from a blocking thread).
+    pub fn wait(self) -> Result<(), AuditFailed> {
+        match self.0.blocking_recv() {
             Ok(true) => Ok(()),
             _ => Err(AuditFailed),
         }

@@ -19,8 +19,12 @@ use crate::error::Error;
 const WRITE_AT: usize = 256 * 1024;
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// The writer's answer to a batch: true once every entry of it is durable.
-pub(super) type Ack = oneshot::Sender<bool>;
+/// The writer's answers to a batch: `written` (when asked for) true once every entry of it is in
+/// the file, not yet synced; `durable` true once it is synced.
+pub(super) struct Ack {
+    pub(super) written: Option<oneshot::Sender<bool>>,
+    pub(super) durable: oneshot::Sender<bool>,
+}
 
 pub(super) enum Message {
     Records(Vec<Record>, Ack),
@@ -200,7 +204,15 @@ pub(super) fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Message>, failed:
             }
         }
         if !acks.is_empty() && !failed.load(Ordering::Relaxed) {
-            written = written.and_then(|()| w.sync());
+            // Written first and said so, so that the engine's journal sync runs beside this one.
+            written = written.and_then(|()| w.write_pending());
+            let ok = written.is_ok();
+            for ack in &mut acks {
+                if let Some(tx) = ack.written.take() {
+                    let _ = tx.send(ok);
+                }
+            }
+            written = written.and_then(|()| w.file.sync_data());
             if let Err(e) = &written {
                 tracing::error!(dir = %w.dir.display(), error = %e, "audit log write failed; refusing audited calls");
                 failed.store(true, Ordering::Relaxed);
@@ -208,7 +220,10 @@ pub(super) fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Message>, failed:
         }
         let durable = !failed.load(Ordering::Relaxed);
         for ack in acks.drain(..) {
-            let _ = ack.send(durable);
+            if let Some(tx) = ack.written {
+                let _ = tx.send(durable);
+            }
+            let _ = ack.durable.send(durable);
         }
         if closing {
             tracing::info!(entries = w.seq, head = %w.head, "audit log closed");

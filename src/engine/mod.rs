@@ -6,8 +6,8 @@
 //! the journal asks for one.
 //!
 //! A command asked for by a caller is audited inside this path: refused before it is decided
-//! when the audit trail cannot be written, and recorded durably by the syncer before its batch
-//! is journaled, so that no change is ever durable, or answered, unaudited.
+//! when the audit trail cannot be written, and written by the syncer before its batch is
+//! journaled, the two syncs running side by side, so that no change is answered unaudited.
 
 mod chunked;
 mod clock;
@@ -491,11 +491,15 @@ fn sync_until_closed(
             changes,
             state,
         } = taken;
-        let durable = record(audit, &mut replies).and_then(|()| {
-            if entries.is_empty() {
-                Ok(())
-            } else {
-                append(journal, metrics, &entries)
+        // The batch's audit entries are written before its journal append, and both syncs run
+        // side by side; nobody is answered before both are done.
+        let durable = record(audit, &mut replies).and_then(|syncing| {
+            if !entries.is_empty() {
+                append(journal, metrics, &entries)?;
+            }
+            match syncing {
+                Some(s) => s.wait().map_err(Fatal::Audit),
+                None => Ok(()),
             }
         });
         if let Err(fatal) = durable {
@@ -557,11 +561,14 @@ fn copy_for_snapshot(router: &Router, metrics: &Metrics) -> Box<SnapshotState> {
     state
 }
 
-/// Makes the audit entries of a batch's successful commands durable before the batch is: a
-/// change must never be durable unaudited. The batch is decided already, so a trail that cannot
-/// be written stops the process; recovery then holds none of it and no caller was answered.
-/// A refused command changed nothing and is not recorded.
-fn record(audit: &AuditLog, replies: &mut [Pending]) -> Result<(), Fatal> {
+/// Writes the audit entries of a batch's successful commands before the batch is journaled, and
+/// returns their sync under way. The batch is decided already, so a trail that cannot be written
+/// stops the process; recovery then holds none of it and no caller was answered. A refused
+/// command changed nothing and is not recorded.
+fn record(
+    audit: &AuditLog,
+    replies: &mut [Pending],
+) -> Result<Option<crate::audit::Syncing>, Fatal> {
     let records: Vec<Record> = replies
         .iter_mut()
         .filter_map(|p| {
@@ -575,9 +582,12 @@ fn record(audit: &AuditLog, replies: &mut [Pending]) -> Result<(), Fatal> {
         })
         .collect();
     if records.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    audit.append_durably(records).map_err(Fatal::Audit)
+    audit
+        .append_written(records)
+        .map(Some)
+        .map_err(Fatal::Audit)
 }
 
 /// Appends `entries` with one sync.
