@@ -10,6 +10,8 @@
 //! sync fails the trail is closed for good and audited calls are refused before they act.
 
 mod chain;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 
 use std::fmt;
 use std::fs;
