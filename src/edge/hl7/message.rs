@@ -407,6 +407,11 @@ fn read_header(bytes: &[u8]) -> Result<(Delimiters, Charset), ParseError> {
     if distinct.len() != encoding.len() + 1 {
         return Err(ParseError::BadSeparators);
     }
+    // Without a fourth character the subcomponent separator is `&`, which must then not be one
+    // already declared: an ACK written with both would not read back.
+    if encoding.len() < 4 && distinct.contains(&b'&') {
+        return Err(ParseError::BadSeparators);
+    }
     let delims = Delimiters {
         field: char::from(field),
         component: char::from(encoding[0]),
@@ -605,6 +610,28 @@ mod tests {
         assert_eq!(
             Message::parse(b"MSH").unwrap_err(),
             ParseError::BadSeparators
+        );
+    }
+
+    #[test]
+    fn an_undeclared_subcomponent_separator_may_not_collide_with_a_declared_one() {
+        // `~\&` declares `&` as the escape, and `MSH&` as the field separator; the default
+        // subcomponent separator `&` would repeat it (found by the hl7_parse fuzz target).
+        for header in ["MSH|~\\&|EPR|RJ1\r", "MSH&^~&EPR\r"] {
+            assert!(
+                matches!(
+                    Message::parse(header.as_bytes()),
+                    Err(ParseError::BadSeparators)
+                ),
+                "{header:?}"
+            );
+        }
+        let m = Message::parse(b"MSH|^~\\|EPR\r").expect("three separators, `&` free");
+        assert_eq!(m.delims.encoding_characters(), "^~\\&");
+        let written = format!("MSH|{}|EPR\r", m.delims.encoding_characters());
+        assert_eq!(
+            Message::parse(written.as_bytes()).expect("reads back").delims,
+            m.delims
         );
     }
 
