@@ -39,10 +39,12 @@ impl Delimiters {
         let mut s = String::new();
         s.push(self.component);
         s.push(self.repetition);
+        // MSH-2 is positional: without an escape character the subcomponent separator cannot be
+        // written, and is read back as `&`, which it then is (see `read_header`).
         if let Some(e) = self.escape {
             s.push(e);
+            s.push(self.subcomponent);
         }
-        s.push(self.subcomponent);
         s
     }
 
@@ -626,13 +628,24 @@ mod tests {
                 "{header:?}"
             );
         }
-        let m = Message::parse(b"MSH|^~\\|EPR\r").expect("three separators, `&` free");
-        assert_eq!(m.delims.encoding_characters(), "^~\\&");
-        let written = format!("MSH|{}|EPR\r", m.delims.encoding_characters());
-        assert_eq!(
-            Message::parse(written.as_bytes()).expect("reads back").delims,
-            m.delims
-        );
+        // What the edge writes in an ACK's MSH-2 reads back as the same separators, also with
+        // no escape character (`MSH\^~\`, the second input found).
+        for (header, written) in [
+            ("MSH|^~\\|EPR\r", "^~\\&"),
+            ("MSH\\^~\\EPR\r", "^~"),
+            ("MSH|^~|EPR\r", "^~"),
+            ("MSH#$%!*#EPR\r", "$%!*"),
+        ] {
+            let m = Message::parse(header.as_bytes()).expect(header);
+            assert_eq!(m.delims.encoding_characters(), written, "{header:?}");
+            let f = m.delims.field;
+            let ack = format!("MSH{f}{written}{f}LABAID\r");
+            assert_eq!(
+                Message::parse(ack.as_bytes()).expect("reads back").delims,
+                m.delims,
+                "{header:?}"
+            );
+        }
     }
 
     #[test]
