@@ -164,6 +164,18 @@ impl Charset {
         }
     }
 
+    /// MSH-18 as written with `delims`: as it is read, unescaped (a reader finds the character
+    /// set before it knows how to decode escapes), and so in a spelling that holds neither the
+    /// field nor the repetition separator.
+    pub fn label_in(self, delims: &Delimiters) -> &'static str {
+        let label = self.label();
+        let clashes = |l: &str| l.contains([delims.field, delims.repetition]);
+        match self {
+            Self::Utf8 if clashes(label) => "UTF8",
+            _ => label,
+        }
+    }
+
     fn from_label(label: &str) -> Option<Self> {
         match label.trim().to_ascii_uppercase().as_str() {
             "" => Some(Self::Unlabelled),
