@@ -195,8 +195,8 @@ fn many_tiny_request_sections_reserve_room_only_for_the_requests_they_hold() {
     let path = dir.path().join(super::segment::snapshot_name(lsn));
     let good = fs::read(&path).expect("read");
     // 64 more sections, each an empty chunk of requests (one byte), with a valid checksum: the
-    // reader used to reserve a full chunk's room (4,096 requests) for each, found by the
-    // snapshot_read fuzz target.
+    // reader used to reserve a full chunk's room (4,096 requests) for each (seen while fixing
+    // what the snapshot_read fuzz target found).
     let count = u32::from_le_bytes(good[20..24].try_into().expect("count")) as usize;
     let (table, sections) = good[24..].split_at(count * 8);
     let extra = 64;
