@@ -13,6 +13,9 @@ pub mod config;
 pub mod edge;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 pub mod metrics;
 pub mod ops;

@@ -6,8 +6,8 @@ use super::{Context, list_filters, page_size, page_token, parse_id};
 use crate::audit::Action;
 use crate::auth::{Principal, caller};
 use crate::domain::{
-    BoundedText, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, RawObservation, RequestId,
-    TestCode, Violations,
+    BoundedText, Catalogue, FailureReason, MAX_NOTE_CHARS, Observation, OdsCode, RawObservation,
+    RequestId, TestCode, TestSet, Violations,
 };
 use crate::engine::Asked;
 use crate::error::Error;
@@ -27,7 +27,43 @@ impl super::work::Actor for LabApi {
 /// Highest capacity a lab may set for one test.
 const MAX_CAPACITY: u32 = 100_000;
 /// Most observations one PostResults may carry.
-const MAX_OBSERVATIONS: usize = 256;
+pub(crate) const MAX_OBSERVATIONS: usize = 256;
+
+/// A PostResults call's observations, each checked against the job's `tests`; every mistake is
+/// named in one reply.
+pub(crate) fn validate_observations(
+    observations: &[proto::Observation],
+    tests: &TestSet,
+    catalogue: &Catalogue,
+) -> Result<Vec<Observation>, Error> {
+    let mut v = Violations::default();
+    let obs: Vec<Observation> = observations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| {
+            let raw = RawObservation {
+                test: &o.test,
+                analyte: &o.analyte,
+                value: &o.value,
+                unit: &o.unit,
+                reference_range: &o.reference_range,
+                flag: flag_from(o.flag),
+            };
+            Observation::validate(
+                &format!("observations[{i}]"),
+                &raw,
+                tests,
+                catalogue,
+                &mut v,
+            )
+        })
+        .collect();
+    if v.is_empty() {
+        Ok(obs)
+    } else {
+        Err(Error::InvalidArgument(v))
+    }
+}
 
 /// The labs' service.
 #[derive(Debug, Clone)]
@@ -221,33 +257,7 @@ impl LabApi {
         // sequencer answers NOT_FOUND (or why the offer was lost) before looking at results.
         let observations = match views.request(&id).filter(|r| r.is_job_of(&who.org)) {
             Some(job) => {
-                let mut v = Violations::default();
-                let obs: Vec<Observation> = m
-                    .observations
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, o)| {
-                        let raw = RawObservation {
-                            test: &o.test,
-                            analyte: &o.analyte,
-                            value: &o.value,
-                            unit: &o.unit,
-                            reference_range: &o.reference_range,
-                            flag: flag_from(o.flag),
-                        };
-                        Observation::validate(
-                            &format!("observations[{i}]"),
-                            &raw,
-                            &job.submission.tests,
-                            views.catalogue(),
-                            &mut v,
-                        )
-                    })
-                    .collect();
-                if !v.is_empty() {
-                    return Err(Error::InvalidArgument(v));
-                }
-                obs
+                validate_observations(&m.observations, &job.submission.tests, views.catalogue())?
             }
             None => Vec::new(),
         };

@@ -24,6 +24,8 @@ pub use coordinator::CoordinatorApi;
 pub(crate) use coordinator::{reassign_job, set_lab_status};
 pub use directory::DirectoryApi;
 pub use labs::LabApi;
+#[cfg(feature = "fuzzing")]
+pub(crate) use labs::{MAX_OBSERVATIONS, validate_observations};
 pub use requests::RequestApi;
 pub use watch::EventStream;
 pub use work::WorkStream;
@@ -53,14 +55,14 @@ const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
 
 /// Parses a request or job id, and names it on the RPC's span.
-fn parse_id(raw: &str) -> Result<RequestId, Error> {
+pub(crate) fn parse_id(raw: &str) -> Result<RequestId, Error> {
     let id = RequestId::parse(raw).map_err(|e| Error::invalid("id", e))?;
     tracing::Span::current().record("request.id", tracing::field::display(id));
     Ok(id)
 }
 
 /// The state and priority filters of a list call.
-fn list_filters(
+pub(crate) fn list_filters(
     states: &[i32],
     priorities: &[i32],
 ) -> Result<(Vec<RequestState>, Vec<Priority>), Error> {
@@ -81,7 +83,7 @@ fn list_filters(
     Ok((states, priorities))
 }
 
-fn page_size(raw: u32) -> Result<usize, Error> {
+pub(crate) fn page_size(raw: u32) -> Result<usize, Error> {
     match raw {
         0 => Ok(DEFAULT_PAGE as usize),
         n if n <= MAX_PAGE => Ok(n as usize),
@@ -92,7 +94,7 @@ fn page_size(raw: u32) -> Result<usize, Error> {
     }
 }
 
-fn page_token(raw: &str) -> Result<Option<u64>, Error> {
+pub(crate) fn page_token(raw: &str) -> Result<Option<u64>, Error> {
     if raw.is_empty() {
         return Ok(None);
     }

@@ -16,6 +16,8 @@
 
 mod chain;
 mod files;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod space;
 mod verify;
 mod writer;

@@ -102,7 +102,7 @@ struct EventsRef<'a> {
 /// A format 2 payload is `[length of the head: u64 LE][head][events]`, two postcard encodings,
 /// so that the events decode on a second thread while the core's state decodes.
 #[derive(Debug, Deserialize)]
-struct Head {
+pub(super) struct Head {
     lsn: u64,
     directory: Directory,
     state: State,
@@ -717,14 +717,17 @@ pub(super) fn read_parts<H: serde::de::DeserializeOwned + Send>(
     let Section::Events(events) = take()? else {
         return Err("its second section is not the events".into());
     };
-    let mut requests = Vec::new();
+    let mut chunks = Vec::with_capacity(count - 2);
     for _ in 2..count {
         let Section::Requests(RequestChunk(chunk)) = take()? else {
             return Err("a requests section holds something else".into());
         };
-        if requests.is_empty() {
-            requests.reserve_exact((count - 2) * SNAPSHOT_CHUNK);
-        }
+        chunks.push(chunk);
+    }
+    // Sized by what the chunks hold, not by their number: a file of many tiny sections must not
+    // reserve a full chunk's room for each.
+    let mut requests = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+    for chunk in chunks {
         requests.extend(chunk);
     }
     Ok(Parts {

@@ -18,6 +18,8 @@ mod codec;
 mod delta;
 mod directory;
 mod file;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod loss;
 mod memory;
 pub mod postgres;

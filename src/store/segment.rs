@@ -58,7 +58,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn segment_header(first: u64) -> [u8; SEGMENT_HEADER] {
+pub(super) fn segment_header(first: u64) -> [u8; SEGMENT_HEADER] {
     let mut h = [0; SEGMENT_HEADER];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..16].copy_from_slice(&first.to_le_bytes());

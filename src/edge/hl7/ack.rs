@@ -98,7 +98,7 @@ pub fn build(reply: &Reply<'_>, now: &str, control_id: &str) -> Vec<u8> {
     ];
     if charset != Charset::Unlabelled {
         msh.resize(16, String::new());
-        msh.push(w.text(charset.label()));
+        msh.push(charset.label_in(&delims).into());
     }
     w.segment("MSH", &msh);
     let their_id = reply.to.map(|m| m.header(10)).unwrap_or_default();
@@ -169,7 +169,7 @@ fn clip(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::hl7::message::Location;
+    use crate::edge::hl7::message::{Charset, Location};
     use crate::edge::hl7::orders::code;
 
     fn problem() -> Problem {
@@ -181,6 +181,33 @@ mod tests {
             }),
             code: code::DATA_TYPE,
             text: "NHS number: is not a valid NHS number (check digit)".into(),
+        }
+    }
+
+    #[test]
+    fn an_acks_character_set_reads_back_whatever_the_separators() {
+        // With `/` as the escape character, `8859/1` was escaped to `8859/E/1`, which no reader
+        // takes as a character set (found by the hl7_parse fuzz target); with `-` as the
+        // repetition separator, `UNICODE UTF-8` would read back as `UNICODE UTF`.
+        for (msh2, label, charset) in [
+            ("^~/&", "8859/1", Charset::Latin1),
+            ("^~\\&", "8859/1", Charset::Latin1),
+            ("^-\\&", "UTF8", Charset::Utf8),
+            ("^~\\&", "UNICODE UTF-8", Charset::Utf8),
+            ("^~\\&", "ASCII", Charset::Ascii),
+        ] {
+            let header = format!("MSH|{msh2}|EPR|RJ1|||||ORM^O01|ID1|P|2.5.1|||||GBR|{label}\r");
+            let m = Message::parse(header.as_bytes()).expect("the message reads");
+            assert_eq!(m.charset, charset);
+            let reply = Reply {
+                to: Some(&m),
+                code: AckCode::Accept,
+                text: "accepted".into(),
+                problems: vec![],
+            };
+            let ack = build(&reply, "20240603101500+0100", "1");
+            let read = Message::parse(&ack).unwrap_or_else(|e| panic!("{msh2} {label}: {e}"));
+            assert_eq!(read.charset, charset, "{msh2} {label}");
         }
     }
 

@@ -133,61 +133,10 @@ impl Inbound {
 
     /// Answers one frame.
     pub async fn handle(&self, frame: Frame) -> Handled {
-        let bytes = match frame {
-            Frame::Message(b) => b,
-            Frame::TooLarge { head, total } => {
-                let header = header_only(&head);
-                let text = format!(
-                    "the message is {total} bytes; the most taken is {}",
-                    head.len()
-                );
-                return self.reply(
-                    header.as_ref(),
-                    AckCode::Reject,
-                    "message too large",
-                    vec![Problem {
-                        location: None,
-                        code: code::INTERNAL,
-                        text,
-                    }],
-                );
-            }
-        };
-        let msg = match Message::parse(&bytes) {
+        let msg = match read_frame(frame, &self.profile) {
             Ok(m) => m,
-            Err(e) => {
-                let header = header_only(&bytes);
-                let (ack_code, err_code) = match e {
-                    ParseError::Undecodable(_) => (AckCode::Error, code::DATA_TYPE),
-                    ParseError::UnsupportedCharset(_) => (AckCode::Reject, code::TABLE_VALUE),
-                    ParseError::NoMsh | ParseError::BadSeparators => {
-                        (AckCode::Reject, code::SEGMENT_SEQUENCE)
-                    }
-                };
-                let location = matches!(
-                    e,
-                    ParseError::Undecodable(_) | ParseError::UnsupportedCharset(_)
-                )
-                .then_some(Location {
-                    segment: "MSH",
-                    sequence: 1,
-                    field: 18,
-                });
-                return self.reply(
-                    header.as_ref(),
-                    ack_code,
-                    "message not readable",
-                    vec![Problem {
-                        location,
-                        code: err_code,
-                        text: e.to_string(),
-                    }],
-                );
-            }
+            Err(r) => return self.reply(r.to.as_ref(), r.code, r.text, r.problems),
         };
-        if let Err(p) = orders::check_header(&msg, &self.profile) {
-            return self.reply(Some(&msg), AckCode::Reject, "message not taken", vec![p]);
-        }
         let key = (
             format!("{}^{}", msg.header(3), msg.header(4)),
             msg.header(10),
@@ -380,6 +329,82 @@ fn violation(order: &Order, field: &str, description: &str) -> Problem {
         },
         text: format!("{label} ({field}) {description}"),
     }
+}
+
+/// A frame answered before anything reaches the broker: what its ACK says.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The message answered, when its MSH could be read.
+    pub to: Option<Message>,
+    /// MSA-1.
+    pub code: AckCode,
+    /// MSA-3.
+    pub text: &'static str,
+    /// One ERR segment each.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads a frame into a message whose header `profile` takes: the steps before the broker.
+pub fn read_frame(frame: Frame, profile: &Profile) -> Result<Message, Refusal> {
+    let bytes = match frame {
+        Frame::Message(b) => b,
+        Frame::TooLarge { head, total } => {
+            let text = format!(
+                "the message is {total} bytes; the most taken is {}",
+                head.len()
+            );
+            return Err(Refusal {
+                to: header_only(&head),
+                code: AckCode::Reject,
+                text: "message too large",
+                problems: vec![Problem {
+                    location: None,
+                    code: code::INTERNAL,
+                    text,
+                }],
+            });
+        }
+    };
+    let msg = match Message::parse(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            let (ack_code, err_code) = match e {
+                ParseError::Undecodable(_) => (AckCode::Error, code::DATA_TYPE),
+                ParseError::UnsupportedCharset(_) => (AckCode::Reject, code::TABLE_VALUE),
+                ParseError::NoMsh | ParseError::BadSeparators => {
+                    (AckCode::Reject, code::SEGMENT_SEQUENCE)
+                }
+            };
+            let location = matches!(
+                e,
+                ParseError::Undecodable(_) | ParseError::UnsupportedCharset(_)
+            )
+            .then_some(Location {
+                segment: "MSH",
+                sequence: 1,
+                field: 18,
+            });
+            return Err(Refusal {
+                to: header_only(&bytes),
+                code: ack_code,
+                text: "message not readable",
+                problems: vec![Problem {
+                    location,
+                    code: err_code,
+                    text: e.to_string(),
+                }],
+            });
+        }
+    };
+    if let Err(p) = orders::check_header(&msg, profile) {
+        return Err(Refusal {
+            to: Some(msg),
+            code: AckCode::Reject,
+            text: "message not taken",
+            problems: vec![p],
+        });
+    }
+    Ok(msg)
 }
 
 /// The MSH line alone, read as ASCII whatever it declares, to answer a message that cannot be

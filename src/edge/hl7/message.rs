@@ -39,10 +39,12 @@ impl Delimiters {
         let mut s = String::new();
         s.push(self.component);
         s.push(self.repetition);
+        // MSH-2 is positional: without an escape character the subcomponent separator cannot be
+        // written, and is read back as `&`, which it then is (see `read_header`).
         if let Some(e) = self.escape {
             s.push(e);
+            s.push(self.subcomponent);
         }
-        s.push(self.subcomponent);
         s
     }
 
@@ -159,6 +161,18 @@ impl Charset {
             Self::Ascii => "ASCII",
             Self::Latin1 => "8859/1",
             Self::Utf8 => "UNICODE UTF-8",
+        }
+    }
+
+    /// MSH-18 as written with `delims`: as it is read, unescaped (a reader finds the character
+    /// set before it knows how to decode escapes), and so in a spelling that holds neither the
+    /// field nor the repetition separator.
+    pub fn label_in(self, delims: &Delimiters) -> &'static str {
+        let label = self.label();
+        let clashes = |l: &str| l.contains([delims.field, delims.repetition]);
+        match self {
+            Self::Utf8 if clashes(label) => "UTF8",
+            _ => label,
         }
     }
 
@@ -407,6 +421,11 @@ fn read_header(bytes: &[u8]) -> Result<(Delimiters, Charset), ParseError> {
     if distinct.len() != encoding.len() + 1 {
         return Err(ParseError::BadSeparators);
     }
+    // Without a fourth character the subcomponent separator is `&`, which must then not be one
+    // already declared: an ACK written with both would not read back.
+    if encoding.len() < 4 && distinct.contains(&b'&') {
+        return Err(ParseError::BadSeparators);
+    }
     let delims = Delimiters {
         field: char::from(field),
         component: char::from(encoding[0]),
@@ -606,6 +625,39 @@ mod tests {
             Message::parse(b"MSH").unwrap_err(),
             ParseError::BadSeparators
         );
+    }
+
+    #[test]
+    fn an_undeclared_subcomponent_separator_may_not_collide_with_a_declared_one() {
+        // `~\&` declares `&` as the escape, and `MSH&` as the field separator; the default
+        // subcomponent separator `&` would repeat it (found by the hl7_parse fuzz target).
+        for header in ["MSH|~\\&|EPR|RJ1\r", "MSH&^~&EPR\r"] {
+            assert!(
+                matches!(
+                    Message::parse(header.as_bytes()),
+                    Err(ParseError::BadSeparators)
+                ),
+                "{header:?}"
+            );
+        }
+        // What the edge writes in an ACK's MSH-2 reads back as the same separators, also with
+        // no escape character (`MSH\^~\`, the second input found).
+        for (header, written) in [
+            ("MSH|^~\\|EPR\r", "^~\\&"),
+            ("MSH\\^~\\EPR\r", "^~"),
+            ("MSH|^~|EPR\r", "^~"),
+            ("MSH#$%!*#EPR\r", "$%!*"),
+        ] {
+            let m = Message::parse(header.as_bytes()).expect(header);
+            assert_eq!(m.delims.encoding_characters(), written, "{header:?}");
+            let f = m.delims.field;
+            let ack = format!("MSH{f}{written}{f}LABAID\r");
+            assert_eq!(
+                Message::parse(ack.as_bytes()).expect("reads back").delims,
+                m.delims,
+                "{header:?}"
+            );
+        }
     }
 
     #[test]

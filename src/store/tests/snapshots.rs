@@ -181,3 +181,49 @@ fn a_flipped_bit_in_any_section_of_a_format_3_snapshot_stops_the_start() {
         );
     }
 }
+
+#[test]
+fn many_tiny_request_sections_reserve_room_only_for_the_requests_they_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    history(&mut d);
+    d.snapshot();
+    d.journal.close().expect("close");
+    let lsn = d.journal.entries();
+    let held = d.router.request_count();
+    drop(d);
+    let path = dir.path().join(super::segment::snapshot_name(lsn));
+    let good = fs::read(&path).expect("read");
+    // 64 more sections, each an empty chunk of requests (one byte), with a valid checksum: the
+    // reader used to reserve a full chunk's room (4,096 requests) for each (seen while fixing
+    // what the snapshot_read fuzz target found).
+    let count = u32::from_le_bytes(good[20..24].try_into().expect("count")) as usize;
+    let (table, sections) = good[24..].split_at(count * 8);
+    let extra = 64;
+    let mut payload = ((count + extra) as u32).to_le_bytes().to_vec();
+    payload.extend_from_slice(table);
+    payload.extend(std::iter::repeat_n(1u64.to_le_bytes(), extra).flatten());
+    payload.extend_from_slice(sections);
+    payload.extend(std::iter::repeat_n(0u8, extra));
+    let len = (payload.len() as u64).to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(&payload);
+    let mut file = good[..8].to_vec();
+    file.extend_from_slice(&len);
+    file.extend_from_slice(&crc.finalize().to_le_bytes());
+    file.extend_from_slice(&payload);
+    fs::write(&path, &file).expect("write");
+    let header: [u8; 20] = file[..20].try_into().expect("header");
+    let parts = super::codec::read_parts::<super::codec::Head>(
+        &fs::File::open(&path).expect("open"),
+        &header,
+    )
+    .unwrap_or_else(|_| panic!("the file reads"));
+    assert_eq!(parts.requests.len(), held);
+    assert!(
+        parts.requests.capacity() < held + 4096,
+        "room for {} requests",
+        parts.requests.capacity()
+    );
+}
