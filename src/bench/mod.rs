@@ -483,10 +483,13 @@ fn generated_config(
     // Every connection comes from this host: a watcher per lab and per trust, the submitting
     // connections, and room for the probes and the CLI besides.
     let per_peer = options.labs + options.trusts + options.connections + 64;
+    // The audit volume budget is raised with the call rate: the bench measures the broker's
+    // capacity, not the limits that keep one organisation from filling the disk.
     let _ = writeln!(
         out,
         "[limits]\nrate_per_second = 10000000\nburst = 10000000\nwatches_per_org = 64\n\
-         streams_per_connection = 4096\nconnections_per_peer = {per_peer}\n"
+         streams_per_connection = 4096\nconnections_per_peer = {per_peer}\n\
+         audit_bytes_per_second = 100000000000\naudit_burst_bytes = 100000000000\n"
     );
     let mut org = |code: &str, role: Role| -> anyhow::Result<Org> {
         let ods = OdsCode::parse(code).map_err(anyhow::Error::msg)?;
