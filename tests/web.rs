@@ -112,7 +112,11 @@ async fn until(browser: &Browser, script: &str, limit: Duration, what: &str) -> 
     let started = Instant::now();
     loop {
         let v = browser
-            .execute(&format!("return !!({script});"), vec![])
+            // An element the page has not drawn yet reads as "not yet", not as a failure.
+            .execute(
+                &format!("try {{ return !!({script}); }} catch (e) {{ return false; }}"),
+                vec![],
+            )
             .await
             .expect("script");
         if v == Value::Bool(true) {
