@@ -2,6 +2,7 @@
 //! `labaid-broker` executable) and a null gRPC service under the same load, and reports each
 //! phase's throughput and latency as a ratio to plain gRPC on this machine.
 
+mod database;
 pub mod journal;
 pub mod load;
 
@@ -223,6 +224,10 @@ pub struct Options {
     /// A `labaid-broker` executable to measure instead of this build's broker (to compare
     /// builds); `None` serves the broker from the bench's own executable.
     pub broker: Option<PathBuf>,
+    /// A PostgreSQL server (`postgres://user@host:port/db`) to measure the PostgreSQL store on:
+    /// each scenario's broker gets a database of its own there, dropped afterwards. `None`
+    /// measures the file store.
+    pub store: Option<String>,
 }
 
 impl Options {
@@ -294,6 +299,8 @@ struct Server {
     dir: Option<PathBuf>,
     /// The broker's metrics endpoint, for its journal figures.
     metrics: Option<SocketAddr>,
+    /// The scenario's own PostgreSQL database, dropped with the server.
+    database: Option<database::Database>,
 }
 
 impl Drop for Server {
@@ -302,6 +309,9 @@ impl Drop for Server {
         let _ = self.child.wait();
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(db) = self.database.take() {
+            db.drop_it();
         }
     }
 }
@@ -335,6 +345,7 @@ async fn baseline(options: &Options) -> anyhow::Result<Scenario> {
         child,
         dir: None,
         metrics: None,
+        database: None,
     };
     let url = format!("http://{addr}");
     let trusts = vec![Org::demo("RJ1")];
@@ -441,7 +452,16 @@ fn start_broker(options: &Options) -> anyhow::Result<(String, Vec<Org>, Vec<Org>
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let addr = free_port()?;
     let metrics = free_port()?;
-    let (config, trusts, labs) = generated_config(&dir.join("data"), addr, metrics, options)?;
+    let (mut config, trusts, labs) = generated_config(&dir.join("data"), addr, metrics, options)?;
+    let database = match &options.store {
+        Some(admin) => {
+            let db = database::Database::create(admin)?;
+            // A top-level key: before the config's first table.
+            config.insert_str(0, &format!("store_url = {:?}\n", db.url()));
+            Some(db)
+        }
+        None => None,
+    };
     let config_path = dir.join("labaid.toml");
     std::fs::write(&config_path, config)?;
     let log = std::fs::File::create(dir.join("broker.log"))?;
@@ -461,6 +481,7 @@ fn start_broker(options: &Options) -> anyhow::Result<(String, Vec<Org>, Vec<Org>
             child,
             dir: Some(dir),
             metrics: Some(metrics),
+            database,
         },
     ))
 }

@@ -70,6 +70,10 @@ struct Args {
     /// two builds in one window of the machine's load.
     #[arg(long, conflicts_with = "addr")]
     broker: Option<PathBuf>,
+    /// Measure the PostgreSQL store: a server URL (postgres://user@host:port/db); each
+    /// scenario's broker gets a database of its own there, dropped afterwards.
+    #[arg(long, value_name = "URL", conflicts_with = "addr")]
+    store: Option<String>,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
         kinds,
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
         broker: args.broker,
+        store: args.store,
     };
     if let Err(e) = options.check() {
         eprintln!("labaid-bench: {e:#}");
