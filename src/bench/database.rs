@@ -11,8 +11,16 @@ pub(super) struct Database {
 }
 
 impl Database {
-    /// Creates a database of its own on the server at `admin`.
+    /// Creates a database of its own on the server at `admin`. The postgres client blocks on a
+    /// runtime of its own, so it runs on a thread outside the bench's.
     pub(super) fn create(admin: &str) -> anyhow::Result<Self> {
+        let admin = admin.to_string();
+        std::thread::spawn(move || Self::create_here(&admin))
+            .join()
+            .map_err(|_| anyhow::anyhow!("creating the bench's database panicked"))?
+    }
+
+    fn create_here(admin: &str) -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -34,7 +42,12 @@ impl Database {
         database_url(&self.admin, &self.name)
     }
 
+    /// Drops the database (on a thread of its own, as [`Database::create`]).
     pub(super) fn drop_it(self) {
+        let _ = std::thread::spawn(move || self.drop_here()).join();
+    }
+
+    fn drop_here(self) {
         match postgres::Client::connect(&self.admin, postgres::NoTls) {
             Ok(mut client) => {
                 if let Err(e) = client.batch_execute(&format!(
