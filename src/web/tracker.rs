@@ -3,8 +3,10 @@
 //! per-minute results and time-to-result per priority over the last hour. Fed from the events the
 //! read views publish, reading each changed request back from the views.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::domain::{OdsCode, Priority, Request, RequestId, RequestState, Timestamp};
 use crate::engine::Views;
@@ -24,7 +26,8 @@ pub(crate) struct Bin {
 /// The live requests and the last hour's figures.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
-    live: HashMap<RequestId, Arc<Request>>,
+    // Fx, as the read views: every event of every organisation passes through these.
+    live: FxHashMap<RequestId, Arc<Request>>,
     /// Not yet at a lab (queued, offered, accepted), by sample deadline.
     by_deadline: BTreeSet<(Timestamp, RequestId)>,
     /// Accepted, the sample not yet received, by acceptance time.
@@ -36,7 +39,7 @@ pub(crate) struct Tracker {
     /// Results per minute (minutes since the epoch) and priority (index of `Priority::ALL`).
     bins: BTreeMap<i64, [Bin; 4]>,
     /// Results counted when the tracker was filled, so their events are not counted again.
-    counted_at_fill: HashSet<RequestId>,
+    counted_at_fill: FxHashSet<RequestId>,
 }
 
 fn priority_index(p: Priority) -> usize {
