@@ -13,10 +13,12 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use common::{TestBroker, http_get, next, sample, submission, submit, watch_request_events};
+use common::{
+    TestBroker, http_get, log_capture, next, sample, submission, submit, watch_request_events,
+};
 use labaid::Config;
 use labaid::audit::{AUDIT_FILE, AuditEntry, Verdict};
 use labaid::client::{Client, ConnectOptions};
@@ -488,35 +490,6 @@ async fn walkthrough(broker: &TestBroker) -> Vec<String> {
         }
     }
     vec![r.id, r2.id]
-}
-
-fn log_capture() -> Arc<Mutex<Vec<u8>>> {
-    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    CAPTURE
-        .get_or_init(|| {
-            let buf = Arc::new(Mutex::new(Vec::new()));
-            let writer = buf.clone();
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_ansi(false)
-                .with_writer(move || Capture(writer.clone()))
-                .try_init()
-                .expect("the first subscriber of this test binary");
-            buf
-        })
-        .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex, OnceLock};
-
 use common::*;
 use http_body_util::{BodyExt as _, Full};
 use prost::Message as _;
@@ -46,36 +44,6 @@ async fn call_raw(channel: &Channel, path: &str, token: &str, body: Vec<u8>) -> 
     let collected = response.into_body().collect().await.expect("the body");
     let trailers = collected.trailers().cloned().expect("trailers");
     tonic::Status::from_header_map(&trailers).expect("a grpc-status trailer")
-}
-
-/// Every log line of this test binary, from DEBUG up.
-fn log_capture() -> Arc<Mutex<Vec<u8>>> {
-    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    CAPTURE
-        .get_or_init(|| {
-            let buf = Arc::new(Mutex::new(Vec::new()));
-            let writer = buf.clone();
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_ansi(false)
-                .with_writer(move || Capture(writer.clone()))
-                .try_init()
-                .expect("the first subscriber of this test binary");
-            buf
-        })
-        .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Bodies that are well framed but whose message is not a valid SubmitRequestRequest or

@@ -377,3 +377,35 @@ pub async fn all_requests(client: &Client) -> Vec<proto::Request> {
         token = page.next_page_token;
     }
 }
+
+/// Every log line of this test binary, from DEBUG up: the binary's one tracing subscriber,
+/// installed on the first call.
+pub fn log_capture() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let writer = buf.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || Capture(writer.clone()))
+                .try_init()
+                .expect("the first subscriber of this test binary");
+            buf
+        })
+        .clone()
+}
+
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
