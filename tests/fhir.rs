@@ -301,22 +301,9 @@ fn plaintext_fhir_off_loopback_is_refused() {
 
 /// A GET with the caller's bearer token; the status and body.
 async fn get_as(addr: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
-         Connection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.expect("read");
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).expect("a JSON body"))
+    let addr = addr.parse().expect("the FHIR listener's address");
+    let (status, body) = common::http_get_as(addr, path, Some(token)).await;
+    (status, serde_json::from_str(&body).expect("a JSON body"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,11 +288,18 @@ pub fn sample(metrics: &str, name_and_labels: &str) -> f64 {
 
 /// A plain HTTP/1.1 GET (for the operations listener): status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(addr, path, None).await
+}
+
+/// A plain HTTP/1.1 GET, with `Authorization: Bearer <token>` when given: status code and body.
+pub async fn http_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .expect("write");
