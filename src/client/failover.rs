@@ -23,6 +23,9 @@ const ROUND_PAUSE: Duration = Duration::from_millis(200);
 /// The `grpc-status` value of UNAVAILABLE, as a standby answers (in a trailers-only reply).
 const UNAVAILABLE: &str = "14";
 
+/// The endpoint settings a search reuses for each address.
+pub(super) type Configure = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
+
 /// Connects to one address and tells whether that broker leads.
 pub(super) type Probe =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<Channel>> + Send>> + Send + Sync>;
@@ -167,9 +170,6 @@ impl Service<http::Request<Body>> for Transport {
         })
     }
 }
-
-/// The endpoint settings a search reuses for each address.
-pub(super) type Configure = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

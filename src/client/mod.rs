@@ -198,11 +198,7 @@ impl Client {
                 auth,
             });
         }
-        // Every address must be usable, so that a mistyped one is reported now.
-        let (_, auth) = Self::endpoint(&options.with_addr(&addrs[0]))?;
-        for addr in &addrs[1..] {
-            Self::endpoint(&options.with_addr(addr))?;
-        }
+        let (_, auth) = Self::first_endpoint(options, &addrs)?;
         // A takeover takes a lease's lifetime (two seconds by default) plus catching up.
         let deadline = tokio::time::Instant::now()
             + options
@@ -226,6 +222,18 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The first address's endpoint and credential, once every address is checked, so that a
+    /// mistyped one is reported now rather than at a takeover.
+    fn first_endpoint(
+        options: &ConnectOptions,
+        addrs: &[String],
+    ) -> Result<(Endpoint, BearerAuth), ClientError> {
+        for addr in addrs.iter().skip(1) {
+            Self::endpoint(&options.with_addr(addr))?;
+        }
+        Self::endpoint(&options.with_addr(addrs.first().map_or("", String::as_str)))
     }
 
     /// How to find the leader among `addrs` again: connect to each and ask.
@@ -273,11 +281,7 @@ impl Client {
     /// for the leader at once, and again whenever it loses it.
     pub fn connect_lazy(options: &ConnectOptions) -> Result<Self, ClientError> {
         let addrs = addresses(&options.addr);
-        let first = addrs.first().cloned().unwrap_or_default();
-        let (endpoint, auth) = Self::endpoint(&options.with_addr(&first))?;
-        for addr in addrs.iter().skip(1) {
-            Self::endpoint(&options.with_addr(addr))?;
-        }
+        let (endpoint, auth) = Self::first_endpoint(options, &addrs)?;
         let finder = (addrs.len() > 1).then(|| {
             let configure: failover::Configure = Arc::new(|e| e);
             Self::finder(options, &addrs, &configure)

@@ -323,25 +323,23 @@ pub async fn run(
         Some(addr) => Some(bind(addr, "MLLP").await?),
         None => None,
     };
-    let fhir = match &config.fhir {
-        Some(f) => Some(bind(f.addr, "FHIR").await?),
+    let fhir = match config.fhir {
+        Some(f) => Some((bind(f.addr, "FHIR").await?, f.config)),
         None => None,
     };
-    let shown = |l: &Option<TcpListener>| {
-        l.as_ref()
-            .and_then(|l| l.local_addr().ok())
+    let shown = |l: Option<&TcpListener>| {
+        l.and_then(|l| l.local_addr().ok())
             .map_or_else(|| "off".to_string(), |a| a.to_string())
     };
-    tracing::info!(metrics.addr = %ops_addr, mllp.addr = %shown(&mllp), fhir.addr = %shown(&fhir), "listening");
+    tracing::info!(
+        metrics.addr = %ops_addr,
+        mllp.addr = %shown(mllp.as_ref()),
+        fhir.addr = %shown(fhir.as_ref().map(|(l, _)| l)),
+        "listening"
+    );
 
-    let fhir_task = match (fhir, config.fhir) {
-        (Some(listener), Some(f)) => Some(tokio::spawn(fhir::serve(
-            listener,
-            f.config,
-            stopped(stop.clone()),
-        ))),
-        _ => None,
-    };
+    let fhir_task =
+        fhir.map(|(listener, f)| tokio::spawn(fhir::serve(listener, f, stopped(stop.clone()))));
     let result = match mllp {
         Some(mllp) => {
             match broker::Broker::connect(&config.broker, Duration::from_secs(2), stop.clone())
