@@ -214,6 +214,8 @@ pub async fn serve_on(
     );
     // Recover before serving: nothing is answered from a state that is not yet what is durable.
     let (directory, policy, options) = (config.directory(), config.policy.clone(), config.store);
+    // The audit records the file journal holds, for completing the trail.
+    let mut carried = Vec::new();
     let (router, events, journal): (Router, Vec<Event>, Box<dyn Journal>) = match &config.store_url
     {
         Some(url) => {
@@ -243,6 +245,7 @@ pub async fn serve_on(
             recovered
                 .journal
                 .observe_snapshots(snapshot_metrics(metrics.clone()));
+            carried = recovered.carried;
             (
                 recovered.router,
                 recovered.events,
@@ -270,6 +273,11 @@ pub async fn serve_on(
     let (audit, audit_writer) =
         AuditLog::open(&config.data_dir, config.audit, config.clock.clone())?;
     let audit = audit.with_budget(limiter.clone()).with_floor(floor);
+    // Before anything new is recorded: the trail's lines must follow the journal's order.
+    let restoring = (audit.clone(), config.data_dir.clone());
+    tokio::task::spawn_blocking(move || restoring.0.restore(&restoring.1, &carried))
+        .await
+        .map_err(|e| Error::Internal(format!("restoring the audit trail stopped: {e}")))??;
     let (engine, sequencer) = Engine::start(crate::engine::Parts {
         router,
         journal,

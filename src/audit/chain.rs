@@ -39,6 +39,11 @@ pub struct AuditEntry {
     /// A coordinator's stated reason for a decision (setting a lab's status, reassigning a job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a change: the number of the first journal entry of the batch it was made durable
+    /// with. The journal holds the change's entry too, so a trail whose last lines a crash cut
+    /// off is completed from the journal at the next start (see [`super::AuditLog::restore`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<u64>,
     /// Hash of the previous entry ([`GENESIS`] for the first).
     pub prev_hash: String,
     /// SHA-256 over `prev_hash`, a newline and the canonical body (see [`AuditEntry::compute_hash`]).
@@ -47,8 +52,8 @@ pub struct AuditEntry {
 
 /// The hashed part of an entry, in a fixed field order: serde_json writes struct fields in
 /// declaration order, so this serialisation is canonical. `request_id` is always present (null
-/// if none); `request_ids` and `reason` only when there are some, so entries without them hash
-/// as they always did.
+/// if none); `request_ids`, `reason` and `lsn` only when there are some, so entries without them
+/// hash as they always did.
 #[derive(Serialize)]
 pub(crate) struct Body<'a> {
     pub(crate) seq: u64,
@@ -61,6 +66,8 @@ pub(crate) struct Body<'a> {
     pub(crate) request_ids: Option<Ids<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) lsn: Option<u64>,
 }
 
 /// A list of request ids, written as an array of lower-case hyphenated UUIDs whether it comes
@@ -101,6 +108,8 @@ struct Line<'a> {
     request_ids: Option<Ids<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lsn: Option<u64>,
     prev_hash: &'a str,
     hash: &'a str,
 }
@@ -117,6 +126,7 @@ impl AuditEntry {
             request_id: self.request_id.as_deref(),
             request_ids: self.request_ids.as_deref().map(Ids::Text),
             reason: self.reason.as_deref(),
+            lsn: self.lsn,
         };
         let mut hash = String::new();
         chain_hash(&self.prev_hash, &body, &mut Vec::new(), &mut hash);
@@ -171,6 +181,7 @@ pub(crate) fn write_line(
         request_id: body.request_id,
         request_ids: body.request_ids,
         reason: body.reason,
+        lsn: body.lsn,
         prev_hash,
         hash,
     };
@@ -205,13 +216,29 @@ pub(crate) fn last_entry_by_blocks(
     path: &Path,
     block: usize,
 ) -> Result<Option<AuditEntry>, ReadError> {
+    let mut last = None;
+    lines_from_end(path, block, |line| {
+        last = serde_json::from_slice(line).ok();
+        last.is_none()
+    })?;
+    Ok(last)
+}
+
+/// Hands `visit` each line of the file at `path`, the last first, read `block` bytes at a time
+/// (a missing file has none), until it returns false. The part after the last newline comes
+/// first when there is one: a partial line is the caller's to pass over.
+pub(crate) fn lines_from_end(
+    path: &Path,
+    block: usize,
+    mut visit: impl FnMut(&[u8]) -> bool,
+) -> Result<(), ReadError> {
     let read_error = |source| ReadError {
         path: path.display().to_string(),
         source,
     };
     let file = match fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(read_error(e)),
     };
     let mut end = file.metadata().map_err(read_error)?.len();
@@ -228,13 +255,14 @@ pub(crate) fn last_entry_by_blocks(
         bytes.append(&mut cut);
         let mut line_end = bytes.len();
         while let Some(newline) = bytes[..line_end].iter().rposition(|&b| b == b'\n') {
-            if let Ok(entry) = serde_json::from_slice(&bytes[newline + 1..line_end]) {
-                return Ok(Some(entry));
+            if !visit(&bytes[newline + 1..line_end]) {
+                return Ok(());
             }
             line_end = newline;
         }
         if start == 0 {
-            return Ok(serde_json::from_slice(&bytes[..line_end]).ok());
+            visit(&bytes[..line_end]);
+            return Ok(());
         }
         bytes.truncate(line_end);
         cut = bytes;

@@ -6,10 +6,13 @@
 //! An entry is durable before the call it records is answered. A writer thread takes whatever
 //! was handed to it since its last write, chains and writes it and syncs once for all of it
 //! (group commit), then tells each waiter. Reads record with [`AuditLog::record`] and
-//! [`AuditLog::record_list`]; changes are recorded by the engine's syncer from each batch,
-//! written before the batch's journal append and synced beside it
-//! ([`AuditLog::append_written`]), so no change is answered, or left durable by a killed
-//! process, unaudited. Before an audited call acts it is admitted ([`AuditLog::admit`]): refused while the
+//! [`AuditLog::record_list`]. Changes are recorded by the engine's syncer from each batch: on
+//! the file store the records travel in the batch's journal append ([`journaled`]), and reach
+//! the trail just after, synced within a second and restored from the journal at the next start
+//! if a crash comes first ([`AuditLog::restore`]); on a journal that cannot carry them they are
+//! written before the append and synced beside it ([`AuditLog::append_written`]). Either way no
+//! change is answered, or left durable by a killed process, without a durable record. Before an
+//! audited call acts it is admitted ([`AuditLog::admit`]): refused while the
 //! trail cannot be written (once a write or sync fails it is closed for good), while the data
 //! directory is below its free-space floor, or while the caller's organisation is over its audit
 //! volume budget.
@@ -18,6 +21,7 @@ mod chain;
 mod files;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
+pub mod journaled;
 mod space;
 mod verify;
 mod writer;
@@ -121,6 +125,33 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, for reading a name back.
+    const ALL: [Self; 18] = [
+        Self::RequestSubmit,
+        Self::RequestGet,
+        Self::RequestList,
+        Self::RequestCancel,
+        Self::RequestWatch,
+        Self::OffersWatch,
+        Self::JobList,
+        Self::JobGet,
+        Self::JobAccept,
+        Self::JobDecline,
+        Self::JobReceive,
+        Self::JobResults,
+        Self::JobFail,
+        Self::LabCapacity,
+        Self::LabStatus,
+        Self::CoordinatorOverview,
+        Self::CoordinatorLabStatus,
+        Self::CoordinatorReassign,
+    ];
+
+    /// The action written as `name` in the log.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     /// The name written in the log.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -158,6 +189,8 @@ pub struct Record {
     request_ids: Option<Vec<RequestId>>,
     /// A coordinator's stated reason for a decision.
     reason: Option<String>,
+    /// For a change journaled with its entry: the first journal entry of its batch.
+    lsn: Option<u64>,
 }
 
 impl Record {
@@ -176,6 +209,7 @@ impl Record {
             request_id: request,
             request_ids: None,
             reason: None,
+            lsn: None,
         }
     }
 
@@ -386,6 +420,51 @@ impl AuditLog {
     /// Writes `records` and returns once they are durable.
     pub fn append_durably(&self, records: Vec<Record>) -> Result<(), AuditFailed> {
         self.append_written(records)?.wait()
+    }
+
+    /// Hands over `records` that the journal made durable with their changes (see
+    /// [`journaled::encode`]): written at once, synced within a second, and restored from the
+    /// journal by [`AuditLog::restore`] if a crash comes first. Waits only for room in the queue.
+    pub fn append_journaled(&self, records: Vec<Record>) -> Result<(), AuditFailed> {
+        self.check()?;
+        self.tx
+            .blocking_send(Message::Journaled(records))
+            .map_err(|_| AuditFailed)
+    }
+
+    /// Makes everything handed over so far durable, and returns once it is: before the journal
+    /// lets go of entries whose records it carries (a snapshot).
+    pub fn sync(&self) -> Result<(), AuditFailed> {
+        self.check()?;
+        let (tx, synced) = oneshot::channel();
+        self.tx
+            .blocking_send(Message::Sync(tx))
+            .map_err(|_| AuditFailed)?;
+        match synced.blocking_recv() {
+            Ok(true) => Ok(()),
+            _ => Err(AuditFailed),
+        }
+    }
+
+    /// Completes the trail at a start from the records the journal carried (each batch's, as
+    /// [`journaled::encode`] made them, in journal order): those a crash kept from the trail are
+    /// appended, in order, and made durable; those already in it are not written twice. Returns
+    /// how many were appended.
+    pub fn restore(&self, dir: &Path, carried: &[Vec<u8>]) -> Result<usize, Error> {
+        if carried.is_empty() {
+            return Ok(0);
+        }
+        let end = journaled::trail_end(dir).map_err(|e| Error::Internal(e.to_string()))?;
+        let missing = journaled::missing(carried, end)?;
+        let n = missing.len();
+        if n > 0 {
+            tracing::warn!(
+                entries = n,
+                "the audit trail ended before changes the journal holds; restoring them from it"
+            );
+            self.append_durably(missing)?;
+        }
+        Ok(n)
     }
 }
 

@@ -405,3 +405,35 @@ fn below_the_free_space_floor_audited_calls_are_refused_before_writing() {
     writer.close();
     assert_eq!(intact(dir.path()), (2, 1));
 }
+
+#[test]
+fn every_action_reads_back_from_its_name() {
+    // Exhaustive: a new action fails to compile here until it is placed in `Action::ALL`.
+    fn place(a: Action) -> usize {
+        match a {
+            Action::RequestSubmit => 0,
+            Action::RequestGet => 1,
+            Action::RequestList => 2,
+            Action::RequestCancel => 3,
+            Action::RequestWatch => 4,
+            Action::OffersWatch => 5,
+            Action::JobList => 6,
+            Action::JobGet => 7,
+            Action::JobAccept => 8,
+            Action::JobDecline => 9,
+            Action::JobReceive => 10,
+            Action::JobResults => 11,
+            Action::JobFail => 12,
+            Action::LabCapacity => 13,
+            Action::LabStatus => 14,
+            Action::CoordinatorOverview => 15,
+            Action::CoordinatorLabStatus => 16,
+            Action::CoordinatorReassign => 17,
+        }
+    }
+    for (i, a) in Action::ALL.into_iter().enumerate() {
+        assert_eq!(place(a), i);
+        assert_eq!(Action::parse(a.as_str()), Some(a));
+    }
+    assert_eq!(Action::parse("request.delete"), None);
+}

@@ -1,5 +1,6 @@
 //! The audit writer thread: chains the entries handed to it, writes whatever arrived since its
-//! last write and syncs once for all of it (group commit), then answers each waiter; rotates
+//! last write and syncs once for all of it (group commit), then answers each waiter; entries the
+//! journal already holds are synced at most [`SYNC_INTERVAL`] later instead. Rotates
 //! `audit.log` when it is full or a new day begins, the chain running on into the next file.
 
 use std::fs;
@@ -7,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,6 +20,8 @@ use crate::error::Error;
 /// Bytes of a batch held before they are written, so a huge batch does not sit in memory.
 const WRITE_AT: usize = 256 * 1024;
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longest an entry the journal already holds waits for the trail's own sync.
+pub(super) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The writer's answers to a batch: `written` (when asked for) true once every entry of it is in
 /// the file, not yet synced; `durable` true once it is synced.
@@ -27,7 +31,12 @@ pub(super) struct Ack {
 }
 
 pub(super) enum Message {
+    /// Entries to make durable before `Ack` says so.
     Records(Vec<Record>, Ack),
+    /// Entries already durable in the journal: written at once, synced within [`SYNC_INTERVAL`].
+    Journaled(Vec<Record>),
+    /// Sync everything written, then answer.
+    Sync(oneshot::Sender<bool>),
     Close,
 }
 
@@ -97,6 +106,7 @@ impl Writer {
                 .map(|id| &*id.0.hyphenated().encode_lower(&mut id_text)),
             request_ids: r.request_ids.as_deref().map(Ids::Parsed),
             reason: r.reason.as_deref(),
+            lsn: r.lsn,
         };
         chain::chain_hash(&self.head, &body, &mut self.scratch, &mut self.next_head);
         let before = self.pending.len();
@@ -179,31 +189,70 @@ pub(super) fn drop_torn_tail(path: &Path) -> Result<(), Error> {
 }
 
 /// Writes what was handed over since the last write, syncs once for all of it, then answers
-/// each batch. After a failed write, sync or rotation nothing more is written (the file may end
-/// in a partial entry, dropped at the next start) and every batch is answered false.
+/// each batch; entries the journal holds are written at once and synced once
+/// [`SYNC_INTERVAL`] has passed (or sooner, with entries that must be durable now). After a
+/// failed write, sync or rotation nothing more is written (the file may end in a partial entry,
+/// dropped at the next start) and every batch is answered false.
 pub(super) fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Message>, failed: Arc<AtomicBool>) {
+    // Only to wait for the next message with a deadline: the queue is a tokio one, as callers
+    // on the runtime wait on it for room.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
     let mut acks = Vec::new();
+    let mut syncs = Vec::new();
+    // Written but not yet synced: entries the journal holds.
+    let mut unsynced_since: Option<Instant> = None;
     loop {
-        let first = rx.blocking_recv().unwrap_or(Message::Close);
+        // None: the sync interval ran out with nothing new.
+        let first = match (unsynced_since, &timer) {
+            (Some(since), Ok(timer)) => {
+                let left = SYNC_INTERVAL.saturating_sub(since.elapsed());
+                timer
+                    .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                    .map(|m| m.unwrap_or(Message::Close))
+                    .ok()
+            }
+            _ => Some(rx.blocking_recv().unwrap_or(Message::Close)),
+        };
         let mut closing = false;
         let mut written = Ok(());
-        let batch = std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        let mut journaled = false;
+        let batch = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()));
         for message in batch {
-            match message {
+            let records = match message {
                 Message::Records(records, ack) => {
                     acks.push(ack);
-                    if failed.load(Ordering::Relaxed) || written.is_err() {
-                        continue;
-                    }
-                    written = records.iter().try_for_each(|r| w.append(r));
+                    records
+                }
+                Message::Journaled(records) => {
+                    journaled = true;
+                    records
+                }
+                Message::Sync(tx) => {
+                    syncs.push(tx);
+                    continue;
                 }
                 Message::Close => {
                     closing = true;
                     break;
                 }
+            };
+            if failed.load(Ordering::Relaxed) || written.is_err() {
+                continue;
             }
+            written = records.iter().try_for_each(|r| w.append(r));
         }
-        if !acks.is_empty() && !failed.load(Ordering::Relaxed) {
+        if journaled && unsynced_since.is_none() {
+            unsynced_since = Some(Instant::now());
+        }
+        // Without a timer to wake it, the writer syncs them at once.
+        let sync_due =
+            unsynced_since.is_some_and(|t| timer.is_err() || t.elapsed() >= SYNC_INTERVAL);
+        let sync = !acks.is_empty() || !syncs.is_empty() || closing || sync_due;
+        if !failed.load(Ordering::Relaxed) {
             // Written first and said so, so that the engine's journal sync runs beside this one.
             written = written.and_then(|()| w.write_pending());
             let ok = written.is_ok();
@@ -212,7 +261,12 @@ pub(super) fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Message>, failed:
                     let _ = tx.send(ok);
                 }
             }
-            written = written.and_then(|()| w.file.sync_data());
+            if sync {
+                written = written.and_then(|()| w.file.sync_data());
+                if written.is_ok() {
+                    unsynced_since = None;
+                }
+            }
             if let Err(e) = &written {
                 tracing::error!(dir = %w.dir.display(), error = %e, "audit log write failed; refusing audited calls");
                 failed.store(true, Ordering::Relaxed);
@@ -224,6 +278,9 @@ pub(super) fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Message>, failed:
                 let _ = tx.send(durable);
             }
             let _ = ack.durable.send(durable);
+        }
+        for tx in syncs.drain(..) {
+            let _ = tx.send(durable);
         }
         if closing {
             tracing::info!(entries = w.seq, head = %w.head, "audit log closed");

@@ -6,8 +6,9 @@
 //! the journal asks for one.
 //!
 //! A command asked for by a caller is audited inside this path: refused before it is decided
-//! when the audit trail cannot be written, and written by the syncer before its batch is
-//! journaled, the two syncs running side by side, so that no change is answered unaudited.
+//! when the audit trail cannot be written, and made durable with its batch, so that no change is
+//! answered unaudited: carried in the journal append itself when the journal can (the file
+//! journal), else written to the trail before the append and synced beside it.
 
 mod chunked;
 mod clock;
@@ -491,17 +492,7 @@ fn sync_until_closed(
             changes,
             state,
         } = taken;
-        // The batch's audit entries are written before its journal append, and both syncs run
-        // side by side; nobody is answered before both are done.
-        let durable = record(audit, &mut replies).and_then(|syncing| {
-            if !entries.is_empty() {
-                append(journal, metrics, &entries)?;
-            }
-            match syncing {
-                Some(s) => s.wait().map_err(Fatal::Audit),
-                None => Ok(()),
-            }
-        });
+        let durable = make_durable(journal, audit, metrics, &entries, &mut replies);
         if let Err(fatal) = durable {
             *unanswered = replies;
             return Err(fatal);
@@ -522,6 +513,9 @@ fn sync_until_closed(
         if let Some(copy) = state
             && journal.snapshot_due(false).is_some()
         {
+            // The journal is about to let go of the entries before it, and the audit records
+            // they carried must be in the trail first.
+            trail_holds_carried(&*journal, audit)?;
             match (copy, &mut since_snapshot) {
                 (SnapshotCopy::Full(state), since) => {
                     snapshot(*state, views, metrics, journal)?;
@@ -540,6 +534,7 @@ fn sync_until_closed(
     };
     // A snapshot at a clean stop makes the next start read it instead of replaying the journal.
     if let Some(state) = closing_state {
+        trail_holds_carried(&*journal, audit)?;
         snapshot(*state, views, metrics, journal)?;
     }
     journal.close().map_err(Fatal::Close)
@@ -561,15 +556,52 @@ fn copy_for_snapshot(router: &Router, metrics: &Metrics) -> Box<SnapshotState> {
     state
 }
 
-/// Writes the audit entries of a batch's successful commands before the batch is journaled, and
-/// returns their sync under way. The batch is decided already, so a trail that cannot be written
-/// stops the process; recovery then holds none of it and no caller was answered. A refused
-/// command changed nothing and is not recorded.
-fn record(
+/// Makes a batch durable with the audit records of its successful commands (a refused command
+/// changed nothing and is not recorded). A journal that can carries them in the batch's own
+/// append, one sync for both; they then go to the trail, which syncs them within a second, and a
+/// crash before that leaves them for [`AuditLog::restore`]. Otherwise they are written to the
+/// trail before the append and synced beside it. Either way nobody is answered before both are
+/// durable, and a trail that cannot take a batch whose journal append needs it stops the broker
+/// (the batch is decided already) with none of it durable.
+fn make_durable(
+    journal: &mut dyn Journal,
     audit: &AuditLog,
+    metrics: &Metrics,
+    entries: &[Entry],
     replies: &mut [Pending],
-) -> Result<Option<crate::audit::Syncing>, Fatal> {
-    let records: Vec<Record> = replies
+) -> Result<(), Fatal> {
+    let mut records = records_of(replies);
+    match journal.carrying_from() {
+        Some(lsn) if !entries.is_empty() && !records.is_empty() => {
+            let carried = crate::audit::journaled::encode(&mut records, lsn);
+            append(journal, metrics, entries, &carried)?;
+            // Durable with the batch already. A trail that fails now refuses every call from
+            // here on (`AuditLog::admit`), and gets these back from the journal at the next start.
+            if audit.append_journaled(records).is_err() {
+                tracing::error!("the audit trail cannot take records the journal holds");
+            }
+            Ok(())
+        }
+        _ => {
+            let syncing = if records.is_empty() {
+                None
+            } else {
+                Some(audit.append_written(records).map_err(Fatal::Audit)?)
+            };
+            if !entries.is_empty() {
+                append(journal, metrics, entries, &[])?;
+            }
+            match syncing {
+                Some(s) => s.wait().map_err(Fatal::Audit),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// The audit records of a batch's successful commands, each naming its request.
+fn records_of(replies: &mut [Pending]) -> Vec<Record> {
+    replies
         .iter_mut()
         .filter_map(|p| {
             let mut record = p.audit.take()?;
@@ -580,20 +612,30 @@ fn record(
             }
             Some(record)
         })
-        .collect();
-    if records.is_empty() {
-        return Ok(None);
-    }
-    audit
-        .append_written(records)
-        .map(Some)
-        .map_err(Fatal::Audit)
+        .collect()
 }
 
-/// Appends `entries` with one sync.
-fn append(journal: &mut dyn Journal, metrics: &Metrics, entries: &[Entry]) -> Result<(), Fatal> {
+/// Makes the trail hold every record the journal carried, before the journal drops them.
+fn trail_holds_carried(journal: &dyn Journal, audit: &AuditLog) -> Result<(), Fatal> {
+    if journal.carrying_from().is_some() {
+        audit.sync().map_err(Fatal::Audit)?;
+    }
+    Ok(())
+}
+
+/// Appends `entries`, with `carried` beside them when there is any, with one sync.
+fn append(
+    journal: &mut dyn Journal,
+    metrics: &Metrics,
+    entries: &[Entry],
+    carried: &[u8],
+) -> Result<(), Fatal> {
     let started = std::time::Instant::now();
-    let appended = journal.append(entries);
+    let appended = if carried.is_empty() {
+        journal.append(entries)
+    } else {
+        journal.append_carrying(entries, carried)
+    };
     metrics.store_sync.observe(started.elapsed().as_secs_f64());
     metrics.store_batch.observe(entries.len() as f64);
     // Never retry a failed sync: the kernel may have dropped the dirty pages. Stop, and let

@@ -28,6 +28,9 @@ struct Recorder {
     held: Arc<AtomicBool>,
     permits: Arc<(Mutex<usize>, Condvar)>,
     fail: Arc<AtomicBool>,
+    /// Keeps the bytes handed with each batch, as the file journal does.
+    carries: bool,
+    carried: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Recorder {
@@ -35,6 +38,17 @@ impl Recorder {
         let r = Self::default();
         r.held.store(true, Ordering::SeqCst);
         r
+    }
+
+    fn carrying() -> Self {
+        Self {
+            carries: true,
+            ..Self::default()
+        }
+    }
+
+    fn carried(&self) -> Vec<Vec<u8>> {
+        self.carried.lock().unwrap().clone()
     }
 
     fn release(&self, n: usize) {
@@ -64,6 +78,24 @@ impl Journal for Recorder {
             return Err(StoreError::Io(std::io::Error::other("disk gone")));
         }
         self.batches.lock().unwrap().push(entries.to_vec());
+        Ok(())
+    }
+
+    fn carrying_from(&self) -> Option<u64> {
+        let entries = self
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>();
+        self.carries.then_some(entries as u64)
+    }
+
+    fn append_carrying(&mut self, entries: &[Entry], carried: &[u8]) -> Result<(), StoreError> {
+        assert!(self.carries, "asked to carry by a journal that cannot");
+        self.append(entries)?;
+        self.carried.lock().unwrap().push(carried.to_vec());
         Ok(())
     }
 }
@@ -357,5 +389,118 @@ async fn a_batch_whose_audit_entries_cannot_be_written_is_never_journaled() {
     assert!(
         h.journal.batches().is_empty(),
         "a change was journaled unaudited"
+    );
+}
+
+fn trust() -> Principal {
+    Principal {
+        org: OdsCode::parse("RJ1").expect("ods"),
+        role: Role::Trust,
+    }
+}
+
+async fn submit_as(h: &Harness, who: &Principal, order: usize) -> Result<Reply, Error> {
+    let asked = Asked {
+        who,
+        action: Action::RequestSubmit,
+        request: None,
+        reason: None,
+    };
+    h.engine.execute_as(asked, h.submit(order)).await
+}
+
+fn request_id(reply: &Reply) -> String {
+    match reply {
+        Reply::Request { request, .. } => request.id.to_string(),
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_carries_the_audit_records_makes_both_durable_with_one_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trail = dir.path().to_path_buf();
+    let mut h = Harness::start_in(Recorder::carrying(), dir);
+    let who = trust();
+    let first = submit_as(&h, &who, 0).await.expect("submitted");
+    let second = submit_as(&h, &who, 1).await.expect("submitted");
+
+    // Each answered change's record travelled in its batch's append, naming the batch.
+    let carried = h.journal.carried();
+    let records: Vec<_> = carried
+        .iter()
+        .flat_map(|c| crate::audit::journaled::decode(c).expect("decodes"))
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(carried.len(), h.journal.batches().len());
+    let mut lsn = 0;
+    for (bytes, batch) in carried.iter().zip(h.journal.batches()) {
+        let text = format!("{:?}", crate::audit::journaled::decode(bytes).unwrap());
+        assert!(text.contains(&format!("lsn: Some({lsn})")), "{text}");
+        lsn += batch.len() as u64;
+    }
+
+    // And reached the trail without a sync of its own being waited for.
+    h.engine.close();
+    h.join().await;
+    let Harness { _audit: writer, .. } = h;
+    tokio::task::spawn_blocking(move || writer.close())
+        .await
+        .unwrap();
+    let lines = std::fs::read_to_string(trail.join(crate::audit::AUDIT_FILE)).unwrap();
+    for id in [request_id(&first), request_id(&second)] {
+        assert!(
+            lines
+                .lines()
+                .any(|l| l.contains(&id) && l.contains("\"lsn\":")),
+            "{id} not in the trail: {lines}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_that_fails_after_a_carried_append_refuses_what_follows_and_the_record_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(crate::audit::AUDIT_FILE))
+        .expect("symlink");
+    let mut h = Harness::start_in(Recorder::carrying(), dir);
+    let who = trust();
+    // The record is durable with the change in the journal, so the change is answered OK.
+    let reply = submit_as(&h, &who, 0)
+        .await
+        .expect("durable with its record");
+    let carried = h.journal.carried();
+    assert_eq!(carried.len(), 1);
+    let text = format!(
+        "{:?}",
+        crate::audit::journaled::decode(&carried[0]).unwrap()
+    );
+    assert!(text.contains(&request_id(&reply)), "{text}");
+    // Once the trail has failed, nothing more is decided.
+    until("the trail refuses", || {
+        let engine = h.engine.clone();
+        let who = who.clone();
+        async move {
+            let asked = Asked {
+                who: &who,
+                action: Action::RequestSubmit,
+                request: None,
+                reason: None,
+            };
+            let command = fixtures::submit(&demo_router(), "RJ1", 9, Priority::Stat, T0);
+            matches!(
+                engine.execute_as(asked, command).await,
+                Err(Error::Unavailable(_))
+            )
+        }
+    })
+    .await;
+    h.engine.close();
+    h.join().await;
+    assert_eq!(
+        h.journal.batches().len(),
+        1,
+        "nothing decided after the failure"
     );
 }

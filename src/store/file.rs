@@ -135,11 +135,19 @@ impl FileJournal {
         self.next
     }
 
-    fn push_record(&mut self, first: u64, entries: &[Entry]) -> Result<(), StoreError> {
+    /// Frames a record of `entries` numbered from `first`, with `carried` after them: readers
+    /// that know nothing of it (an older build's) decode the batch and ignore the rest.
+    fn push_record(
+        &mut self,
+        first: u64,
+        entries: &[Entry],
+        carried: &[u8],
+    ) -> Result<(), StoreError> {
         self.payload.clear();
         let payload = std::mem::take(&mut self.payload);
         self.payload = postcard::to_extend(&BatchRef { first, entries }, payload)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode entries: {e}")))?;
+        self.payload.extend_from_slice(carried);
         record::frame(&self.payload, &mut self.frames);
         Ok(())
     }
@@ -205,15 +213,25 @@ impl FileJournal {
 
 impl Journal for FileJournal {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.append_carrying(entries, &[])
+    }
+
+    fn carrying_from(&self) -> Option<u64> {
+        Some(self.next)
+    }
+
+    fn append_carrying(&mut self, entries: &[Entry], carried: &[u8]) -> Result<(), StoreError> {
         self.frames.clear();
         match self.options.sync {
             SyncMode::PerBatch => {
-                self.push_record(self.next, entries)?;
+                self.push_record(self.next, entries, carried)?;
                 self.write_and_sync()?;
             }
             SyncMode::PerEntry => {
+                let last = entries.len().saturating_sub(1);
                 for (i, entry) in entries.iter().enumerate() {
-                    self.push_record(self.next + i as u64, std::slice::from_ref(entry))?;
+                    let with = if i == last { carried } else { &[] };
+                    self.push_record(self.next + i as u64, std::slice::from_ref(entry), with)?;
                     self.write_and_sync()?;
                 }
             }

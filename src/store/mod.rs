@@ -159,6 +159,22 @@ pub trait Journal: fmt::Debug + Send + 'static {
     /// Appends a batch of entries and returns only once they are durable.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError>;
 
+    /// The number the next entry appended will take, when the journal keeps bytes beside a batch
+    /// ([`Journal::append_carrying`]); `None` when it cannot.
+    fn carrying_from(&self) -> Option<u64> {
+        None
+    }
+
+    /// Appends a batch of entries with `carried` (the batch's audit records) kept beside it,
+    /// durable together with one sync, and read back by recovery ([`Recovered::carried`]). Only
+    /// for a journal whose [`Journal::carrying_from`] is `Some`.
+    fn append_carrying(&mut self, entries: &[Entry], carried: &[u8]) -> Result<(), StoreError> {
+        let _ = (entries, carried);
+        Err(StoreError::Refused(
+            "this journal cannot keep audit records beside its entries".into(),
+        ))
+    }
+
     /// The snapshot the journal wants of the state after the last append, if any; `closing` is
     /// set once, when the sequencer stops.
     fn snapshot_due(&self, closing: bool) -> Option<SnapshotKind> {

@@ -43,6 +43,9 @@ pub struct Recovered {
     pub dropped_bytes: u64,
     /// Acknowledged changes found missing and, as the options allowed, carried on without.
     pub lost: Option<DataLoss>,
+    /// The bytes each batch still in the journal carried (its audit records), in journal order,
+    /// for [`crate::audit::AuditLog::restore`].
+    pub carried: Vec<Vec<u8>>,
 }
 
 /// Opens (or makes) the data directory `dir` for `directory`, and recovers what is durable in it
@@ -201,6 +204,7 @@ pub fn open_at(
     let mut replayed = 0;
     let mut dropped_bytes = 0;
     let mut since_snapshot = 0;
+    let mut carried = Vec::new();
     // The last segment replayed, and where its records end.
     let mut tail: Option<SegmentEnd> = None;
     for (i, &first) in segments.iter().enumerate() {
@@ -249,10 +253,11 @@ pub fn open_at(
         // Records decode on a second thread while this one applies them; the channel keeps
         // their order, and a record that cannot be decoded stops the replay where it stands.
         std::thread::scope(|scope| -> Result<(), StoreError> {
-            let (tx, rx) = mpsc::sync_channel::<Result<Batch, postcard::Error>>(64);
+            type Read = Result<(Batch, Option<Vec<u8>>), postcard::Error>;
+            let (tx, rx) = mpsc::sync_channel::<Read>(64);
             scope.spawn(move || {
                 for payload in payloads {
-                    let batch = postcard::from_bytes::<Batch>(payload);
+                    let batch = Batch::read(payload);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return;
@@ -260,7 +265,7 @@ pub fn open_at(
                 }
             });
             for batch in rx {
-                let batch = batch.map_err(|e| {
+                let (batch, with) = batch.map_err(|e| {
                     StoreError::Corrupt(format!(
                         "{name}: a record at entry {next} has a valid checksum but cannot be decoded ({e})"
                     ))
@@ -271,6 +276,7 @@ pub fn open_at(
                         batch.first
                     )));
                 }
+                carried.extend(with);
                 for entry in &batch.entries {
                     if next >= lsn {
                         let mut outcome = Outcome::default();
@@ -482,6 +488,7 @@ pub fn open_at(
         replayed,
         dropped_bytes,
         lost,
+        carried,
     })
 }
 
@@ -551,6 +558,7 @@ fn create(
         replayed: 0,
         dropped_bytes: 0,
         lost: None,
+        carried: Vec::new(),
     })
 }
 

@@ -38,7 +38,8 @@ pub(crate) fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> 
         .flatten()
 }
 
-/// A record's payload: a batch of entries numbered from `first`.
+/// A record's payload: a batch of entries numbered from `first`, then any bytes carried with
+/// them (the batch's audit records), which [`Batch::read`] returns.
 #[derive(Serialize)]
 pub(super) struct BatchRef<'a> {
     pub(super) first: u64,
@@ -50,6 +51,14 @@ pub(super) struct BatchRef<'a> {
 pub(crate) struct Batch {
     pub(crate) first: u64,
     pub(crate) entries: Vec<Entry>,
+}
+
+impl Batch {
+    /// The batch in `payload`, and the bytes carried after it (none from older builds).
+    pub(crate) fn read(payload: &[u8]) -> Result<(Self, Option<Vec<u8>>), postcard::Error> {
+        let (batch, rest) = postcard::take_from_bytes::<Self>(payload)?;
+        Ok((batch, (!rest.is_empty()).then(|| rest.to_vec())))
+    }
 }
 
 /// Syncs a directory, so that files created, renamed or removed in it survive a crash.

@@ -364,3 +364,39 @@ fn a_final_snapshot_that_cannot_be_written_stops_cleanly_with_the_journal_intact
         "the journal held every entry"
     );
 }
+
+#[test]
+fn bytes_carried_with_a_batch_come_back_in_order_and_batches_without_carry_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Driver::open(dir.path());
+    let first = d.journal.carrying_from().expect("the file journal carries");
+    assert_eq!(first, d.journal.entries());
+    let now = T0.plus_millis(MINUTE_MS);
+    let entries: Vec<Entry> = (0..3)
+        .map(|i| {
+            let command = submit(&d.router, "RJ1", 90 + i, Priority::Urgent, now);
+            let mut outcome = Outcome::default();
+            d.router
+                .apply(&command, now, &mut outcome)
+                .expect("applies");
+            d.events.append(&mut outcome.events);
+            Entry { time: now, command }
+        })
+        .collect();
+    d.journal
+        .append_carrying(&entries[..2], b"first batch's records")
+        .expect("append");
+    d.journal.append(&entries[2..]).expect("append");
+    assert_eq!(d.journal.carrying_from(), Some(first + 3));
+    d.journal
+        .append_carrying(&[], b"a batch of no entries")
+        .expect("append");
+    let expected = fingerprint(&d.router, &d.events);
+    drop(d);
+    let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
+    assert_eq!(
+        r.carried,
+        [&b"first batch's records"[..], &b"a batch of no entries"[..]]
+    );
+    assert_eq!(fingerprint(&r.router, &r.events), expected);
+}
