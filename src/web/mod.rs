@@ -17,10 +17,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::api::Context;
 use crate::domain::OdsCode;
+use feed::Feed;
 use session::Sessions;
 
 pub use tls::WebTls;
@@ -30,14 +30,15 @@ pub use tls::WebTls;
 struct Web {
     ctx: Context,
     sessions: Arc<Sessions>,
-    /// The latest snapshot, as JSON.
-    feed: watch::Receiver<Arc<str>>,
+    /// The live feed, running while someone views the page.
+    feed: Arc<Feed>,
     /// True under TLS: the cookie is `Secure`.
     secure: bool,
 }
 
 /// Serves the coordinator page on `listener` (over TLS when `tls` is given) until `shutdown`
-/// resolves. `trusts` and `labs` are the directory's organisations, whose events the page follows.
+/// resolves. `trusts` and `labs` are the directory's organisations, whose events the page follows
+/// while a coordinator has it open.
 pub async fn serve_web(
     listener: TcpListener,
     ctx: Context,
@@ -46,20 +47,18 @@ pub async fn serve_web(
     tls: Option<WebTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (tx, rx) = watch::channel::<Arc<str>>(Arc::from(""));
-    tokio::spawn(feed::run(
+    let feed = Arc::new(Feed::new(
         ctx.engine.clone(),
         ctx.presence.clone(),
         ctx.metrics.clone(),
         trusts,
         labs,
-        tx,
         ctx.shutdown.clone(),
     ));
     let web = Web {
         ctx,
         sessions: Arc::new(Sessions::default()),
-        feed: rx,
+        feed,
         secure: tls.is_some(),
     };
     let app = Router::new()

@@ -215,17 +215,26 @@ pub(super) async fn session(State(web): State<Web>, headers: HeaderMap) -> Respo
     }
 }
 
-/// `GET /api/snapshot`: the latest snapshot, once.
+/// `GET /api/snapshot`: the current snapshot, once. With no page open this starts the feed for
+/// as long as it takes to build one.
 pub(super) async fn snapshot(State(web): State<Web>, headers: HeaderMap) -> Response {
     if web.session(&headers).is_none() {
         return signed_out();
     }
-    let json = web.feed.borrow().clone();
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json.to_string(),
-    )
-        .into_response()
+    let mut viewer = web.feed.join();
+    let mut stopping = web.ctx.shutdown.clone();
+    let json = tokio::select! {
+        json = viewer.current() => json,
+        _ = stopping.wait_for(|s| *s) => None,
+    };
+    match json {
+        Some(json) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            json.to_string(),
+        )
+            .into_response(),
+        None => error_response(&Error::Unavailable("the broker is stopping".into())),
+    }
 }
 
 /// `GET /events`: every new snapshot as a server-sent event, the first at once; ends when the
@@ -240,14 +249,17 @@ pub(super) async fn events(State(web): State<Web>, headers: HeaderMap) -> Respon
 }
 
 fn snapshots(web: Web, headers: HeaderMap) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut feed = web.feed.clone();
-    feed.mark_changed();
     let mut stopping = web.ctx.shutdown.clone();
     async_stream(move |tx| async move {
+        // A viewer for as long as the browser holds the stream open.
+        let mut viewer = web.feed.join();
+        let feed = viewer.snapshots();
+        feed.mark_changed();
         loop {
             tokio::select! {
                 changed = feed.changed() => if changed.is_err() { return },
                 _ = stopping.wait_for(|s| *s) => return,
+                () = tx.closed() => return,
             }
             if web.session(&headers).is_none() {
                 return;
