@@ -1,42 +1,39 @@
-//! The broker server: recovers the store (answering health NOT_SERVING meanwhile), wires the engine
-//! and the gRPC services onto bound listeners with the operations HTTP listener beside them, and
-//! shuts down without losing a call.
+//! The broker server: binds nothing itself; on bound listeners it answers health NOT_SERVING while
+//! the store recovers (or, on PostgreSQL, while a standby waits to lead), then serves terms as
+//! leader (see `term`) until shutdown, going back to being a standby between terms when a term's
+//! leadership is lost, and shuts down without losing a call.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-use tonic::service::interceptor::InterceptedService;
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::accept::{AcceptOptions, SharedIncoming};
-use crate::api::{Context, CoordinatorApi, DirectoryApi, LabApi, RequestApi};
-use crate::audit::{AuditLog, DiskFloor};
-use crate::auth::{Gate, Role, WatchLimiter};
+use crate::accept::{AcceptOptions, Conn, SharedIncoming};
+use crate::audit::{AuditLog, AuditWriter, DiskFloor, FloorMonitor};
+use crate::auth::RateLimiter;
 use crate::config::Config;
-use crate::engine::{Engine, Views};
+use crate::engine::{OnFatal, abort_process};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::ops::{LeaderHint, Presence, Readiness, RpcLayer, StartingLayer};
-use crate::proto;
-use crate::proto::coordinator_service_server::CoordinatorServiceServer;
-use crate::proto::directory_service_server::DirectoryServiceServer;
-use crate::proto::lab_service_server::LabServiceServer;
-use crate::proto::request_service_server::RequestServiceServer;
+use crate::ops::{EngineSlot, LeaderHint, Readiness, StartingLayer};
 use crate::routing::{Event, Router};
 use crate::store::{self, Journal};
-use crate::wire::frames::FramingLayer;
+use crate::web::WebTls;
 
 mod setup;
+mod term;
 
 use setup::{
     authenticator, limited, log_effective_config, rate_limiter, snapshot_metrics,
     transport_security,
 };
+use term::Ended;
 
 /// Largest message the broker accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -124,7 +121,8 @@ pub async fn serve(
 /// Serves the broker on already bound listeners until `shutdown` resolves; then stops taking
 /// calls (UNAVAILABLE, health NOT_SERVING), ends watch streams with UNAVAILABLE so clients
 /// reconnect, gives in-flight calls `config.shutdown_grace` to finish, and returns once the
-/// sequencer has made its last batch durable.
+/// sequencer has made its last batch durable. On the PostgreSQL store a leader whose lease is
+/// lost does the same without returning: it becomes a standby again on the same listeners.
 pub async fn serve_on(
     listeners: Listeners,
     config: Config,
@@ -140,12 +138,6 @@ pub async fn serve_on(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
-    let shutdown = {
-        let mut shutdown_rx = shutdown_rx.clone();
-        async move {
-            let _ = shutdown_rx.wait_for(|s| *s).await;
-        }
-    };
     let ops_addr = listeners.ops.as_ref().and_then(|l| l.local_addr().ok());
     let web_addr = listeners.web.as_ref().and_then(|l| l.local_addr().ok());
     log_effective_config(&config, addr, ops_addr, web_addr);
@@ -164,8 +156,18 @@ pub async fn serve_on(
     if demo_tokens {
         tracing::warn!(listen = %addr, "demo mode: demo tokens accepted on loopback");
     }
+    // Each term serves the page on a copy of the listener, so the socket stays bound between
+    // terms (connections wait in its backlog meanwhile, as they do while the broker starts).
+    let web = listeners
+        .web
+        .map(|l| {
+            l.into_std()
+                .map_err(|e| Error::Internal(format!("coordinator page listener: {e}")))
+        })
+        .transpose()?;
     let ready = Readiness::default();
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = HealthReporter::new();
+    let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
     set_health(&health, ServingStatus::NotServing).await;
     let metrics = Arc::new(Metrics::new());
     // TLS, the per-address cap and the handshake deadline apply to every connection, from the
@@ -180,11 +182,9 @@ pub async fn serve_on(
         },
         metrics.clone(),
     );
-    let engine_slot = Arc::new(OnceLock::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
-
+    let engine_slot = EngineSlot::default();
     let ops_task = listeners.ops.map(|listener| {
-        let mut stopped = stop_rx.clone();
+        let mut stopped = shutdown_rx.clone();
         tokio::spawn(crate::ops::serve_http(
             listener,
             metrics.clone(),
@@ -195,242 +195,208 @@ pub async fn serve_on(
             },
         ))
     });
-
-    // While the store recovers, answer health checks (NOT_SERVING) on the same socket, so that
-    // orchestrators see a starting broker rather than a dead one.
-    let (recovered_tx, recovered_rx) = oneshot::channel::<()>();
-    let starting_done = Arc::new(AtomicBool::new(false));
-    let leader = LeaderHint::default();
-    let starting = tokio::spawn(
-        Server::builder()
-            .layer(StartingLayer {
-                leader: leader.clone(),
-            })
-            .add_service(health_service.clone())
-            .serve_with_incoming_shutdown(
-                SharedIncoming {
-                    conns: conns.clone(),
-                    done: Some(starting_done.clone()),
-                },
-                async {
-                    let _ = recovered_rx.await;
-                },
-            ),
-    );
-    // Recover before serving: nothing is answered from a state that is not yet what is durable.
-    let (directory, policy, options) = (config.directory(), config.policy.clone(), config.store);
-    let (router, events, journal): (Router, Vec<Event>, Box<dyn Journal>) = match &config.store_url
-    {
-        Some(url) => {
-            let options = store::postgres::options(&config, url, addr)?;
-            match store::postgres::lead(options, directory, leader, shutdown_rx).await? {
-                Some(r) => (r.router, r.events, Box::new(r.journal)),
-                None => {
-                    tracing::info!("stopped while a standby");
-                    return Ok(());
-                }
-            }
-        }
-        None => {
-            let data_dir = config.data_dir.clone();
-            let now = config.clock.now();
-            let recovered = tokio::task::spawn_blocking(move || {
-                store::open_at(&data_dir, directory, policy, options, now)
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
-            .map_err(|e| {
-                Error::Internal(format!(
-                    "cannot open the data directory {}: {e}",
-                    config.data_dir.display()
-                ))
-            })?;
-            recovered
-                .journal
-                .observe_snapshots(snapshot_metrics(metrics.clone()));
-            (
-                recovered.router,
-                recovered.events,
-                Box::new(recovered.journal),
-            )
-        }
-    };
-    // Its connections are told to go away and finish on their own: a health watcher opened while
-    // starting stays until it ends (it hears SERVING through the shared reporter).
-    starting_done.store(true, Ordering::SeqCst);
-    let _ = recovered_tx.send(());
-    drop(starting);
-    let views = Arc::new(Views::new(
-        &router,
-        events,
-        config.retention_ms,
-        metrics.clone(),
-    ));
     let limiter = rate_limiter(&config);
-    let (floor, floor_monitor) = DiskFloor::start(
-        &config.data_dir,
-        config.min_free_bytes,
-        Some(metrics.clone()),
-    )?;
-    let (audit, audit_writer) =
-        AuditLog::open(&config.data_dir, config.audit, config.clock.clone())?;
-    let audit = audit.with_budget(limiter.clone()).with_floor(floor);
-    let (engine, sequencer) = Engine::start(crate::engine::Parts {
-        router,
-        journal,
-        views,
-        clock: config.clock.clone(),
-        metrics: metrics.clone(),
-        audit: audit.clone(),
-        on_fatal: crate::engine::abort_process(),
-    })?;
-    let _ = engine_slot.set(engine.clone());
-    let auth = authenticator(&config, demo_tokens, limiter.clone());
-    let ctx = Context {
-        engine: engine.clone(),
-        auth,
-        shutdown: stop_rx.clone(),
-        audit,
-        watches: WatchLimiter::new(config.limits.watches_per_org),
-        presence: Arc::new(Presence::default()),
-        metrics: metrics.clone(),
+    let shared = Shared {
+        addr,
+        web_addr,
+        demo_tokens,
+        web_tls,
+        web,
+        ready,
+        health,
+        health_service,
+        metrics,
+        conns,
+        engine_slot,
+        leader: LeaderHint::default(),
+        limiter,
+        shutdown: shutdown_rx,
+        config,
     };
-    let web_task = listeners.web.map(|listener| {
-        let mut web_ctx = ctx.clone();
-        // Demo tokens on the page only when the page, too, is on loopback.
-        web_ctx.auth = authenticator(
-            &config,
-            demo_tokens && web_addr.is_some_and(|a| a.ip().is_loopback()),
-            limiter,
-        );
-        let mut stopped = stop_rx.clone();
-        tokio::spawn(crate::web::serve_web(
-            listener,
-            web_ctx,
-            config.trusts.keys().cloned().collect(),
-            config.labs.iter().map(|l| l.ods.clone()).collect(),
-            web_tls,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ))
-    });
-    if let Some(timeout) = config.heartbeat_timeout {
-        tokio::spawn(crate::ops::watch_heartbeats(
-            engine.clone(),
-            ctx.presence.clone(),
-            config.clock.clone(),
-            timeout,
-        ));
-    }
-
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-
-    // Shutdown: refuse new work first, tell health checkers and watchers, then let tonic drain.
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    {
-        let engine = engine.clone();
-        let health = health.clone();
-        let ready = ready.clone();
-        let grace = config.shutdown_grace;
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!(grace_secs = grace.as_secs(), "shutting down");
-            engine.stop_accepting();
-            ready.set(false);
-            set_health(&health, ServingStatus::NotServing).await;
-            let _ = stop_tx.send(true);
-            let _ = drain_tx.send(());
-        });
-    }
-    let grace = config.shutdown_grace;
-    let server = limited(Server::builder(), &config.limits)
-        .layer(RpcLayer::new(metrics))
-        .layer(FramingLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(InterceptedService::new(
-            RequestServiceServer::new(RequestApi::new(ctx.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::for_role(ctx.auth.clone(), Role::Trust),
-        ))
-        .add_service(InterceptedService::new(
-            LabServiceServer::new(LabApi::new(ctx.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::for_role(ctx.auth.clone(), Role::Lab),
-        ))
-        .add_service(InterceptedService::new(
-            DirectoryServiceServer::new(DirectoryApi::new(ctx.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::any_role(ctx.auth.clone()),
-        ))
-        .add_service(InterceptedService::new(
-            CoordinatorServiceServer::new(CoordinatorApi::new(ctx.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::for_role(ctx.auth.clone(), Role::Coordinator),
-        ))
-        .serve_with_incoming_shutdown(SharedIncoming { conns, done: None }, async move {
-            let _ = drain_rx.await;
-        });
-    ready.set(true);
-    set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(listen = %addr, "broker serving");
-    if let Some(on_ready) = listeners.on_ready {
-        let _ = on_ready.send(());
-    }
-
-    // The server future owns the services and so engine handles: it must be dropped (not just
-    // abandoned after the grace period) before the sequencer can finish.
-    let result = {
-        let mut server = std::pin::pin!(server);
-        let mut stopping = stop_rx;
-        tokio::select! {
-            r = &mut server => r,
-            () = stopped(&mut stopping) => {
-                // Bounded drain: calls still running after the grace period are cut off; their
-                // commands, if any reached the sequencer, are durable or were never acknowledged.
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the grace period; stopping anyway");
-                        Ok(())
-                    }
-                }
-            }
+    let mut on_ready = listeners.on_ready;
+    // Opened when the broker first leads, and kept across terms: one trail per process.
+    let mut audit: Option<Audit> = None;
+    let mut standby = StandbyServer::start(&shared);
+    let result = loop {
+        let Some(recovered) = recover(&shared).await? else {
+            standby.stop();
+            tracing::info!("stopped while a standby");
+            break Ok(());
+        };
+        standby.stop();
+        let trail = match &audit {
+            Some(a) => a.log.clone(),
+            None => audit.insert(Audit::open(&shared)?).log.clone(),
+        };
+        match term::serve(&shared, trail, recovered, &mut on_ready).await {
+            Ok(Ended::Shutdown) => break Ok(()),
+            Ok(Ended::Deposed(waiting)) => standby = waiting,
+            Err(e) => break Err(e),
         }
-    }
-    .map_err(|e| Error::Internal(format!("server: {e}")));
-    drop(ctx);
-    // Connection tasks that outlived the grace period may still hold engine handles, so the
-    // sequencer is told to stop rather than left to notice the last handle go.
-    engine.close();
-    drop(engine);
+    };
     if let Some(task) = ops_task {
         let _ = task.await;
     }
-    if let Some(task) = web_task {
-        // Open live feeds end at the shutdown signal; the grace period bounds anything else.
-        let _ = tokio::time::timeout(grace, task).await;
+    if let Some(audit) = audit {
+        let _ = tokio::task::spawn_blocking(move || {
+            audit.writer.close();
+            drop(audit.floor_monitor);
+        })
+        .await;
     }
-    // Wait for the sequencer, so the journal is complete and synced.
-    let _ = tokio::task::spawn_blocking(move || sequencer.join()).await;
-    let _ = tokio::task::spawn_blocking(move || {
-        audit_writer.close();
-        drop(floor_monitor);
-    })
-    .await;
     tracing::info!("broker stopped");
     result
+}
+
+/// What outlives a term: the configuration, the listeners and what reports on the broker.
+struct Shared {
+    config: Config,
+    addr: std::net::SocketAddr,
+    web_addr: Option<std::net::SocketAddr>,
+    demo_tokens: bool,
+    web_tls: Option<WebTls>,
+    web: Option<std::net::TcpListener>,
+    ready: Readiness,
+    health: HealthReporter,
+    health_service: HealthServer<HealthService>,
+    metrics: Arc<Metrics>,
+    conns: Arc<Mutex<mpsc::Receiver<Conn>>>,
+    engine_slot: EngineSlot,
+    /// Where the leader serves, while this broker does not.
+    leader: LeaderHint,
+    limiter: RateLimiter,
+    /// Turns true at shutdown.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The audit trail and the free-space floor it is held to.
+struct Audit {
+    log: AuditLog,
+    writer: AuditWriter,
+    floor_monitor: FloorMonitor,
+}
+
+impl Audit {
+    fn open(shared: &Shared) -> Result<Self, Error> {
+        let config = &shared.config;
+        let (floor, floor_monitor) = DiskFloor::start(
+            &config.data_dir,
+            config.min_free_bytes,
+            Some(shared.metrics.clone()),
+        )?;
+        let (log, writer) = AuditLog::open(&config.data_dir, config.audit, config.clock.clone())?;
+        Ok(Self {
+            log: log.with_budget(shared.limiter.clone()).with_floor(floor),
+            writer,
+            floor_monitor,
+        })
+    }
+}
+
+/// The core a term starts from, and how the term ends.
+struct Recovered {
+    router: Router,
+    events: Vec<Event>,
+    journal: Box<dyn Journal>,
+    /// What the engine does when a batch cannot be made durable.
+    on_fatal: OnFatal,
+    /// Turns true when the term's leadership is lost; never for the file store.
+    deposed: watch::Receiver<bool>,
+}
+
+/// Recovers the file store, or waits as a standby until this broker leads on PostgreSQL. `None`
+/// if shutdown came first.
+async fn recover(shared: &Shared) -> Result<Option<Recovered>, Error> {
+    let config = &shared.config;
+    let (directory, policy, options) = (config.directory(), config.policy.clone(), config.store);
+    if let Some(url) = &config.store_url {
+        let options = store::postgres::options(config, url, shared.addr)?;
+        let led = store::postgres::lead(
+            options,
+            directory,
+            shared.leader.clone(),
+            shared.shutdown.clone(),
+        )
+        .await?;
+        return Ok(led.map(|r| {
+            let leadership = r.leadership;
+            let deposed = leadership.watch();
+            // A failed write ends the term, not the process: nothing after it was committed
+            // under this epoch's name, and the next term starts from what the database holds.
+            let on_fatal: OnFatal = Arc::new(move |fatal| leadership.step_down(&fatal.to_string()));
+            Recovered {
+                router: r.router,
+                events: r.events,
+                journal: Box::new(r.journal),
+                on_fatal,
+                deposed,
+            }
+        }));
+    }
+    let data_dir = config.data_dir.clone();
+    let now = config.clock.now();
+    let recovered = tokio::task::spawn_blocking(move || {
+        store::open_at(&data_dir, directory, policy, options, now)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("recovery stopped: {e}")))?
+    .map_err(|e| {
+        Error::Internal(format!(
+            "cannot open the data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    recovered
+        .journal
+        .observe_snapshots(snapshot_metrics(shared.metrics.clone()));
+    // A single disk's store never steps down: the sender goes, and the term ends only at shutdown.
+    let (_, deposed) = watch::channel(false);
+    Ok(Some(Recovered {
+        router: recovered.router,
+        events: recovered.events,
+        journal: Box::new(recovered.journal),
+        on_fatal: abort_process(),
+        deposed,
+    }))
+}
+
+/// While the broker does not lead (it recovers its store, or is a standby), health checks are
+/// answered NOT_SERVING on the same socket, so that orchestrators see a starting broker rather
+/// than a dead one, and every other call UNAVAILABLE naming the leader when one is known.
+struct StandbyServer {
+    done: Arc<AtomicBool>,
+    stop: oneshot::Sender<()>,
+}
+
+impl StandbyServer {
+    fn start(shared: &Shared) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = Arc::new(AtomicBool::new(false));
+        tokio::spawn(
+            Server::builder()
+                .layer(StartingLayer {
+                    leader: shared.leader.clone(),
+                })
+                .add_service(shared.health_service.clone())
+                .serve_with_incoming_shutdown(
+                    SharedIncoming {
+                        conns: shared.conns.clone(),
+                        done: Some(done.clone()),
+                    },
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        Self { done, stop }
+    }
+
+    /// Its connections are told to go away and finish on their own: a health watcher opened
+    /// meanwhile stays until it ends (it hears SERVING through the shared reporter).
+    fn stop(self) {
+        self.done.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(());
+    }
 }
 
 /// Resolves once shutdown has begun.

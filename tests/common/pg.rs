@@ -375,7 +375,8 @@ pub struct PgBroker {
     /// The metrics and health listener.
     pub ops: SocketAddr,
     serving: mpsc::Receiver<()>,
-    served: bool,
+    /// Terms as leader seen so far ("broker serving" lines read).
+    terms: usize,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -426,17 +427,28 @@ impl PgBroker {
             addr: addr.parse().expect("listen address"),
             ops: ops.parse().expect("metrics address"),
             serving,
-            served: false,
+            terms: 0,
             lines,
         }
     }
 
     /// True once the broker has said it serves (leads), waiting at most `within`.
     pub fn wait_serving(&mut self, within: Duration) -> bool {
-        if !self.served {
-            self.served = self.serving.recv_timeout(within).is_ok();
+        self.wait_terms(1, within)
+    }
+
+    /// True once the broker has begun its `n`th term as leader (it stepped down and took the
+    /// lease again in between), waiting at most `within`.
+    pub fn wait_terms(&mut self, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.terms < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.serving.recv_timeout(left).is_err() {
+                return false;
+            }
+            self.terms += 1;
         }
-        self.served
+        true
     }
 
     pub fn pid(&self) -> String {
