@@ -281,6 +281,10 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
         epochs, "3",
         "three terms: the first, the takeover, the return"
     );
+    eprintln!(
+        "the paused leader stepped down because: {}",
+        step_down_reason(&old)
+    );
 }
 
 /// A session of the test's own on the store's database, in a thread (the `postgres` client blocks).
@@ -413,6 +417,18 @@ async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader
         "SELECT string_agg(DISTINCT epoch::text, ',' ORDER BY epoch::text) FROM labaid_journal",
     );
     assert_eq!(rows, "1,3", "journal rows only from the broker's two terms");
+    eprintln!("stepped down because: {}", step_down_reason(&broker));
+}
+
+/// Why the broker said it stepped down (the first time), for the test's output.
+fn step_down_reason(broker: &PgBroker) -> String {
+    broker
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "leadership lost; stepping down to standby")
+        .map(|v| v["reason"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
 }
 
 /// `labctl requests list -o json` as RJ1 against `addrs`.

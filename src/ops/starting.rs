@@ -161,3 +161,104 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{Ready, ready};
+
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    /// Answers every call with `code`, trailers-only, as a unary handler's result is sent.
+    #[derive(Clone)]
+    struct Answers(tonic::Code);
+
+    impl Service<http::Request<()>> for Answers {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            ready(Ok(
+                tonic::Status::new(self.0, "from the handler").into_http()
+            ))
+        }
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    fn status(response: &http::Response<()>) -> tonic::Status {
+        tonic::Status::from_header_map(response.headers()).expect("a grpc-status header")
+    }
+
+    fn named_leader(status: &tonic::Status) -> Option<String> {
+        let info = status.get_error_details().error_info().cloned()?;
+        assert_eq!(info.reason, NOT_LEADER);
+        info.metadata.get("leader").cloned()
+    }
+
+    fn deposed_service(code: tonic::Code) -> (Deposed<Answers>, watch::Sender<bool>, LeaderHint) {
+        let (deposed, rx) = watch::channel(false);
+        let leader = LeaderHint::default();
+        let layer = DeposedLayer {
+            leader: leader.clone(),
+            deposed: rx,
+        };
+        (layer.layer(Answers(code)), deposed, leader)
+    }
+
+    const SUBMIT: &str = "/labaid.v1.RequestService/SubmitRequest";
+
+    #[tokio::test]
+    async fn a_leader_answers_as_its_handlers_do() {
+        let (mut service, _deposed, _leader) = deposed_service(tonic::Code::Unavailable);
+        let answered = status(&service.call(request(SUBMIT)).await.unwrap());
+        assert_eq!(answered.code(), tonic::Code::Unavailable);
+        assert_eq!(answered.message(), "from the handler");
+        assert_eq!(named_leader(&answered), None);
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leader_refuses_new_calls_naming_the_leader_but_not_health() {
+        let (mut service, deposed, leader) = deposed_service(tonic::Code::Ok);
+        *leader.write().unwrap() = Some("10.0.0.2:50051".into());
+        deposed.send_replace(true);
+        let refused = status(&service.call(request(SUBMIT)).await.unwrap());
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(named_leader(&refused).as_deref(), Some("10.0.0.2:50051"));
+        let health = status(
+            &service
+                .call(request("/grpc.health.v1.Health/Check"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(health.code(), tonic::Code::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_call_in_flight_when_the_term_ends_hears_where_the_leader_is() {
+        let (mut service, deposed, leader) = deposed_service(tonic::Code::Unavailable);
+        let in_flight = service.call(request(SUBMIT));
+        *leader.write().unwrap() = Some("10.0.0.2:50051".into());
+        deposed.send_replace(true);
+        let answered = status(&in_flight.await.unwrap());
+        assert_eq!(answered.code(), tonic::Code::Unavailable);
+        assert_eq!(named_leader(&answered).as_deref(), Some("10.0.0.2:50051"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_made_durable_before_the_term_ended_is_not_rewritten() {
+        let (mut service, deposed, _leader) = deposed_service(tonic::Code::Ok);
+        let in_flight = service.call(request(SUBMIT));
+        deposed.send_replace(true);
+        assert_eq!(status(&in_flight.await.unwrap()).code(), tonic::Code::Ok);
+    }
+}
