@@ -20,9 +20,7 @@ use common::{all_requests, http_get, submission};
 use labaid::client::{Client, ConnectOptions};
 use labaid::domain::Timestamp;
 use labaid::proto::{self, Priority};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_submissions_survive_sigkill_on_postgres() {
@@ -59,35 +57,6 @@ async fn acknowledged_submissions_survive_sigkill_on_postgres() {
     eprintln!("{acked_count} acknowledged, {held} held after 3 kills; {rows} journal rows");
 }
 
-/// The broker's gRPC health (the whole broker).
-async fn health_of(broker: &PgBroker) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", broker.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status
-}
-
-/// Waits until `broker` answers health NOT_SERVING (a leader stepping down says so once its
-/// term's drain has begun); panics if it never does.
-async fn wait_not_serving(broker: &PgBroker) {
-    for _ in 0..150 {
-        if health_of(broker).await == ServingStatus::NotServing as i32 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the broker never answered NOT_SERVING: {}", broker.log());
-}
-
 /// Health, readiness and calls on a broker that does not lead.
 async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
     assert_eq!(
@@ -102,7 +71,7 @@ async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
 /// UNAVAILABLE naming `leader` in its ErrorInfo details.
 async fn assert_refers_to(standby: &PgBroker, leader: &str) {
     assert_eq!(
-        health_of(standby).await,
+        standby.health().await,
         ServingStatus::NotServing as i32,
         "a standby's gRPC health"
     );
@@ -243,7 +212,7 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
     let err = answer.expect_err("the resumed old leader acknowledged a call after the takeover");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     // It steps down in-process: a standby again on the same listeners, naming the new leader.
-    wait_not_serving(&old).await;
+    old.wait_not_serving().await;
     assert!(
         old.try_wait().is_none(),
         "the old leader exited instead of stepping down: {}",
@@ -382,7 +351,7 @@ async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader
     );
 
     // A standby again, in the same process.
-    wait_not_serving(&broker).await;
+    broker.wait_not_serving().await;
     assert!(
         broker.try_wait().is_none(),
         "the broker exited: {}",

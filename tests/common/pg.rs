@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use labaid::client::{Client, ConnectOptions};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Where Debian's PostgreSQL 15 keeps its programs (override with `LABAID_PG_BIN`).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -449,6 +452,35 @@ impl PgBroker {
             self.terms += 1;
         }
         true
+    }
+
+    /// Its gRPC health (the whole broker), as `ServingStatus` numbers it.
+    pub async fn health(&self) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status
+    }
+
+    /// Waits until it answers health NOT_SERVING (a leader stepping down says so once its
+    /// term's drain has begun); panics if it never does.
+    pub async fn wait_not_serving(&self) {
+        for _ in 0..150 {
+            if self.health().await == ServingStatus::NotServing as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the broker never answered NOT_SERVING: {}", self.log());
     }
 
     pub fn pid(&self) -> String {
