@@ -218,15 +218,22 @@ pub async fn serve_on(
     let mut audit: Option<Audit> = None;
     let mut standby = StandbyServer::start(&shared);
     let result = loop {
-        let Some(recovered) = recover(&shared).await? else {
-            standby.stop();
-            tracing::info!("stopped while a standby");
-            break Ok(());
+        let recovered = match recover(&shared).await {
+            Ok(Some(recovered)) => recovered,
+            Ok(None) => {
+                standby.stop();
+                tracing::info!("stopped while a standby");
+                break Ok(());
+            }
+            Err(e) => break Err(e),
         };
         standby.stop();
         let trail = match &audit {
             Some(a) => a.log.clone(),
-            None => audit.insert(Audit::open(&shared)?).log.clone(),
+            None => match Audit::open(&shared) {
+                Ok(opened) => audit.insert(opened).log.clone(),
+                Err(e) => break Err(e),
+            },
         };
         match term::serve(&shared, trail, recovered, &mut on_ready).await {
             Ok(Ended::Shutdown) => break Ok(()),
@@ -235,6 +242,10 @@ pub async fn serve_on(
         }
     };
     if let Some(task) = ops_task {
+        // It stops at shutdown; a broker that cannot go on stops it itself.
+        if result.is_err() {
+            task.abort();
+        }
         let _ = task.await;
     }
     if let Some(audit) = audit {
