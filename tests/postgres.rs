@@ -3,7 +3,9 @@
 //! on one database exactly one leads, a standby says so (health NOT_SERVING, `/readyz` 503,
 //! UNAVAILABLE naming the leader) and takes over when the leader is killed, with every
 //! acknowledged change present and nothing twice; a leader paused past its lease (SIGSTOP)
-//! acknowledges nothing once resumed and steps down. Every loop is bounded in count and time.
+//! acknowledges nothing once resumed and steps down to standby in-process, then leads again with
+//! current state when the new leader dies; a caller whose batch was fenced hears UNAVAILABLE
+//! naming the new leader. Every loop is bounded in count and time.
 
 mod common;
 
@@ -18,9 +20,7 @@ use common::{all_requests, http_get, submission};
 use labaid::client::{Client, ConnectOptions};
 use labaid::domain::Timestamp;
 use labaid::proto::{self, Priority};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_submissions_survive_sigkill_on_postgres() {
@@ -59,21 +59,19 @@ async fn acknowledged_submissions_survive_sigkill_on_postgres() {
 
 /// Health, readiness and calls on a broker that does not lead.
 async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", standby.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let status = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status;
     assert_eq!(
-        status,
+        http_get(leader.ops, "/readyz").await.0,
+        200,
+        "the leader's /readyz"
+    );
+    assert_refers_to(standby, &leader.addr.to_string()).await;
+}
+
+/// A broker that does not lead answers health NOT_SERVING, `/readyz` 503, and a submission
+/// UNAVAILABLE naming `leader` in its ErrorInfo details.
+async fn assert_refers_to(standby: &PgBroker, leader: &str) {
+    assert_eq!(
+        standby.health().await,
         ServingStatus::NotServing as i32,
         "a standby's gRPC health"
     );
@@ -82,12 +80,6 @@ async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
         503,
         "a standby's /readyz"
     );
-    assert_eq!(
-        http_get(leader.ops, "/readyz").await.0,
-        200,
-        "the leader's /readyz"
-    );
-    use tonic_types::StatusExt;
     let client = standby.client("RJ1").await;
     // A standby names the leader once it has read the lease (it polls every 100 ms).
     let mut found = None;
@@ -98,7 +90,7 @@ async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
             .await
             .expect_err("a standby must refuse");
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-        if let Some(info) = err.get_error_details().error_info().cloned() {
+        if let Some(info) = leader_named(&err) {
             found = Some(info);
             break;
         }
@@ -106,7 +98,16 @@ async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
     }
     let info = found.expect("the standby never named the leader in ErrorInfo details");
     assert_eq!(info.reason, labaid::ops::NOT_LEADER);
-    assert_eq!(info.metadata.get("leader"), Some(&leader.addr.to_string()));
+    assert_eq!(
+        info.metadata.get("leader").map(String::as_str),
+        Some(leader)
+    );
+}
+
+/// The ErrorInfo of an UNAVAILABLE that names the leader, if it has one.
+fn leader_named(err: &tonic::Status) -> Option<tonic_types::ErrorInfo> {
+    use tonic_types::StatusExt;
+    err.get_error_details().error_info().cloned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -207,36 +208,196 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     old.signal("-CONT");
-    let answer = late.await.expect("task");
+    let answer = late.await.expect("task").expect("no answer within 20 s");
+    let err = answer.expect_err("the resumed old leader acknowledged a call after the takeover");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // It steps down in-process: a standby again on the same listeners, naming the new leader.
+    old.wait_not_serving().await;
     assert!(
-        !matches!(answer, Ok(Ok(_))),
-        "the resumed old leader acknowledged a call after the takeover"
+        old.try_wait().is_none(),
+        "the old leader exited instead of stepping down: {}",
+        old.log()
     );
-    // It steps down: the process ends on its own.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = old.try_wait() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old leader did not step down: {}",
-            old.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        !status.success(),
-        "the old leader exited as if nothing happened"
-    );
+    assert_standby(&old, &standby).await;
     let held = all_requests(&standby.client("RJ1").await).await;
     assert!(
         held.iter().all(|r| r.order_number != "to-paused"),
         "the paused leader's late call was committed"
     );
     verify(&standby, &acked).await;
+
+    // It followed the journal as a standby: when the new leader dies it leads again, holding
+    // what the new leader acknowledged.
+    standby.kill();
+    assert!(
+        old.wait_terms(2, Duration::from_secs(30)),
+        "the old leader did not take over again: {}",
+        old.log()
+    );
+    verify(&old, &acked).await;
+    let again = common::submit(
+        &old.client("RJ1").await,
+        submission("after-return", Priority::Urgent, Timestamp::now()),
+    )
+    .await;
+    acked
+        .lock()
+        .unwrap()
+        .insert("after-return".into(), again.id);
+    verify(&old, &acked).await;
     let epochs = pg.psql("SELECT epoch FROM labaid_lease");
-    eprintln!("old leader exited with {status}; lease epoch now {epochs}");
+    assert_eq!(
+        epochs, "3",
+        "three terms: the first, the takeover, the return"
+    );
+    eprintln!(
+        "the paused leader stepped down because: {}",
+        step_down_reason(&old)
+    );
+}
+
+/// A session of the test's own on the store's database, in a thread (the `postgres` client blocks).
+fn hold_lease_uncommitted(
+    port: u16,
+    fake_leader: &str,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (commit_tx, commit_rx) = std::sync::mpsc::channel::<()>();
+    let fake_leader = fake_leader.to_string();
+    let thread = std::thread::spawn(move || {
+        let mut db = postgres::Client::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+            postgres::NoTls,
+        )
+        .expect("connect to the test database");
+        let mut tx = db.transaction().expect("begin");
+        // As a standby taking over would, but held open: the leader's next append waits on it.
+        let taken = tx
+            .execute(
+                "UPDATE labaid_lease SET epoch = epoch + 1, holder = 'test', address = $1, \
+                 expires = clock_timestamp() + interval '1 hour' WHERE id = 1",
+                &[&fake_leader],
+            )
+            .expect("take the lease");
+        assert_eq!(taken, 1, "no lease row");
+        held_tx.send(()).expect("held");
+        commit_rx.recv().expect("told to commit");
+        tx.commit().expect("commit");
+    });
+    held_rx.recv().expect("the lease was not taken");
+    (commit_tx, thread)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader() {
+    let pg = PgServer::start();
+    let mut broker = PgBroker::start(&pg.url());
+    assert!(
+        broker.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        broker.log()
+    );
+    let acked: Acked = Arc::default();
+    let client = broker.client("RJ1").await;
+    let before = common::submit(
+        &client,
+        submission("before-fence", Priority::Urgent, Timestamp::now()),
+    )
+    .await;
+    acked
+        .lock()
+        .unwrap()
+        .insert("before-fence".into(), before.id);
+
+    // Another "broker" takes the lease in a transaction left open.
+    let fake_leader = "127.0.0.1:9";
+    let (commit, holder) = hold_lease_uncommitted(pg.port, fake_leader);
+    let call = tokio::spawn(async move {
+        let mut requests = client.requests();
+        let call =
+            requests.submit_request(submission("fenced", Priority::Urgent, Timestamp::now()));
+        tokio::time::timeout(Duration::from_secs(20), call).await
+    });
+    // The call is decided and its append waits on the lease row: it is in flight.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE 'INSERT INTO labaid_journal%'";
+    let mut in_flight = false;
+    for _ in 0..200 {
+        if pg.psql(waiting) == "1" {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        in_flight,
+        "the submission's append never waited on the lease: {}",
+        broker.log()
+    );
+    commit.send(()).expect("commit");
+    holder.join().expect("the test's transaction");
+
+    let err = call
+        .await
+        .expect("task")
+        .expect("no answer within 20 s")
+        .expect_err("a batch whose append was fenced was acknowledged");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let info = leader_named(&err).expect("the fenced caller was not told where the leader is");
+    assert_eq!(info.reason, labaid::ops::NOT_LEADER);
+    assert_eq!(
+        info.metadata.get("leader").map(String::as_str),
+        Some(fake_leader)
+    );
+
+    // A standby again, in the same process.
+    broker.wait_not_serving().await;
+    assert!(
+        broker.try_wait().is_none(),
+        "the broker exited: {}",
+        broker.log()
+    );
+    assert_refers_to(&broker, fake_leader).await;
+
+    // Once the lease is free it leads again, from what the database holds.
+    pg.psql("UPDATE labaid_lease SET expires = '-infinity' WHERE id = 1");
+    assert!(
+        broker.wait_terms(2, Duration::from_secs(30)),
+        "the broker did not lead again: {}",
+        broker.log()
+    );
+    let client = broker.client("RJ1").await;
+    let held = all_requests(&client).await;
+    assert!(
+        held.iter().all(|r| r.order_number != "fenced"),
+        "the fenced submission was committed"
+    );
+    let after = common::submit(
+        &client,
+        submission("after-return", Priority::Urgent, Timestamp::now()),
+    )
+    .await;
+    acked
+        .lock()
+        .unwrap()
+        .insert("after-return".into(), after.id);
+    verify(&broker, &acked).await;
+    let rows = pg.psql(
+        "SELECT string_agg(DISTINCT epoch::text, ',' ORDER BY epoch::text) FROM labaid_journal",
+    );
+    assert_eq!(rows, "1,3", "journal rows only from the broker's two terms");
+    eprintln!("stepped down because: {}", step_down_reason(&broker));
+}
+
+/// Why the broker said it stepped down (the first time), for the test's output.
+fn step_down_reason(broker: &PgBroker) -> String {
+    broker
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "leadership lost; stepping down to standby")
+        .map(|v| v["reason"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
 }
 
 /// `labctl requests list -o json` as RJ1 against `addrs`.

@@ -1,9 +1,9 @@
 //! The PostgreSQL store across a database failover: a primary with a synchronous streaming
 //! standby (`pg_basebackup`), brokers given both databases in one multi-host URL with
 //! `target_session_attrs=read-write`. Under load the primary's processes are SIGKILLed, the
-//! standby is promoted, and a broker on the promoted database takes over: every acknowledged
-//! submission is there exactly once, and submissions acknowledged after the promotion are kept
-//! too. Every wait is bounded.
+//! standby is promoted, the old leader steps down without exiting, and a broker on the promoted
+//! database takes over: every acknowledged submission is there exactly once, and submissions
+//! acknowledged after the promotion are kept too. Every wait is bounded.
 
 mod common;
 
@@ -21,20 +21,23 @@ async fn stop_load(stop: Arc<std::sync::Mutex<bool>>, tasks: Vec<tokio::task::Jo
     }
 }
 
-/// Waits for a broker process to end on its own; panics with its log after `within`.
-async fn wait_exit(broker: &mut PgBroker, within: Duration) -> std::process::ExitStatus {
+/// Waits until one of the brokers begins a term after the old leader's: the old leader's second
+/// (it stepped down and took the lease again) or the other's first. Returns its index.
+fn next_leader(old: &mut PgBroker, other: &mut PgBroker, within: Duration) -> usize {
     let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = broker.try_wait() {
-            return status;
+    while Instant::now() < deadline {
+        if old.wait_terms(2, Duration::from_millis(50)) {
+            return 0;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the old leader still runs {within:?} after its database died: {}",
-            broker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if other.wait_serving(Duration::from_millis(50)) {
+            return 1;
+        }
     }
+    panic!(
+        "no broker took over on the promoted database within {within:?}: {}\n{}",
+        old.log(),
+        other.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,32 +63,34 @@ async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_it
     assert!(before > 0, "nothing was acknowledged before the kill");
     standby.promote(Duration::from_secs(30));
 
-    // The old leader cannot write to a dead database: it ends (a journal write that cannot be
-    // made durable aborts it; a lease it cannot renew makes it step down).
-    let mut old = brokers.remove(leader);
-    let status = wait_exit(&mut old, Duration::from_secs(15)).await;
+    // The old leader cannot write to a dead database: it steps down (a journal write whose
+    // outcome is unknown, or a lease it cannot renew) and waits as a standby, still running.
+    let old = brokers.remove(leader);
+    let other = brokers.remove(0);
+    old.wait_not_serving().await;
+    let mut pair = [old, other];
     assert!(
-        !status.success(),
-        "the old leader exited as if nothing happened"
+        pair[0].try_wait().is_none(),
+        "the old leader exited instead of stepping down: {}",
+        pair[0].log()
     );
-    let mut new = brokers.remove(0);
-    assert!(
-        new.wait_serving(Duration::from_secs(30)),
-        "the standby broker did not take over on the promoted database: {}",
-        new.log()
-    );
+    let index = {
+        let [old, other] = &mut pair;
+        next_leader(old, other, Duration::from_secs(30))
+    };
+    let new = &pair[index];
     let took_over = killed_at.elapsed();
-    let held = verify(&new, &acked).await;
+    let held = verify(new, &acked).await;
 
     // Writes go on against the promoted database.
-    let (stop, tasks) = load(&new, 1, &acked, 500).await;
+    let (stop, tasks) = load(new, 1, &acked, 500).await;
     stop_load(stop, tasks).await;
     let after = acked.lock().unwrap().len() - before;
     assert!(after > 0, "nothing was acknowledged after the promotion");
-    verify(&new, &acked).await;
+    verify(new, &acked).await;
 
     // And they are in the promoted database: a replacement broker reads them all back.
-    new.kill();
+    drop(pair);
     let mut replacement = PgBroker::start(&url);
     assert!(
         replacement.wait_serving(Duration::from_secs(30)),
@@ -95,7 +100,12 @@ async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_it
     let total = verify(&replacement, &acked).await;
     eprintln!(
         "{before} acknowledged before the primary's SIGKILL ({held} held after promotion; \
-         old leader {status}); takeover (SIGKILL to a broker serving on the promoted database) \
-         {took_over:?}; {after} acknowledged after; {total} held after a restart"
+         {} took over); takeover (SIGKILL to a broker serving on the promoted database) \
+         {took_over:?}; {after} acknowledged after; {total} held after a restart",
+        if index == 0 {
+            "the old leader"
+        } else {
+            "the other broker"
+        }
     );
 }

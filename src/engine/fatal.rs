@@ -1,6 +1,8 @@
-//! What stops the engine: a decided batch, or a snapshot of it, that cannot be made durable. The
-//! broker aborts the process (recovery then replays only what is durable, and no caller was
-//! answered for the rest); a test passes its own hook to watch it happen.
+//! What stops the engine: a decided batch, or a snapshot of it, that cannot be made durable. On
+//! the file store the broker aborts the process (recovery then replays only what is durable, and
+//! no caller was answered for the rest); on PostgreSQL it ends its term as leader instead (the
+//! write was fenced or its outcome is unknown, and the next term reads back what the database
+//! holds); a test passes its own hook to watch it happen.
 
 use std::sync::Arc;
 
@@ -24,8 +26,8 @@ pub enum Fatal {
     Close(#[source] StoreError),
 }
 
-/// Called once, from the syncer, with what stopped it. The engine stops deciding either way;
-/// the broker's hook does not return.
+/// Called once, from the syncer, with what stopped it. The engine stops deciding either way; when
+/// the hook returns, the engine closes and the callers still waiting hear UNAVAILABLE.
 pub type OnFatal = Arc<dyn Fn(&Fatal) + Send + Sync>;
 
 /// The broker's hook: stop the process at once. Never retry a failed sync (the kernel may have

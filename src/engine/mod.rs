@@ -154,7 +154,7 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// The audit trail callers' commands are recorded in.
     pub audit: AuditLog,
-    /// Called when a decided batch cannot be made durable ([`abort_process`] in the broker).
+    /// Called when a decided batch cannot be made durable ([`abort_process`] on the file store).
     pub on_fatal: OnFatal,
 }
 
@@ -413,7 +413,8 @@ fn sync(
     on_fatal: &(dyn Fn(&Fatal) + Send + Sync),
 ) {
     let _abort = AbortOnPanic("journal syncer");
-    // The failed batch's callers: answered only after the hook (which aborts the broker).
+    // The failed batch's callers: answered only after the hook (which aborts the broker, or ends
+    // its term having named the new leader for them).
     let mut unanswered = Vec::new();
     let synced = sync_until_closed(
         shared,
@@ -427,8 +428,8 @@ fn sync(
         tracing::error!(error = %fatal, "a decided batch cannot be made durable; stopping");
         on_fatal(&fatal);
         drop(unanswered);
-        // Only a hook that returns (a test's) gets here: stop as the process would have, with
-        // nothing more decided, and the callers still waiting told UNAVAILABLE.
+        // Only a hook that returns (PostgreSQL's, a test's) gets here: stop as the process would
+        // have, with nothing more decided, and the callers still waiting told UNAVAILABLE.
         let mut d = shared.decided.blocking_lock();
         d.closed = true;
         d.entries.clear();

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -31,11 +31,14 @@ impl Readiness {
     }
 }
 
+/// The engine of the broker's current term as leader: `None` while it starts or is a standby,
+/// when only the counters are served.
+pub type EngineSlot = Arc<RwLock<Option<Engine>>>;
+
 #[derive(Debug, Clone)]
 struct Ops {
     metrics: Arc<Metrics>,
-    /// Set once the store has recovered; until then only the counters are served.
-    engine: Arc<OnceLock<Engine>>,
+    engine: EngineSlot,
     ready: Readiness,
 }
 
@@ -43,7 +46,7 @@ struct Ops {
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    engine: Arc<OnceLock<Engine>>,
+    engine: EngineSlot,
     ready: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -62,7 +65,8 @@ pub async fn serve_http(
 }
 
 async fn render_metrics(State(ops): State<Ops>) -> impl IntoResponse {
-    if let Some(engine) = ops.engine.get() {
+    let engine = ops.engine.read().ok().and_then(|e| e.clone());
+    if let Some(engine) = engine {
         let views = engine.views();
         ops.metrics
             .refresh(&views.labs(), &views.oldest_waits(engine.now()));

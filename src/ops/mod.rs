@@ -9,8 +9,8 @@ mod presence;
 mod starting;
 pub mod systemd;
 
-pub use http::{Readiness, serve_http};
+pub use http::{EngineSlot, Readiness, serve_http};
 pub use layer::RpcLayer;
 pub(crate) use layer::code_name;
 pub use presence::{Presence, Watching, watch_heartbeats};
-pub use starting::{LeaderHint, NOT_LEADER, StartingLayer};
+pub use starting::{DeposedLayer, LeaderHint, NOT_LEADER, StartingLayer};

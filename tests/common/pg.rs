@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use labaid::client::{Client, ConnectOptions};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Where Debian's PostgreSQL 15 keeps its programs (override with `LABAID_PG_BIN`).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -375,7 +378,8 @@ pub struct PgBroker {
     /// The metrics and health listener.
     pub ops: SocketAddr,
     serving: mpsc::Receiver<()>,
-    served: bool,
+    /// Terms as leader seen so far ("broker serving" lines read).
+    terms: usize,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -426,17 +430,57 @@ impl PgBroker {
             addr: addr.parse().expect("listen address"),
             ops: ops.parse().expect("metrics address"),
             serving,
-            served: false,
+            terms: 0,
             lines,
         }
     }
 
     /// True once the broker has said it serves (leads), waiting at most `within`.
     pub fn wait_serving(&mut self, within: Duration) -> bool {
-        if !self.served {
-            self.served = self.serving.recv_timeout(within).is_ok();
+        self.wait_terms(1, within)
+    }
+
+    /// True once the broker has begun its `n`th term as leader (it stepped down and took the
+    /// lease again in between), waiting at most `within`.
+    pub fn wait_terms(&mut self, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.terms < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.serving.recv_timeout(left).is_err() {
+                return false;
+            }
+            self.terms += 1;
         }
-        self.served
+        true
+    }
+
+    /// Its gRPC health (the whole broker), as `ServingStatus` numbers it.
+    pub async fn health(&self) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status
+    }
+
+    /// Waits until it answers health NOT_SERVING (a leader stepping down says so once its
+    /// term's drain has begun); panics if it never does.
+    pub async fn wait_not_serving(&self) {
+        for _ in 0..150 {
+            if self.health().await == ServingStatus::NotServing as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the broker never answered NOT_SERVING: {}", self.log());
     }
 
     pub fn pid(&self) -> String {

@@ -1,8 +1,9 @@
 //! Leadership: one lease row with an epoch and an expiry set by the database's own clock (it
 //! survives a database failover and a holder that died mid-query, unlike a session advisory
 //! lock). The leader renews it well inside its lifetime; a watchdog on this process's monotonic
-//! clock stops the process when renewals have not succeeded for a lifetime, so a paused leader
-//! never outlives its lease. Journal writes check the epoch themselves (see `journal`).
+//! clock steps the broker down when renewals have not succeeded for most of a lifetime, so a
+//! paused leader stops leading as soon as it runs again. Journal writes check the epoch
+//! themselves (see `journal`), so nothing it writes after a takeover commits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,10 +13,8 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 
 use super::connect::{PgTarget, pg_error};
+use super::leadership::Leadership;
 use crate::store::StoreError;
-
-/// Exit status of a broker that lost its lease: not a crash; a supervisor restarts it as a standby.
-pub const STEPPED_DOWN_EXIT: i32 = 75;
 
 /// How long a lease lasts and how often it is renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +67,8 @@ pub(crate) fn leader(client: &mut Client, url: &str) -> Result<Option<String>, S
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Keeps a held lease: a renewer thread and a watchdog. Dropping it (or `release`) stops both.
+/// Keeps a held lease: a renewer thread and a watchdog, which end the term when it is lost.
+/// Dropping it (or `release`) stops both.
 #[derive(Debug)]
 pub(crate) struct LeaseKeeper {
     epoch: i64,
@@ -78,27 +78,29 @@ pub(crate) struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// Starts renewing the lease held at `epoch`.
+    /// Starts renewing the lease `term` holds.
     pub(crate) fn start(
         target: PgTarget,
-        epoch: i64,
+        term: &Leadership,
         timing: LeaseTiming,
     ) -> Result<Self, StoreError> {
+        let epoch = term.epoch();
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
         // Milliseconds since `origin` at the last successful renewal (or the acquisition).
         let renewed = Arc::new(AtomicU64::new(0));
         let renewer = {
-            let (stop, renewed, target) = (stop.clone(), renewed.clone(), target.clone());
+            let (stop, renewed, target, term) =
+                (stop.clone(), renewed.clone(), target.clone(), term.clone());
             thread::Builder::new()
                 .name("labaid-lease".into())
-                .spawn(move || renew(&target, epoch, timing, origin, &renewed, &stop))?
+                .spawn(move || renew(&target, &term, timing, origin, &renewed, &stop))?
         };
         let watchdog = {
-            let (stop, renewed) = (stop.clone(), renewed.clone());
+            let (stop, renewed, term) = (stop.clone(), renewed.clone(), term.clone());
             thread::Builder::new()
                 .name("labaid-lease-watchdog".into())
-                .spawn(move || watch(epoch, timing, origin, &renewed, &stop))?
+                .spawn(move || watch(&term, timing, origin, &renewed, &stop))?
         };
         Ok(Self {
             epoch,
@@ -117,13 +119,15 @@ impl LeaseKeeper {
     pub(crate) fn release(mut self) -> Result<(), StoreError> {
         self.stop_threads();
         let mut client = self.target.connect()?;
-        client
+        let released = client
             .execute(
                 "UPDATE labaid_lease SET expires = '-infinity' WHERE id = 1 AND epoch = $1",
                 &[&self.epoch],
             )
             .map_err(|e| pg_error(self.target.url(), e))?;
-        tracing::info!(store.epoch = self.epoch, "lease released");
+        if released == 1 {
+            tracing::info!(store.epoch = self.epoch, "lease released");
+        }
         Ok(())
     }
 
@@ -143,16 +147,18 @@ impl Drop for LeaseKeeper {
 
 fn renew(
     target: &PgTarget,
-    epoch: i64,
+    term: &Leadership,
     timing: LeaseTiming,
     origin: Instant,
     renewed: &AtomicU64,
     stop: &AtomicBool,
 ) {
+    let epoch = term.epoch();
     let mut client: Option<Client> = None;
-    while !stop.load(Ordering::Acquire) {
+    let over = || stop.load(Ordering::Acquire) || term.is_ending();
+    while !over() {
         thread::sleep(timing.renew_every);
-        if stop.load(Ordering::Acquire) {
+        if over() {
             return;
         }
         let started = origin.elapsed();
@@ -167,7 +173,10 @@ fn renew(
         ) {
             // Counted from before the statement was sent: the database set the expiry later.
             Ok(1) => renewed.store(started.as_millis() as u64, Ordering::Release),
-            Ok(_) => step_down(epoch, "another broker took the lease"),
+            Ok(_) => {
+                term.step_down("another broker took the lease");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(store.epoch = epoch, error = %e, "lease renewal failed");
                 client = None;
@@ -176,28 +185,24 @@ fn renew(
     }
 }
 
-fn watch(epoch: i64, timing: LeaseTiming, origin: Instant, renewed: &AtomicU64, stop: &AtomicBool) {
+fn watch(
+    term: &Leadership,
+    timing: LeaseTiming,
+    origin: Instant,
+    renewed: &AtomicU64,
+    stop: &AtomicBool,
+) {
     // A margin for clock rate differences and the time a renewal takes to reach the database.
     let limit = timing.lifetime.mul_f64(0.8).as_millis() as u64;
     let tick = (timing.renew_every / 4).max(Duration::from_millis(10));
-    while !stop.load(Ordering::Acquire) {
+    let over = || stop.load(Ordering::Acquire) || term.is_ending();
+    while !over() {
         let since =
             (origin.elapsed().as_millis() as u64).saturating_sub(renewed.load(Ordering::Acquire));
-        if since > limit && !stop.load(Ordering::Acquire) {
-            step_down(epoch, "the lease was not renewed within its lifetime");
+        if since > limit && !over() {
+            term.step_down("the lease was not renewed within its lifetime");
+            return;
         }
         thread::sleep(tick);
     }
-}
-
-/// Stops the process: its state may be behind the new leader's, and its journal writes are
-/// fenced anyway. Callers' connections drop, which they see as UNAVAILABLE and retry elsewhere.
-fn step_down(epoch: i64, why: &str) -> ! {
-    tracing::error!(
-        store.epoch = epoch,
-        reason = why,
-        "leadership lost; stepping down"
-    );
-    eprintln!("labaid: leadership lost ({why}); stepping down");
-    std::process::exit(STEPPED_DOWN_EXIT)
 }

@@ -3,11 +3,12 @@
 //! stamp), `labaid_lease` (leadership), `labaid_journal` (one row per entry) and
 //! `labaid_snapshot` (the newest state). A broker opening the store is a standby until it takes
 //! the lease: meanwhile it follows the journal rows, then it catches up on the last ones and
-//! serves as leader.
+//! serves as leader until its term ends ([`Leadership`]), when it becomes a standby again.
 
 mod connect;
 mod follow;
 mod journal;
+mod leadership;
 mod lease;
 mod schema;
 mod snapshot;
@@ -25,7 +26,8 @@ use crate::store::{Directory, StoreError};
 
 pub use connect::{PASSWORD_ENV, PgTarget, is_postgres_url};
 pub use journal::{DEFAULT_SNAPSHOT_EVERY, PgJournal};
-pub use lease::{LeaseTiming, STEPPED_DOWN_EXIT};
+pub use leadership::{Leadership, OnLeader};
+pub use lease::LeaseTiming;
 pub use schema::STORE_FORMAT;
 pub use start::{lead, options};
 
@@ -58,6 +60,8 @@ pub struct PgRecovered {
     pub journal: PgJournal,
     /// Entries applied at the takeover itself (those the standby had not yet followed).
     pub caught_up: u64,
+    /// The term taken: the broker steps down when it ends, and ends it when a write fails.
+    pub leadership: Leadership,
 }
 
 /// Connects, migrates, waits as a standby until this broker takes the lease (following the
@@ -66,7 +70,7 @@ pub struct PgRecovered {
 pub fn open(
     options: &PgOptions,
     directory: Directory,
-    on_leader: &(dyn Fn(Option<String>) + Sync),
+    on_leader: &OnLeader,
     stop: &AtomicBool,
 ) -> Result<Option<PgRecovered>, StoreError> {
     let url = options.target.url().to_string();
@@ -96,7 +100,8 @@ pub fn open(
     };
     let started = Instant::now();
     // Renewals start at once: catching up and a changed directory take time.
-    let lease = LeaseKeeper::start(options.target.clone(), epoch, options.lease)?;
+    let leadership = Leadership::new(options.target.clone(), epoch, on_leader.clone());
+    let lease = LeaseKeeper::start(options.target.clone(), &leadership, options.lease)?;
     let mut client = match client {
         Some(c) => c,
         None => options.target.connect()?,
@@ -170,6 +175,7 @@ pub fn open(
         events,
         journal,
         caught_up,
+        leadership,
     }))
 }
 
@@ -179,7 +185,7 @@ fn standby_step(
     options: &PgOptions,
     holder: &str,
     follower: &mut Follower,
-    on_leader: &(dyn Fn(Option<String>) + Sync),
+    on_leader: &OnLeader,
 ) -> Result<Option<i64>, StoreError> {
     let url = options.target.url();
     if client.is_none() {

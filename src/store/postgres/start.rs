@@ -46,11 +46,11 @@ pub async fn lead(
     };
     let url = options.target.url().to_string();
     let opened = tokio::task::spawn_blocking(move || {
-        let on_leader = |addr: Option<String>| {
+        let on_leader: super::OnLeader = Arc::new(move |addr: Option<String>| {
             if let Ok(mut l) = leader.write() {
                 *l = addr;
             }
-        };
+        });
         super::open(&options, directory, &on_leader, &stop)
     })
     .await
