@@ -551,6 +551,7 @@ fn authenticator(config: &Config, demo_tokens: bool, limiter: RateLimiter) -> Au
     )
     .with_coordinators(config.coordinators.iter().cloned())
     .with_tokens(config.tokens.iter().cloned())
+    .with_edges(config.edges.iter().cloned())
     .with_rate_limit(limiter)
 }
 
