@@ -210,6 +210,118 @@ async fn mutual_tls_maps_each_certificate_to_its_organisation_and_role() {
     broker.shutdown().await;
 }
 
+/// Audit entries of the broker's trail.
+fn audit_entries(broker: &TestBroker) -> Vec<labaid::audit::AuditEntry> {
+    std::fs::read_to_string(broker.data_dir.join(labaid::audit::AUDIT_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_edge_speaks_only_for_its_granted_organisations_and_the_header_lifts_nobody_else() {
+    use labaid::auth::{EdgeGrant, EdgeId};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let edge_id = |id: &str| EdgeId::parse(id).unwrap();
+    let (edge_cert, rogue_cert) = (
+        devpki::issue_edge(dir.path(), &edge_id("kch-fhir")).unwrap(),
+        devpki::issue_edge(dir.path(), &edge_id("rogue")).unwrap(),
+    );
+    let mut config = tls_config(&pki, vec![token_entry("rj1-token", "RJ1", Role::Trust)]);
+    config.edges = vec![
+        EdgeGrant {
+            id: edge_id("gstt-fhir"),
+            speaks_for: [ods("RJ1")].into(),
+            sha256: Some(token_digest("edge-token")),
+        },
+        EdgeGrant {
+            id: edge_id("kch-fhir"),
+            speaks_for: [ods("RJZ")].into(),
+            sha256: None,
+        },
+    ];
+    let broker = TestBroker::spawn_with(config).await;
+    let ca = &pki.ca;
+    let rj1 = connect(&broker, ca, None, Some("rj1-token")).await.unwrap();
+    let rj1_cert = connect(&broker, ca, Some(pki.client("RJ1")), None)
+        .await
+        .unwrap();
+    let gstt = connect(&broker, ca, None, Some("edge-token"))
+        .await
+        .unwrap();
+    let kch = connect(&broker, ca, Some(edge_cert), None).await.unwrap();
+
+    // The token edge orders and reads for RJ1, as RJ1.
+    let mine = submit_stat(&gstt.on_behalf_of(&ods("RJ1")), "EDGE-1", broker.now()).await;
+    assert_eq!(mine.trust, "RJ1");
+    get_request(&rj1, &mine.id).await;
+
+    // Refused, each PERMISSION_DENIED: an organisation's own credential with the header (even
+    // naming itself), an edge alone, an edge for an organisation it is not granted.
+    let refused = [
+        (rj1.on_behalf_of(&ods("RJZ")), "RJ1's token for RJZ"),
+        (rj1.on_behalf_of(&ods("RJ1")), "RJ1's token for itself"),
+        (
+            rj1_cert.on_behalf_of(&ods("RJZ")),
+            "RJ1's certificate for RJZ",
+        ),
+        (gstt.clone(), "an edge for nobody"),
+        (gstt.on_behalf_of(&ods("RJZ")), "an edge for RJZ"),
+        (kch.on_behalf_of(&ods("RJ1")), "a certificate edge for RJ1"),
+    ];
+    for (client, what) in &refused {
+        let err = client
+            .requests()
+            .submit_request(submission("EDGE-BAD", Priority::Stat, broker.now()))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::PermissionDenied, "{what}: {err:?}");
+    }
+    // A certificate naming an edge the broker does not list is nobody.
+    let rogue = connect(&broker, ca, Some(rogue_cert), None).await.unwrap();
+    let err = list_tests(&rogue.on_behalf_of(&ods("RJ1")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Need-to-know holds through an edge: RJZ's edge cannot see RJ1's request.
+    let kch_rjz = kch.on_behalf_of(&ods("RJZ"));
+    let err = kch_rjz
+        .requests()
+        .get_request(proto::GetRequestRequest {
+            id: mine.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Nothing refused changed anything: RJ1 holds only the edge's order, RJZ none.
+    let ids = |rs: Vec<proto::Request>| rs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(all_requests(&rj1).await), [mine.id.clone()]);
+    assert!(all_requests(&kch_rjz).await.is_empty());
+
+    // The trail records the edge's calls as RJ1's, naming the edge; RJ1's own read names none.
+    let entries = audit_entries(&broker);
+    let of = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e.action == action && e.request_id.as_deref() == Some(mine.id.as_str()))
+            .map(|e| (e.org.as_str(), e.role.as_str(), e.via.as_deref()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("request.submit"), [("RJ1", "trust", Some("gstt-fhir"))]);
+    assert_eq!(of("request.get"), [("RJ1", "trust", None)]);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.org != "RJZ" || e.action != "request.submit"),
+        "no refused call was recorded as a submission"
+    );
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn no_certificate_an_unknown_ca_an_expired_one_and_plaintext_are_refused() {
     let dir = tempfile::tempdir().unwrap();

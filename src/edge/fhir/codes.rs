@@ -84,9 +84,7 @@ pub enum CodeError {
         code: String,
     },
     /// No coding in a system labaid reads; it names the catalogue's system.
-    #[error(
-        "no coding from LOINC ({LOINC}), SNOMED CT ({SNOMED}) or the labaid catalogue ({0})"
-    )]
+    #[error("no coding from LOINC ({LOINC}), SNOMED CT ({SNOMED}) or the labaid catalogue ({0})")]
     NoKnownSystem(String),
 }
 
@@ -277,10 +275,22 @@ mod tests {
 
     #[test]
     fn a_catalogue_system_must_be_an_absolute_uri() {
-        for good in [DEFAULT_CATALOGUE_SYSTEM, "urn:oid:1.2.826.0.1", "https://a.nhs.uk/cs"] {
+        for good in [
+            DEFAULT_CATALOGUE_SYSTEM,
+            "urn:oid:1.2.826.0.1",
+            "https://a.nhs.uk/cs",
+        ] {
             assert_eq!(parse_system(good).unwrap(), good);
         }
-        for bad in ["", "catalogue", "urn:", "1x:y", "urn:labaid:a b", "urn:a|b", "http://a#b"] {
+        for bad in [
+            "",
+            "catalogue",
+            "urn:",
+            "1x:y",
+            "urn:labaid:a b",
+            "urn:a|b",
+            "http://a#b",
+        ] {
             assert!(parse_system(bad).is_err(), "{bad:?}");
         }
     }

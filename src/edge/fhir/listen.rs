@@ -49,11 +49,13 @@ pub fn tls_acceptor(
     let builder = match client_ca {
         Some(ca) => {
             let roots = crate::edge::tls::roots(ca).map_err(EdgeError::Tls)?;
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| EdgeError::Tls(format!("client CA {}: {e}", ca.display())))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| EdgeError::Tls(format!("client CA {}: {e}", ca.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

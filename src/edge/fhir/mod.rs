@@ -128,7 +128,8 @@ impl Edge {
                 "present a client certificate or a bearer token, not both",
             ));
         }
-        let org = crate::auth::ods_of(cert.0.as_ref()).map_err(|e| Outcome::login(e.to_string()))?;
+        let org =
+            crate::auth::ods_of(cert.0.as_ref()).map_err(|e| Outcome::login(e.to_string()))?;
         let edge = self.on_behalf.as_ref().ok_or_else(|| {
             Outcome::login("this edge has no credential of its own for certificate callers")
         })?;

@@ -8,11 +8,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{Caller, State};
 use super::handlers::{fetch, fhir};
 use super::instant::{millis, parse_instant};
 use super::outcome::Outcome;
 use super::render::{self, states_of_task_status};
+use super::{Caller, State};
 use crate::proto;
 
 /// Default and largest page sizes of a Task search.
