@@ -388,6 +388,35 @@ fn plaintext_fhir_off_loopback_is_refused() {
     );
 }
 
+#[test]
+fn client_certificates_without_the_edges_own_credential_or_a_bad_catalogue_system_are_refused() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
+            .args(["--mllp-listen", "off", "--fhir-tls-cert", "c.pem"])
+            .args(["--fhir-tls-key", "k.pem"])
+            .args(extra)
+            .env("LABAID_PROFILE", "")
+            .env_remove("LABAID_FHIR_EDGE_TOKEN")
+            .output()
+            .expect("run labaid-edge");
+        assert_eq!(out.status.code(), Some(2), "a usage error");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--fhir-client-ca", "ca.pem"]);
+    assert!(err.contains("needs the edge's own credential"), "{err}");
+    let err = run(&[
+        "--fhir-client-ca",
+        "ca.pem",
+        "--fhir-edge-cert",
+        "e.pem",
+        "--fhir-edge-key",
+        "e.key",
+    ]);
+    assert!(err.contains("needs TLS to the broker"), "{err}");
+    let err = run(&["--fhir-catalogue-system", "labaid catalogue"]);
+    assert!(err.contains("not a code system URI"), "{err}");
+}
+
 /// A GET with the caller's bearer token; the status and body.
 async fn get_as(addr: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
     let addr = addr.parse().expect("the FHIR listener's address");

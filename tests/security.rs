@@ -168,6 +168,65 @@ agreements = ["RJ1"]
     assert!(err.contains("token RJ7"), "{err}");
 }
 
+#[test]
+fn an_edge_entry_must_name_itself_once_and_speak_for_trusts_or_labs_of_the_directory() {
+    let directory = r#"
+coordinators = ["X24"]
+[[token]]
+org = "RJ7"
+role = "lab"
+sha256 = "TOKEN"
+[[trust]]
+ods = "RJ1"
+name = "A"
+[[lab]]
+ods = "RJ7"
+name = "B"
+tests = ["K"]
+capacity = { K = 1 }
+transport_minutes = { RJ1 = 10 }
+agreements = ["RJ1"]
+"#;
+    let token = hex::encode(token_digest("labaid_lab"));
+    let edge_hash = hex::encode(token_digest("labaid_edge"));
+    let load = |edges: &str| {
+        let text = format!("{}{edges}", directory.replace("TOKEN", &token));
+        Config::from_toml(&text, Path::new("x.toml")).map_err(|e| e.to_string())
+    };
+    let good = format!(
+        "[[edge]]\nid = \"gstt-fhir\"\nspeaks_for = [\"rj1\", \"RJ7\"]\nsha256 = \"{edge_hash}\"\n\
+         [[edge]]\nid = \"by-cert\"\nspeaks_for = [\"RJ1\"]\n"
+    );
+    let c = load(&good).unwrap();
+    assert_eq!(c.edges.len(), 2);
+    assert_eq!(c.edges[0].speaks_for, [ods("RJ1"), ods("RJ7")].into());
+    assert!(c.edges[1].sha256.is_none());
+    for (edges, says) in [
+        ("[[edge]]\nid = \"e\"\nspeaks_for = []\n", "at least one"),
+        (
+            "[[edge]]\nid = \"e\"\nspeaks_for = [\"X24\"]\n",
+            "not a trust or lab",
+        ),
+        (
+            "[[edge]]\nid = \"e\"\nspeaks_for = [\"RXX\"]\n",
+            "not a trust or lab",
+        ),
+        (
+            "[[edge]]\nid = \"Bad Id\"\nspeaks_for = [\"RJ1\"]\n",
+            "lower-case",
+        ),
+        (
+            "[[edge]]\nid = \"e\"\nspeaks_for = [\"RJ1\"]\n[[edge]]\nid = \"e\"\nspeaks_for = [\"RJ1\"]\n",
+            "listed twice",
+        ),
+    ] {
+        let err = load(edges).unwrap_err();
+        assert!(err.contains(says), "{edges}: {err}");
+    }
+    let reused = format!("[[edge]]\nid = \"e\"\nspeaks_for = [\"RJ1\"]\nsha256 = \"{token}\"\n");
+    assert!(load(&reused).unwrap_err().contains("already another token"));
+}
+
 #[tokio::test]
 async fn mutual_tls_maps_each_certificate_to_its_organisation_and_role() {
     let dir = tempfile::tempdir().unwrap();
