@@ -358,7 +358,10 @@ async fn an_edge_speaks_only_for_its_granted_organisations_and_the_header_lifts_
 
     // Nothing refused changed anything: RJ1 holds only the edge's order, RJZ none.
     let ids = |rs: Vec<proto::Request>| rs.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(all_requests(&rj1).await), [mine.id.clone()]);
+    assert_eq!(
+        ids(all_requests(&rj1).await),
+        std::slice::from_ref(&mine.id)
+    );
     assert!(all_requests(&kch_rjz).await.is_empty());
 
     // The trail records the edge's calls as RJ1's, naming the edge; RJ1's own read names none.

@@ -406,14 +406,19 @@ mod tests {
             }],
             ..Default::default()
         };
-        let obs = observations(&r, &Codes::new(&[], super::codes::DEFAULT_CATALOGUE_SYSTEM));
+        let obs = observations(
+            &r,
+            &Codes::new(&[], crate::edge::fhir::codes::DEFAULT_CATALOGUE_SYSTEM),
+        );
         assert_eq!(obs[0]["valueQuantity"]["value"], 7.1);
         assert_eq!(obs[0]["valueQuantity"]["code"], "mmol/L");
         assert_eq!(obs[0]["referenceRange"][0]["high"]["value"], 5.3);
         assert_eq!(obs[0]["interpretation"][0]["coding"][0]["code"], "HH");
-        let report =
-            diagnostic_report(&r, &Codes::new(&[], super::codes::DEFAULT_CATALOGUE_SYSTEM))
-                .unwrap();
+        let report = diagnostic_report(
+            &r,
+            &Codes::new(&[], crate::edge::fhir::codes::DEFAULT_CATALOGUE_SYSTEM),
+        )
+        .unwrap();
         assert_eq!(report["result"][0]["reference"], "Observation/r1-1");
     }
 }
