@@ -268,7 +268,7 @@ pub fn fhir_bundle(data: &[u8]) {
     let codes = CODES.get_or_init(|| {
         let tests: Vec<proto::TestDefinition> =
             catalogue().iter().map(crate::wire::test_to).collect();
-        Codes::new(&tests)
+        Codes::new(&tests, crate::edge::fhir::codes::DEFAULT_CATALOGUE_SYSTEM)
     });
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;

@@ -396,6 +396,7 @@ fn the_example_config_loads_and_sets_every_key() {
     assert_eq!(config.data_dir, Path::new("/var/lib/labaid"));
     assert!(config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
     assert_eq!(config.tokens.len(), 2);
+    assert_eq!(config.edges.len(), 1);
     // The example directory is the bundled demo.
     let demo = Config::demo().unwrap();
     assert_eq!(config.trusts, demo.trusts);
@@ -420,6 +421,7 @@ fn the_example_config_loads_and_sets_every_key() {
         "tls",
         "allow_plaintext_loopback",
         "token",
+        "edge",
         "coordinators",
         "limits",
     ] {

@@ -284,6 +284,95 @@ async fn callers_tokens_are_forwarded_to_a_broker_on_tls_and_an_edge_with_a_cert
     broker.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_identify_fhir_callers_and_the_broker_keeps_need_to_know() {
+    require_fhir_resources();
+    use labaid::auth::{EdgeGrant, EdgeId, Role, TokenHash, create_token, token_digest};
+    use labaid::domain::OdsCode;
+    let ods = |o: &str| OdsCode::parse(o).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = labaid::auth::devpki::generate(dir.path(), [ods("RJ1"), ods("RJZ"), ods("R1H")])
+        .expect("dev PKI");
+    let edge_id = EdgeId::parse("gstt-fhir").unwrap();
+    let (edge_cert, edge_key) = labaid::auth::devpki::issue_edge(dir.path(), &edge_id).unwrap();
+    let rj1 = create_token(&ods("RJ1"), Role::Trust).unwrap().token;
+    // A production broker that lets this edge speak for both trusts, and for no lab.
+    let mut config = labaid::Config::demo().unwrap();
+    config.demo = false;
+    config.tls = Some(labaid::config::TlsPaths {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    });
+    config.tokens = vec![TokenHash {
+        org: ods("RJ1"),
+        role: Role::Trust,
+        sha256: token_digest(&rj1),
+    }];
+    config.edges = vec![EdgeGrant {
+        id: edge_id,
+        speaks_for: [ods("RJ1"), ods("RJZ")].into(),
+        sha256: None,
+    }];
+    let broker = TestBroker::spawn_with(config).await;
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ca, system) = (path(&pki.ca), "urn:oid:2.999.7.1");
+    let edge = Edge::spawn(
+        &broker.url(),
+        &[
+            "--ca",
+            &ca,
+            "--fhir-tls-cert",
+            &path(&pki.server_cert),
+            "--fhir-tls-key",
+            &path(&pki.server_key),
+            "--fhir-client-ca",
+            &ca,
+            "--fhir-edge-cert",
+            &path(&edge_cert),
+            "--fhir-edge-key",
+            &path(&edge_key),
+            "--fhir-catalogue-system",
+            system,
+        ],
+    );
+    let pki_dir = path(dir.path());
+    let env = [
+        ("FHIR_CA", ca.as_str()),
+        ("FHIR_PKI", pki_dir.as_str()),
+        ("FHIR_TOKEN_RJ1", rj1.as_str()),
+        ("FHIR_CATALOGUE_SYSTEM", system),
+    ];
+    let out = python(&edge, &broker.url(), "cert_callers", &[], &env).await;
+    let ids: Vec<String> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ids "))
+        .expect("the scenario prints the ids")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+
+    // The broker recorded the certificate callers' orders as RJ1's, naming the edge.
+    let trail = std::fs::read_to_string(broker.data_dir.join(labaid::audit::AUDIT_FILE)).unwrap();
+    let entries: Vec<labaid::audit::AuditEntry> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for id in &ids {
+        let submits: Vec<_> = entries
+            .iter()
+            .filter(|e| e.action == "request.submit" && e.request_id.as_deref() == Some(id))
+            .map(|e| (e.org.as_str(), e.role.as_str(), e.via.as_deref()))
+            .collect();
+        assert_eq!(submits, [("RJ1", "trust", Some("gstt-fhir"))], "{id}");
+    }
+    assert!(
+        entries.iter().all(|e| e.org == "RJ1"),
+        "only RJ1's calls were recorded: {trail}"
+    );
+    broker.shutdown().await;
+}
+
 #[test]
 fn plaintext_fhir_off_loopback_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
@@ -297,6 +386,35 @@ fn plaintext_fhir_off_loopback_is_refused() {
         stderr.contains("refusing to serve FHIR in plaintext"),
         "{stderr}"
     );
+}
+
+#[test]
+fn client_certificates_without_the_edges_own_credential_or_a_bad_catalogue_system_are_refused() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_labaid-edge"))
+            .args(["--mllp-listen", "off", "--fhir-tls-cert", "c.pem"])
+            .args(["--fhir-tls-key", "k.pem"])
+            .args(extra)
+            .env("LABAID_PROFILE", "")
+            .env_remove("LABAID_FHIR_EDGE_TOKEN")
+            .output()
+            .expect("run labaid-edge");
+        assert_eq!(out.status.code(), Some(2), "a usage error");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--fhir-client-ca", "ca.pem"]);
+    assert!(err.contains("needs the edge's own credential"), "{err}");
+    let err = run(&[
+        "--fhir-client-ca",
+        "ca.pem",
+        "--fhir-edge-cert",
+        "e.pem",
+        "--fhir-edge-key",
+        "e.key",
+    ]);
+    assert!(err.contains("needs TLS to the broker"), "{err}");
+    let err = run(&["--fhir-catalogue-system", "labaid catalogue"]);
+    assert!(err.contains("not a code system URI"), "{err}");
 }
 
 /// A GET with the caller's bearer token; the status and body.

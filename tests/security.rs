@@ -168,6 +168,65 @@ agreements = ["RJ1"]
     assert!(err.contains("token RJ7"), "{err}");
 }
 
+#[test]
+fn an_edge_entry_must_name_itself_once_and_speak_for_trusts_or_labs_of_the_directory() {
+    let directory = r#"
+coordinators = ["X24"]
+[[token]]
+org = "RJ7"
+role = "lab"
+sha256 = "TOKEN"
+[[trust]]
+ods = "RJ1"
+name = "A"
+[[lab]]
+ods = "RJ7"
+name = "B"
+tests = ["K"]
+capacity = { K = 1 }
+transport_minutes = { RJ1 = 10 }
+agreements = ["RJ1"]
+"#;
+    let token = hex::encode(token_digest("labaid_lab"));
+    let edge_hash = hex::encode(token_digest("labaid_edge"));
+    let load = |edges: &str| {
+        let text = format!("{}{edges}", directory.replace("TOKEN", &token));
+        Config::from_toml(&text, Path::new("x.toml")).map_err(|e| e.to_string())
+    };
+    let good = format!(
+        "[[edge]]\nid = \"gstt-fhir\"\nspeaks_for = [\"rj1\", \"RJ7\"]\nsha256 = \"{edge_hash}\"\n\
+         [[edge]]\nid = \"by-cert\"\nspeaks_for = [\"RJ1\"]\n"
+    );
+    let c = load(&good).unwrap();
+    assert_eq!(c.edges.len(), 2);
+    assert_eq!(c.edges[0].speaks_for, [ods("RJ1"), ods("RJ7")].into());
+    assert!(c.edges[1].sha256.is_none());
+    for (edges, says) in [
+        ("[[edge]]\nid = \"e\"\nspeaks_for = []\n", "at least one"),
+        (
+            "[[edge]]\nid = \"e\"\nspeaks_for = [\"X24\"]\n",
+            "not a trust or lab",
+        ),
+        (
+            "[[edge]]\nid = \"e\"\nspeaks_for = [\"RXX\"]\n",
+            "not a trust or lab",
+        ),
+        (
+            "[[edge]]\nid = \"Bad Id\"\nspeaks_for = [\"RJ1\"]\n",
+            "lower-case",
+        ),
+        (
+            "[[edge]]\nid = \"e\"\nspeaks_for = [\"RJ1\"]\n[[edge]]\nid = \"e\"\nspeaks_for = [\"RJ1\"]\n",
+            "listed twice",
+        ),
+    ] {
+        let err = load(edges).unwrap_err();
+        assert!(err.contains(says), "{edges}: {err}");
+    }
+    let reused = format!("[[edge]]\nid = \"e\"\nspeaks_for = [\"RJ1\"]\nsha256 = \"{token}\"\n");
+    assert!(load(&reused).unwrap_err().contains("already another token"));
+}
+
 #[tokio::test]
 async fn mutual_tls_maps_each_certificate_to_its_organisation_and_role() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,6 +265,121 @@ async fn mutual_tls_maps_each_certificate_to_its_organisation_and_role() {
     assert_eq!(
         list_tests(&demo).await.unwrap_err().code(),
         Code::Unauthenticated
+    );
+    broker.shutdown().await;
+}
+
+/// Audit entries of the broker's trail.
+fn audit_entries(broker: &TestBroker) -> Vec<labaid::audit::AuditEntry> {
+    std::fs::read_to_string(broker.data_dir.join(labaid::audit::AUDIT_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_edge_speaks_only_for_its_granted_organisations_and_the_header_lifts_nobody_else() {
+    use labaid::auth::{EdgeGrant, EdgeId};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let edge_id = |id: &str| EdgeId::parse(id).unwrap();
+    let (edge_cert, rogue_cert) = (
+        devpki::issue_edge(dir.path(), &edge_id("kch-fhir")).unwrap(),
+        devpki::issue_edge(dir.path(), &edge_id("rogue")).unwrap(),
+    );
+    let mut config = tls_config(&pki, vec![token_entry("rj1-token", "RJ1", Role::Trust)]);
+    config.edges = vec![
+        EdgeGrant {
+            id: edge_id("gstt-fhir"),
+            speaks_for: [ods("RJ1")].into(),
+            sha256: Some(token_digest("edge-token")),
+        },
+        EdgeGrant {
+            id: edge_id("kch-fhir"),
+            speaks_for: [ods("RJZ")].into(),
+            sha256: None,
+        },
+    ];
+    let broker = TestBroker::spawn_with(config).await;
+    let ca = &pki.ca;
+    let rj1 = connect(&broker, ca, None, Some("rj1-token")).await.unwrap();
+    let rj1_cert = connect(&broker, ca, Some(pki.client("RJ1")), None)
+        .await
+        .unwrap();
+    let gstt = connect(&broker, ca, None, Some("edge-token"))
+        .await
+        .unwrap();
+    let kch = connect(&broker, ca, Some(edge_cert), None).await.unwrap();
+
+    // The token edge orders and reads for RJ1, as RJ1.
+    let mine = submit_stat(&gstt.on_behalf_of(&ods("RJ1")), "EDGE-1", broker.now()).await;
+    assert_eq!(mine.trust, "RJ1");
+    get_request(&rj1, &mine.id).await;
+
+    // Refused, each PERMISSION_DENIED: an organisation's own credential with the header (even
+    // naming itself), an edge alone, an edge for an organisation it is not granted.
+    let refused = [
+        (rj1.on_behalf_of(&ods("RJZ")), "RJ1's token for RJZ"),
+        (rj1.on_behalf_of(&ods("RJ1")), "RJ1's token for itself"),
+        (
+            rj1_cert.on_behalf_of(&ods("RJZ")),
+            "RJ1's certificate for RJZ",
+        ),
+        (gstt.clone(), "an edge for nobody"),
+        (gstt.on_behalf_of(&ods("RJZ")), "an edge for RJZ"),
+        (kch.on_behalf_of(&ods("RJ1")), "a certificate edge for RJ1"),
+    ];
+    for (client, what) in &refused {
+        let err = client
+            .requests()
+            .submit_request(submission("EDGE-BAD", Priority::Stat, broker.now()))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::PermissionDenied, "{what}: {err:?}");
+    }
+    // A certificate naming an edge the broker does not list is nobody.
+    let rogue = connect(&broker, ca, Some(rogue_cert), None).await.unwrap();
+    let err = list_tests(&rogue.on_behalf_of(&ods("RJ1")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Need-to-know holds through an edge: RJZ's edge cannot see RJ1's request.
+    let kch_rjz = kch.on_behalf_of(&ods("RJZ"));
+    let err = kch_rjz
+        .requests()
+        .get_request(proto::GetRequestRequest {
+            id: mine.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Nothing refused changed anything: RJ1 holds only the edge's order, RJZ none.
+    let ids = |rs: Vec<proto::Request>| rs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(all_requests(&rj1).await),
+        std::slice::from_ref(&mine.id)
+    );
+    assert!(all_requests(&kch_rjz).await.is_empty());
+
+    // The trail records the edge's calls as RJ1's, naming the edge; RJ1's own read names none.
+    let entries = audit_entries(&broker);
+    let of = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e.action == action && e.request_id.as_deref() == Some(mine.id.as_str()))
+            .map(|e| (e.org.as_str(), e.role.as_str(), e.via.as_deref()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("request.submit"), [("RJ1", "trust", Some("gstt-fhir"))]);
+    assert_eq!(of("request.get"), [("RJ1", "trust", None)]);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.org != "RJZ" || e.action != "request.submit"),
+        "no refused call was recorded as a submission"
     );
     broker.shutdown().await;
 }

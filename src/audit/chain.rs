@@ -28,6 +28,9 @@ pub struct AuditEntry {
     pub org: String,
     /// Its role.
     pub role: String,
+    /// The trusted edge that called on the organisation's behalf (its id), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// What it did, e.g. `request.get`.
     pub action: String,
     /// The request (or job) concerned, when there is one.
@@ -52,14 +55,16 @@ pub struct AuditEntry {
 
 /// The hashed part of an entry, in a fixed field order: serde_json writes struct fields in
 /// declaration order, so this serialisation is canonical. `request_id` is always present (null
-/// if none); `request_ids`, `reason` and `lsn` only when there are some, so entries without them
-/// hash as they always did.
+/// if none); `via`, `request_ids`, `reason` and `lsn` only when there are some, so entries
+/// without them hash as they always did.
 #[derive(Serialize)]
 pub(crate) struct Body<'a> {
     pub(crate) seq: u64,
     pub(crate) time_ms: i64,
     pub(crate) org: &'a str,
     pub(crate) role: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) via: Option<&'a str>,
     pub(crate) action: &'a str,
     pub(crate) request_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,6 +106,8 @@ struct Line<'a> {
     time_ms: i64,
     org: &'a str,
     role: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'a str>,
     action: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
@@ -122,6 +129,7 @@ impl AuditEntry {
             time_ms: self.time_ms,
             org: &self.org,
             role: &self.role,
+            via: self.via.as_deref(),
             action: &self.action,
             request_id: self.request_id.as_deref(),
             request_ids: self.request_ids.as_deref().map(Ids::Text),
@@ -177,6 +185,7 @@ pub(crate) fn write_line(
         time_ms: body.time_ms,
         org: body.org,
         role: body.role,
+        via: body.via,
         action: body.action,
         request_id: body.request_id,
         request_ids: body.request_ids,

@@ -31,6 +31,7 @@ pub(crate) fn sample_log(scratch: &Path) -> Vec<u8> {
     let who = |org: &str, role| Principal {
         org: OdsCode::parse(org).unwrap_or_else(|e| panic!("{e}")),
         role,
+        via: None,
     };
     let id = RequestId::generate();
     let records = vec![

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::chain::{self, AuditEntry, ReadError};
 use super::files;
 use super::{Action, Record};
-use crate::auth::Role;
+use crate::auth::{EdgeId, Role};
 use crate::domain::{OdsCode, RequestId};
 use crate::error::Error;
 
@@ -25,6 +25,8 @@ struct Carried {
     time_ms: i64,
     org: OdsCode,
     role: String,
+    /// The trusted edge that called on the organisation's behalf, when one did.
+    via: Option<String>,
     action: String,
     request_id: Option<RequestId>,
     request_ids: Option<Vec<RequestId>>,
@@ -43,6 +45,7 @@ pub fn encode(records: &mut [Record], lsn: u64) -> Vec<u8> {
                 time_ms: r.time_ms,
                 org: r.org.clone(),
                 role: r.role.to_string(),
+                via: r.via.as_ref().map(|e| e.as_str().to_string()),
                 action: r.action.as_str().to_string(),
                 request_id: r.request_id,
                 request_ids: r.request_ids.clone(),
@@ -66,6 +69,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
                 time_ms: c.time_ms,
                 org: c.org,
                 role: Role::parse(&c.role)?.as_str(),
+                via: c.via.as_deref().map(EdgeId::parse).transpose()?,
                 action: Action::parse(&c.action)
                     .ok_or_else(|| format!("unknown audit action {:?}", c.action))?,
                 request_id: c.request_id,
@@ -163,6 +167,7 @@ mod tests {
         Principal {
             org: OdsCode::parse("RJ1").unwrap(),
             role,
+            via: None,
         }
     }
 
@@ -226,7 +231,17 @@ mod tests {
 
     #[test]
     fn records_read_back_from_the_journal_as_they_were_written() {
-        let mut records = changes(2);
+        let mut records = changes(3);
+        let edge = Principal {
+            via: Some(EdgeId::parse("gstt-fhir").unwrap()),
+            ..who(Role::Trust)
+        };
+        records[2] = Record::new(
+            Timestamp::from_millis(T0 + 9),
+            &edge,
+            Action::RequestSubmit,
+            Some(RequestId::generate()),
+        );
         records[1] = Record::new(
             Timestamp::from_millis(T0 + 5),
             &who(Role::Coordinator),

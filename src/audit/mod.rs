@@ -183,6 +183,8 @@ pub struct Record {
     time_ms: i64,
     org: OdsCode,
     role: &'static str,
+    /// The trusted edge that called on the organisation's behalf.
+    via: Option<crate::auth::EdgeId>,
     action: Action,
     request_id: Option<RequestId>,
     /// The requests a list call returned.
@@ -205,6 +207,7 @@ impl Record {
             time_ms: time.millis(),
             org: who.org.clone(),
             role: who.role.as_str(),
+            via: who.via.clone(),
             action,
             request_id: request,
             request_ids: None,

@@ -18,6 +18,7 @@ fn trust(org: &str) -> Principal {
     Principal {
         org: OdsCode::parse(org).unwrap(),
         role: Role::Trust,
+        via: None,
     }
 }
 
@@ -81,6 +82,7 @@ fn lines_parse_back_as_entries_with_the_request_id_only_when_there_is_one() {
     let who = Principal {
         org: OdsCode::parse("RJ1").unwrap(),
         role: Role::Lab,
+        via: None,
     };
     let id = RequestId::generate();
     let rt = runtime();

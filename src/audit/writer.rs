@@ -100,6 +100,7 @@ impl Writer {
             time_ms: r.time_ms,
             org: r.org.as_str(),
             role: r.role,
+            via: r.via.as_ref().map(crate::auth::EdgeId::as_str),
             action: r.action.as_str(),
             request_id: r
                 .request_id

@@ -1,5 +1,6 @@
 //! A development PKI in one call: a CA, a server certificate for localhost and 127.0.0.1, and a
-//! client certificate per organisation carrying its ODS code as the URI SAN `urn:ods:<ODS>`.
+//! client certificate per organisation carrying its ODS code as the URI SAN `urn:ods:<ODS>`
+//! (and, on request, one for a trusted edge, `urn:labaid:edge:<id>`).
 //! For demos and tests only: the CA key is written beside the certificates.
 
 use std::fs;
@@ -12,7 +13,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use super::ODS_URI_PREFIX;
+use super::{EDGE_URI_PREFIX, EdgeId, ODS_URI_PREFIX};
 use crate::domain::OdsCode;
 use crate::error::Error;
 
@@ -180,11 +181,29 @@ pub fn issue_client(
     ods: &OdsCode,
     validity: Validity,
 ) -> Result<(PathBuf, PathBuf), Error> {
+    issue_with(&load_issuer(dir)?, dir, name, ods, validity)
+}
+
+/// Issues a client certificate for the trusted edge `id` (URI SAN `urn:labaid:edge:<id>`) from
+/// the CA in `dir`, written as `edge-<id>.pem` and `edge-<id>.key`.
+pub fn issue_edge(dir: &Path, id: &EdgeId) -> Result<(PathBuf, PathBuf), Error> {
+    let issuer = load_issuer(dir)?;
+    let name = format!("edge-{id}");
+    issue_named(
+        &issuer,
+        dir,
+        &name,
+        id.as_str(),
+        &format!("{EDGE_URI_PREFIX}{id}"),
+        Validity::DEFAULT,
+    )
+}
+
+fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, Error> {
     let key_pem = fs::read_to_string(dir.join("ca.key"))
         .map_err(|e| pki_error(&format!("cannot read {}", dir.join("ca.key").display()), e))?;
     let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| pki_error("CA key", e))?;
-    let issuer = Issuer::new(ca_params(), ca_key);
-    issue_with(&issuer, dir, name, ods, validity)
+    Ok(Issuer::new(ca_params(), ca_key))
 }
 
 fn issue_with(
@@ -194,11 +213,23 @@ fn issue_with(
     ods: &OdsCode,
     validity: Validity,
 ) -> Result<(PathBuf, PathBuf), Error> {
-    let mut p = params(validity, ods.as_str());
+    let uri = format!("{ODS_URI_PREFIX}{ods}");
+    issue_named(issuer, dir, name, ods.as_str(), &uri, validity)
+}
+
+fn issue_named(
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+    name: &str,
+    unit: &str,
+    uri: &str,
+    validity: Validity,
+) -> Result<(PathBuf, PathBuf), Error> {
+    let mut p = params(validity, unit);
     p.distinguished_name
-        .push(DnType::OrganizationalUnitName, ods.as_str());
+        .push(DnType::OrganizationalUnitName, unit);
     p.subject_alt_names = vec![SanType::URI(
-        format!("{ODS_URI_PREFIX}{ods}")
+        uri.to_string()
             .try_into()
             .map_err(|e| pki_error("client URI", e))?,
     )];
@@ -245,6 +276,17 @@ mod tests {
         let pem = fs::read_to_string(cert).unwrap();
         let der = pem_der(&pem);
         assert_eq!(super::super::ods_of(&der).unwrap().as_str(), "RJ7");
+        let id = EdgeId::parse("gstt-fhir").unwrap();
+        let (edge, _) = issue_edge(dir.path(), &id).unwrap();
+        let der = pem_der(&fs::read_to_string(edge).unwrap());
+        assert_eq!(
+            super::super::identity_of(&der).unwrap(),
+            super::super::CertIdentity::Edge(id)
+        );
+        assert!(
+            super::super::ods_of(&der).is_err(),
+            "an edge is no organisation"
+        );
     }
 
     fn pem_der(pem: &str) -> Vec<u8> {

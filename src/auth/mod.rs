@@ -2,6 +2,7 @@
 
 mod cert;
 pub mod devpki;
+mod edge;
 mod gate;
 mod limit;
 mod token;
@@ -17,11 +18,13 @@ use tonic::transport::CertificateDer;
 use crate::domain::OdsCode;
 use crate::error::Error;
 
-pub use cert::{ODS_URI_PREFIX, ods_of};
+pub use cert::{CertIdentity, ODS_URI_PREFIX, identity_of, ods_of};
+pub use edge::{EDGE_URI_PREFIX, EdgeGrant, EdgeId, ON_BEHALF_OF};
 pub use gate::{Gate, caller};
 pub use limit::{RateLimiter, WatchLimiter, WatchSlot};
 pub use token::{
-    NewToken, TOKEN_PREFIX, TokenHash, create as create_token, digest as token_digest,
+    NewToken, TOKEN_PREFIX, TokenHash, create as create_token, create_edge as create_edge_token,
+    digest as token_digest,
 };
 
 /// What an organisation may do.
@@ -53,9 +56,27 @@ pub struct Principal {
     pub org: OdsCode,
     /// Its role.
     pub role: Role,
+    /// The trusted edge that made the call on the organisation's behalf, if one did.
+    pub via: Option<EdgeId>,
+}
+
+/// Whom a credential names, before any [`ON_BEHALF_OF`] is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credential {
+    Org(Principal),
+    Edge(EdgeId),
 }
 
 impl Principal {
+    /// `org` calling as `role` with its own credential.
+    pub fn new(org: OdsCode, role: Role) -> Self {
+        Self {
+            org,
+            role,
+            via: None,
+        }
+    }
+
     /// Ok when the caller has `role`, else PERMISSION_DENIED.
     pub fn require(&self, role: Role) -> Result<&Self, Error> {
         if self.role == role {
@@ -97,6 +118,7 @@ pub struct Authenticator {
     labs: BTreeSet<OdsCode>,
     coordinators: BTreeSet<OdsCode>,
     tokens: Arc<token::TokenIndex>,
+    edges: Arc<edge::Edges>,
     demo_tokens: bool,
     limiter: Option<RateLimiter>,
 }
@@ -108,6 +130,7 @@ impl fmt::Debug for Authenticator {
             .field("labs", &self.labs.len())
             .field("coordinators", &self.coordinators.len())
             .field("tokens", &self.tokens.len())
+            .field("edges", &self.edges.len())
             .field("demo_tokens", &self.demo_tokens)
             .field("limiter", &self.limiter)
             .finish()
@@ -127,6 +150,7 @@ impl Authenticator {
             labs: labs.into_iter().collect(),
             coordinators: BTreeSet::new(),
             tokens: Arc::default(),
+            edges: Arc::default(),
             demo_tokens,
             limiter: None,
         }
@@ -141,6 +165,12 @@ impl Authenticator {
     /// The configured bearer tokens (hashes only).
     pub fn with_tokens(mut self, tokens: impl IntoIterator<Item = TokenHash>) -> Self {
         self.tokens = Arc::new(token::TokenIndex::new(tokens));
+        self
+    }
+
+    /// The trusted edges, which may call on behalf of the organisations each is granted.
+    pub fn with_edges(mut self, edges: impl IntoIterator<Item = EdgeGrant>) -> Self {
+        self.edges = Arc::new(edge::Edges::new(edges));
         self
     }
 
@@ -161,27 +191,29 @@ impl Authenticator {
     }
 
     /// [`Self::authenticate`] from the parts: the metadata and the verified TLS client chain.
+    /// A trusted edge's credential stands for the organisation its [`ON_BEHALF_OF`] names, if
+    /// its grant allows; from anyone else that header is PERMISSION_DENIED.
     pub fn authenticate_parts(
         &self,
         metadata: &MetadataMap,
         peer_certs: Option<&[CertificateDer<'static>]>,
     ) -> Result<Principal, Error> {
         let from_cert = match peer_certs.and_then(<[_]>::first) {
-            Some(leaf) => Some(self.principal_for_cert(leaf)?),
+            Some(leaf) => Some(self.credential_for_cert(leaf)?),
             None => None,
         };
         let from_token = match metadata.get("authorization") {
-            Some(value) => Some(self.principal_for_header(value)?),
+            Some(value) => Some(self.credential_for_header(value)?),
             None => None,
         };
-        let principal = match (from_cert, from_token) {
+        let credential = match (from_cert, from_token) {
             // Both are allowed (a proxy may add a token) but they must agree.
             (Some(cert), Some(token)) if cert != token => {
                 return Err(Error::Unauthenticated(
                     "the bearer token and the client certificate name different callers".into(),
                 ));
             }
-            (Some(p), _) | (None, Some(p)) => p,
+            (Some(c), _) | (None, Some(c)) => c,
             (None, None) => {
                 return Err(Error::Unauthenticated(
                     "no credential: present a client certificate or send an authorization header"
@@ -189,7 +221,33 @@ impl Authenticator {
                 ));
             }
         };
-        tracing::Span::current().record("org", tracing::field::display(&principal.org));
+        let on_behalf = metadata.get(ON_BEHALF_OF);
+        let principal = match credential {
+            Credential::Org(p) if on_behalf.is_some() => {
+                return Err(Error::PermissionDenied(format!(
+                    "{} may not send {ON_BEHALF_OF}: only a configured edge calls on behalf of an organisation",
+                    p.org
+                )));
+            }
+            Credential::Org(p) => p,
+            Credential::Edge(id) => {
+                let named = on_behalf.map(|v| v.to_str().unwrap_or(""));
+                let org = self.edges.speaks_for(&id, named)?;
+                let role = self.directory_role(&org).ok_or_else(|| {
+                    Error::PermissionDenied(format!("{org} is not a trust or lab in the directory"))
+                })?;
+                Principal {
+                    org,
+                    role,
+                    via: Some(id),
+                }
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("org", tracing::field::display(&principal.org));
+        if let Some(edge) = &principal.via {
+            span.record("edge", tracing::field::display(edge));
+        }
         self.charge(&principal.org)?;
         Ok(principal)
     }
@@ -203,23 +261,35 @@ impl Authenticator {
         }
     }
 
-    fn principal_for_cert(&self, leaf: &CertificateDer<'static>) -> Result<Principal, Error> {
-        let ods = cert::ods_of(leaf.as_ref())?;
-        let role = if self.trusts.contains(&ods) {
-            Role::Trust
-        } else if self.labs.contains(&ods) {
-            Role::Lab
-        } else if self.coordinators.contains(&ods) {
-            Role::Coordinator
+    /// A trust's or lab's role from the directory.
+    fn directory_role(&self, org: &OdsCode) -> Option<Role> {
+        if self.trusts.contains(org) {
+            Some(Role::Trust)
+        } else if self.labs.contains(org) {
+            Some(Role::Lab)
         } else {
-            return Err(Error::Unauthenticated(format!(
-                "the client certificate names {ods}, which is not in the directory"
-            )));
-        };
-        Ok(Principal { org: ods, role })
+            None
+        }
     }
 
-    fn principal_for_header(&self, value: &MetadataValue<Ascii>) -> Result<Principal, Error> {
+    fn credential_for_cert(&self, leaf: &CertificateDer<'static>) -> Result<Credential, Error> {
+        let ods = match cert::identity_of(leaf.as_ref())? {
+            CertIdentity::Org(ods) => ods,
+            CertIdentity::Edge(id) => return self.edges.by_cert(&id).map(Credential::Edge),
+        };
+        let role = match self.directory_role(&ods) {
+            Some(role) => role,
+            None if self.coordinators.contains(&ods) => Role::Coordinator,
+            None => {
+                return Err(Error::Unauthenticated(format!(
+                    "the client certificate names {ods}, which is not in the directory"
+                )));
+            }
+        };
+        Ok(Credential::Org(Principal::new(ods, role)))
+    }
+
+    fn credential_for_header(&self, value: &MetadataValue<Ascii>) -> Result<Credential, Error> {
         let header = value
             .to_str()
             .map_err(|_| Error::Unauthenticated("the authorization header is not text".into()))?;
@@ -235,37 +305,28 @@ impl Authenticator {
                     "demo tokens are accepted only by the demo broker on loopback".into(),
                 ));
             }
-            return self.principal_for_demo(org);
+            return self.principal_for_demo(org).map(Credential::Org);
+        }
+        if let Some(id) = self.edges.by_token(token) {
+            return Ok(Credential::Edge(id.clone()));
         }
         self.tokens
             .find(token)
-            .map(|t| Principal {
-                org: t.org.clone(),
-                role: t.role,
-            })
+            .map(|t| Credential::Org(Principal::new(t.org.clone(), t.role)))
             .ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))
     }
 
     fn principal_for_demo(&self, org: &str) -> Result<Principal, Error> {
         if org.eq_ignore_ascii_case("coordinator") {
             let org = OdsCode::parse(COORDINATOR_ORG).map_err(Error::Internal)?;
-            return Ok(Principal {
-                org,
-                role: Role::Coordinator,
-            });
+            return Ok(Principal::new(org, Role::Coordinator));
         }
         let ods = OdsCode::parse(org)
             .map_err(|_| Error::Unauthenticated("the token names no organisation".into()))?;
-        let role = if self.trusts.contains(&ods) {
-            Role::Trust
-        } else if self.labs.contains(&ods) {
-            Role::Lab
-        } else {
-            return Err(Error::Unauthenticated(format!(
-                "{ods} is not an organisation in the directory"
-            )));
-        };
-        Ok(Principal { org: ods, role })
+        let role = self.directory_role(&ods).ok_or_else(|| {
+            Error::Unauthenticated(format!("{ods} is not an organisation in the directory"))
+        })?;
+        Ok(Principal::new(ods, role))
     }
 }
 
@@ -329,5 +390,53 @@ mod tests {
             auth(false).authenticate_parts(&md("Bearer demo:RJ1"), None),
             Err(Error::Unauthenticated(_))
         ));
+    }
+
+    #[test]
+    fn on_behalf_of_is_honoured_from_a_granted_edge_only_and_never_lifts_anyone_else() {
+        let rj1 = OdsCode::parse("RJ1").unwrap();
+        let edge = EdgeId::parse("gstt-fhir").unwrap();
+        let a = auth(false)
+            .with_tokens([TokenHash {
+                org: rj1.clone(),
+                role: Role::Trust,
+                sha256: token_digest("rj1-token"),
+            }])
+            .with_edges([EdgeGrant {
+                id: edge.clone(),
+                speaks_for: [rj1.clone(), OdsCode::parse("RJ7").unwrap()].into(),
+                sha256: Some(token_digest("edge-token")),
+            }]);
+        let with = |token: &str, org: Option<&str>| {
+            let mut m = md(&format!("Bearer {token}"));
+            if let Some(org) = org {
+                m.insert(ON_BEHALF_OF, org.parse().unwrap());
+            }
+            a.authenticate_parts(&m, None)
+        };
+        let p = with("edge-token", Some("RJ1")).unwrap();
+        assert_eq!(
+            (p.org.as_str(), p.role, p.via),
+            ("RJ1", Role::Trust, Some(edge.clone()))
+        );
+        assert_eq!(with("edge-token", Some("RJ7")).unwrap().role, Role::Lab);
+        // RJZ is a trust the edge is not granted; the edge alone is nobody.
+        for org in [Some("RJZ"), None, Some("X24")] {
+            assert!(
+                matches!(with("edge-token", org), Err(Error::PermissionDenied(_))),
+                "{org:?}"
+            );
+        }
+        // An organisation's own token with the header is refused, even naming itself.
+        for org in ["RJ7", "RJ1"] {
+            assert!(matches!(
+                with("rj1-token", Some(org)),
+                Err(Error::PermissionDenied(_))
+            ));
+        }
+        assert_eq!(
+            with("rj1-token", None).unwrap(),
+            Principal::new(rj1, Role::Trust)
+        );
     }
 }

@@ -113,6 +113,30 @@ pub fn create(org: &OdsCode, role: Role) -> Result<NewToken, Error> {
     })
 }
 
+/// Creates a random token for the trusted edge `id`, allowed to speak for `speaks_for`.
+pub fn create_edge(id: &super::EdgeId, speaks_for: &[OdsCode]) -> Result<NewToken, Error> {
+    if speaks_for.is_empty() {
+        return Err(Error::invalid(
+            "speaks_for",
+            "an edge must speak for at least one organisation",
+        ));
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| Error::Internal(format!("no system randomness: {e}")))?;
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    let orgs: Vec<String> = speaks_for.iter().map(|o| format!("\"{o}\"")).collect();
+    let config_entry = format!(
+        "[[edge]]\nid = \"{id}\"\nspeaks_for = [{}]\nsha256 = \"{}\"\n",
+        orgs.join(", "),
+        hex::encode(digest(&token))
+    );
+    Ok(NewToken {
+        token,
+        config_entry,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -141,6 +141,16 @@ enum TokenCommand {
         #[arg(long)]
         role: String,
     },
+    /// Creates a token for a trusted edge (labaid-edge calling on behalf of the organisations
+    /// whose client certificates it verified): prints it once, with the `[[edge]]` entry to add.
+    CreateEdge {
+        /// The edge's id (lower-case letters, digits, hyphens), named in the audit trail.
+        #[arg(long)]
+        id: String,
+        /// An ODS code of a trust or lab it may speak for; repeat for several.
+        #[arg(long = "speaks-for", required = true)]
+        speaks_for: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +204,9 @@ fn main() -> ExitCode {
     };
     let result = match args.command {
         Some(Command::Token(TokenCommand::Create { org, role })) => token_create(&org, &role),
+        Some(Command::Token(TokenCommand::CreateEdge { id, speaks_for })) => {
+            token_create_edge(&id, &speaks_for)
+        }
         Some(Command::DevCerts {
             dir,
             config,
@@ -313,6 +326,21 @@ fn token_create(org: &str, role: &str) -> anyhow::Result<ExitCode> {
     let role = Role::parse(role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
     let new = auth::create_token(&org, role)?;
     println!("token (shown once; give it to {org} over a secure channel):");
+    println!("{}", new.token);
+    println!();
+    println!("add to the broker's config file, then restart it (remove the entry to revoke):");
+    print!("{}", new.config_entry);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_create_edge(id: &str, speaks_for: &[String]) -> anyhow::Result<ExitCode> {
+    let id = auth::EdgeId::parse(id).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
+    let orgs = speaks_for
+        .iter()
+        .map(|o| OdsCode::parse(o).map_err(|e| anyhow::anyhow!("--speaks-for {o}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let new = auth::create_edge_token(&id, &orgs)?;
+    println!("token (shown once; give it to the operator of edge {id} over a secure channel):");
     println!("{}", new.token);
     println!();
     println!("add to the broker's config file, then restart it (remove the entry to revoke):");

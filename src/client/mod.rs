@@ -148,16 +148,25 @@ fn client_tls(files: &TlsFiles) -> Result<ClientTlsConfig, ClientError> {
     Ok(tls)
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
-pub struct BearerAuth(Option<MetadataValue<Ascii>>);
+/// Adds `authorization: Bearer <token>` to every call and, for a trusted edge, the
+/// organisation it calls on behalf of.
+#[derive(Debug, Clone, Default)]
+pub struct BearerAuth {
+    token: Option<MetadataValue<Ascii>>,
+    on_behalf_of: Option<MetadataValue<Ascii>>,
+}
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.token {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some(org) = &self.on_behalf_of {
+            request
+                .metadata_mut()
+                .insert(crate::auth::ON_BEHALF_OF, org.clone());
         }
         Ok(request)
     }
@@ -302,8 +311,25 @@ impl Client {
             .map_err(|_| ClientError::Token)?;
         Ok(Self {
             transport: self.transport.clone(),
-            auth: BearerAuth(Some(value)),
+            auth: BearerAuth {
+                token: Some(value),
+                on_behalf_of: None,
+            },
         })
+    }
+
+    /// The same connection and credential, each call naming `org` as the organisation it is
+    /// made for: what a trusted edge sends for a caller it authenticated itself. The broker
+    /// refuses it from any credential but a configured edge's that may speak for `org`.
+    pub fn on_behalf_of(&self, org: &crate::domain::OdsCode) -> Self {
+        let value = MetadataValue::<Ascii>::try_from(org.as_str()).ok();
+        Self {
+            transport: self.transport.clone(),
+            auth: BearerAuth {
+                token: self.auth.token.clone(),
+                on_behalf_of: value,
+            },
+        }
     }
 
     /// The endpoint and credential for one broker address.
@@ -332,7 +358,13 @@ impl Client {
             ),
             None => None,
         };
-        Ok((endpoint, BearerAuth(auth)))
+        Ok((
+            endpoint,
+            BearerAuth {
+                token: auth,
+                on_behalf_of: None,
+            },
+        ))
     }
 
     /// The trusts' service.

@@ -12,10 +12,12 @@ use serde::Deserialize;
 mod security;
 
 pub use security::{Limits, TlsPaths};
-use security::{RawAudit, RawLimits, RawTls, RawToken, SecurityFile, build_audit, build_security};
+use security::{
+    RawAudit, RawEdge, RawLimits, RawTls, RawToken, SecurityFile, build_audit, build_security,
+};
 
 use crate::audit::AuditOptions;
-use crate::auth::TokenHash;
+use crate::auth::{EdgeGrant, TokenHash};
 use crate::domain::Clock;
 use crate::domain::{Catalogue, MINUTE_MS, OdsCode, TestCode, TestDef};
 use crate::engine::SystemClock;
@@ -116,6 +118,8 @@ pub struct Config {
     pub allow_plaintext_loopback: bool,
     /// Bearer tokens (hashes only) for sites without a PKI.
     pub tokens: Vec<TokenHash>,
+    /// Trusted edges (labaid-edge processes) and the organisations each may call on behalf of.
+    pub edges: Vec<EdgeGrant>,
     /// Organisations whose client certificates act as coordinators.
     pub coordinators: BTreeSet<OdsCode>,
     /// Abuse limits.
@@ -149,6 +153,8 @@ struct FileConfig {
     allow_plaintext_loopback: Option<bool>,
     #[serde(default, rename = "token")]
     tokens: Vec<RawToken>,
+    #[serde(default, rename = "edge")]
+    edges: Vec<RawEdge>,
     coordinators: Option<Vec<String>>,
     limits: Option<RawLimits>,
 }
@@ -282,6 +288,7 @@ impl Config {
             tls: file.tls.take(),
             allow_plaintext_loopback: file.allow_plaintext_loopback.take(),
             tokens: std::mem::take(&mut file.tokens),
+            edges: std::mem::take(&mut file.edges),
             coordinators: file.coordinators.take(),
             limits: file.limits.take(),
         };
@@ -476,6 +483,7 @@ impl Config {
             tls: security.tls,
             allow_plaintext_loopback: security.allow_plaintext_loopback,
             tokens: security.tokens,
+            edges: security.edges,
             coordinators: security.coordinators,
             limits: security.limits,
         })

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use crate::audit::AuditOptions;
-use crate::auth::{Role, TokenHash};
+use crate::auth::{EdgeGrant, EdgeId, Role, TokenHash};
 use crate::domain::OdsCode;
 use crate::routing::LabConfig;
 
@@ -126,11 +126,20 @@ pub(super) struct RawToken {
     sha256: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEdge {
+    id: String,
+    speaks_for: Vec<String>,
+    sha256: Option<String>,
+}
+
 /// The security part of a config file, checked against the directory.
 pub(super) struct Security {
     pub(super) tls: Option<TlsPaths>,
     pub(super) allow_plaintext_loopback: bool,
     pub(super) tokens: Vec<TokenHash>,
+    pub(super) edges: Vec<EdgeGrant>,
     pub(super) coordinators: BTreeSet<OdsCode>,
     pub(super) limits: Limits,
 }
@@ -180,6 +189,7 @@ pub(super) fn build_security(
         }
         tokens.push(TokenHash { org, role, sha256 });
     }
+    let edges = build_edges(file.edges, trusts, labs, &tokens)?;
     let d = Limits::default();
     let limits = match file.limits {
         None => d,
@@ -228,9 +238,65 @@ pub(super) fn build_security(
         }),
         allow_plaintext_loopback: file.allow_plaintext_loopback.unwrap_or(false),
         tokens,
+        edges,
         coordinators,
         limits,
     })
+}
+
+/// The `[[edge]]` entries: each id once, speaking for at least one trust or lab of the
+/// directory (never a coordinator), its token's hash (if any) unlike every other token's.
+fn build_edges(
+    raw: Vec<RawEdge>,
+    trusts: &BTreeMap<OdsCode, String>,
+    labs: &[LabConfig],
+    tokens: &[TokenHash],
+) -> Result<Vec<EdgeGrant>, ConfigError> {
+    let invalid = ConfigError::Invalid;
+    let mut edges: Vec<EdgeGrant> = Vec::new();
+    for e in raw {
+        let id = EdgeId::parse(&e.id).map_err(|why| invalid(format!("edge: {why}")))?;
+        if edges.iter().any(|g| g.id == id) {
+            return Err(invalid(format!("edge {id}: listed twice")));
+        }
+        if e.speaks_for.is_empty() {
+            return Err(invalid(format!(
+                "edge {id}: speaks_for must name at least one trust or lab"
+            )));
+        }
+        let mut speaks_for = BTreeSet::new();
+        for raw_org in &e.speaks_for {
+            let org = OdsCode::parse(raw_org)
+                .map_err(|why| invalid(format!("edge {id}: speaks_for {raw_org}: {why}")))?;
+            if !trusts.contains_key(&org) && !labs.iter().any(|l| l.ods == org) {
+                return Err(invalid(format!(
+                    "edge {id}: speaks_for {org}, which is not a trust or lab in the directory"
+                )));
+            }
+            speaks_for.insert(org);
+        }
+        let sha256 = match e.sha256 {
+            Some(hex) => {
+                let sha = TokenHash::parse_hex(&hex)
+                    .map_err(|why| invalid(format!("edge {id}: {why}")))?;
+                let taken = tokens.iter().any(|t| t.sha256 == sha)
+                    || edges.iter().any(|g| g.sha256 == Some(sha));
+                if taken {
+                    return Err(invalid(format!(
+                        "edge {id}: its token hash is already another token's"
+                    )));
+                }
+                Some(sha)
+            }
+            None => None,
+        };
+        edges.push(EdgeGrant {
+            id,
+            speaks_for,
+            sha256,
+        });
+    }
+    Ok(edges)
 }
 
 /// The security keys of the file, split off before the directory is built.
@@ -238,6 +304,7 @@ pub(super) struct SecurityFile {
     pub(super) tls: Option<RawTls>,
     pub(super) allow_plaintext_loopback: Option<bool>,
     pub(super) tokens: Vec<RawToken>,
+    pub(super) edges: Vec<RawEdge>,
     pub(super) coordinators: Option<Vec<String>>,
     pub(super) limits: Option<RawLimits>,
 }

@@ -128,15 +128,62 @@ pub struct FhirArgs {
         requires = "fhir_tls_cert"
     )]
     pub fhir_tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates (URI SAN urn:ods:<ODS>) identify FHIR callers, as on
+    /// the broker's gRPC API; needs HTTPS and the edge's own credential (--fhir-edge-token, or
+    /// --fhir-edge-cert and --fhir-edge-key)
+    #[arg(
+        long,
+        env = "LABAID_FHIR_CLIENT_CA",
+        value_name = "FILE",
+        requires = "fhir_tls_cert"
+    )]
+    pub fhir_client_ca: Option<PathBuf>,
+    /// The edge's own token, as the broker's [[edge]] entry lists it, for calls on behalf of
+    /// certificate callers [env: LABAID_FHIR_EDGE_TOKEN]; prefer the variable
+    #[arg(long, value_name = "TOKEN", requires = "fhir_client_ca")]
+    pub fhir_edge_token: Option<String>,
+    /// The edge's own client certificate (PEM, URI SAN urn:labaid:edge:<id>) for the broker,
+    /// for calls on behalf of certificate callers; needs --ca
+    #[arg(
+        long,
+        env = "LABAID_FHIR_EDGE_CERT",
+        value_name = "FILE",
+        requires_all = ["fhir_edge_key", "fhir_client_ca"]
+    )]
+    pub fhir_edge_cert: Option<PathBuf>,
+    /// Its private key (PEM)
+    #[arg(
+        long,
+        env = "LABAID_FHIR_EDGE_KEY",
+        value_name = "FILE",
+        requires = "fhir_edge_cert"
+    )]
+    pub fhir_edge_key: Option<PathBuf>,
+    /// The code system URI of the labaid catalogue's own test codes, read in ServiceRequest.code
+    /// and written in answers; set it to one the deployment owns, the same on every edge
+    #[arg(
+        long,
+        env = "LABAID_FHIR_CATALOGUE_SYSTEM",
+        value_name = "URI",
+        default_value = fhir::codes::DEFAULT_CATALOGUE_SYSTEM
+    )]
+    pub fhir_catalogue_system: String,
 }
 
 impl FhirArgs {
     /// The facade's listener and settings, or `None` when it is off. Plain HTTP is refused off
     /// loopback: the facade carries patient data.
-    fn validate(&self, broker: &ConnectOptions) -> Result<Option<FhirListen>, String> {
+    fn validate(
+        &self,
+        broker: &ConnectOptions,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<FhirListen>, String> {
         let Some(addr) = self.fhir_listen.0 else {
             return Ok(None);
         };
+        let catalogue_system = fhir::codes::parse_system(&self.fhir_catalogue_system)
+            .map_err(|e| format!("--fhir-catalogue-system: {e}"))?;
+        let edge = self.edge_credential(broker, env)?;
         let tls = match (&self.fhir_tls_cert, &self.fhir_tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             _ if !addr.ip().is_loopback() => {
@@ -156,7 +203,67 @@ impl FhirArgs {
                 },
                 tls,
                 base_url: self.fhir_base_url.clone(),
+                client_ca: self.fhir_client_ca.clone(),
+                edge,
+                catalogue_system,
             },
+        }))
+    }
+
+    /// The edge's own connection for calls on behalf of certificate callers: its token or its
+    /// certificate (one of them), and only with --fhir-client-ca. It never presents the trust's
+    /// --cert, which would make the broker see two callers.
+    fn edge_credential(
+        &self,
+        broker: &ConnectOptions,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<ConnectOptions>, String> {
+        let token = self
+            .fhir_edge_token
+            .clone()
+            .or_else(|| env("LABAID_FHIR_EDGE_TOKEN"))
+            .filter(|t| !t.trim().is_empty());
+        if self.fhir_client_ca.is_none() {
+            if token.is_some() {
+                return Err(
+                    "--fhir-edge-token (LABAID_FHIR_EDGE_TOKEN) is used only with --fhir-client-ca"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        let tls = match (&self.fhir_edge_cert, &self.fhir_edge_key, &token) {
+            (Some(_), _, Some(_)) => {
+                return Err(
+                    "give the edge one credential: --fhir-edge-token or --fhir-edge-cert, not both"
+                        .into(),
+                );
+            }
+            (Some(cert), Some(key), None) => match &broker.tls {
+                Some(files) => Some(TlsFiles {
+                    ca: files.ca.clone(),
+                    cert: Some(cert.clone()),
+                    key: Some(key.clone()),
+                }),
+                None => return Err("--fhir-edge-cert needs TLS to the broker: give --ca".into()),
+            },
+            (None, None, Some(_)) => broker.tls.as_ref().map(|files| TlsFiles {
+                cert: None,
+                key: None,
+                ..files.clone()
+            }),
+            _ => {
+                return Err(
+                    "--fhir-client-ca needs the edge's own credential for the broker: \
+                     --fhir-edge-token (LABAID_FHIR_EDGE_TOKEN), or --fhir-edge-cert and --fhir-edge-key"
+                        .into(),
+                );
+            }
+        };
+        Ok(Some(ConnectOptions {
+            token,
+            tls,
+            ..broker.clone()
         }))
     }
 }
@@ -251,7 +358,7 @@ impl Args {
             None => hl7::profile::Profile::default(),
         };
         let hl7 = self.hl7.validate(profile)?;
-        let fhir = self.fhir.validate(&broker)?;
+        let fhir = self.fhir.validate(&broker, env)?;
         if hl7.listen.is_none() && fhir.is_none() {
             return Err("--mllp-listen and --fhir-listen are both off: nothing to serve".into());
         }

@@ -34,7 +34,7 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
 }
 
-fn roots(ca: &Path) -> Result<RootCertStore, String> {
+pub(crate) fn roots(ca: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca)? {
         roots

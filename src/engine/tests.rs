@@ -368,6 +368,7 @@ async fn a_batch_whose_audit_entries_cannot_be_written_is_never_journaled() {
     let trust = Principal {
         org: OdsCode::parse("RJ1").expect("ods"),
         role: Role::Trust,
+        via: None,
     };
     let answer = h
         .engine
@@ -396,6 +397,7 @@ fn trust() -> Principal {
     Principal {
         org: OdsCode::parse("RJ1").expect("ods"),
         role: Role::Trust,
+        via: None,
     }
 }
 

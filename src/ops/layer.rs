@@ -158,6 +158,7 @@ where
             "rpc",
             rpc.method = method.label,
             org = tracing::field::Empty,
+            edge = tracing::field::Empty,
             request.id = tracing::field::Empty,
         );
         // The clone that was polled ready is the one to call (tower's readiness contract).

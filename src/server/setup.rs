@@ -129,6 +129,7 @@ pub(super) fn authenticator(
     )
     .with_coordinators(config.coordinators.iter().cloned())
     .with_tokens(config.tokens.iter().cloned())
+    .with_edges(config.edges.iter().cloned())
     .with_rate_limit(limiter)
 }
 

@@ -134,6 +134,7 @@ mod tests {
         Principal {
             org: OdsCode::parse("X24").unwrap(),
             role: Role::Coordinator,
+            via: None,
         }
     }
 

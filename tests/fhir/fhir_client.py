@@ -5,7 +5,8 @@ Builds every request with the fhir.resources R4B models (the UK Core-style fixtu
 tests/fixtures/fhir/ are loaded into them and changed through them) and parses every answer
 with them, so a response that is not valid FHIR fails the test. Lab actions go through the real
 labctl. Usage: fhir_client.py SCENARIO [ARG...]; environment: FHIR_BASE, LABCTL, LABAID_ADDR,
-FIXTURES, and FHIR_CA for HTTPS. Prints one line per check; exits non-zero at the first failure.
+FIXTURES, and FHIR_CA for HTTPS, FHIR_PKI (a directory of <name>.pem and <name>.key) for client certificates,
+FHIR_CATALOGUE_SYSTEM for the deployment's catalogue code system. Prints one line per check; exits non-zero at the first failure.
 """
 
 import datetime
@@ -19,6 +20,7 @@ import urllib.parse
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
@@ -35,6 +37,7 @@ LOINC = "http://loinc.org"
 # Demo tokens by default; a broker with configured tokens passes its own.
 RJ1 = os.environ.get("FHIR_TOKEN_RJ1", "demo:RJ1")
 RJZ = os.environ.get("FHIR_TOKEN_RJZ", "demo:RJZ")
+CATALOGUE = os.environ.get("FHIR_CATALOGUE_SYSTEM", "urn:labaid:catalogue")
 
 
 def check(condition, what):
@@ -46,10 +49,14 @@ def check(condition, what):
 # ---- HTTP: each answer parsed with the R4B model it must be ----
 
 
-def call(method, path, token=RJ1, body=None, content_type="application/fhir+json", headers=None):
+def call(method, path, token=RJ1, body=None, content_type="application/fhir+json", headers=None, client=None):
+    """One call; `client` names the certificate (FHIR_PKI/<client>.pem) to present."""
     url = urllib.parse.urlsplit(BASE)
     if url.scheme == "https":
         context = ssl.create_default_context(cafile=os.environ["FHIR_CA"])
+        if client:
+            pki = os.environ["FHIR_PKI"]
+            context.load_cert_chain(f"{pki}/{client}.pem", f"{pki}/{client}.key")
         conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=30)
     else:
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
@@ -115,8 +122,8 @@ def as_json(resource):
     return resource.model_dump_json(exclude_none=True)
 
 
-def post_order(bundle, status="201 Created"):
-    answer, _ = expect(Bundle, "POST", "/", body=as_json(bundle))
+def post_order(bundle, status="201 Created", **kwargs):
+    answer, _ = expect(Bundle, "POST", "/", body=as_json(bundle), **kwargs)
     check(answer.type == "transaction-response", "a transaction-response Bundle")
     check(len(answer.entry) == 4, "one answer per entry")
     locations = [e.response.location for e in answer.entry]
@@ -135,8 +142,8 @@ def labctl(token, *args):
     check(done.returncode == 0, f"labctl {' '.join(args[:2])} ({done.stderr.strip()})")
 
 
-def task(id, token=RJ1):
-    parsed, response = expect(Task, "GET", f"/Task/{id}", token=token)
+def task(id, token=RJ1, **kwargs):
+    parsed, response = expect(Task, "GET", f"/Task/{id}", token=token, **kwargs)
     return parsed, response.getheader("ETag")
 
 
@@ -351,6 +358,45 @@ def single_org(id):
     outcome("GET", f"/Task/{id}", 401, "login", token=RJZ)
 
 
+def cert_callers():
+    """Callers by client certificate: the edge calls for each with its own credential, naming
+    the certificate's organisation, and the broker decides what each may see."""
+    meta, _ = expect(CapabilityStatement, "GET", "/metadata", token=None)
+    security = meta.rest[0].security
+    check(security.service[0].coding[0].code == "Certificates", "certificates are listed as a security service")
+    ordering = next(r for r in meta.rest[0].resource if r.type == "ServiceRequest")
+    check(CATALOGUE in ordering.documentation, f"the catalogue's system {CATALOGUE} is stated")
+
+    as_rj1 = dict(token=None, client="RJ1")
+    id = post_order(order_bundle("GST-CERT-1"), **as_rj1)
+    t, _ = task(id, **as_rj1)
+    check(t.status == "requested", "RJ1's certificate reads RJ1's Task")
+    sr, _ = expect(ServiceRequest, "GET", f"/ServiceRequest/{id}", **as_rj1)
+    systems = [c.system for c in sr.code.coding]
+    check(systems[0] == CATALOGUE, f"the test is coded first in the deployment's catalogue system ({systems})")
+
+    # The catalogue's own code, in the deployment's system, orders; the default system is foreign.
+    request = contained_request("GST-CERT-2")
+    request.code = CodeableConcept(coding=[Coding(system=CATALOGUE, code="K")])
+    ordered, _ = expect(ServiceRequest, "POST", "/ServiceRequest", status=201, body=as_json(request), **as_rj1)
+    check([c.code for c in ordered.code.coding][0] == "K", "ordered by the catalogue code")
+    request = contained_request("GST-CERT-3")
+    request.code = CodeableConcept(coding=[Coding(system="urn:labaid:catalogue", code="K")])
+    outcome("POST", "/ServiceRequest", 422, "code-invalid", body=as_json(request), **as_rj1)
+
+    # Another trust's certificate: not found, as over gRPC. An organisation the edge may not
+    # speak for: forbidden. A certificate naming no organisation, both credentials, or none: login.
+    outcome("GET", f"/Task/{id}", 404, "not-found", token=None, client="RJZ")
+    outcome("GET", f"/Task/{id}", 403, "forbidden", token=None, client="R1H")
+    outcome("GET", f"/Task/{id}", 401, "login", token=None, client="edge-gstt-fhir")
+    outcome("GET", f"/Task/{id}", 401, "login", token=RJ1, client="RJ1")
+    outcome("GET", f"/Task/{id}", 401, "login", token=None)
+    # A bearer token still works on the same listener, forwarded as before.
+    t, _ = task(id)
+    check(t.id == id, "RJ1's token reads the Task too")
+    print(f"ids {id} {ordered.id}")
+
+
 def metadata():
     meta, _ = expect(CapabilityStatement, "GET", "/metadata", token=None)
     check(meta.implementation.url.startswith("https://"), f"served over HTTPS ({meta.implementation.url})")
@@ -366,4 +412,5 @@ if __name__ == "__main__":
         "metadata": metadata,
         "tls_broker": tls_broker,
         "single_org": single_org,
+        "cert_callers": cert_callers,
     }[scenario](*args)

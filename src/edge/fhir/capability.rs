@@ -29,8 +29,9 @@ fn resource(kind: &str, interactions: &[&str], params: &[(&str, &str, &str)]) ->
     out
 }
 
-/// The CapabilityStatement.
-pub(super) fn statement(base: &str) -> Value {
+/// The CapabilityStatement of a facade at `base` whose catalogue codes are of
+/// `catalogue_system`, taking client certificates when `certificates` is set.
+pub(super) fn statement(base: &str, catalogue_system: &str, certificates: bool) -> Value {
     let mut task = resource(
         "Task",
         &["read", "patch", "search-type"],
@@ -66,9 +67,24 @@ pub(super) fn statement(base: &str) -> Value {
     );
     report["searchInclude"] = json!(["DiagnosticReport:result"]);
     let mut service_request = resource("ServiceRequest", &["read", "create"], &[]);
-    service_request["documentation"] = json!(
-        "create takes a ServiceRequest with its Patient and Specimen contained; the placer identifier is the order number, so posting it again returns the original."
-    );
+    service_request["documentation"] = json!(format!(
+        "create takes a ServiceRequest with its Patient and Specimen contained; the placer identifier is the order number, so posting it again returns the original. code.coding: LOINC (http://loinc.org), SNOMED CT (http://snomed.info/sct) or the labaid catalogue's own codes, system {catalogue_system}, which answers also use."
+    ));
+    let mut security = json!({
+        "cors": false,
+        "description": "Send the organisation's labaid bearer token (Authorization: Bearer ...); the broker checks it and shows each trust only its own requests.",
+    });
+    if certificates {
+        security["service"] = json!([{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "Certificates",
+            }],
+        }]);
+        security["description"] = json!(
+            "Present the organisation's client certificate (URI SAN urn:ods:<ODS>, from the CA this facade trusts), or send its labaid bearer token (Authorization: Bearer ...), not both. The broker checks the caller and shows each trust only its own requests."
+        );
+    }
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -85,10 +101,7 @@ pub(super) fn statement(base: &str) -> Value {
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "security": {
-                "cors": false,
-                "description": "Send the organisation's labaid bearer token (Authorization: Bearer ...); the broker checks it and shows each trust only its own requests.",
-            },
+            "security": security,
             "resource": [
                 task,
                 service_request,
@@ -107,5 +120,8 @@ pub(super) fn statement(base: &str) -> Value {
 
 /// `GET /metadata`, open to every caller as FHIR expects.
 pub(super) async fn metadata(AxState(edge): AxState<State>) -> Response {
-    fhir(StatusCode::OK, &statement(&edge.base))
+    fhir(
+        StatusCode::OK,
+        &statement(&edge.base, &edge.catalogue_system, edge.on_behalf.is_some()),
+    )
 }

@@ -1,8 +1,10 @@
 //! Test codes both ways: a FHIR coding (LOINC, SNOMED CT or the labaid catalogue) to a catalogue
 //! test, and a catalogue test to the codings a FHIR client reads. Built from the broker's own
-//! catalogue (DirectoryService.ListTests), so the edge never disagrees with the broker.
+//! catalogue (DirectoryService.ListTests), so the edge never disagrees with the broker; the
+//! catalogue's own code system URI is the deployment's ([`DEFAULT_CATALOGUE_SYSTEM`] unless set).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -12,8 +14,40 @@ use crate::proto;
 pub const LOINC: &str = "http://loinc.org";
 /// SNOMED CT's FHIR system.
 pub const SNOMED: &str = "http://snomed.info/sct";
-/// The labaid catalogue's codes (`K`, `FBC`, ...) as a FHIR system.
-pub const CATALOGUE: &str = "https://fhir.labaid.example/CodeSystem/test";
+/// The code system of the labaid catalogue's codes (`K`, `FBC`, ...) when the deployment sets
+/// none: a URN, which no web host can come to own.
+pub const DEFAULT_CATALOGUE_SYSTEM: &str = "urn:labaid:catalogue";
+
+/// Checks a catalogue code system: an absolute URI (a scheme, a colon, then no spaces), without
+/// `|` (FHIR token search writes `system|code`) or a fragment.
+pub fn parse_system(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let scheme_ok = raw.split_once(':').is_some_and(|(scheme, rest)| {
+        !rest.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let chars_ok = raw
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !matches!(c, '|' | '#'));
+    if scheme_ok && chars_ok {
+        Ok(raw.to_string())
+    } else {
+        Err(format!(
+            "{raw:?} is not a code system URI: give an absolute URI without spaces, '|' or '#', e.g. {DEFAULT_CATALOGUE_SYSTEM} or https://<a host you own>/CodeSystem/test"
+        ))
+    }
+}
+
+/// The systems labaid reads codings of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum System {
+    Loinc,
+    Snomed,
+    Catalogue,
+}
 
 /// What FHIR needs to know of one catalogue test.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,10 +63,11 @@ pub struct TestCodes {
 }
 
 /// The catalogue's codes, indexed for both directions.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Codes {
+    system: Arc<str>,
     tests: BTreeMap<String, TestCodes>,
-    by_coding: HashMap<(&'static str, String), String>,
+    by_coding: HashMap<(System, String), String>,
 }
 
 /// Why a CodeableConcept names no test.
@@ -48,17 +83,20 @@ pub enum CodeError {
         /// Its code.
         code: String,
     },
-    /// No coding in a system labaid reads.
-    #[error(
-        "no coding from LOINC ({LOINC}), SNOMED CT ({SNOMED}) or the labaid catalogue ({CATALOGUE})"
-    )]
-    NoKnownSystem,
+    /// No coding in a system labaid reads; it names the catalogue's system.
+    #[error("no coding from LOINC ({LOINC}), SNOMED CT ({SNOMED}) or the labaid catalogue ({0})")]
+    NoKnownSystem(String),
 }
 
 impl Codes {
-    /// Indexes the broker's catalogue.
-    pub fn new(tests: &[proto::TestDefinition]) -> Self {
-        let mut codes = Self::default();
+    /// Indexes the broker's catalogue, whose own codes are of `system` (checked with
+    /// [`parse_system`]).
+    pub fn new(tests: &[proto::TestDefinition], system: &str) -> Self {
+        let mut codes = Self {
+            system: system.into(),
+            tests: BTreeMap::new(),
+            by_coding: HashMap::new(),
+        };
         for t in tests {
             let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
             let entry = TestCodes {
@@ -69,12 +107,16 @@ impl Codes {
             };
             codes
                 .by_coding
-                .insert((CATALOGUE, t.code.clone()), t.code.clone());
+                .insert((System::Catalogue, t.code.clone()), t.code.clone());
             if let Some(l) = &entry.loinc {
-                codes.by_coding.insert((LOINC, l.clone()), t.code.clone());
+                codes
+                    .by_coding
+                    .insert((System::Loinc, l.clone()), t.code.clone());
             }
             if let Some(s) = &entry.snomed {
-                codes.by_coding.insert((SNOMED, s.clone()), t.code.clone());
+                codes
+                    .by_coding
+                    .insert((System::Snomed, s.clone()), t.code.clone());
             }
             codes.tests.insert(t.code.clone(), entry);
         }
@@ -93,14 +135,17 @@ impl Codes {
         for (index, coding) in codings.iter().enumerate() {
             let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
             let code = coding.get("code").and_then(Value::as_str).unwrap_or("");
-            let Some(known) = [LOINC, SNOMED, CATALOGUE]
-                .into_iter()
-                .find(|s| *s == system)
-            else {
+            let known = if system == LOINC {
+                System::Loinc
+            } else if system == SNOMED {
+                System::Snomed
+            } else if system == &*self.system {
+                System::Catalogue
+            } else {
                 continue;
             };
             // Catalogue codes are matched as the broker reads them, case-blind.
-            let key = if known == CATALOGUE {
+            let key = if known == System::Catalogue {
                 code.trim().to_ascii_uppercase()
             } else {
                 code.trim().to_string()
@@ -118,17 +163,18 @@ impl Codes {
             }
         }
         if found.is_empty() {
-            return Err(CodeError::NoKnownSystem);
+            return Err(CodeError::NoKnownSystem(self.system.to_string()));
         }
         Ok(found)
     }
 
     /// The codings of one test: the catalogue code, then LOINC and SNOMED CT where known.
     pub fn codings(&self, test: &str) -> Vec<Value> {
+        let system = &*self.system;
         let Some(t) = self.tests.get(test) else {
-            return vec![json!({ "system": CATALOGUE, "code": test })];
+            return vec![json!({ "system": system, "code": test })];
         };
-        let mut out = vec![json!({ "system": CATALOGUE, "code": t.code, "display": t.name })];
+        let mut out = vec![json!({ "system": system, "code": t.code, "display": t.name })];
         if let Some(l) = &t.loinc {
             out.push(json!({ "system": LOINC, "code": l }));
         }
@@ -146,6 +192,11 @@ impl Codes {
             .map(|t| self.tests.get(t).map_or(t.as_str(), |d| d.name.as_str()))
             .collect();
         json!({ "coding": coding, "text": text.join(", ") })
+    }
+
+    /// The catalogue's own code system.
+    pub fn system(&self) -> &str {
+        &self.system
     }
 
     /// True when the catalogue is empty (not yet fetched).
@@ -166,7 +217,10 @@ mod tests {
             snomed: snomed.into(),
             ..Default::default()
         };
-        Codes::new(&[def("K", "2823-3", "59573005"), def("UE", "24362-6", "")])
+        Codes::new(
+            &[def("K", "2823-3", "59573005"), def("UE", "24362-6", "")],
+            DEFAULT_CATALOGUE_SYSTEM,
+        )
     }
 
     #[test]
@@ -176,7 +230,7 @@ mod tests {
             { "system": SNOMED, "code": "59573005" },
             { "system": "http://example.org/local", "code": "POT" },
             { "system": LOINC, "code": "2823-3" },
-            { "system": CATALOGUE, "code": "ue" },
+            { "system": DEFAULT_CATALOGUE_SYSTEM, "code": "ue" },
         ]});
         assert_eq!(c.tests_of(&concept).unwrap(), ["K", "UE"]);
         // Both directions agree.
@@ -194,7 +248,50 @@ mod tests {
         let none = json!({ "coding": [{ "system": "http://example.org", "code": "K" }] });
         assert_eq!(
             codes().tests_of(&none).unwrap_err(),
-            CodeError::NoKnownSystem
+            CodeError::NoKnownSystem(DEFAULT_CATALOGUE_SYSTEM.into())
         );
+    }
+
+    #[test]
+    fn the_deployment_catalogue_system_is_read_and_written_and_the_default_then_is_foreign() {
+        let system = "https://pathology.example.nhs.uk/CodeSystem/labaid-test";
+        let c = Codes::new(
+            &[proto::TestDefinition {
+                code: "K".into(),
+                name: "Potassium".into(),
+                ..Default::default()
+            }],
+            system,
+        );
+        assert_eq!(c.codings("K")[0]["system"], system);
+        let ours = json!({ "coding": [{ "system": system, "code": "k" }] });
+        assert_eq!(c.tests_of(&ours).unwrap(), ["K"]);
+        let default = json!({ "coding": [{ "system": DEFAULT_CATALOGUE_SYSTEM, "code": "K" }] });
+        assert_eq!(
+            c.tests_of(&default).unwrap_err(),
+            CodeError::NoKnownSystem(system.into())
+        );
+    }
+
+    #[test]
+    fn a_catalogue_system_must_be_an_absolute_uri() {
+        for good in [
+            DEFAULT_CATALOGUE_SYSTEM,
+            "urn:oid:1.2.826.0.1",
+            "https://a.nhs.uk/cs",
+        ] {
+            assert_eq!(parse_system(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            "catalogue",
+            "urn:",
+            "1x:y",
+            "urn:labaid:a b",
+            "urn:a|b",
+            "http://a#b",
+        ] {
+            assert!(parse_system(bad).is_err(), "{bad:?}");
+        }
     }
 }

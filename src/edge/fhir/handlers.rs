@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::outcome::Outcome;
 use super::render::{self, version};
-use super::{FHIR_JSON, MAX_BODY_BYTES, State, ingest};
+use super::{Caller, FHIR_JSON, MAX_BODY_BYTES, State, ingest};
 use crate::proto;
 
 /// Bodies past the limit are still read (and dropped) up to this, so that the client, which
@@ -142,10 +142,10 @@ const FHIR_MEDIA: &[&str] = &["application/fhir+json", "application/json"];
 /// `POST /`: a transaction Bundle holding one order.
 pub(super) async fn transaction(
     AxState(edge): AxState<State>,
+    Caller(client): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Outcome> {
-    let client = edge.caller(&headers)?;
     let bundle = json_body(&headers, body, FHIR_MEDIA).await?;
     let codes = edge.codes(&client).await?;
     let (order, kinds) = ingest::transaction(&bundle, &codes)?;
@@ -183,10 +183,10 @@ pub(super) async fn transaction(
 /// `POST /ServiceRequest`: one order, its Patient and Specimen contained.
 pub(super) async fn create_service_request(
     AxState(edge): AxState<State>,
+    Caller(client): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Outcome> {
-    let client = edge.caller(&headers)?;
     let resource = json_body(&headers, body, FHIR_MEDIA).await?;
     let codes = edge.codes(&client).await?;
     let order = ingest::service_request(&resource, &codes)?;
@@ -254,16 +254,16 @@ pub(super) async fn fetch(
 /// `GET /Task/{id}`.
 pub(super) async fn read_task(
     edge: AxState<State>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Outcome> {
-    read(edge, headers, Path(("Task".into(), id))).await
+    read(edge, caller, Path(("Task".into(), id))).await
 }
 
 /// `GET /{kind}/{id}` for every resource a request is shown as.
 pub(super) async fn read(
     AxState(edge): AxState<State>,
-    headers: HeaderMap,
+    Caller(client): Caller,
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Response, Outcome> {
     let kinds = [
@@ -277,7 +277,6 @@ pub(super) async fn read(
     if !kinds.contains(&kind.as_str()) {
         return Err(unsupported_kind(&kind));
     }
-    let client = edge.caller(&headers)?;
     // An Observation's id is its request's id and its place in the results.
     let (request_id, nth) = match kind.as_str() {
         "Observation" => match id
@@ -321,12 +320,11 @@ fn unsupported_kind(kind: &str) -> Outcome {
 /// `PATCH /Task/{id}` with a JSON Patch setting `status` to `cancelled`: cancels the request.
 /// `If-Match` with the Task's ETag makes it conditional (412 when the Task changed since).
 pub(super) async fn patch_task(
-    AxState(edge): AxState<State>,
+    Caller(client): Caller,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, Outcome> {
-    let client = edge.caller(&headers)?;
     let patch = json_body(&headers, body, &["application/json-patch+json"]).await?;
     let reason = cancel_patch(&patch)?;
     let current = fetch(&client, "Task", &id).await?;

@@ -297,7 +297,7 @@ fn order(
         CodeError::Unknown { index, .. } => {
             Outcome::code_invalid(format!("{code_path}.coding[{index}]"), e.to_string())
         }
-        CodeError::NoKnownSystem => Outcome::code_invalid(code_path.clone(), e.to_string()),
+        CodeError::NoKnownSystem(_) => Outcome::code_invalid(code_path.clone(), e.to_string()),
     })?;
     let collected_path = format!("{}.collection.collectedDateTime", specimen.path);
     let collected = specimen

@@ -1,7 +1,9 @@
 //! The FHIR R4 facade of labaid-edge: a trust's system orders with a transaction Bundle (or a
-//! ServiceRequest), follows the Task, and reads the DiagnosticReport, over plain FHIR REST. Each
-//! call is made to the broker with the caller's own bearer token, so the broker decides what the
-//! caller may see exactly as it does for gRPC.
+//! ServiceRequest), follows the Task, and reads the DiagnosticReport, over plain FHIR REST. A
+//! caller with a bearer token has each call made to the broker with that token; a caller with a
+//! client certificate (HTTPS with `--fhir-client-ca`) has it made with the edge's own credential
+//! naming the certificate's organisation on behalf of which it calls. Either way the broker
+//! decides what the caller may see exactly as it does for gRPC.
 
 mod capability;
 pub mod codes;
@@ -19,8 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::routing::{get, post};
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use crate::client::{Client, ClientError, ConnectOptions};
@@ -52,6 +57,14 @@ pub struct FhirConfig {
     /// The base URL clients reach the facade at, for `fullUrl`s and paging links; default
     /// `http(s)://<listen address>`.
     pub base_url: Option<String>,
+    /// The CA (PEM) whose client certificates identify callers; needs `tls` and `edge`.
+    pub client_ca: Option<PathBuf>,
+    /// The edge's own connection to the broker (its token or client certificate), for calls on
+    /// behalf of certificate callers: the broker must list it as an `[[edge]]`.
+    pub edge: Option<ConnectOptions>,
+    /// The code system of the catalogue's own codes, read and written
+    /// ([`codes::DEFAULT_CATALOGUE_SYSTEM`] by default).
+    pub catalogue_system: String,
 }
 
 /// Why the facade could not start.
@@ -60,6 +73,9 @@ pub enum EdgeError {
     /// The HTTPS certificate or key cannot be used.
     #[error("tls: {0}")]
     Tls(String),
+    /// The settings do not fit together.
+    #[error("{0}")]
+    Config(String),
     /// The broker's address or TLS files are unusable.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -72,16 +88,56 @@ pub enum EdgeError {
 #[derive(Debug)]
 struct Edge {
     broker: Client,
+    /// The edge's own credential, for certificate callers.
+    on_behalf: Option<Client>,
     callers: Mutex<HashMap<[u8; 32], Client>>,
     codes: Mutex<Option<(Instant, Arc<Codes>)>>,
+    catalogue_system: String,
     base: String,
 }
 
 type State = Arc<Edge>;
 
+/// The verified client certificate (the leaf) of the connection a request came on.
+#[derive(Debug, Clone)]
+pub(super) struct PeerCert(pub(super) Arc<CertificateDer<'static>>);
+
+/// The broker client a handler calls with, for the request's caller: 401 without a credential.
+pub(super) struct Caller(pub(super) Client);
+
+impl FromRequestParts<State> for Caller {
+    type Rejection = Outcome;
+
+    async fn from_request_parts(parts: &mut Parts, edge: &State) -> Result<Self, Outcome> {
+        edge.caller(&parts.headers, parts.extensions.get::<PeerCert>())
+            .map(Caller)
+    }
+}
+
 impl Edge {
+    /// The broker client for this caller: its bearer token forwarded, or, for a verified client
+    /// certificate, the edge's own credential naming the certificate's organisation. 401 with
+    /// neither, with both (the edge cannot tell that they name the same caller), or for a
+    /// certificate that names no organisation.
+    fn caller(&self, headers: &HeaderMap, cert: Option<&PeerCert>) -> Result<Client, Outcome> {
+        let Some(cert) = cert else {
+            return self.token_caller(headers);
+        };
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            return Err(Outcome::login(
+                "present a client certificate or a bearer token, not both",
+            ));
+        }
+        let org =
+            crate::auth::ods_of(cert.0.as_ref()).map_err(|e| Outcome::login(e.to_string()))?;
+        let edge = self.on_behalf.as_ref().ok_or_else(|| {
+            Outcome::login("this edge has no credential of its own for certificate callers")
+        })?;
+        Ok(edge.on_behalf_of(&org))
+    }
+
     /// The broker client carrying this caller's bearer token; 401 without one.
-    fn caller(&self, headers: &HeaderMap) -> Result<Client, Outcome> {
+    fn token_caller(&self, headers: &HeaderMap) -> Result<Client, Outcome> {
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -92,7 +148,7 @@ impl Edge {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 Outcome::login(
-                    "send the organisation's labaid token as Authorization: Bearer <token>",
+                    "send the organisation's labaid token as Authorization: Bearer <token>, or present its client certificate",
                 )
             })?;
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -127,7 +183,7 @@ impl Edge {
             .map_err(|s| Outcome::from_status(&s, &|f| f.to_string()))?
             .into_inner()
             .tests;
-        let codes = Arc::new(Codes::new(&tests));
+        let codes = Arc::new(Codes::new(&tests, &self.catalogue_system));
         *self.codes.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), codes.clone()));
         Ok(codes)
@@ -143,9 +199,16 @@ pub async fn serve(
 ) -> Result<(), EdgeError> {
     let addr = listener.local_addr()?;
     let tls = match &config.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        Some((cert, key)) => Some(tls_acceptor(cert, key, config.client_ca.as_deref())?),
+        None if config.client_ca.is_some() => {
+            return Err(EdgeError::Tls(
+                "client certificates need HTTPS: give the listener a certificate".into(),
+            ));
+        }
         None => None,
     };
+    let catalogue_system =
+        codes::parse_system(&config.catalogue_system).map_err(EdgeError::Config)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base = config
         .base_url
@@ -153,13 +216,30 @@ pub async fn serve(
         .unwrap_or_else(|| format!("{scheme}://{addr}"))
         .trim_end_matches('/')
         .to_string();
+    let on_behalf = match (&config.client_ca, &config.edge) {
+        (Some(_), Some(edge)) => Some(Client::connect_lazy(edge)?),
+        (Some(_), None) => {
+            return Err(EdgeError::Config(
+                "client certificates need the edge's own credential for the broker".into(),
+            ));
+        }
+        (None, _) => None,
+    };
     let state = Arc::new(Edge {
         broker: Client::connect_lazy(&config.broker)?,
+        on_behalf,
         callers: Mutex::new(HashMap::new()),
         codes: Mutex::new(None),
+        catalogue_system,
         base,
     });
-    tracing::info!(fhir.listen = %addr, fhir.tls = tls.is_some(), broker.addr = %config.broker.addr, "FHIR facade serving");
+    tracing::info!(
+        fhir.listen = %addr,
+        fhir.tls = tls.is_some(),
+        fhir.client_certificates = state.on_behalf.is_some(),
+        broker.addr = %config.broker.addr,
+        "FHIR facade serving"
+    );
     listen::run(listener, tls, router(state), shutdown).await;
     tracing::info!("FHIR facade stopped");
     Ok(())

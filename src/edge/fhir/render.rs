@@ -11,10 +11,11 @@ use crate::proto::{self, ObservationFlag, RequestState};
 
 /// ODS codes as a FHIR identifier system.
 pub const ODS: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
-/// labaid's own request states, carried in Task.businessStatus.
-pub const STATE_SYSTEM: &str = "https://fhir.labaid.example/CodeSystem/request-state";
-/// The trust's order numbers, as labaid holds them.
-pub const ORDER_NUMBER: &str = "https://fhir.labaid.example/Id/order-number";
+/// labaid's own request states, carried in Task.businessStatus: a URN, as labaid owns no web
+/// host to name them under.
+pub const STATE_SYSTEM: &str = "urn:labaid:request-state";
+/// The trust's order numbers, as labaid holds them (with the trust as assigner).
+pub const ORDER_NUMBER: &str = "urn:labaid:order-number";
 const INTERPRETATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
 const UCUM: &str = "http://unitsofmeasure.org";
 
@@ -405,12 +406,19 @@ mod tests {
             }],
             ..Default::default()
         };
-        let obs = observations(&r, &Codes::default());
+        let obs = observations(
+            &r,
+            &Codes::new(&[], crate::edge::fhir::codes::DEFAULT_CATALOGUE_SYSTEM),
+        );
         assert_eq!(obs[0]["valueQuantity"]["value"], 7.1);
         assert_eq!(obs[0]["valueQuantity"]["code"], "mmol/L");
         assert_eq!(obs[0]["referenceRange"][0]["high"]["value"], 5.3);
         assert_eq!(obs[0]["interpretation"][0]["coding"][0]["code"], "HH");
-        let report = diagnostic_report(&r, &Codes::default()).unwrap();
+        let report = diagnostic_report(
+            &r,
+            &Codes::new(&[], crate::edge::fhir::codes::DEFAULT_CATALOGUE_SYSTEM),
+        )
+        .unwrap();
         assert_eq!(report["result"][0]["reference"], "Observation/r1-1");
     }
 }

@@ -4,15 +4,15 @@
 //! an applied one.
 
 use axum::extract::{Query, State as AxState};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::State;
 use super::handlers::{fetch, fhir};
 use super::instant::{millis, parse_instant};
 use super::outcome::Outcome;
 use super::render::{self, states_of_task_status};
+use super::{Caller, State};
 use crate::proto;
 
 /// Default and largest page sizes of a Task search.
@@ -91,10 +91,9 @@ fn query_string(params: &[(String, String)]) -> String {
 /// `GET /Task?status=…&_lastUpdated=gt…&_count=…`: the caller's Tasks, newest first.
 pub(super) async fn tasks(
     AxState(edge): AxState<State>,
-    headers: HeaderMap,
+    Caller(client): Caller,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, Outcome> {
-    let client = edge.caller(&headers)?;
     let mut states: Vec<i32> = Vec::new();
     let mut bounds = Vec::new();
     let mut count = DEFAULT_COUNT;
@@ -186,10 +185,9 @@ pub(super) async fn tasks(
 /// `GET /DiagnosticReport?based-on=ServiceRequest/{id}[&_include=DiagnosticReport:result]`.
 pub(super) async fn reports(
     AxState(edge): AxState<State>,
-    headers: HeaderMap,
+    Caller(client): Caller,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, Outcome> {
-    let client = edge.caller(&headers)?;
     let mut based_on = None;
     let mut include = false;
     for (name, value) in &params {
