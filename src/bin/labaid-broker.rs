@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use labaid::Config;
 use labaid::audit::{self, Verdict};
-use labaid::auth::{self, Role, devpki};
+use labaid::auth::{self, EdgeId, Role, devpki};
 use labaid::config::TlsPaths;
 use labaid::domain::OdsCode;
 use labaid::ops::healthcheck::{self, HealthCheck};
@@ -87,7 +87,8 @@ enum Command {
     /// Bearer tokens for sites without a PKI.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Writes a development PKI (CA, server and per-organisation client certificates) to DIR.
+    /// Writes a development PKI (CA, server and per-organisation client certificates, and one
+    /// per trusted edge) to DIR.
     DevCerts {
         /// Output directory (created if missing).
         dir: PathBuf,
@@ -98,6 +99,10 @@ enum Command {
         /// or IP address, e.g. a compose service or Kubernetes Service name); repeatable.
         #[arg(long = "server-name", value_name = "NAME")]
         server_names: Vec<String>,
+        /// A trusted edge to issue a client certificate for (`edge-<ID>.pem`, naming
+        /// `urn:labaid:edge:<ID>`), besides those the config's `[[edge]]` entries name; repeatable.
+        #[arg(long = "edge", value_name = "ID", value_parser = EdgeId::parse)]
+        edges: Vec<EdgeId>,
     },
     /// The tamper-evident audit trail.
     #[command(subcommand)]
@@ -211,7 +216,8 @@ fn main() -> ExitCode {
             dir,
             config,
             server_names,
-        }) => dev_certs(&dir, config.as_deref(), &server_names),
+            edges,
+        }) => dev_certs(&dir, config.as_deref(), &server_names, &edges),
         Some(Command::Audit(AuditCommand::Verify { data_dir })) => audit_verify(&data_dir),
         Some(Command::Audit(AuditCommand::Export {
             data_dir,
@@ -352,11 +358,18 @@ fn dev_certs(
     dir: &std::path::Path,
     config: Option<&std::path::Path>,
     server_names: &[String],
+    edges: &[EdgeId],
 ) -> anyhow::Result<ExitCode> {
     let config = match config {
         Some(path) => Config::load(path)?,
         None => Config::demo()?,
     };
+    let edge_ids: std::collections::BTreeSet<EdgeId> = config
+        .edges
+        .iter()
+        .map(|e| e.id.clone())
+        .chain(edges.iter().cloned())
+        .collect();
     let orgs: Vec<OdsCode> = config
         .trusts
         .keys()
@@ -365,6 +378,9 @@ fn dev_certs(
         .chain(config.coordinators.iter().cloned())
         .collect();
     let pki = devpki::generate_for(dir, orgs, server_names)?;
+    for id in &edge_ids {
+        devpki::issue_edge(&pki.dir, id)?;
+    }
     println!(
         "wrote ca.pem, ca.key, server.pem, server.key and certificates for {} to {}",
         pki.orgs
@@ -374,6 +390,10 @@ fn dev_certs(
             .join(", "),
         pki.dir.display()
     );
+    if !edge_ids.is_empty() {
+        let names: Vec<String> = edge_ids.iter().map(|id| format!("edge-{id}")).collect();
+        println!("and for the trusted edges: {}", names.join(", "));
+    }
     println!("development only: ca.key can issue certificates for any organisation");
     Ok(ExitCode::SUCCESS)
 }
