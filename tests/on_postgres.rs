@@ -18,6 +18,34 @@
 //! - In `ops.rs`, the snapshot metrics test (`TestBroker::spawn_on_files`): the snapshot trigger
 //!   and the full and incremental snapshot files are the file store's.
 
+#[path = "access.rs"]
+mod access;
+#[path = "cli.rs"]
+mod cli;
+#[path = "connections.rs"]
+mod connections;
+#[path = "coordinator.rs"]
+mod coordinator;
+#[path = "coordinator_cli.rs"]
+mod coordinator_cli;
+#[path = "deploy.rs"]
+mod deploy;
+#[path = "fhir.rs"]
+mod fhir;
+#[path = "health.rs"]
+mod health;
+#[path = "hl7.rs"]
+mod hl7;
+#[path = "interop.rs"]
+mod interop;
+#[path = "jobs_work.rs"]
+mod jobs_work;
+#[path = "lab_self.rs"]
+mod lab_self;
+#[path = "labs.rs"]
+mod labs;
+#[path = "ops.rs"]
+mod ops;
 #[path = "requests.rs"]
 mod requests;
 #[path = "restart.rs"]
