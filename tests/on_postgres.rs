@@ -18,6 +18,10 @@
 //! - In `ops.rs`, the snapshot metrics test (`TestBroker::spawn_on_files`): the snapshot trigger
 //!   and the full and incremental snapshot files are the file store's.
 
+// Each suite brings its own `mod common;`, as in its own binary (so its own copy of the harness;
+// `common::pg_shared` says how the copies share one server).
+#![allow(clippy::duplicate_mod)]
+
 #[path = "access.rs"]
 mod access;
 #[path = "cli.rs"]

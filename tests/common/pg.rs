@@ -169,9 +169,9 @@ impl PgServer {
         }
         stop.extend([pg_ctl.as_os_str(), "-D".as_ref(), self.dir.as_os_str()]);
         stop.extend(["-m", "immediate", "-w", "stop"].map(std::ffi::OsStr::new));
-        let mut watchdog = Command::new("sh")
+        let watchdog = Command::new("sh")
             .arg("-c")
-            .arg(r#"cat >/dev/null; "$@"; rm -rf -- "$LABAID_PG_TMP" "$LABAID_PG_ALSO""#)
+            .arg(r#"cat >/dev/null; "$@"; rm -f -- "$LABAID_PG_ALSO"; rm -rf -- "$LABAID_PG_TMP""#)
             .arg("sh")
             .args(&stop)
             .env("LABAID_PG_TMP", self._tmp.path())
@@ -182,8 +182,9 @@ impl PgServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the PostgreSQL watchdog");
-        // The write end stays open (close-on-exec, so no other child holds it) until exit.
-        std::mem::forget(watchdog.stdin.take().expect("watchdog stdin"));
+        // Its stdin's write end stays open (close-on-exec, so no other child holds it) until
+        // exit, and it ends after this process, so it is never waited for.
+        std::mem::forget(watchdog);
         // The watchdog stops the cluster and removes its directory instead of `Drop`.
         std::mem::forget(self);
     }
