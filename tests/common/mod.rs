@@ -45,7 +45,7 @@ pub struct TestBroker {
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), labaid::Error>>>,
-    /// Where the broker keeps its files (journal, snapshots, audit log).
+    /// Where the broker keeps its files (the audit log; on the file store, journal and snapshots).
     pub data_dir: std::path::PathBuf,
     /// The temporary data directory, removed when the broker is dropped.
     _data: Option<tempfile::TempDir>,

@@ -163,8 +163,7 @@ impl PgServer {
         use std::os::unix::process::CommandExt;
         let pg_ctl = bin("pg_ctl");
         let mut stop: Vec<&std::ffi::OsStr> = Vec::new();
-        let root = as_root();
-        if root {
+        if as_root() {
             stop.extend(["runuser", "-u", "postgres", "--"].map(std::ffi::OsStr::new));
         }
         stop.extend([pg_ctl.as_os_str(), "-D".as_ref(), self.dir.as_os_str()]);
