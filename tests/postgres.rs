@@ -5,7 +5,8 @@
 //! acknowledged change present and nothing twice; a leader paused past its lease (SIGSTOP)
 //! acknowledges nothing once resumed and steps down to standby in-process, then leads again with
 //! current state when the new leader dies; a caller whose batch was fenced hears UNAVAILABLE
-//! naming the new leader. Every loop is bounded in count and time.
+//! naming the new leader; a broker that refuses to lead releases the lease at once. Every loop is
+//! bounded in count and time.
 
 mod common;
 
@@ -495,4 +496,49 @@ async fn clients_given_every_address_follow_the_leader_across_a_kill() {
         ids.contains(&first.id) && ids.contains(&second.id),
         "labctl with both addresses lists {ids:?}, not both acknowledged requests"
     );
+}
+
+/// A broker that refuses to lead, here because its directory would strand an accepted job at a
+/// lab it removes, lets the lease go as it stops: the next broker need not wait for it to lapse.
+#[tokio::test]
+async fn a_broker_that_refuses_to_lead_releases_the_lease() {
+    let pg = PgServer::start();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = labaid::Config::demo().expect("demo config");
+    config.data_dir = data.path().to_path_buf();
+    config.store_url = Some(pg.url());
+    let broker = common::TestBroker::spawn_with(config.clone()).await;
+    let trust = broker.client("RJ1").await;
+    let r = common::submit(&trust, submission("REFUSE-1", Priority::Stat, broker.now())).await;
+    let lab = broker.client(&r.lab).await;
+    lab.labs()
+        .accept_job(proto::AcceptJobRequest { id: r.id.clone() })
+        .await
+        .expect("accept");
+    broker.shutdown().await;
+
+    let mut without = config.clone();
+    without.labs.retain(|l| l.ods.as_str() != r.lab);
+    without.metrics_listen = None;
+    without.web_listen = None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = labaid::serve(listener, without, std::future::pending())
+        .await
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains(&r.lab) && message.contains("holds"),
+        "{message}"
+    );
+    // It took the lease (epoch 2, after the first broker's 1) and released it.
+    assert_eq!(
+        pg.psql("SELECT epoch, expires = '-infinity' FROM labaid_lease"),
+        "2|t"
+    );
+    let broker = common::TestBroker::spawn_with(config).await;
+    let job = common::get_request(&broker.client("RJ1").await, &r.id).await;
+    assert_eq!(job.state, proto::RequestState::Accepted as i32);
+    broker.shutdown().await;
 }

@@ -154,9 +154,13 @@ async fn a_lab_added_to_the_directory_takes_waiting_work_after_a_restart() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let err = labaid::serve(listener, config.clone(), std::future::pending())
-        .await
-        .expect_err("refused");
+    let err = labaid::serve(
+        listener,
+        common::on_test_store(config.clone()).await,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("refused");
     let message = err.to_string();
     assert!(
         message.contains("R1H") && message.contains("holds"),

@@ -104,6 +104,7 @@ async fn plaintext_is_refused_off_loopback_and_on_loopback_without_consent() {
     let mut config = Config::demo().unwrap();
     config.data_dir = data.path().to_path_buf();
     config.web_listen = None;
+    let mut config = common::on_test_store(config).await;
     // Off loopback, even the demo will not serve plaintext.
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let err = labaid::serve(listener, config.clone(), async {})

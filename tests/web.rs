@@ -649,6 +649,7 @@ async fn broker_on(
 ) {
     let mut config = labaid::Config::demo().unwrap();
     config.data_dir = dir.to_path_buf();
+    let config = common::on_test_store(config).await;
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = grpc.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

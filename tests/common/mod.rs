@@ -4,6 +4,7 @@
 
 pub mod acked;
 pub mod pg;
+pub mod pg_shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,21 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Streaming;
 
+/// True in the test binary that runs the store-agnostic suites again on the PostgreSQL store
+/// (`tests/on_postgres.rs`, whose crate is named after its file): there every broker started
+/// without a `store_url` gets one, a database of its own on a PostgreSQL the binary shares (see
+/// `pg_shared`). Every other test binary's brokers use the file store unless told otherwise.
+pub const ON_POSTGRES: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"on_postgres");
+
+/// The store a [`TestBroker`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// The one this test binary tests (see [`on_test_store`]).
+    Tested,
+    /// The file store, whatever the binary.
+    Files,
+}
+
 /// A broker running in this process.
 pub struct TestBroker {
     pub addr: SocketAddr,
@@ -29,7 +45,7 @@ pub struct TestBroker {
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), labaid::Error>>>,
-    /// Where the broker keeps its files (journal, snapshots, audit log).
+    /// Where the broker keeps its files (the audit log; on the file store, journal and snapshots).
     pub data_dir: std::path::PathBuf,
     /// The temporary data directory, removed when the broker is dropped.
     _data: Option<tempfile::TempDir>,
@@ -43,22 +59,32 @@ impl TestBroker {
 
     /// A broker with this config (its clock is replaced by a manual one). A config that keeps the
     /// default data directory gets a temporary one instead, so tests never share state; one
-    /// without TLS may serve plaintext, since the harness listens on loopback only.
+    /// without TLS may serve plaintext, since the harness listens on loopback only. Where
+    /// [`ON_POSTGRES`], one without a `store_url` is given the database that belongs to its data
+    /// directory, so a broker started again on the same directory finds its state.
     pub async fn spawn_with(config: Config) -> Self {
         Self::spawn_with_clock(config, Arc::new(ManualClock::new(Timestamp::now()))).await
     }
 
     /// A broker with this config and clock (e.g. a restart on `config.data_dir` at a later time).
     pub async fn spawn_with_clock(config: Config, clock: Arc<ManualClock>) -> Self {
-        Self::start(config, clock, false).await
+        Self::start(config, clock, false, Store::Tested).await
     }
 
     /// A broker with this config that also serves the coordinator page on an ephemeral port.
     pub async fn spawn_with_web(config: Config) -> Self {
-        Self::start(config, Arc::new(ManualClock::new(Timestamp::now())), true).await
+        let clock = Arc::new(ManualClock::new(Timestamp::now()));
+        Self::start(config, clock, true, Store::Tested).await
     }
 
-    async fn start(mut config: Config, clock: Arc<ManualClock>, web: bool) -> Self {
+    /// A broker on the file store even where [`ON_POSTGRES`], for a test of what only the file
+    /// store has (its snapshot files and their trigger).
+    pub async fn spawn_on_files(config: Config) -> Self {
+        let clock = Arc::new(ManualClock::new(Timestamp::now()));
+        Self::start(config, clock, false, Store::Files).await
+    }
+
+    async fn start(mut config: Config, clock: Arc<ManualClock>, web: bool, store: Store) -> Self {
         config.clock = clock.clone();
         let data = (config.data_dir == std::path::Path::new(labaid::config::DEFAULT_DATA_DIR))
             .then(|| tempfile::tempdir().expect("tempdir"));
@@ -67,6 +93,9 @@ impl TestBroker {
         }
         if config.tls.is_none() {
             config.allow_plaintext_loopback = true;
+        }
+        if store == Store::Tested {
+            config = on_test_store(config).await;
         }
         let data_dir = config.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -166,6 +195,20 @@ impl Drop for TestBroker {
             });
         }
     }
+}
+
+/// `config` on the store this test binary runs its brokers on: where [`ON_POSTGRES`] and it
+/// names no store, the database that belongs to its data directory; otherwise as it is. For a
+/// test that starts `labaid::serve` itself (`TestBroker` does this for its own).
+pub async fn on_test_store(mut config: Config) -> Config {
+    if ON_POSTGRES && config.store_url.is_none() {
+        let dir = config.data_dir.clone();
+        let url = tokio::task::spawn_blocking(move || pg_shared::store_url_for(&dir))
+            .await
+            .expect("a database on the shared PostgreSQL");
+        config.store_url = Some(url);
+    }
+    config
 }
 
 pub fn ts(t: Timestamp) -> prost_types::Timestamp {

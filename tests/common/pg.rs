@@ -147,6 +147,50 @@ impl PgServer {
         Self::init().start_on(free_port(), "")
     }
 
+    /// A cluster for the suites that share one (`pg_shared`): many small databases and the
+    /// connections of many brokers, none of which needs to survive a crash of the machine, so
+    /// nothing is flushed to disk (the crash tests use [`PgServer::start`]).
+    pub fn start_for_suites() -> Self {
+        Self::init().start_on(
+            free_port(),
+            "-c fsync=off -c full_page_writes=off -c max_connections=500",
+        )
+    }
+
+    /// Leaves the cluster running until this process has ended, however it ends, then stops it
+    /// and removes its directory and `also_remove`: a `sh` in a process group of its own (an
+    /// interrupt of the tests leaves it alone) reads a pipe that only this process holds open,
+    /// and the pipe's end (this process's exit) starts the stop. For a cluster held in a static,
+    /// which is never dropped.
+    pub fn stop_after_this_process(self, also_remove: &Path) {
+        use std::os::unix::process::CommandExt;
+        let pg_ctl = bin("pg_ctl");
+        let mut stop: Vec<&std::ffi::OsStr> = Vec::new();
+        if as_root() {
+            stop.extend(["runuser", "-u", "postgres", "--"].map(std::ffi::OsStr::new));
+        }
+        stop.extend([pg_ctl.as_os_str(), "-D".as_ref(), self.dir.as_os_str()]);
+        stop.extend(["-m", "immediate", "-w", "stop"].map(std::ffi::OsStr::new));
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(r#"cat >/dev/null; "$@"; rm -f -- "$LABAID_PG_ALSO"; rm -rf -- "$LABAID_PG_TMP""#)
+            .arg("sh")
+            .args(&stop)
+            .env("LABAID_PG_TMP", self._tmp.path())
+            .env("LABAID_PG_ALSO", also_remove)
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the PostgreSQL watchdog");
+        // Its stdin's write end stays open (close-on-exec, so no other child holds it) until
+        // exit, and it ends after this process, so it is never waited for.
+        std::mem::forget(watchdog);
+        // The watchdog stops the cluster and removes its directory instead of `Drop`.
+        std::mem::forget(self);
+    }
+
     /// A cluster that streams its WAL to a synchronous standby named `labaid_standby` (see
     /// [`PgServer::start_standby_of`]): every commit waits until the standby has flushed it.
     /// The setting is given on the command line, not in a file, so that a base backup of this

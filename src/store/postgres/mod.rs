@@ -102,6 +102,69 @@ pub fn open(
     // Renewals start at once: catching up and a changed directory take time.
     let leadership = Leadership::new(options.target.clone(), epoch, on_leader.clone());
     let lease = LeaseKeeper::start(options.target.clone(), &leadership, options.lease)?;
+    let taken = match take_over(options, directory, client, &mut follower, epoch) {
+        Ok(taken) => taken,
+        // A broker that refuses to lead (a directory it may not adopt, a store it cannot read)
+        // lets the lease go now rather than keep a standby waiting for it to lapse. One that
+        // lost the database leaves it to lapse: releasing would wait for the same database.
+        Err(e @ StoreError::Io(_)) => return Err(e),
+        Err(e) => {
+            if let Err(released) = lease.release() {
+                tracing::warn!(store.epoch = epoch, error = %released, "cannot release the lease");
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        store.url = %url,
+        store.epoch = epoch,
+        entries = taken.next,
+        caught_up = taken.caught_up,
+        requests = taken.router.request_count(),
+        ms = started.elapsed().as_millis() as u64,
+        "took the lease; leading"
+    );
+    on_leader(Some(options.address.clone()));
+    let journal = PgJournal::new(
+        &options.target,
+        lease,
+        taken.pinned,
+        taken.next,
+        taken.since,
+        options.snapshot_every,
+    )?;
+    Ok(Some(PgRecovered {
+        router: taken.router,
+        events: taken.events,
+        journal,
+        caught_up: taken.caught_up,
+        leadership,
+    }))
+}
+
+/// What a broker that took the lease leads from.
+struct TakenOver {
+    router: Router,
+    events: Vec<Event>,
+    /// The directory the store is pinned to now.
+    pinned: Directory,
+    /// The next entry's number.
+    next: u64,
+    /// Entries since the last snapshot row.
+    since: u64,
+    caught_up: u64,
+}
+
+/// Catches up on the rows the old leader committed and adopts `directory` (or starts a new
+/// store), under the lease held at `epoch`.
+fn take_over(
+    options: &PgOptions,
+    directory: Directory,
+    client: Option<Client>,
+    follower: &mut Follower,
+    epoch: i64,
+) -> Result<TakenOver, StoreError> {
+    let url = options.target.url();
     let mut client = match client {
         Some(c) => c,
         None => options.target.connect()?,
@@ -109,7 +172,7 @@ pub fn open(
     // Every row the old leader committed is visible now: its writes hold the lease row shared,
     // so taking the lease waited for them.
     let before = follower.replayed;
-    follower.catch_up(&mut client, &url)?;
+    follower.catch_up(&mut client, url)?;
     let caught_up = follower.replayed.saturating_sub(before);
     let (mut router, mut events, pinned, next, since) = match follower.router.take() {
         Some(router) => (
@@ -122,7 +185,7 @@ pub fn open(
         None => {
             // A new store: a snapshot of the empty state pins the directory it was made for.
             let router = directory.router(options.policy.clone());
-            write_pinning(&mut client, &url, epoch, 0, &directory, &router, &[])?;
+            write_pinning(&mut client, url, epoch, 0, &directory, &router, &[])?;
             tracing::info!(store.url = %url, "new store");
             (router, Vec::new(), directory.clone(), 0, 0)
         }
@@ -145,38 +208,21 @@ pub fn open(
                 ))
             })?;
         events.append(&mut outcome.events);
-        write_pinning(&mut client, &url, epoch, next, &directory, &router, &events)?;
+        write_pinning(&mut client, url, epoch, next, &directory, &router, &events)?;
         tracing::warn!(
             changed = %differences.join(", "),
             "the directory changed since the store was written; applied it and took a snapshot"
         );
         (directory, 0)
     };
-    tracing::info!(
-        store.url = %url,
-        store.epoch = epoch,
-        entries = next,
-        caught_up,
-        requests = router.request_count(),
-        ms = started.elapsed().as_millis() as u64,
-        "took the lease; leading"
-    );
-    on_leader(Some(options.address.clone()));
-    let journal = PgJournal::new(
-        &options.target,
-        lease,
+    Ok(TakenOver {
+        router,
+        events,
         pinned,
         next,
         since,
-        options.snapshot_every,
-    )?;
-    Ok(Some(PgRecovered {
-        router,
-        events,
-        journal,
         caught_up,
-        leadership,
-    }))
+    })
 }
 
 /// One round of waiting: (re)connect, try the lease, else say who leads and follow the journal.
