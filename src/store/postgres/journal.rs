@@ -109,6 +109,11 @@ impl PgJournal {
     pub fn entries(&self) -> u64 {
         self.next
     }
+
+    /// True while a snapshot handed over is still being written.
+    pub fn writing_snapshot(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
 }
 
 impl std::fmt::Debug for PgJournal {
