@@ -65,7 +65,7 @@ impl PgJournal {
                             epoch,
                             lsn,
                             &directory,
-                            &state,
+                            state,
                             &snap.events,
                         ) {
                             Ok(Some(bytes)) => tracing::info!(
