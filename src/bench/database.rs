@@ -1,10 +1,11 @@
-//! The bench on the PostgreSQL store: a database of its own for each scenario's broker, made on
-//! the server given with `--store` and dropped afterwards.
+//! The bench on the PostgreSQL store: a database of its own for each scenario's broker (and for
+//! `examples/live_million.rs`), made on the server given with `--store` and dropped afterwards.
 
 use anyhow::Context as _;
 
 /// A database made for one scenario on the PostgreSQL server given with `--store`.
-pub(super) struct Database {
+#[derive(Debug)]
+pub struct Database {
     /// The server's URL as given (its database is where `CREATE DATABASE` runs).
     admin: String,
     name: String,
@@ -13,7 +14,7 @@ pub(super) struct Database {
 impl Database {
     /// Creates a database of its own on the server at `admin`. The postgres client blocks on a
     /// runtime of its own, so it runs on a thread outside the bench's.
-    pub(super) fn create(admin: &str) -> anyhow::Result<Self> {
+    pub fn create(admin: &str) -> anyhow::Result<Self> {
         let admin = admin.to_string();
         std::thread::spawn(move || Self::create_here(&admin))
             .join()
@@ -38,12 +39,12 @@ impl Database {
     }
 
     /// The URL of this database: the server's, with its database name replaced.
-    pub(super) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         database_url(&self.admin, &self.name)
     }
 
     /// Drops the database (on a thread of its own, as [`Database::create`]).
-    pub(super) fn drop_it(self) {
+    pub fn drop_it(self) {
         let _ = std::thread::spawn(move || self.drop_here()).join();
     }
 

@@ -2,7 +2,7 @@
 //! `labaid-broker` executable) and a null gRPC service under the same load, and reports each
 //! phase's throughput and latency as a ratio to plain gRPC on this machine.
 
-mod database;
+pub mod database;
 pub mod journal;
 pub mod load;
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
+#[cfg(test)]
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::thread;
 
 use serde::{Deserialize, Serialize};
 
+use super::io::{PacedWriter, ReadAt};
 use super::segment::{snapshot_name, sync_dir};
 use super::{Directory, StoreError};
 use crate::domain::{OdsCode, Request, RequestId, Timestamp};
@@ -200,20 +202,11 @@ pub(crate) fn write_snapshot(
     dir: &Path,
     lsn: u64,
     directory: &Directory,
-    mut state: State,
+    state: State,
     events: &[Event],
 ) -> Result<u64, StoreError> {
-    let requests = std::mem::take(state.requests_mut());
-    // Ordinal order: the events (in sequence order) then link to nearby requests, and the
-    // views' per-organisation lists, built in this order at a restart, come out sorted.
-    let mut ordered: Vec<&Arc<Request>> = requests.values().collect();
-    ordered.sort_unstable_by_key(|r| r.ordinal);
-    let head = postcard::to_stdvec(&HeadRef {
-        lsn,
-        directory,
-        state: &state,
-    })
-    .map_err(encode_error)?;
+    let (head, requests) = snapshot_parts(lsn, directory, state)?;
+    let ordered: Vec<&Arc<Request>> = requests.iter().collect();
     write_sections(
         dir,
         &snapshot_name(lsn),
@@ -222,6 +215,46 @@ pub(crate) fn write_snapshot(
         &ordered,
         events,
     )
+}
+
+/// A format 3 snapshot as one buffer, byte for byte what `write_snapshot` puts in a file (the
+/// PostgreSQL store keeps it in a row); read back by `read_snapshot_bytes`.
+pub(super) fn snapshot_bytes(
+    lsn: u64,
+    directory: &Directory,
+    state: State,
+    events: &[Event],
+) -> Result<Vec<u8>, StoreError> {
+    let (head, requests) = snapshot_parts(lsn, directory, state)?;
+    let ordered: Vec<&Arc<Request>> = requests.iter().collect();
+    let sections = encode_sections(head, &ordered, events)?;
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER + sections.payload_len);
+    out.extend_from_slice(&sections.header(SNAPSHOT_MAGIC));
+    for section in &sections.sections {
+        out.extend_from_slice(section);
+    }
+    Ok(out)
+}
+
+/// The head of a format 3 snapshot (the state with its requests taken out) and those requests
+/// in ordinal order: the events (in sequence order) then link to nearby requests, and the
+/// views' per-organisation lists, built in this order at a restart, come out sorted.
+fn snapshot_parts(
+    lsn: u64,
+    directory: &Directory,
+    mut state: State,
+) -> Result<(Vec<u8>, Vec<Arc<Request>>), StoreError> {
+    let requests = std::mem::take(state.requests_mut());
+    let mut ordered: Vec<Arc<Request>> = requests.values().cloned().collect();
+    drop(requests);
+    ordered.sort_unstable_by_key(|r| r.ordinal);
+    let head = postcard::to_stdvec(&HeadRef {
+        lsn,
+        directory,
+        state: &state,
+    })
+    .map_err(encode_error)?;
+    Ok((head, ordered))
 }
 
 pub(super) fn encode_error(e: postcard::Error) -> StoreError {
@@ -241,6 +274,46 @@ pub(super) fn write_sections(
     requests: &[&Arc<Request>],
     events: &[Event],
 ) -> Result<u64, StoreError> {
+    let sections = encode_sections(head, requests, events)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = PacedWriter::new(File::create(&tmp)?);
+    file.write(&sections.header(magic))?;
+    for section in &sections.sections {
+        file.write(section)?;
+    }
+    let file = file.finish();
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)?;
+    Ok((SNAPSHOT_HEADER + sections.payload_len) as u64)
+}
+
+/// A sectioned payload, encoded: its section table, the sections, and its checksum.
+struct Sections {
+    payload_len: usize,
+    crc: u32,
+    table: Vec<u8>,
+    sections: Vec<Vec<u8>>,
+}
+
+impl Sections {
+    /// Everything before the sections: `magic`, the payload length and checksum, the table.
+    fn header(&self, magic: &[u8; 8]) -> Vec<u8> {
+        let mut head = magic.to_vec();
+        head.extend_from_slice(&(self.payload_len as u64).to_le_bytes());
+        head.extend_from_slice(&self.crc.to_le_bytes());
+        head.extend_from_slice(&self.table);
+        head
+    }
+}
+
+/// Encodes the sections `write_sections` writes.
+fn encode_sections(
+    head: Vec<u8>,
+    requests: &[&Arc<Request>],
+    events: &[Event],
+) -> Result<Sections, StoreError> {
     if u32::try_from(requests.len()).is_err() {
         return Err(StoreError::Corrupt(
             "too many requests for a snapshot".into(),
@@ -302,58 +375,12 @@ pub(super) fn write_sections(
     for section in &sections {
         crc.update(section);
     }
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = PacedWriter::new(File::create(&tmp)?);
-    let mut head = magic.to_vec();
-    head.extend_from_slice(&len);
-    head.extend_from_slice(&crc.finalize().to_le_bytes());
-    head.extend_from_slice(&table);
-    file.write(&head)?;
-    for section in &sections {
-        file.write(section)?;
-    }
-    let file = file.finish();
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)?;
-    Ok((SNAPSHOT_HEADER + payload_len) as u64)
-}
-
-/// Bytes a snapshot writer leaves unsynced at most. The journal's syncs share the disk's queue
-/// with it: one sync of a whole snapshot put tens of megabytes ahead of them (journal syncs of
-/// 50-400 ms while one was written), so it syncs as it goes, as PostgreSQL's checkpoints do.
-const SNAPSHOT_SYNC_EVERY: usize = 1024 * 1024;
-
-/// Writes a file, syncing its data every `SNAPSHOT_SYNC_EVERY` bytes.
-struct PacedWriter {
-    file: File,
-    unsynced: usize,
-}
-
-impl PacedWriter {
-    fn new(file: File) -> Self {
-        Self { file, unsynced: 0 }
-    }
-
-    fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
-        while !bytes.is_empty() {
-            let n = bytes.len().min(SNAPSHOT_SYNC_EVERY - self.unsynced);
-            self.file.write_all(&bytes[..n])?;
-            bytes = &bytes[n..];
-            self.unsynced += n;
-            if self.unsynced == SNAPSHOT_SYNC_EVERY {
-                self.file.sync_data()?;
-                self.unsynced = 0;
-            }
-        }
-        Ok(())
-    }
-
-    /// The file, every byte written but not necessarily synced.
-    fn finish(self) -> File {
-        self.file
-    }
+    Ok(Sections {
+        payload_len,
+        crc: crc.finalize(),
+        table,
+        sections,
+    })
 }
 
 /// Writes a format 2 snapshot, as earlier builds did, to test that it is still read.
@@ -497,6 +524,27 @@ pub(crate) fn read_snapshot(
     })
 }
 
+/// Reads a format 3 snapshot from one buffer (see `snapshot_bytes`) into a core routing by
+/// `policy`; `Ok(None)` when `bytes` is not one (an earlier encoding the caller reads itself).
+pub(super) fn read_snapshot_bytes(
+    bytes: &[u8],
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<Option<SnapshotFile>, String> {
+    let Some(header) = bytes
+        .get(..SNAPSHOT_HEADER)
+        .and_then(|h| <&[u8; SNAPSHOT_HEADER]>::try_from(h).ok())
+        .filter(|h| h[..8] == SNAPSHOT_MAGIC[..])
+    else {
+        return Ok(None);
+    };
+    read_sections(bytes, header, policy)
+        .map(Some)
+        .map_err(|e| match e {
+            SectionError::Io(e) => e.to_string(),
+            SectionError::Damaged(why) => why,
+        })
+}
+
 /// One decoded section of a sectioned file.
 enum Section<H> {
     Head(Box<H>),
@@ -555,8 +603,8 @@ impl<'de> Deserialize<'de> for RequestChunk {
 /// next unread section in turn, reads it into a buffer of its own and decodes it; the checksum
 /// is the sections' checksums combined in order, checked before anything decoded is used. Then
 /// the core's request map is filled on one thread while the events are linked on another.
-fn read_sections(
-    file: &File,
+fn read_sections<S: ReadAt + ?Sized>(
+    file: &S,
     header: &[u8; SNAPSHOT_HEADER],
     policy: Arc<dyn RoutingPolicy>,
 ) -> Result<SnapshotFile, SectionError> {
@@ -565,7 +613,7 @@ fn read_sections(
         versions,
         slots,
         requests,
-    } = read_parts::<Head>(file, header)?;
+    } = read_parts::<Head, _>(file, header)?;
     let Head {
         lsn,
         directory,
@@ -608,19 +656,19 @@ pub(super) struct Parts<H> {
 /// takes the next unread section in turn, reads it into a buffer of its own and decodes it; the
 /// checksum is the sections' checksums combined in order, checked before anything decoded is
 /// returned.
-pub(super) fn read_parts<H: serde::de::DeserializeOwned + Send>(
-    file: &File,
+pub(super) fn read_parts<H: serde::de::DeserializeOwned + Send, S: ReadAt + ?Sized>(
+    file: &S,
     header: &[u8; SNAPSHOT_HEADER],
 ) -> Result<Parts<H>, SectionError> {
     let len_bytes: [u8; 8] = header[8..16].try_into().map_err(|_| "short header")?;
     let crc: [u8; 4] = header[16..20].try_into().map_err(|_| "short header")?;
     let payload_len = u64::from_le_bytes(len_bytes);
-    let file_len = file.metadata().map_err(SectionError::Io)?.len();
+    let file_len = file.byte_len().map_err(SectionError::Io)?;
     if file_len.checked_sub(SNAPSHOT_HEADER as u64) != Some(payload_len) {
         return Err("its length does not match its header".into());
     }
     let mut count = [0; 4];
-    file.read_exact_at(&mut count, SNAPSHOT_HEADER as u64)
+    file.read_bytes_at(&mut count, SNAPSHOT_HEADER as u64)
         .map_err(|_| "its section table is cut short")?;
     let count = u32::from_le_bytes(count) as u64;
     let table_len = count * 8 + 4;
@@ -628,7 +676,7 @@ pub(super) fn read_parts<H: serde::de::DeserializeOwned + Send>(
         return Err("its section table is out of range".into());
     }
     let mut table = vec![0; table_len as usize];
-    file.read_exact_at(&mut table, SNAPSHOT_HEADER as u64)
+    file.read_bytes_at(&mut table, SNAPSHOT_HEADER as u64)
         .map_err(SectionError::Io)?;
     let mut sections = Vec::with_capacity(count as usize);
     let mut at = SNAPSHOT_HEADER as u64 + table_len;
@@ -665,7 +713,7 @@ pub(super) fn read_parts<H: serde::de::DeserializeOwned + Send>(
                 return Ok(done);
             };
             buf.resize(len, 0);
-            file.read_exact_at(&mut buf, offset)?;
+            file.read_bytes_at(&mut buf, offset)?;
             let mut crc = crc32fast::Hasher::new();
             crc.update(&buf);
             done.push((i, crc, decode(i, &buf)));

@@ -128,7 +128,7 @@ pub(crate) fn read_delta(path: &Path) -> Result<DeltaFile, StoreError> {
         versions,
         slots,
         requests,
-    } = codec::read_parts::<DeltaHead>(&file, &header).map_err(|e| match e {
+    } = codec::read_parts::<DeltaHead, _>(&file, &header).map_err(|e| match e {
         SectionError::Io(e) => StoreError::Io(e),
         SectionError::Damaged(why) => damaged(&why),
     })?;

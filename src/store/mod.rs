@@ -20,6 +20,7 @@ mod directory;
 mod file;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
+mod io;
 mod loss;
 mod memory;
 pub mod postgres;

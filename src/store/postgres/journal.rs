@@ -65,7 +65,7 @@ impl PgJournal {
                             epoch,
                             lsn,
                             &directory,
-                            &state,
+                            state,
                             &snap.events,
                         ) {
                             Ok(Some(bytes)) => tracing::info!(
@@ -108,6 +108,11 @@ impl PgJournal {
     /// Entries journaled so far (the next entry's number).
     pub fn entries(&self) -> u64 {
         self.next
+    }
+
+    /// True while a snapshot handed over is still being written.
+    pub fn writing_snapshot(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 }
 

@@ -262,7 +262,15 @@ fn write_pinning(
     router: &Router,
     events: &[Event],
 ) -> Result<(), StoreError> {
-    match snapshot::write(client, url, epoch, lsn, directory, router.state(), events)? {
+    match snapshot::write(
+        client,
+        url,
+        epoch,
+        lsn,
+        directory,
+        router.state().clone(),
+        events,
+    )? {
         Some(_) => Ok(()),
         None => Err(StoreError::Refused(format!(
             "fenced: another broker took the lease from epoch {epoch}"

@@ -1,23 +1,18 @@
 //! Snapshot rows: the core's state, the directory it was made under and the retained events after
-//! a number of entries, as one postcard value; written fenced by the leader's epoch.
+//! a number of entries, in the file store's snapshot format (sections that decode in parallel,
+//! events sharing the core's requests); written fenced by the leader's epoch. Rows written as one
+//! postcard value by earlier builds are still read.
 
 use std::sync::Arc;
 
 use postgres::Client;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::connect::pg_error;
 use crate::routing::{Event, Router, RoutingPolicy, State};
-use crate::store::{Directory, StoreError};
+use crate::store::{Directory, StoreError, codec};
 
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    lsn: u64,
-    directory: &'a Directory,
-    state: &'a State,
-    events: &'a [Event],
-}
-
+/// A row's body as earlier builds wrote it: one postcard value.
 #[derive(Deserialize)]
 struct SnapshotRow {
     lsn: u64,
@@ -48,16 +43,10 @@ pub(crate) fn write(
     epoch: i64,
     lsn: u64,
     directory: &Directory,
-    state: &State,
+    state: State,
     events: &[Event],
 ) -> Result<Option<usize>, StoreError> {
-    let body = postcard::to_stdvec(&SnapshotRef {
-        lsn,
-        directory,
-        state,
-        events,
-    })
-    .map_err(|e| StoreError::Corrupt(format!("cannot encode a snapshot: {e}")))?;
+    let body = codec::snapshot_bytes(lsn, directory, state, events)?;
     let lsn = lsn as i64;
     let mut tx = client.transaction().map_err(|e| pg_error(url, e))?;
     let written = tx
@@ -106,23 +95,36 @@ pub(crate) fn newest(
     };
     let lsn: i64 = row.get(0);
     let body: &[u8] = row.get(1);
-    let snap: SnapshotRow = postcard::from_bytes(body).map_err(|e| {
+    let damaged = |why: String| {
         StoreError::Corrupt(format!(
-            "the snapshot after {lsn} entries cannot be decoded: {e}"
+            "the snapshot after {lsn} entries cannot be decoded: {why}"
         ))
-    })?;
-    if snap.lsn != lsn as u64 {
+    };
+    let loaded = match codec::read_snapshot_bytes(body, policy.clone()).map_err(damaged)? {
+        Some(snap) => Loaded {
+            lsn: snap.lsn,
+            directory: snap.directory,
+            router: snap.router,
+            events: snap.events,
+        },
+        None => {
+            let snap: SnapshotRow =
+                postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))?;
+            Loaded {
+                lsn: snap.lsn,
+                directory: snap.directory,
+                router: Router::from_state(snap.state, policy),
+                events: snap.events,
+            }
+        }
+    };
+    if loaded.lsn != lsn as u64 {
         return Err(StoreError::Corrupt(format!(
             "the snapshot row after {lsn} entries says it covers {}",
-            snap.lsn
+            loaded.lsn
         )));
     }
-    Ok(Some(Loaded {
-        lsn: snap.lsn,
-        directory: snap.directory,
-        router: Router::from_state(snap.state, policy),
-        events: snap.events,
-    }))
+    Ok(Some(loaded))
 }
 
 /// The newest snapshot's entry number, if any (cheap: no body).

@@ -215,7 +215,7 @@ fn many_tiny_request_sections_reserve_room_only_for_the_requests_they_hold() {
     file.extend_from_slice(&payload);
     fs::write(&path, &file).expect("write");
     let header: [u8; 20] = file[..20].try_into().expect("header");
-    let parts = super::codec::read_parts::<super::codec::Head>(
+    let parts = super::codec::read_parts::<super::codec::Head, _>(
         &fs::File::open(&path).expect("open"),
         &header,
     )

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --bin labaid-broker --example live_million
-//! ./target/release/examples/live_million [COUNT [RUNS]]      # defaults 1000000 and 3
+//! ./target/release/examples/live_million [COUNT [RUNS]] [--store postgres://…]   # 1000000, 3
 //! ```
 //!
 //! It writes a config (10 trusts, 6 labs with modest capacity, the bundled catalogue, 24-hour
@@ -27,6 +27,13 @@
 //! for a restart after a crash (see `worst_case`): a full snapshot of the COUNT requests, then
 //! incremental snapshots up to the point where the next would be full, then the journal written
 //! meanwhile; the restarts "from the journal" then measure that.
+//!
+//! `--store postgres://USER@HOST:PORT/DB` measures the PostgreSQL store too, in the same run and
+//! the same way, after the file store: a database of its own is made on that server (dropped
+//! afterwards), filled through the PostgreSQL journal (its worst case: a snapshot row of the
+//! COUNT requests, then the journal rows up to the next snapshot row and those written while it
+//! would be written), and the broker started with `--store`. After each SIGKILL the bench waits
+//! for the killed broker's lease to lapse, so that a restart measures recovery, not a takeover.
 //!
 //! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
 //! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling;
@@ -61,15 +68,73 @@ const TESTS: [&str; 11] = [
 /// Commands per journal append: the sequencer's batch size.
 const BATCH: usize = 512;
 
+mod postgres;
+
+/// Where a measurement keeps the requests.
+enum Store {
+    /// The file store, in the work directory.
+    File,
+    /// A database of its own on the PostgreSQL server given with `--store`.
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    fn name(&self) -> &'static str {
+        match self {
+            Store::File => "file store",
+            Store::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    fn url(&self) -> Option<&str> {
+        match self {
+            Store::File => None,
+            Store::Postgres(pg) => Some(pg.url()),
+        }
+    }
+}
+
+/// What the run measures, the same for each store.
+struct Plan<'a> {
+    count: usize,
+    runs: usize,
+    worst: bool,
+    broker: &'a Path,
+    config_path: &'a Path,
+    config: &'a Config,
+    ops: SocketAddr,
+    work: &'a Path,
+}
+
+/// One store's figures: requests held, the empty broker's VmRSS, and per kind of restart the
+/// median time to ready and VmRSS.
+struct Summary {
+    store: &'static str,
+    held: usize,
+    base_rss: u64,
+    restarts: Vec<(&'static str, f64, u64)>,
+}
+
 fn main() -> anyhow::Result<()> {
     // As the broker does, so that filling and copying the state cost here what they cost there.
     labaid::memory::disable_transparent_huge_pages()?;
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let count = args.first().copied().unwrap_or(1_000_000);
-    let runs = args.get(1).copied().unwrap_or(3).max(1);
+    let mut numbers = Vec::new();
+    let mut store_url = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--store" {
+            store_url = Some(args.next().context("--store needs a postgres:// URL")?);
+        } else if let Some(url) = arg.strip_prefix("--store=") {
+            store_url = Some(url.to_string());
+        } else {
+            numbers.push(
+                arg.parse::<usize>()
+                    .with_context(|| format!("{arg:?} is not COUNT, RUNS or --store URL"))?,
+            );
+        }
+    }
+    let count = numbers.first().copied().unwrap_or(1_000_000);
+    let runs = numbers.get(1).copied().unwrap_or(3).max(1);
     let broker = broker_path()?;
     let base =
         std::env::var_os("LABAID_BENCH_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
@@ -86,22 +151,68 @@ fn main() -> anyhow::Result<()> {
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let data = work.path().join("data");
-    let worst = std::env::var_os("LIVE_MILLION_WORST").is_some();
-    // The requests the data directory holds (more than COUNT in the worst case).
-    let held = fill(&data, &config, count, worst)?;
-    if std::env::var_os("LIVE_MILLION_FILL_ONLY").is_some() {
-        println!("kept {}", work.keep().display());
-        return Ok(());
+    let plan = Plan {
+        count,
+        runs,
+        worst: std::env::var_os("LIVE_MILLION_WORST").is_some(),
+        broker: &broker,
+        config_path: &config_path,
+        config: &config,
+        ops,
+        work: work.path(),
+    };
+    let mut summaries = vec![measure(&plan, Store::File)?];
+    if let Some(url) = store_url {
+        summaries.push(measure(
+            &plan,
+            Store::Postgres(postgres::PgStore::create(&url)?),
+        )?);
     }
+    if std::env::var_os("LIVE_MILLION_KEEP").is_some()
+        || std::env::var_os("LIVE_MILLION_FILL_ONLY").is_some()
+    {
+        println!("kept {}", work.keep().display());
+    }
+    for s in summaries {
+        println!(
+            "\n{}: {} live requests, median of {runs} runs:",
+            s.store, s.held
+        );
+        println!(
+            "  broker VmRSS on an empty store: {:.1} MiB",
+            mib(s.base_rss)
+        );
+        for (what, ready, rss) in s.restarts {
+            let per = rss.saturating_sub(s.base_rss) as f64 / s.held as f64;
+            println!(
+                "  from the {what}: ready in {ready:.2} s ({:.2} s per 1,000,000, {:.2} µs per \
+                 live request); VmRSS {:.1} MiB, {per:.0} bytes ({:.2} KiB) per live request",
+                ready * 1e6 / s.held as f64,
+                ready * 1e6 / s.held as f64,
+                mib(rss),
+                per / 1024.0
+            );
+        }
+    }
+    Ok(())
+}
 
-    let empty = work.path().join("empty");
+/// Measures one store: the broker on an empty store, the fill, then the restarts.
+fn measure(plan: &Plan<'_>, store: Store) -> anyhow::Result<Summary> {
+    let dir = plan.work.join(match store {
+        Store::File => "file",
+        Store::Postgres(_) => "postgres",
+    });
+    std::fs::create_dir_all(&dir)?;
+    println!("\n{}:", store.name());
+    // On PostgreSQL this broker also makes the schema the fill then writes into.
+    let empty = dir.join("empty");
     let mut base_rss = Vec::new();
-    for run in 0..runs {
-        let mut m = start(&broker, &config_path, &empty, ops, work.path())?;
+    for run in 0..plan.runs {
+        let mut m = start(plan, store.url(), &empty)?;
         m.stop(Stop::Term)?;
         println!(
-            "empty data directory, run {}: ready in {:.3} s, VmRSS {:.1} MiB",
+            "empty store, run {}: ready in {:.3} s, VmRSS {:.1} MiB",
             run + 1,
             m.ready.as_secs_f64(),
             mib(m.rss)
@@ -110,24 +221,48 @@ fn main() -> anyhow::Result<()> {
     }
     let base_rss = median_u64(&mut base_rss);
 
-    let mut report = Vec::new();
-    let after_crash = if worst {
+    let data = dir.join("data");
+    // The requests the store holds (more than COUNT in the worst case).
+    let held = match &store {
+        Store::File => fill_file(&data, plan.config, plan.count, plan.worst)?,
+        Store::Postgres(pg) => fill_postgres(pg, plan.config, plan.count, plan.worst)?,
+    };
+    let keep = std::env::var_os("LIVE_MILLION_KEEP").is_some();
+    if std::env::var_os("LIVE_MILLION_FILL_ONLY").is_some() {
+        if let Store::Postgres(pg) = store {
+            pg.drop_it(true);
+        }
+        return Ok(Summary {
+            store: "filled only",
+            held,
+            base_rss,
+            restarts: Vec::new(),
+        });
+    }
+
+    let mut restarts = Vec::new();
+    let after_crash = if plan.worst {
         "worst case after a crash"
     } else {
         "journal"
     };
     for (what, stop) in [(after_crash, Stop::Kill), ("snapshot", Stop::Term)] {
         let (mut times, mut rss) = (Vec::new(), Vec::new());
-        for run in 0..runs {
-            let mut m = start(&broker, &config_path, &data, ops, work.path())?;
+        for run in 0..plan.runs {
+            let mut m = start(plan, store.url(), &data)?;
             // The last journal run stops cleanly, which writes the snapshot the next runs read.
-            let stop = if what == after_crash && run + 1 == runs {
+            let stop = if what == after_crash && run + 1 == plan.runs {
                 Stop::Term
             } else {
                 stop
             };
             let recovered = m.recovered_line();
             let stopped = m.stop(stop)?;
+            if let (Stop::Kill, Store::Postgres(pg)) = (stop, &store) {
+                // A killed leader's lease lasts its lifetime: the next broker would wait it out
+                // as a standby, which is a takeover's cost, not recovery's.
+                pg.wait_for_lease()?;
+            }
             println!(
                 "restart from the {what}, run {}: ready in {:.2} s, VmRSS {:.1} MiB (peak {:.1}), \
                  stopped ({stop:?}) in {:.2} s\n    {recovered}",
@@ -140,27 +275,18 @@ fn main() -> anyhow::Result<()> {
             times.push(m.ready.as_secs_f64());
             rss.push(m.rss);
         }
-        report.push((what, median_f64(&mut times), median_u64(&mut rss)));
+        restarts.push((what, median_f64(&mut times), median_u64(&mut rss)));
     }
-    if std::env::var_os("LIVE_MILLION_KEEP").is_some() {
-        println!("kept {}", work.keep().display());
+    let name = store.name();
+    if let Store::Postgres(pg) = store {
+        pg.drop_it(keep);
     }
-    println!("\n{held} live requests, median of {runs} runs:");
-    println!(
-        "  broker VmRSS on an empty data directory: {:.1} MiB",
-        mib(base_rss)
-    );
-    for (what, ready, rss) in report {
-        let per = rss.saturating_sub(base_rss) as f64 / held as f64;
-        println!(
-            "  from the {what}: ready in {ready:.2} s ({:.2} s per 1,000,000); VmRSS {:.1} MiB, \
-             {per:.0} bytes ({:.2} KiB) per live request",
-            ready * 1e6 / held as f64,
-            mib(rss),
-            per / 1024.0
-        );
-    }
-    Ok(())
+    Ok(Summary {
+        store: name,
+        held,
+        base_rss,
+        restarts,
+    })
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -371,18 +497,85 @@ fn submission(rng: &mut Rng, i: usize, now: Timestamp) -> RawSubmission {
     }
 }
 
-/// Fills `dir` with `count` submissions through the core and the journal, in sequencer batches.
-/// With `worst`, then leaves it as the snapshot policy's worst case for a restart (see
-/// `worst_case`).
-fn fill(dir: &Path, config: &Config, count: usize, worst: bool) -> anyhow::Result<usize> {
-    let directory = config.directory();
+/// What the fill needs of a store beside its journal: whether a snapshot is being written, and
+/// the bytes it holds as (full snapshots, incremental snapshots, journal).
+struct Medium<'a, J> {
+    journal: J,
+    writing: fn(&J) -> bool,
+    bytes: Box<dyn Fn() -> anyhow::Result<(u64, u64, u64)> + 'a>,
+}
+
+/// Fills the file store in `dir` with `count` submissions (see [`fill`]), then times the copies
+/// of the state a snapshot makes.
+fn fill_file(dir: &Path, config: &Config, count: usize, worst: bool) -> anyhow::Result<usize> {
     let recovered = store::open(
         dir,
-        directory,
+        config.directory(),
         config.policy.clone(),
         StoreOptions::default(),
     )?;
-    let (mut router, mut journal) = (recovered.router, recovered.journal);
+    let size_of = move |prefix: &str| -> anyhow::Result<u64> {
+        Ok(std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum())
+    };
+    let mut medium = Medium {
+        journal: recovered.journal,
+        writing: store::FileJournal::writing_snapshot,
+        bytes: Box::new(move || {
+            Ok((
+                size_of("snapshot-")?,
+                size_of("delta-")?,
+                size_of("journal-")?,
+            ))
+        }),
+    };
+    let router = fill(recovered.router, &mut medium, count, worst)?;
+    if worst {
+        // A crash: the journal is left as it is, without the snapshot of a clean stop.
+        drop(medium.journal);
+    } else {
+        medium.journal.close()?;
+    }
+    copy_times(&router);
+    Ok(router.request_count())
+}
+
+/// Fills the PostgreSQL store `pg` with `count` submissions (see [`fill`]).
+fn fill_postgres(
+    pg: &postgres::PgStore,
+    config: &Config,
+    count: usize,
+    worst: bool,
+) -> anyhow::Result<usize> {
+    let recovered = pg.open(config)?;
+    let mut medium = Medium {
+        journal: recovered.journal,
+        writing: labaid::store::postgres::PgJournal::writing_snapshot,
+        bytes: Box::new(|| {
+            let (snapshots, journal) = pg.bytes()?;
+            Ok((snapshots, 0, journal))
+        }),
+    };
+    let router = fill(recovered.router, &mut medium, count, worst)?;
+    // No snapshot is pending (the worst case never hands over the one due), so closing only
+    // releases the lease: the rows are as a crash would leave them.
+    medium.journal.close()?;
+    Ok(router.request_count())
+}
+
+/// Fills a store with `count` submissions through the core and the journal, in sequencer
+/// batches. With `worst`, then leaves it as the snapshot policy's worst case for a restart (see
+/// `worst_case`).
+fn fill<J: Journal>(
+    mut router: labaid::routing::Router,
+    medium: &mut Medium<'_, J>,
+    count: usize,
+    worst: bool,
+) -> anyhow::Result<labaid::routing::Router> {
     let trusts: Vec<OdsCode> = (0..TRUSTS)
         .map(|i| OdsCode::parse(&trust_code(i)).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
@@ -402,46 +595,35 @@ fn fill(dir: &Path, config: &Config, count: usize, worst: bool) -> anyhow::Resul
             entries.push(Entry { time: now, command });
             i += 1;
         }
-        journal.append(&entries)?;
+        medium.journal.append(&entries)?;
         if worst {
             events.append(&mut outcome.events);
         }
     }
     if worst {
-        worst_case(
-            dir,
-            &mut router,
-            &mut journal,
-            events,
-            &trusts,
-            &mut rng,
-            now,
-        )?;
-        // A crash: the journal is left as it is, without the snapshot of a clean stop.
-        drop(journal);
-    } else {
-        journal.close()?;
+        worst_case(medium, &mut router, events, &trusts, &mut rng, now)?;
     }
-    let bytes: u64 = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let (snapshots, deltas, journal) = (medium.bytes)()?;
     let next_timer = router
         .next_timer()
         .map_or(0.0, |t| t.millis_since(now) as f64 / 3_600_000.0);
     println!(
-        "filled {} live requests ({} waiting, {} offered) in {:.1} s; data directory {:.1} MiB; \
+        "filled {} live requests ({} waiting, {} offered) in {:.1} s; store {:.1} MiB; \
          first timer due in {next_timer:.1} h",
         router.request_count(),
         router.queue().len(),
         router.request_count() - router.queue().len(),
         started.elapsed().as_secs_f64(),
-        mib(bytes)
+        mib(snapshots + deltas + journal)
     );
-    // The copy the broker's syncer makes of this state, under the decision lock, whenever a
-    // snapshot is due (its `labaid_store_snapshot_copy_seconds`), with the broker's allocator;
-    // then the snapshot writer's rebuild of the indexes the copy leaves out, off the lock; and,
-    // for comparison in the same run, a copy of the whole state as earlier builds made it.
+    Ok(router)
+}
+
+/// The copy the broker's syncer makes of this state, under the decision lock, whenever a
+/// snapshot is due (its `labaid_store_snapshot_copy_seconds`), with the broker's allocator; then
+/// the snapshot writer's rebuild of the indexes the copy leaves out, off the lock; and, for
+/// comparison in the same run, a copy of the whole state as earlier builds made it.
+fn copy_times(router: &labaid::routing::Router) {
     let secs = |d: std::time::Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     let (mut lean, mut rebuilt, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
@@ -464,7 +646,6 @@ fn fill(dir: &Path, config: &Config, count: usize, worst: bool) -> anyhow::Resul
         rebuilt.join(", "),
         whole.join(", ")
     );
-    Ok(router.request_count())
 }
 
 fn submit_command(
@@ -488,15 +669,14 @@ fn submit_command(
 /// grows while a full snapshot is written.
 const SUBMIT_RATE: f64 = 25_000.0;
 
-/// Leaves the data directory as the snapshot policy's worst case for a restart after a crash:
-/// a full snapshot of the filled state; then, as the broker's syncer would, more submissions and
+/// Leaves the store as the snapshot policy's worst case for a restart after a crash: a full
+/// snapshot of the filled state; then, as the broker's syncer would, more submissions and
 /// cancellations (one in four) with an incremental snapshot each time one is due, until the next
 /// due is a full one; then the journal the broker would write at `SUBMIT_RATE` while that full
 /// snapshot is written (as long as the first one took), before it is durable.
-fn worst_case(
-    dir: &Path,
+fn worst_case<J: Journal>(
+    medium: &mut Medium<'_, J>,
     router: &mut labaid::routing::Router,
-    journal: &mut store::FileJournal,
     events: Vec<labaid::routing::Event>,
     trusts: &[OdsCode],
     rng: &mut Rng,
@@ -505,32 +685,26 @@ fn worst_case(
     use labaid::engine::{Changes, SinceSnapshot};
     use labaid::store::{Snapshot, SnapshotKind};
     let started = Instant::now();
-    let size_of = |prefix: &str| -> anyhow::Result<u64> {
-        Ok(std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum())
-    };
-    let wait = |journal: &store::FileJournal| {
-        while journal.writing_snapshot() {
+    let writing = medium.writing;
+    let wait = |journal: &J| {
+        while writing(journal) {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
+    let journal = &mut medium.journal;
     journal.snapshot(Snapshot {
         state: router.state().lean_copy(),
         events,
     })?;
     wait(journal);
     let full_write = started.elapsed();
-    let full = size_of("snapshot-")?;
+    let (full, _, _) = (medium.bytes)()?;
     let earlier: Vec<(OdsCode, RequestId)> =
         router.requests().map(|r| (r.trust.clone(), r.id)).collect();
     let mut since = SinceSnapshot::default();
     let (mut i, mut deltas, mut cancelled) = (router.request_count(), 0, 0);
     let mut batch = |router: &mut labaid::routing::Router,
-                     journal: &mut store::FileJournal,
+                     journal: &mut J,
                      since: &mut SinceSnapshot|
      -> anyhow::Result<()> {
         let mut entries = Vec::with_capacity(BATCH);
@@ -574,7 +748,7 @@ fn worst_case(
     for _ in 0..during {
         batch(router, journal, &mut since)?;
     }
-    let segments = size_of("journal-")?;
+    let (_, incremental, segments) = (medium.bytes)()?;
     println!(
         "worst case for a crash: a full snapshot of {:.1} MiB (written in {:.1} s), {deltas} \
          incremental ones after it of {:.1} MiB in all, then {:.1} MiB of journal ({during} \
@@ -582,7 +756,7 @@ fn worst_case(
          {cancelled} cancelled ({:.1} s to make)",
         mib(full),
         full_write.as_secs_f64(),
-        mib(size_of("delta-")?),
+        mib(incremental),
         mib(segments),
         router.request_count(),
         router.queue().len(),
@@ -610,13 +784,19 @@ struct Measured {
 }
 
 impl Measured {
-    /// The broker's own "store recovered" log line (entries replayed, milliseconds).
+    /// The broker's own "store recovered" log line (entries replayed, milliseconds), or on
+    /// PostgreSQL its "took the lease" line.
     fn recovered_line(&self) -> String {
+        const LINES: [&str; 2] = ["store recovered", "took the lease; leading"];
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .find(|l| l.contains("store recovered"))
-            .map(|l| l.split_once("store recovered").map_or(l, |(_, rest)| rest))
+            .find_map(|l| {
+                LINES
+                    .iter()
+                    .find_map(|m| l.split_once(m))
+                    .map(|(_, rest)| rest)
+            })
             .unwrap_or("(no store recovered line)")
             .trim()
             .to_string()
@@ -648,22 +828,23 @@ impl Drop for Measured {
     }
 }
 
-/// Starts the broker on `data`, waits for `/readyz`, and reads its memory.
-fn start(
-    broker: &Path,
-    config: &Path,
-    data: &Path,
-    ops: SocketAddr,
-    work: &Path,
-) -> anyhow::Result<Measured> {
-    let log = work.join("broker.log");
+/// Starts the broker on `data` (and the PostgreSQL store at `url`, if given), waits for
+/// `/readyz`, and reads its memory.
+fn start(plan: &Plan<'_>, url: Option<&str>, data: &Path) -> anyhow::Result<Measured> {
+    let (broker, ops) = (plan.broker, plan.ops);
+    let log = plan.work.join("broker.log");
     let out = std::fs::File::create(&log)?;
-    let started = Instant::now();
-    let child = Process::new(broker)
+    let mut command = Process::new(broker);
+    command
         .arg("--config")
-        .arg(config)
+        .arg(plan.config_path)
         .arg("--data-dir")
-        .arg(data)
+        .arg(data);
+    if let Some(url) = url {
+        command.arg("--store").arg(url);
+    }
+    let started = Instant::now();
+    let child = command
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
