@@ -5,9 +5,10 @@ use postgres::Client;
 
 use crate::store::StoreError;
 
-/// The store format this build writes and reads. A database stamped with a newer one was written
-/// by a newer broker: this one refuses it rather than misread it.
-pub const STORE_FORMAT: i32 = 1;
+/// The store format this build writes and reads (2: snapshot rows in the sectioned snapshot
+/// format; rows of format 1 are still read). A database stamped with a newer one was written by a
+/// newer broker: this one refuses it rather than misread it.
+pub const STORE_FORMAT: i32 = 2;
 
 mod embedded {
     refinery::embed_migrations!("src/store/postgres/migrations");

@@ -95,6 +95,11 @@ pub(crate) fn newest(
     };
     let lsn: i64 = row.get(0);
     let body: &[u8] = row.get(1);
+    decode(lsn as u64, body, policy).map(Some)
+}
+
+/// The snapshot in the body of the row after `lsn` entries, in either format.
+fn decode(lsn: u64, body: &[u8], policy: Arc<dyn RoutingPolicy>) -> Result<Loaded, StoreError> {
     let damaged = |why: String| {
         StoreError::Corrupt(format!(
             "the snapshot after {lsn} entries cannot be decoded: {why}"
@@ -118,13 +123,13 @@ pub(crate) fn newest(
             }
         }
     };
-    if loaded.lsn != lsn as u64 {
+    if loaded.lsn != lsn {
         return Err(StoreError::Corrupt(format!(
             "the snapshot row after {lsn} entries says it covers {}",
             loaded.lsn
         )));
     }
-    Ok(Some(loaded))
+    Ok(loaded)
 }
 
 /// The newest snapshot's entry number, if any (cheap: no body).
@@ -133,4 +138,75 @@ pub(crate) fn newest_lsn(client: &mut Client, url: &str) -> Result<Option<u64>, 
         .query_one("SELECT max(lsn) FROM labaid_snapshot", &[])
         .map_err(|e| pg_error(url, e))?;
     Ok(row.get::<_, Option<i64>>(0).map(|l| l as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::{Priority, Timestamp};
+    use crate::routing::fixtures::submit;
+    use crate::routing::{DefaultPolicy, Outcome};
+
+    /// A row's body as format 1 wrote it.
+    #[derive(Serialize)]
+    struct OldRow<'a> {
+        lsn: u64,
+        directory: &'a Directory,
+        state: &'a State,
+        events: &'a [Event],
+    }
+
+    fn policy() -> Arc<dyn RoutingPolicy> {
+        Arc::new(DefaultPolicy)
+    }
+
+    /// A core with a few requests routed, its directory and its events.
+    fn routed() -> (Directory, Router, Vec<Event>) {
+        let directory = Config::demo().expect("demo").directory();
+        let mut router = directory.router(policy());
+        let now = Timestamp::from_millis(1_750_000_000_000);
+        let mut outcome = Outcome::default();
+        for order in 0..5 {
+            let command = submit(&router, "RJ1", order, Priority::Urgent, now);
+            router.apply(&command, now, &mut outcome).expect("applies");
+        }
+        (directory, router, outcome.events)
+    }
+
+    #[test]
+    fn rows_of_either_format_read_back_as_the_state_they_hold() {
+        let (directory, router, events) = routed();
+        let new = codec::snapshot_bytes(7, &directory, router.state().clone(), &events).unwrap();
+        let old = postcard::to_stdvec(&OldRow {
+            lsn: 7,
+            directory: &directory,
+            state: router.state(),
+            events: &events,
+        })
+        .unwrap();
+        for body in [new, old] {
+            let loaded = decode(7, &body, policy()).expect("decodes");
+            assert_eq!(loaded.router.request_count(), 5);
+            assert_eq!(loaded.events.len(), events.len());
+            for request in router.requests() {
+                assert_eq!(loaded.router.request(&request.id), Some(request));
+            }
+            assert_eq!(loaded.router.next_timer(), router.next_timer());
+        }
+    }
+
+    #[test]
+    fn a_damaged_row_or_one_for_other_entries_is_refused_by_name() {
+        let (directory, router, events) = routed();
+        let body = codec::snapshot_bytes(7, &directory, router.state().clone(), &events).unwrap();
+        let err = decode(8, &body, policy()).unwrap_err().to_string();
+        assert!(err.contains("says it covers 7"), "{err}");
+        let err = decode(7, &body[..body.len() / 2], policy())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("after 7 entries cannot be decoded"), "{err}");
+    }
 }
