@@ -7,6 +7,7 @@
 //! together and in journal order, so the trail's last batch and how many of its lines it holds
 //! say exactly which carried records are missing.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -18,64 +19,77 @@ use crate::auth::{EdgeId, Role};
 use crate::domain::{OdsCode, RequestId};
 use crate::error::Error;
 
-/// A record as the journal keeps it: names, not enum positions, so that reordering either enum
-/// never changes what an old journal says.
+/// A batch's records as the journal keeps them: the batch once, each record's role by name and
+/// action by its fixed code ([`Action::code`]), never by enum position, so that reordering an
+/// enum never changes what an old journal says. Borrowed when written: the syncer encodes every
+/// batch.
 #[derive(Serialize, Deserialize)]
-struct Carried {
+struct Carried<'a> {
+    lsn: u64,
+    #[serde(borrow)]
+    records: Vec<CarriedRecord<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CarriedRecord<'a> {
     time_ms: i64,
     org: OdsCode,
-    role: String,
+    role: &'a str,
     /// The trusted edge that called on the organisation's behalf, when one did.
-    via: Option<String>,
-    action: String,
+    via: Option<&'a str>,
+    action: u8,
     request_id: Option<RequestId>,
-    request_ids: Option<Vec<RequestId>>,
-    reason: Option<String>,
-    lsn: Option<u64>,
+    #[serde(borrow)]
+    request_ids: Option<Cow<'a, [RequestId]>>,
+    reason: Option<&'a str>,
 }
 
 /// Marks `records` as made durable by the journal batch whose first entry is `lsn`, and encodes
 /// them to be appended with it.
 pub fn encode(records: &mut [Record], lsn: u64) -> Vec<u8> {
-    let carried: Vec<Carried> = records
-        .iter_mut()
-        .map(|r| {
-            r.lsn = Some(lsn);
-            Carried {
+    for r in records.iter_mut() {
+        r.lsn = Some(lsn);
+    }
+    let carried = Carried {
+        lsn,
+        records: records
+            .iter()
+            .map(|r| CarriedRecord {
                 time_ms: r.time_ms,
                 org: r.org.clone(),
-                role: r.role.to_string(),
-                via: r.via.as_ref().map(|e| e.as_str().to_string()),
-                action: r.action.as_str().to_string(),
+                role: r.role,
+                via: r.via.as_ref().map(EdgeId::as_str),
+                action: r.action.code(),
                 request_id: r.request_id,
-                request_ids: r.request_ids.clone(),
-                reason: r.reason.clone(),
-                lsn: r.lsn,
-            }
-        })
-        .collect();
-    // A vector of plain fields always encodes.
+                request_ids: r.request_ids.as_deref().map(Cow::Borrowed),
+                reason: r.reason.as_deref(),
+            })
+            .collect(),
+    };
+    // Plain fields always encode.
     postcard::to_stdvec(&carried).unwrap_or_default()
 }
 
 /// The records a batch carried.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
-    let carried: Vec<Carried> =
+    let carried: Carried<'_> =
         postcard::from_bytes(bytes).map_err(|e| format!("cannot decode audit records: {e}"))?;
+    let lsn = carried.lsn;
     carried
+        .records
         .into_iter()
         .map(|c| {
             Ok(Record {
                 time_ms: c.time_ms,
                 org: c.org,
-                role: Role::parse(&c.role)?.as_str(),
-                via: c.via.as_deref().map(EdgeId::parse).transpose()?,
-                action: Action::parse(&c.action)
-                    .ok_or_else(|| format!("unknown audit action {:?}", c.action))?,
+                role: Role::parse(c.role)?.as_str(),
+                via: c.via.map(EdgeId::parse).transpose()?,
+                action: Action::from_code(c.action)
+                    .ok_or_else(|| format!("unknown audit action code {}", c.action))?,
                 request_id: c.request_id,
-                request_ids: c.request_ids,
-                reason: c.reason,
-                lsn: c.lsn,
+                request_ids: c.request_ids.map(Cow::into_owned),
+                reason: c.reason.map(str::to_string),
+                lsn: Some(lsn),
             })
         })
         .collect()

@@ -152,6 +152,36 @@ impl Action {
         Self::ALL.into_iter().find(|a| a.as_str() == name)
     }
 
+    /// Its code in the journal, where a change's record travels with it: fixed for good, like
+    /// the name (a new action takes a new code).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::RequestSubmit => 1,
+            Self::RequestGet => 2,
+            Self::RequestList => 3,
+            Self::RequestCancel => 4,
+            Self::RequestWatch => 5,
+            Self::OffersWatch => 6,
+            Self::JobList => 7,
+            Self::JobGet => 8,
+            Self::JobAccept => 9,
+            Self::JobDecline => 10,
+            Self::JobReceive => 11,
+            Self::JobResults => 12,
+            Self::JobFail => 13,
+            Self::LabCapacity => 14,
+            Self::LabStatus => 15,
+            Self::CoordinatorOverview => 16,
+            Self::CoordinatorLabStatus => 17,
+            Self::CoordinatorReassign => 18,
+        }
+    }
+
+    /// The action whose journal code is `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.code() == code)
+    }
+
     /// The name written in the log.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -409,7 +409,7 @@ fn below_the_free_space_floor_audited_calls_are_refused_before_writing() {
 }
 
 #[test]
-fn every_action_reads_back_from_its_name() {
+fn every_action_reads_back_from_its_name_and_its_journal_code() {
     // Exhaustive: a new action fails to compile here until it is placed in `Action::ALL`.
     fn place(a: Action) -> usize {
         match a {
@@ -433,9 +433,13 @@ fn every_action_reads_back_from_its_name() {
             Action::CoordinatorReassign => 17,
         }
     }
+    let mut codes = std::collections::BTreeSet::new();
     for (i, a) in Action::ALL.into_iter().enumerate() {
         assert_eq!(place(a), i);
         assert_eq!(Action::parse(a.as_str()), Some(a));
+        assert_eq!(Action::from_code(a.code()), Some(a));
+        assert!(codes.insert(a.code()), "{a:?} shares its code");
     }
     assert_eq!(Action::parse("request.delete"), None);
+    assert_eq!(Action::from_code(0), None);
 }
