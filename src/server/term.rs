@@ -142,10 +142,13 @@ pub(super) async fn serve(
     let server = limited(Server::builder(), &config.limits)
         .layer(RpcLayer::new(shared.metrics.clone()))
         .layer(FramingLayer)
-        .layer(DeposedLayer {
-            leader: shared.leader.clone(),
-            deposed: deposed.clone(),
-        })
+        // Only a broker on PostgreSQL can be deposed: on one disk its term ends only at shutdown.
+        .layer(tower::util::option_layer(config.store_url.as_ref().map(
+            |_| DeposedLayer {
+                leader: shared.leader.clone(),
+                deposed: deposed.clone(),
+            },
+        )))
         .add_service(shared.health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
