@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-#[cfg(test)]
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod older;
+#[cfg(test)]
+pub(crate) use older::write_snapshot_v2;
 
 use super::io::{PacedWriter, ReadAt};
 use super::segment::{snapshot_name, sync_dir};
@@ -94,13 +97,6 @@ struct HeadRef<'a> {
     state: &'a State,
 }
 
-#[cfg(test)]
-#[derive(Serialize)]
-struct EventsRef<'a> {
-    versions: Vec<&'a Request>,
-    events: Vec<EventRecord>,
-}
-
 /// A format 2 payload is `[length of the head: u64 LE][head][events]`, two postcard encodings,
 /// so that the events decode on a second thread while the core's state decodes.
 #[derive(Debug, Deserialize)]
@@ -134,35 +130,6 @@ pub(crate) struct SnapshotFile {
     pub(crate) directory: Directory,
     pub(crate) router: Router,
     pub(crate) events: Vec<Event>,
-}
-
-/// The events of a format 2 snapshot as records, and the older request versions they point at.
-#[cfg(test)]
-fn event_records<'a>(router: &Router, events: &'a [Event]) -> (Vec<&'a Request>, Vec<EventRecord>) {
-    let mut versions = Vec::new();
-    let mut index: HashMap<*const Request, u32> = HashMap::new();
-    let records = events
-        .iter()
-        .map(|e| {
-            let request = match router.request(&e.request.id) {
-                Some(now) if Arc::ptr_eq(now, &e.request) => RequestRef::Current(e.request.id),
-                _ => RequestRef::Version(*index.entry(Arc::as_ptr(&e.request)).or_insert_with(
-                    || {
-                        versions.push(&*e.request);
-                        (versions.len() - 1) as u32
-                    },
-                )),
-            };
-            EventRecord {
-                org: e.org.clone(),
-                sequence: e.sequence,
-                time: e.time,
-                kind: e.kind,
-                request,
-            }
-        })
-        .collect();
-    (versions, records)
 }
 
 /// Events from their records, each sharing its request with the core or with the other events
@@ -381,46 +348,6 @@ fn encode_sections(
         table,
         sections,
     })
-}
-
-/// Writes a format 2 snapshot, as earlier builds did, to test that it is still read.
-#[cfg(test)]
-pub(crate) fn write_snapshot_v2(
-    dir: &Path,
-    lsn: u64,
-    directory: &Directory,
-    router: &Router,
-    events: &[Event],
-) -> Result<u64, StoreError> {
-    let (versions, events) = event_records(router, events);
-    let encode = |e: postcard::Error| StoreError::Corrupt(format!("cannot encode a snapshot: {e}"));
-    let mut payload = postcard::to_extend(
-        &HeadRef {
-            lsn,
-            directory,
-            state: router.state(),
-        },
-        vec![0; 8],
-    )
-    .map_err(encode)?;
-    let head_len = (payload.len() - 8) as u64;
-    payload[..8].copy_from_slice(&head_len.to_le_bytes());
-    let payload = postcard::to_extend(&EventsRef { versions, events }, payload).map_err(encode)?;
-    let len = (payload.len() as u64).to_le_bytes();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&len);
-    crc.update(&payload);
-    let tmp = dir.join(format!("{}.tmp", snapshot_name(lsn)));
-    let mut file = File::create(&tmp)?;
-    file.write_all(SNAPSHOT_MAGIC_V2)?;
-    file.write_all(&len)?;
-    file.write_all(&crc.finalize().to_le_bytes())?;
-    file.write_all(&payload)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;
-    sync_dir(dir)?;
-    Ok((SNAPSHOT_HEADER + payload.len()) as u64)
 }
 
 /// Reads a snapshot into a core routing by `policy`; any damage is an error (a snapshot is only
