@@ -498,11 +498,20 @@ async fn a_trail_that_fails_after_a_carried_append_refuses_what_follows_and_the_
         }
     })
     .await;
+    // Calls decided before the writer failed were journaled with their records; none after.
+    let journaled = h.journal.batches().len();
+    let refused = submit_as(&h, &who, 10).await;
+    assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
     h.engine.close();
     h.join().await;
     assert_eq!(
         h.journal.batches().len(),
-        1,
-        "nothing decided after the failure"
+        journaled,
+        "nothing decided once refused"
+    );
+    assert_eq!(
+        h.journal.carried().len(),
+        journaled,
+        "every journaled change carries its record"
     );
 }
