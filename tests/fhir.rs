@@ -296,8 +296,10 @@ async fn client_certificates_identify_fhir_callers_and_the_broker_keeps_need_to_
     let edge_id = EdgeId::parse("gstt-fhir").unwrap();
     let (edge_cert, edge_key) = labaid::auth::devpki::issue_edge(dir.path(), &edge_id).unwrap();
     let rj1 = create_token(&ods("RJ1"), Role::Trust).unwrap().token;
-    // A production broker that lets this edge speak for both trusts, and for no lab.
+    // A production broker that lets this edge speak for both trusts, and for no lab. Its data
+    // directory outlives it, for reading its audit trail once it has stopped.
     let mut config = labaid::Config::demo().unwrap();
+    config.data_dir = dir.path().join("data");
     config.demo = false;
     config.tls = Some(labaid::config::TlsPaths {
         cert: pki.server_cert.clone(),
@@ -352,8 +354,11 @@ async fn client_certificates_identify_fhir_callers_and_the_broker_keeps_need_to_
         .map(str::to_string)
         .collect();
 
-    // The broker recorded the certificate callers' orders as RJ1's, naming the edge.
-    let trail = std::fs::read_to_string(broker.data_dir.join(labaid::audit::AUDIT_FILE)).unwrap();
+    // The broker recorded the certificate callers' orders as RJ1's, naming the edge. Read once it
+    // has stopped: a change's entry reaches the trail's file just after its call is answered.
+    broker.shutdown().await;
+    let trail =
+        std::fs::read_to_string(dir.path().join("data").join(labaid::audit::AUDIT_FILE)).unwrap();
     let entries: Vec<labaid::audit::AuditEntry> = trail
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -370,7 +375,6 @@ async fn client_certificates_identify_fhir_callers_and_the_broker_keeps_need_to_
         entries.iter().all(|e| e.org == "RJ1"),
         "only RJ1's calls were recorded: {trail}"
     );
-    broker.shutdown().await;
 }
 
 #[test]
