@@ -25,21 +25,17 @@ pub struct StartingLayer {
 }
 
 impl<S> Layer<S> for StartingLayer {
-    type Service = Starting<S>;
+    type Service = Deposed<S>;
 
+    /// A broker that does not serve yet answers as one whose term is over: its flag is set for
+    /// good (the receiver outlives its dropped sender and keeps the last value).
     fn layer(&self, inner: S) -> Self::Service {
-        Starting {
+        Deposed {
             inner,
             leader: self.leader.clone(),
+            deposed: watch::channel(true).1,
         }
     }
-}
-
-/// The service [`StartingLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct Starting<S> {
-    inner: S,
-    leader: LeaderHint,
 }
 
 /// UNAVAILABLE from a broker that does not (yet) serve, naming the leader when one is known.
@@ -58,33 +54,6 @@ fn not_serving(leader: Option<String>) -> tonic::Status {
         None => tonic::Status::unavailable(
             "the broker is starting (recovering its store, or waiting to lead); retry shortly",
         ),
-    }
-}
-
-impl<S, B, R> Service<http::Request<B>> for Starting<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    R: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path().starts_with("/grpc.health.v1.Health/") {
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            return Box::pin(async move { inner.call(request).await });
-        }
-        let leader = self.leader.read().ok().and_then(|l| l.clone());
-        let response = not_serving(leader).into_http();
-        Box::pin(async move { Ok(response) })
     }
 }
 
