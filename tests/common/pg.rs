@@ -253,22 +253,10 @@ impl PgServer {
 
     /// Waits until this primary's standby streams synchronously; panics after `within`.
     pub fn wait_synchronous(&self, within: Duration) {
-        let deadline = Instant::now() + within;
         let sql = format!(
             "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
         );
-        loop {
-            let state = self.psql(&sql);
-            if state == "sync" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the standby is not synchronous after {within:?} (sync_state {state:?}): {}",
-                self.server_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_for(&sql, "sync", within, "the standby is not synchronous");
     }
 
     /// SIGKILLs the postmaster and every process it started at once, as a lost host would:
@@ -296,15 +284,26 @@ impl PgServer {
         let d = self.dir.to_str().expect("utf-8 path");
         let secs = within.as_secs().max(1).to_string();
         run("pg_ctl", &["-D", d, "-w", "-t", &secs, "promote"]);
+        self.wait_for(
+            "SELECT pg_is_in_recovery()",
+            "f",
+            within,
+            "still in recovery after promotion",
+        );
+    }
+
+    /// Runs `sql` until it answers `want`; panics after `within` with `what`, the last answer
+    /// and the server's log.
+    fn wait_for(&self, sql: &str, want: &str, within: Duration, what: &str) {
         let deadline = Instant::now() + within;
         loop {
-            let in_recovery = self.psql("SELECT pg_is_in_recovery()");
-            if in_recovery == "f" {
+            let got = self.psql(sql);
+            if got == want {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "still in recovery {within:?} after promotion (pg_is_in_recovery {in_recovery:?}): {}",
+                "{what} after {within:?} ({sql} answers {got:?}): {}",
                 self.server_log()
             );
             std::thread::sleep(Duration::from_millis(100));
