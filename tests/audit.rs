@@ -10,19 +10,18 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::BrokerProcess;
 use common::{
     TestBroker, http_get, log_capture, next, sample, submission, submit, watch_request_events,
 };
 use labaid::Config;
 use labaid::audit::{AUDIT_FILE, AuditEntry, Verdict};
-use labaid::client::{Client, ConnectOptions};
+use labaid::client::Client;
 use labaid::domain::Timestamp;
 use labaid::proto::{self, Priority};
 use tokio::task::JoinSet;
@@ -255,63 +254,6 @@ async fn below_the_free_space_floor_new_work_is_refused_and_nothing_changes() {
     broker.shutdown().await;
 }
 
-/// The broker binary on the demo directory; SIGKILLed when dropped.
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Broker {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--web-listen", "off", "--log-format", "json", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start labaid-broker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if v["message"] == "broker serving" {
-                    let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the broker did not start serving")
-            .parse()
-            .expect("listen address");
-        Self { child, addr }
-    }
-
-    async fn client(&self, org: &str) -> Client {
-        Client::connect(&ConnectOptions {
-            addr: format!("http://{}", self.addr),
-            token: Some(format!("demo:{org}")),
-            connect_timeout: Some(Duration::from_secs(5)),
-            tls: None,
-        })
-        .await
-        .expect("connect")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A call the broker answered OK: what the trail must hold for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Acked {
@@ -354,7 +296,7 @@ async fn every_acknowledged_call_is_in_the_trail_after_sigkill() {
     let data = tempfile::tempdir().unwrap();
     let acked = Arc::new(Mutex::new(Vec::new()));
     for cycle in 0..3 {
-        let broker = Broker::start(data.path());
+        let broker = BrokerProcess::start(data.path(), &[]);
         let mut workers = JoinSet::new();
         for (w, org) in ["RJ1", "RJZ", "RJ1", "RJZ"].into_iter().enumerate() {
             let client = broker.client(org).await;
@@ -378,7 +320,7 @@ async fn every_acknowledged_call_is_in_the_trail_after_sigkill() {
     }
     // A start completes the trail from the journal before it serves: a change's record the kill
     // kept from the file is in the journal with the change.
-    drop(Broker::start(data.path()));
+    drop(BrokerProcess::start(data.path(), &[]));
 
     let trail = entries(data.path());
     let ones: HashSet<(&str, &str, &str)> = trail

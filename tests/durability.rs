@@ -14,117 +14,20 @@ mod common;
 mod harness;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::all_requests;
 use common::pg::{PgBroker, PgServer, leader_of};
+use common::process::BrokerProcess;
 use harness::{
     Rng, Shared, lock, new_submission, seed_and_cycles, spawn_load, verify, verify_history,
 };
-use labaid::client::Client;
 
-/// The broker process; killed when dropped, so a failing test leaves nothing behind.
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-    warnings: Arc<Mutex<Vec<String>>>,
-}
+/// Small, so that snapshots (and kills during them) happen within the test.
+const SNAPSHOT_EVERY: [&str; 2] = ["--snapshot-min-bytes", "32768"];
 
-impl Broker {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--web-listen",
-                "off",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            // Small, so that snapshots (and kills during them) happen within the test.
-            .args(["--snapshot-min-bytes", "32768"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start labaid-broker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        let warnings = Arc::new(Mutex::new(Vec::new()));
-        let seen = warnings.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if v["message"] == "broker serving" {
-                    let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_string());
-                }
-                if v["level"] == "WARN" || v["level"] == "ERROR" {
-                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let w = warnings.lock().unwrap_or_else(|e| e.into_inner());
-                panic!("the broker did not start serving; its warnings and errors: {w:#?}");
-            }
-        };
-        Self {
-            child,
-            addr,
-            warnings,
-        }
-    }
-
-    /// The address clients are given.
-    fn addrs(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn client(&self, org: &str) -> Client {
-        harness::connect(&self.addrs(), org).await
-    }
-
-    fn kill(mut self) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) -> Vec<String> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let exit = self.child.wait().expect("wait");
-        assert!(exit.success(), "the broker did not stop cleanly: {exit}");
-        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     let (seed, cycles) = seed_and_cycles(24);
@@ -138,7 +41,7 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     let mut snapshots = HashSet::new();
     let mut deltas = HashSet::new();
     for cycle in 0..cycles {
-        let broker = Broker::start(data.path());
+        let broker = BrokerProcess::start(data.path(), &SNAPSHOT_EVERY);
         if cycle > 0 {
             held = verify(&broker.addrs(), &ledger, &format!("restart {cycle}")).await;
         }
@@ -157,11 +60,11 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     }
     // A clean stop writes a snapshot; the start after it replays nothing and still keeps every
     // promise.
-    let broker = Broker::start(data.path());
+    let broker = BrokerProcess::start(data.path(), &SNAPSHOT_EVERY);
     held = held.max(verify(&broker.addrs(), &ledger, &format!("restart {cycles}")).await);
     verify_history(&broker.addrs(), &ledger).await;
     broker.stop();
-    let broker = Broker::start(data.path());
+    let broker = BrokerProcess::start(data.path(), &SNAPSHOT_EVERY);
     let after = format!("restart {}", cycles + 1);
     verify(&broker.addrs(), &ledger, &after).await;
     verify_history(&broker.addrs(), &ledger).await;
@@ -305,7 +208,7 @@ fn latest_snapshot(dir: &Path, prefix: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_that_cannot_write_its_final_snapshot_stops_cleanly_with_the_journal_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Broker::start(dir.path());
+    let broker = BrokerProcess::start(dir.path(), &SNAPSHOT_EVERY);
     let client = broker.client("RJ1").await;
     let mut rng = Rng(7);
     let mut ids = Vec::new();
@@ -337,7 +240,7 @@ async fn a_sigterm_that_cannot_write_its_final_snapshot_stops_cleanly_with_the_j
     for b in &blockers {
         std::fs::remove_dir(b).expect("free the space");
     }
-    let broker = Broker::start(dir.path());
+    let broker = BrokerProcess::start(dir.path(), &SNAPSHOT_EVERY);
     let held: HashSet<String> = all_requests(&broker.client("RJ1").await)
         .await
         .into_iter()

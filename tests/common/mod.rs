@@ -5,6 +5,7 @@
 pub mod acked;
 pub mod pg;
 pub mod pg_shared;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
