@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use common::process::BrokerProcess;
 use common::{
-    TestBroker, http_get, log_capture, next, sample, submission, submit, watch_request_events,
+    TestBroker, all_requests, http_get, k_result, log_capture, next, sample, submission, submit,
+    watch_request_events,
 };
 use labaid::Config;
 use labaid::audit::{AUDIT_FILE, AuditEntry, Verdict};
@@ -391,13 +392,7 @@ async fn walkthrough(broker: &TestBroker) -> Vec<String> {
     lab.labs()
         .post_results(proto::PostResultsRequest {
             id: r.id.clone(),
-            observations: vec![proto::Observation {
-                test: "K".into(),
-                value: "4.1".into(),
-                unit: "mmol/L".into(),
-                reference_range: "3.5-5.3".into(),
-                ..Default::default()
-            }],
+            observations: vec![k_result("4.1")],
         })
         .await
         .unwrap();
@@ -635,14 +630,8 @@ async fn a_failed_audit_trail_refuses_changes_before_they_are_made() {
     std::fs::remove_file(dir.path().join(AUDIT_FILE)).unwrap();
     let broker = TestBroker::spawn_with(config).await;
     let trust = broker.client("RJ1").await;
-    let list = trust
-        .requests()
-        .list_requests(proto::ListRequestsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
     assert!(
-        list.requests.is_empty(),
+        all_requests(&trust).await.is_empty(),
         "a refused submission was made durable"
     );
     broker.shutdown().await;
