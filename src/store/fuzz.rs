@@ -46,13 +46,9 @@ pub(crate) fn fix_snapshot_header(file: &mut [u8]) {
     if file.len() < header {
         return;
     }
-    let len = ((file.len() - header) as u64).to_le_bytes();
-    let mut h = crc32fast::Hasher::new();
-    h.update(&len);
-    h.update(&file[header..]);
-    let crc = h.finalize().to_le_bytes();
-    file[8..16].copy_from_slice(&len);
-    file[16..header].copy_from_slice(&crc);
+    let magic: [u8; 8] = file[..8].try_into().unwrap_or_default();
+    let framed = codec::framed(&magic, &file[header..]);
+    file.copy_from_slice(&framed);
 }
 
 /// Reads the snapshot file at `path` as a start does.

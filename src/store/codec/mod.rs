@@ -350,6 +350,22 @@ fn encode_sections(
     })
 }
 
+/// A whole snapshot file of `payload` behind `magic`, its header (length and checksum) as the
+/// writers make it: for tests and fuzz inputs that build files of any format by hand.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn framed(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u64).to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(payload);
+    let mut file = Vec::with_capacity(SNAPSHOT_HEADER + payload.len());
+    file.extend_from_slice(magic);
+    file.extend_from_slice(&len);
+    file.extend_from_slice(&crc.finalize().to_le_bytes());
+    file.extend_from_slice(payload);
+    file
+}
+
 /// Reads a snapshot into a core routing by `policy`; any damage is an error (a snapshot is only
 /// renamed into place once synced).
 pub(crate) fn read_snapshot(

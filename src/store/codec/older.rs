@@ -71,16 +71,9 @@ pub(crate) fn write_snapshot_v2(
     let head_len = (payload.len() - 8) as u64;
     payload[..8].copy_from_slice(&head_len.to_le_bytes());
     let payload = postcard::to_extend(&EventsRef { versions, events }, payload).map_err(encode)?;
-    let len = (payload.len() as u64).to_le_bytes();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&len);
-    crc.update(&payload);
     let tmp = dir.join(format!("{}.tmp", snapshot_name(lsn)));
     let mut file = File::create(&tmp)?;
-    file.write_all(SNAPSHOT_MAGIC_V2)?;
-    file.write_all(&len)?;
-    file.write_all(&crc.finalize().to_le_bytes())?;
-    file.write_all(&payload)?;
+    file.write_all(&super::framed(SNAPSHOT_MAGIC_V2, &payload))?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, dir.join(snapshot_name(lsn)))?;

@@ -63,14 +63,7 @@ fn a_format_1_snapshot_from_an_earlier_build_is_still_read() {
     let expected = d.after_batch.pop().expect("state");
     let events: Vec<Event> = d.events.clone();
     drop(d);
-    let len = (payload.len() as u64).to_le_bytes();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&len);
-    crc.update(&payload);
-    let mut file = b"LABAIDS1".to_vec();
-    file.extend_from_slice(&len);
-    file.extend_from_slice(&crc.finalize().to_le_bytes());
-    file.extend_from_slice(&payload);
+    let file = super::codec::framed(b"LABAIDS1", &payload);
     fs::write(dir.path().join(super::segment::snapshot_name(lsn)), file).expect("write");
     let r = open(dir.path(), directory(), policy(), StoreOptions::default()).expect("recover");
     assert_eq!(r.snapshot_entries, lsn);
@@ -205,14 +198,8 @@ fn many_tiny_request_sections_reserve_room_only_for_the_requests_they_hold() {
     payload.extend(std::iter::repeat_n(1u64.to_le_bytes(), extra).flatten());
     payload.extend_from_slice(sections);
     payload.extend(std::iter::repeat_n(0u8, extra));
-    let len = (payload.len() as u64).to_le_bytes();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&len);
-    crc.update(&payload);
-    let mut file = good[..8].to_vec();
-    file.extend_from_slice(&len);
-    file.extend_from_slice(&crc.finalize().to_le_bytes());
-    file.extend_from_slice(&payload);
+    let magic: [u8; 8] = good[..8].try_into().expect("magic");
+    let file = super::codec::framed(&magic, &payload);
     fs::write(&path, &file).expect("write");
     let header: [u8; 20] = file[..20].try_into().expect("header");
     let parts = super::codec::read_parts::<super::codec::Head, _>(
