@@ -5,8 +5,9 @@
 //! acknowledged change present and nothing twice; a leader paused past its lease (SIGSTOP)
 //! acknowledges nothing once resumed and steps down to standby in-process, then leads again with
 //! current state when the new leader dies; a caller whose batch was fenced hears UNAVAILABLE
-//! naming the new leader; a broker that refuses to lead releases the lease at once. Every loop is
-//! bounded in count and time.
+//! naming the new leader; a broker that refuses to lead releases the lease at once; a restart
+//! reads the incremental snapshot rows and replays only the journal rows after them. Every loop
+//! is bounded in count and time.
 
 mod common;
 
@@ -56,6 +57,70 @@ async fn acknowledged_submissions_survive_sigkill_on_postgres() {
         .parse()
         .expect("count");
     eprintln!("{acked_count} acknowledged, {held} held after 3 kills; {rows} journal rows");
+}
+
+/// The fields of the broker's "took the lease; leading" log line.
+fn took_the_lease(broker: &PgBroker) -> serde_json::Value {
+    broker
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "took the lease; leading")
+        .unwrap_or_else(|| panic!("no takeover line: {}", broker.log()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after_them() {
+    let pg = PgServer::start();
+    let acked: Acked = Arc::default();
+    // Snapshot rows every few kilobytes of journal: several incremental rows, and full ones.
+    let small = ["--snapshot-min-bytes", "65536"];
+    let mut broker = PgBroker::start_with(&pg.url(), &small);
+    assert!(
+        broker.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        broker.log()
+    );
+    let (stop, tasks) = load(&broker, 0, &acked, 1000).await;
+    *stop.lock().unwrap() = true;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
+    // Killed with no closing snapshot: the restart reads what the leader left.
+    broker.kill();
+    let count = |sql: &str| -> i64 { pg.psql(sql).parse().expect("a number") };
+    let deltas = count("SELECT count(*) FROM labaid_delta");
+    let fulls = count("SELECT count(*) FROM labaid_snapshot");
+    let entries = count("SELECT coalesce(max(lsn) + 1, 0) FROM labaid_journal");
+    let full = count("SELECT max(lsn) FROM labaid_snapshot");
+    let covered = count(&format!(
+        "SELECT coalesce(max(lsn), {full}) FROM labaid_delta WHERE lsn > {full}"
+    ));
+    assert!(deltas > 0, "no incremental row among {entries} entries");
+    assert_eq!(fulls, 1, "older full rows are dropped");
+    assert!(covered > full, "no incremental row after the full one");
+
+    let mut broker = PgBroker::start_with(&pg.url(), &small);
+    assert!(
+        broker.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        broker.log()
+    );
+    let took = took_the_lease(&broker);
+    assert_eq!(took["entries"], entries, "{took}");
+    assert_eq!(
+        took["replayed"],
+        entries - covered,
+        "replayed more than the rows after the last incremental one: {took}"
+    );
+    let held = verify(&broker, &acked).await;
+    let acked_count = acked.lock().unwrap().len();
+    assert!(acked_count > 0, "nothing was acknowledged");
+    eprintln!(
+        "{acked_count} acknowledged, {held} held; {deltas} incremental rows to entry {covered}, \
+         then {} of {entries} entries replayed",
+        entries - covered
+    );
 }
 
 /// Health, readiness and calls on a broker that does not lead.

@@ -31,9 +31,10 @@
 //! `--store postgres://USER@HOST:PORT/DB` measures the PostgreSQL store too, in the same run and
 //! the same way, after the file store: a database of its own is made on that server (dropped
 //! afterwards), filled through the PostgreSQL journal (its worst case: a snapshot row of the
-//! COUNT requests, then the journal rows up to the next snapshot row and those written while it
-//! would be written), and the broker started with `--store`. After each SIGKILL the bench waits
-//! for the killed broker's lease to lapse, so that a restart measures recovery, not a takeover.
+//! COUNT requests, then incremental rows up to the point where the next would be full, then the
+//! journal rows written meanwhile), and the broker started with `--store`. After each SIGKILL
+//! the bench waits for the killed broker's lease to lapse, so that a restart measures recovery,
+//! not a takeover.
 //!
 //! `LABAID_BENCH_DIR` picks the disk (default: the current directory); a tmpfs would hide I/O.
 //! `LIVE_MILLION_KEEP=1` keeps the work directory (config, data, broker log) for profiling;
@@ -396,10 +397,7 @@ fn fill_postgres(
     let mut medium = Medium {
         journal: recovered.journal,
         writing: labaid::store::postgres::PgJournal::writing_snapshot,
-        bytes: Box::new(|| {
-            let (snapshots, journal) = pg.bytes()?;
-            Ok((snapshots, 0, journal))
-        }),
+        bytes: Box::new(|| pg.bytes()),
     };
     let router = fill(recovered.router, &mut medium, count, worst)?;
     // No snapshot is pending (the worst case never hands over the one due), so closing only
@@ -626,21 +624,27 @@ struct Measured {
 
 impl Measured {
     /// The broker's own "store recovered" log line (entries replayed, milliseconds), or on
-    /// PostgreSQL its "took the lease" line.
+    /// PostgreSQL its "snapshot rows read" and "took the lease" lines.
     fn recovered_line(&self) -> String {
-        const LINES: [&str; 2] = ["store recovered", "took the lease; leading"];
-        std::fs::read_to_string(&self.log)
+        const LINES: [&str; 3] = [
+            "store recovered",
+            "snapshot rows read",
+            "took the lease; leading",
+        ];
+        let found: Vec<String> = std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .find_map(|l| {
+            .filter_map(|l| {
                 LINES
                     .iter()
                     .find_map(|m| l.split_once(m))
-                    .map(|(_, rest)| rest)
+                    .map(|(_, rest)| rest.trim().to_string())
             })
-            .unwrap_or("(no store recovered line)")
-            .trim()
-            .to_string()
+            .collect();
+        if found.is_empty() {
+            return "(no store recovered line)".into();
+        }
+        found.join("\n    ")
     }
 
     fn stop(&mut self, how: Stop) -> anyhow::Result<Duration> {

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use labaid::bench::database::Database;
 use labaid::config::Config;
-use labaid::store::postgres::{
-    self, DEFAULT_SNAPSHOT_EVERY, LeaseTiming, OnLeader, PgOptions, PgRecovered, PgTarget,
-};
+use labaid::store::postgres::{self, LeaseTiming, OnLeader, PgOptions, PgRecovered, PgTarget};
 
 /// A database made for one measurement, dropped by [`PgStore::drop_it`].
 pub(crate) struct PgStore {
@@ -41,7 +39,7 @@ impl PgStore {
             target: PgTarget::new(&self.url, None)?,
             address: "127.0.0.1:1".into(),
             lease: LeaseTiming::default(),
-            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            store: config.store,
             policy: config.policy.clone(),
         };
         let on_leader: OnLeader = Arc::new(|_| {});
@@ -50,14 +48,16 @@ impl PgStore {
             .context("the store did not open")
     }
 
-    /// Bytes of the snapshot rows and of the journal rows, with their indexes and TOAST.
-    pub(crate) fn bytes(&self) -> anyhow::Result<(u64, u64)> {
+    /// Bytes of the full snapshot rows, the incremental ones and the journal rows, with their
+    /// indexes and TOAST.
+    pub(crate) fn bytes(&self) -> anyhow::Result<(u64, u64, u64)> {
         let row = self.client()?.query_one(
             "SELECT pg_total_relation_size('labaid_snapshot'), \
-             pg_total_relation_size('labaid_journal')",
+             pg_total_relation_size('labaid_delta'), pg_total_relation_size('labaid_journal')",
             &[],
         )?;
-        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+        let size = |i| row.get::<_, i64>(i) as u64;
+        Ok((size(0), size(1), size(2)))
     }
 
     /// Waits until the lease a killed broker held has lapsed, so that the next broker leads at

@@ -58,7 +58,8 @@ struct Args {
     #[arg(long, env = "LABAID_ADVERTISE")]
     advertise: Option<String>,
     /// Journal bytes between full snapshots; an eighth of it triggers an incremental one (what
-    /// changed), until those add up to half the last full one.
+    /// changed), until those add up to half the last full one. On PostgreSQL the same, counted
+    /// in journal row bytes, for snapshot rows.
     #[arg(long, env = "LABAID_SNAPSHOT_MIN_BYTES", default_value_t = labaid::store::DEFAULT_SNAPSHOT_MIN_BYTES)]
     snapshot_min_bytes: u64,
     /// Start even when acknowledged changes are missing from the journal (a segment deleted, cut

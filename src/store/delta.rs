@@ -4,7 +4,6 @@
 //! changed, not what is live.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::{
     self, Parts, SNAPSHOT_HEADER, SectionError, encode_error, link_events, write_sections,
 };
+use super::io::ReadAt;
 use super::{Delta, Directory, StoreError};
 use crate::domain::{Request, RequestId};
 use crate::routing::{Event, State};
@@ -71,6 +71,36 @@ pub(crate) fn write_delta(
     directory: &Directory,
     delta: &Delta,
 ) -> Result<u64, StoreError> {
+    let (head, upserted) = delta_parts(lsn, after, directory, delta)?;
+    write_sections(
+        dir,
+        &delta_name(lsn),
+        DELTA_MAGIC,
+        head,
+        &upserted,
+        &delta.events,
+    )
+}
+
+/// An incremental snapshot as one buffer, byte for byte what `write_delta` puts in a file (the
+/// PostgreSQL store keeps it in a row); read back by `read_delta_bytes`.
+pub(crate) fn delta_bytes(
+    lsn: u64,
+    after: u64,
+    directory: &Directory,
+    delta: &Delta,
+) -> Result<Vec<u8>, StoreError> {
+    let (head, upserted) = delta_parts(lsn, after, directory, delta)?;
+    codec::sectioned_bytes(DELTA_MAGIC, head, &upserted, &delta.events)
+}
+
+/// The head section of an incremental snapshot, and its changed requests in ordinal order.
+fn delta_parts<'a>(
+    lsn: u64,
+    after: u64,
+    directory: &Directory,
+    delta: &'a Delta,
+) -> Result<(Vec<u8>, Vec<&'a Arc<Request>>), StoreError> {
     let mut upserted: Vec<&Arc<Request>> = Vec::with_capacity(delta.requests.len());
     let mut removed = Vec::new();
     for (id, request) in &delta.requests {
@@ -88,35 +118,33 @@ pub(crate) fn write_delta(
         removed: &removed,
     })
     .map_err(encode_error)?;
-    write_sections(
-        dir,
-        &delta_name(lsn),
-        DELTA_MAGIC,
-        head,
-        &upserted,
-        &delta.events,
-    )
+    Ok((head, upserted))
 }
 
 /// Reads an incremental snapshot; any damage is an error (it is only renamed into place once
 /// synced).
 pub(crate) fn read_delta(path: &Path) -> Result<DeltaFile, StoreError> {
-    let damaged = |why: &str| {
-        StoreError::Corrupt(format!(
-            "incremental snapshot {} is damaged: {why}",
-            path.display()
-        ))
-    };
     let file = File::open(path)?;
+    read_delta_from(&file, &format!("incremental snapshot {}", path.display()))
+}
+
+/// Reads an incremental snapshot from one buffer (see `delta_bytes`); `name` says where it was
+/// read from, for the error.
+pub(crate) fn read_delta_bytes(bytes: &[u8], name: &str) -> Result<DeltaFile, StoreError> {
+    read_delta_from(bytes, name)
+}
+
+fn read_delta_from<S: ReadAt + ?Sized>(source: &S, name: &str) -> Result<DeltaFile, StoreError> {
+    let damaged = |why: &str| StoreError::Corrupt(format!("{name} is damaged: {why}"));
     let mut header = [0; SNAPSHOT_HEADER];
-    file.read_exact_at(&mut header, 0)
+    source
+        .read_bytes_at(&mut header, 0)
         .map_err(|_| damaged("short header"))?;
     if header[..8] != DELTA_MAGIC[..] {
         return Err(if header.starts_with(b"LABAIDD") {
             StoreError::Corrupt(format!(
-                "incremental snapshot {} is in format {:?}, which this build cannot read (it \
-                 reads format 1); start it with the build that wrote it",
-                path.display(),
+                "{name} is in format {:?}, which this build cannot read (it reads format 1); \
+                 start it with the build that wrote it",
                 char::from(header[7])
             ))
         } else {
@@ -128,7 +156,7 @@ pub(crate) fn read_delta(path: &Path) -> Result<DeltaFile, StoreError> {
         versions,
         slots,
         requests,
-    } = codec::read_parts::<DeltaHead, _>(&file, &header).map_err(|e| match e {
+    } = codec::read_parts::<DeltaHead, _>(source, &header).map_err(|e| match e {
         SectionError::Io(e) => StoreError::Io(e),
         SectionError::Damaged(why) => damaged(&why),
     })?;

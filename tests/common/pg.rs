@@ -429,10 +429,16 @@ pub struct PgBroker {
 impl PgBroker {
     /// Starts a broker and waits until it has bound its listeners (it may be a standby).
     pub fn start(url: &str) -> Self {
+        Self::start_with(url, &[])
+    }
+
+    /// [`PgBroker::start`] with more command-line arguments.
+    pub fn start_with(url: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--web-listen", "off"])
             .args(["--log-format", "json", "--store", url])
+            .args(args)
             .env("RUST_LOG", "info")
             .env_remove("LABAID_DATA_DIR")
             .current_dir(std::env::temp_dir())

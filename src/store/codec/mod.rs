@@ -194,9 +194,20 @@ pub(super) fn snapshot_bytes(
 ) -> Result<Vec<u8>, StoreError> {
     let (head, requests) = snapshot_parts(lsn, directory, state)?;
     let ordered: Vec<&Arc<Request>> = requests.iter().collect();
-    let sections = encode_sections(head, &ordered, events)?;
+    sectioned_bytes(SNAPSHOT_MAGIC, head, &ordered, events)
+}
+
+/// A sectioned payload behind `magic` as one buffer, byte for byte what `write_sections` puts
+/// in a file.
+pub(super) fn sectioned_bytes(
+    magic: &[u8; 8],
+    head: Vec<u8>,
+    requests: &[&Arc<Request>],
+    events: &[Event],
+) -> Result<Vec<u8>, StoreError> {
+    let sections = encode_sections(head, requests, events)?;
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER + sections.payload_len);
-    out.extend_from_slice(&sections.header(SNAPSHOT_MAGIC));
+    out.extend_from_slice(&sections.header(magic));
     for section in &sections.sections {
         out.extend_from_slice(section);
     }

@@ -1,5 +1,5 @@
-//! Recovery and following: the newest snapshot row plus the journal rows after it, applied
-//! through the core. A standby keeps doing this while it waits for the lease, so taking over
+//! Recovery and following: the newest full snapshot row and the incremental rows after it,
+//! plus the journal rows after those, applied through the core. A standby keeps doing this while it waits for the lease, so taking over
 //! only applies the rows committed since its last read.
 
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use postgres::Client;
 
 use super::connect::pg_error;
+use super::journal::Position;
 use super::snapshot;
 use crate::routing::{Event, Outcome, Router, RoutingPolicy};
 use crate::store::{Directory, Entry, StoreError};
@@ -25,10 +26,15 @@ pub(crate) struct Follower {
     pub pinned: Option<Directory>,
     /// The next entry number to apply.
     pub next: u64,
-    /// Entries the snapshot read covered.
+    /// Entries the snapshot rows read covered.
     pub snapshot_lsn: u64,
-    /// Rows applied since that snapshot.
+    /// Rows applied since those snapshot rows.
     pub replayed: u64,
+    /// Their bodies' bytes.
+    replayed_bytes: u64,
+    /// The full snapshot row's size, and the incremental rows' after it.
+    full_bytes: u64,
+    deltas_bytes: u64,
     /// The broker's routing policy, for the cores read from snapshots.
     policy: Arc<dyn RoutingPolicy>,
 }
@@ -43,6 +49,9 @@ impl Follower {
             next: 0,
             snapshot_lsn: 0,
             replayed: 0,
+            replayed_bytes: 0,
+            full_bytes: 0,
+            deltas_bytes: 0,
             policy,
         }
     }
@@ -81,7 +90,8 @@ impl Follower {
                         self.next
                     )));
                 }
-                let entry: Entry = postcard::from_bytes(row.get::<_, &[u8]>(1)).map_err(|e| {
+                let body: &[u8] = row.get(1);
+                let entry: Entry = postcard::from_bytes(body).map_err(|e| {
                     StoreError::Corrupt(format!("journal entry {lsn} cannot be decoded: {e}"))
                 })?;
                 let Some(router) = self.router.as_mut() else {
@@ -99,6 +109,7 @@ impl Follower {
                 self.events.append(&mut outcome.events);
                 self.next += 1;
                 self.replayed += 1;
+                self.replayed_bytes += body.len() as u64;
             }
             if (rows.len() as i64) < PAGE {
                 return Ok(());
@@ -106,15 +117,28 @@ impl Follower {
         }
     }
 
+    /// Where a journal continuing from this core starts.
+    pub(crate) fn position(&self) -> Position {
+        Position {
+            next: self.next,
+            covered: self.snapshot_lsn,
+            full_bytes: self.full_bytes,
+            deltas_bytes: self.deltas_bytes,
+            replayed_bytes: self.replayed_bytes,
+        }
+    }
+
     fn reload(&mut self, client: &mut Client, url: &str) -> Result<(), StoreError> {
         if let Some(snap) = snapshot::newest(client, url, self.policy.clone())? {
-            tracing::debug!(store.snapshot_entries = snap.lsn, "snapshot row read");
             self.router = Some(snap.router);
             self.events = snap.events;
             self.pinned = Some(snap.directory);
             self.next = snap.lsn;
             self.snapshot_lsn = snap.lsn;
             self.replayed = 0;
+            self.replayed_bytes = 0;
+            self.full_bytes = snap.full_bytes;
+            self.deltas_bytes = snap.deltas_bytes;
         }
         Ok(())
     }

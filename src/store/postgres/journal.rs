@@ -1,9 +1,10 @@
 //! The journal on PostgreSQL: each batch is one multi-row INSERT (one transaction, one commit
 //! sync) that checks the leader's epoch inside the statement, so a leader that lost its lease
-//! cannot commit anything, at no extra round trip. Snapshots go to a writer thread with its own
-//! session.
+//! cannot commit anything, at no extra round trip. Snapshot rows, full and incremental, are due
+//! as the file store's snapshots are (by journal bytes, see `StoreOptions`) and go to a writer
+//! thread with its own session.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Instant;
@@ -12,14 +13,46 @@ use postgres::Client;
 
 use super::connect::{PgTarget, pg_error};
 use super::lease::LeaseKeeper;
-use super::snapshot;
-use crate::store::{Directory, Entry, Journal, Snapshot, SnapshotKind, StoreError};
+use super::{delta, snapshot};
+use crate::store::writer::Due;
+use crate::store::{
+    Delta, Directory, Entry, Journal, Snapshot, SnapshotKind, StoreError, StoreOptions,
+};
 
-/// Entries between full snapshots by default.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 200_000;
+/// Where a new leader's journal starts, and what its snapshot trigger weighs from there.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Position {
+    /// The next entry's number.
+    pub next: u64,
+    /// Entries covered by the last snapshot row, full or incremental.
+    pub covered: u64,
+    /// The last full row's size.
+    pub full_bytes: u64,
+    /// The incremental rows' sizes since it, added up.
+    pub deltas_bytes: u64,
+    /// Journal bytes after `covered`, replayed into the core; an incremental row cannot hold
+    /// what they changed, so the next snapshot row is full.
+    pub replayed_bytes: u64,
+}
 
-/// The snapshot writer thread: where to send snapshots, and its handle.
-type Writer = (mpsc::Sender<(u64, Snapshot)>, thread::JoinHandle<()>);
+/// A snapshot row for the writer thread.
+enum Job {
+    Full { lsn: u64, snapshot: Snapshot },
+    Incremental { lsn: u64, after: u64, delta: Delta },
+}
+
+/// What the writer thread tells the journal: the sizes the snapshot trigger weighs, and whether
+/// a row failed (the next must then be full: an incremental row would follow one that is not
+/// there).
+#[derive(Debug, Default)]
+struct Written {
+    full: AtomicU64,
+    deltas: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// The snapshot writer thread: where to send snapshot rows, and its handle.
+type Writer = (mpsc::Sender<Job>, thread::JoinHandle<()>);
 
 /// The leader's journal.
 pub struct PgJournal {
@@ -27,60 +60,47 @@ pub struct PgJournal {
     url: String,
     epoch: i64,
     next: u64,
+    options: StoreOptions,
+    /// Entries covered by the last snapshot row handed over: the next incremental row follows it.
+    covered: u64,
+    /// Journal bytes since the last snapshot row handed over, and since the last full one.
     since_snapshot: u64,
-    snapshot_every: u64,
+    since_full: u64,
+    full_due: bool,
     writer: Option<Writer>,
     busy: Arc<AtomicBool>,
+    written: Arc<Written>,
     lease: Option<LeaseKeeper>,
     lsns: Vec<i64>,
     bodies: Vec<Vec<u8>>,
 }
 
 impl PgJournal {
-    /// The journal of the lease held by `lease`, appending from entry `next`.
+    /// The journal of the lease held by `lease`, appending from `at`.
     pub(crate) fn new(
         target: &PgTarget,
         lease: LeaseKeeper,
         directory: Directory,
-        next: u64,
-        since_snapshot: u64,
-        snapshot_every: u64,
+        at: Position,
+        options: StoreOptions,
     ) -> Result<Self, StoreError> {
         let epoch = lease.epoch();
         let busy = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel::<(u64, Snapshot)>();
+        let written = Arc::new(Written {
+            full: AtomicU64::new(at.full_bytes),
+            deltas: AtomicU64::new(at.deltas_bytes),
+            failed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel::<Job>();
         let writer = {
             let mut client = target.connect()?;
             let url = target.url().to_string();
-            let busy = busy.clone();
+            let (busy, written) = (busy.clone(), written.clone());
             thread::Builder::new()
                 .name("labaid-pg-snapshots".into())
                 .spawn(move || {
-                    for (lsn, snap) in rx {
-                        let started = Instant::now();
-                        let state = snap.state.into_state();
-                        match snapshot::write(
-                            &mut client,
-                            &url,
-                            epoch,
-                            lsn,
-                            &directory,
-                            state,
-                            &snap.events,
-                        ) {
-                            Ok(Some(bytes)) => tracing::info!(
-                                store.snapshot_entries = lsn,
-                                bytes,
-                                ms = started.elapsed().as_millis() as u64,
-                                "snapshot row written"
-                            ),
-                            Ok(None) => tracing::warn!(
-                                store.epoch = epoch,
-                                "snapshot not written: another broker holds the lease"
-                            ),
-                            // The journal rows stay until a snapshot covers them: nothing lost.
-                            Err(e) => tracing::error!(error = %e, "snapshot row not written"),
-                        }
+                    for job in rx {
+                        write_row(&mut client, &url, epoch, &directory, job, &written);
                         busy.store(false, Ordering::Release);
                     }
                 })?
@@ -89,11 +109,15 @@ impl PgJournal {
             client: target.connect()?,
             url: target.url().to_string(),
             epoch,
-            next,
-            since_snapshot,
-            snapshot_every: snapshot_every.max(1),
+            next: at.next,
+            options,
+            covered: at.covered,
+            since_snapshot: at.replayed_bytes,
+            since_full: at.replayed_bytes,
+            full_due: at.next > at.covered,
             writer: Some((tx, writer)),
             busy,
+            written,
             lease: Some(lease),
             lsns: Vec::new(),
             bodies: Vec::new(),
@@ -113,6 +137,67 @@ impl PgJournal {
     /// True while a snapshot handed over is still being written.
     pub fn writing_snapshot(&self) -> bool {
         self.busy.load(Ordering::Acquire)
+    }
+
+    fn send(&mut self, job: Job) -> Result<(), StoreError> {
+        let Some((tx, _)) = &self.writer else {
+            return Err(StoreError::Refused("the journal is closed".into()));
+        };
+        self.busy.store(true, Ordering::Release);
+        tx.send(job)
+            .map_err(|_| StoreError::Refused("the snapshot writer stopped".into()))?;
+        self.covered = self.next;
+        self.since_snapshot = 0;
+        Ok(())
+    }
+}
+
+/// Writes one snapshot row (on the writer thread), and notes its size or its failure.
+fn write_row(
+    client: &mut Client,
+    url: &str,
+    epoch: i64,
+    directory: &Directory,
+    job: Job,
+    written: &Written,
+) {
+    let started = Instant::now();
+    let (kind, lsn, result) = match job {
+        Job::Full { lsn, snapshot } => {
+            let state = snapshot.state.into_state();
+            let result =
+                snapshot::write(client, url, epoch, lsn, directory, state, &snapshot.events);
+            if let Ok(Some(bytes)) = result {
+                written.full.store(bytes as u64, Ordering::Relaxed);
+                written.deltas.store(0, Ordering::Relaxed);
+            }
+            ("full", lsn, result)
+        }
+        Job::Incremental { lsn, after, delta } => {
+            let result = delta::write(client, url, epoch, (lsn, after), directory, &delta);
+            if let Ok(Some(bytes)) = result {
+                written.deltas.fetch_add(bytes as u64, Ordering::Relaxed);
+            }
+            ("incremental", lsn, result)
+        }
+    };
+    match result {
+        Ok(Some(bytes)) => tracing::info!(
+            store.snapshot_kind = kind,
+            store.snapshot_entries = lsn,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot row written"
+        ),
+        Ok(None) => tracing::warn!(
+            store.epoch = epoch,
+            "snapshot not written: another broker holds the lease"
+        ),
+        // The journal rows stay until a full snapshot covers them: nothing lost.
+        Err(e) => {
+            written.failed.store(true, Ordering::Release);
+            tracing::error!(store.snapshot_kind = kind, error = %e, "snapshot row not written");
+        }
     }
 }
 
@@ -161,29 +246,42 @@ impl Journal for PgJournal {
                 entries.len()
             )));
         }
+        let bytes: usize = self.bodies.iter().map(Vec::len).sum();
         self.next += entries.len() as u64;
-        self.since_snapshot += entries.len() as u64;
+        self.since_snapshot += bytes as u64;
+        self.since_full += bytes as u64;
         Ok(())
     }
 
     fn snapshot_due(&self, closing: bool) -> Option<SnapshotKind> {
-        let due = if closing {
-            self.since_snapshot > 0
-        } else {
-            self.since_snapshot >= self.snapshot_every && !self.busy.load(Ordering::Acquire)
-        };
-        due.then_some(SnapshotKind::Full)
+        if !closing && self.busy.load(Ordering::Acquire) {
+            return None;
+        }
+        Due {
+            since_snapshot: self.since_snapshot,
+            since_full: self.since_full,
+            full_size: self.written.full.load(Ordering::Relaxed),
+            deltas_size: self.written.deltas.load(Ordering::Relaxed),
+            full_due: self.full_due || self.written.failed.load(Ordering::Acquire),
+        }
+        .kind(&self.options, closing)
+    }
+
+    fn incremental(&self) -> bool {
+        true
     }
 
     fn snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
-        let Some((tx, _)) = &self.writer else {
-            return Err(StoreError::Refused("the journal is closed".into()));
-        };
-        self.busy.store(true, Ordering::Release);
-        tx.send((self.next, snapshot))
-            .map_err(|_| StoreError::Refused("the snapshot writer stopped".into()))?;
-        self.since_snapshot = 0;
-        Ok(())
+        self.full_due = false;
+        self.written.failed.store(false, Ordering::Release);
+        self.since_full = 0;
+        let lsn = self.next;
+        self.send(Job::Full { lsn, snapshot })
+    }
+
+    fn delta(&mut self, delta: Delta) -> Result<(), StoreError> {
+        let (lsn, after) = (self.next, self.covered);
+        self.send(Job::Incremental { lsn, after, delta })
     }
 
     fn close(&mut self) -> Result<(), StoreError> {

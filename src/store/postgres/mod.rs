@@ -1,11 +1,13 @@
 //! The PostgreSQL store: the same journal seam as the file store, on a database that several
 //! brokers share with exactly one leader. Tables (see `migrations/`): `labaid_store` (the format
 //! stamp), `labaid_lease` (leadership), `labaid_journal` (one row per entry) and
-//! `labaid_snapshot` (the newest state). A broker opening the store is a standby until it takes
-//! the lease: meanwhile it follows the journal rows, then it catches up on the last ones and
-//! serves as leader until its term ends ([`Leadership`]), when it becomes a standby again.
+//! `labaid_snapshot` (the newest full state) with `labaid_delta` (what changed since, in
+//! incremental rows). A broker opening the store is a standby until it takes the lease:
+//! meanwhile it follows the journal rows, then it catches up on the last ones and serves as
+//! leader until its term ends ([`Leadership`]), when it becomes a standby again.
 
 mod connect;
+mod delta;
 mod follow;
 mod journal;
 mod leadership;
@@ -22,16 +24,17 @@ use postgres::Client;
 
 use crate::domain::Timestamp;
 use crate::routing::{Event, Outcome, Router, RoutingPolicy};
-use crate::store::{Directory, StoreError};
+use crate::store::{Directory, StoreError, StoreOptions};
 
 pub use connect::{PASSWORD_ENV, PgTarget, is_postgres_url};
-pub use journal::{DEFAULT_SNAPSHOT_EVERY, PgJournal};
+pub use journal::PgJournal;
 pub use leadership::{Leadership, OnLeader};
 pub use lease::LeaseTiming;
 pub use schema::STORE_FORMAT;
 pub use start::{lead, options};
 
 use follow::Follower;
+use journal::Position;
 use lease::LeaseKeeper;
 
 /// How a broker uses the PostgreSQL store.
@@ -43,8 +46,9 @@ pub struct PgOptions {
     pub address: String,
     /// The lease's timing.
     pub lease: LeaseTiming,
-    /// Entries between snapshot rows.
-    pub snapshot_every: u64,
+    /// When snapshot rows are due (`snapshot_min_bytes`, counted in journal row bytes); the rest
+    /// concerns the file store alone.
+    pub store: StoreOptions,
     /// How the core routes: the broker's configured policy, also for cores read from snapshots.
     pub policy: Arc<dyn RoutingPolicy>,
 }
@@ -118,8 +122,9 @@ pub fn open(
     tracing::info!(
         store.url = %url,
         store.epoch = epoch,
-        entries = taken.next,
+        entries = taken.position.next,
         caught_up = taken.caught_up,
+        replayed = taken.replayed,
         requests = taken.router.request_count(),
         ms = started.elapsed().as_millis() as u64,
         "took the lease; leading"
@@ -129,9 +134,8 @@ pub fn open(
         &options.target,
         lease,
         taken.pinned,
-        taken.next,
-        taken.since,
-        options.snapshot_every,
+        taken.position,
+        options.store,
     )?;
     Ok(Some(PgRecovered {
         router: taken.router,
@@ -148,11 +152,11 @@ struct TakenOver {
     events: Vec<Event>,
     /// The directory the store is pinned to now.
     pinned: Directory,
-    /// The next entry's number.
-    next: u64,
-    /// Entries since the last snapshot row.
-    since: u64,
+    /// Where the journal continues.
+    position: Position,
+    /// Journal rows applied at the takeover, and since the snapshot rows read.
     caught_up: u64,
+    replayed: u64,
 }
 
 /// Catches up on the rows the old leader committed and adopts `directory` (or starts a new
@@ -174,25 +178,29 @@ fn take_over(
     let before = follower.replayed;
     follower.catch_up(&mut client, url)?;
     let caught_up = follower.replayed.saturating_sub(before);
-    let (mut router, mut events, pinned, next, since) = match follower.router.take() {
+    let replayed = follower.replayed;
+    let (mut router, mut events, pinned, position) = match follower.router.take() {
         Some(router) => (
             router,
             std::mem::take(&mut follower.events),
             follower.pinned.take().unwrap_or_else(|| directory.clone()),
-            follower.next,
-            follower.next - follower.snapshot_lsn,
+            follower.position(),
         ),
         None => {
             // A new store: a snapshot of the empty state pins the directory it was made for.
             let router = directory.router(options.policy.clone());
-            write_pinning(&mut client, url, epoch, 0, &directory, &router, &[])?;
+            let bytes = write_pinning(&mut client, url, epoch, 0, &directory, &router, &[])?;
             tracing::info!(store.url = %url, "new store");
-            (router, Vec::new(), directory.clone(), 0, 0)
+            let position = Position {
+                full_bytes: bytes,
+                ..Position::default()
+            };
+            (router, Vec::new(), directory.clone(), position)
         }
     };
     let differences = directory.differences(&pinned);
-    let (pinned, since) = if differences.is_empty() {
-        (pinned, since)
+    let (pinned, position) = if differences.is_empty() {
+        (pinned, position)
     } else {
         let mut outcome = Outcome::default();
         router
@@ -208,20 +216,27 @@ fn take_over(
                 ))
             })?;
         events.append(&mut outcome.events);
-        write_pinning(&mut client, url, epoch, next, &directory, &router, &events)?;
+        let next = position.next;
+        let bytes = write_pinning(&mut client, url, epoch, next, &directory, &router, &events)?;
         tracing::warn!(
             changed = %differences.join(", "),
             "the directory changed since the store was written; applied it and took a snapshot"
         );
-        (directory, 0)
+        let position = Position {
+            next,
+            covered: next,
+            full_bytes: bytes,
+            ..Position::default()
+        };
+        (directory, position)
     };
     Ok(TakenOver {
         router,
         events,
         pinned,
-        next,
-        since,
+        position,
         caught_up,
+        replayed,
     })
 }
 
@@ -252,7 +267,8 @@ fn standby_step(
     Ok(None)
 }
 
-/// Writes a snapshot that must exist before the journal goes on (a new store, a changed directory).
+/// Writes a snapshot that must exist before the journal goes on (a new store, a changed
+/// directory); returns its size.
 fn write_pinning(
     client: &mut Client,
     url: &str,
@@ -261,7 +277,7 @@ fn write_pinning(
     directory: &Directory,
     router: &Router,
     events: &[Event],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     match snapshot::write(
         client,
         url,
@@ -271,7 +287,7 @@ fn write_pinning(
         router.state().clone(),
         events,
     )? {
-        Some(_) => Ok(()),
+        Some(bytes) => Ok(bytes as u64),
         None => Err(StoreError::Refused(format!(
             "fenced: another broker took the lease from epoch {epoch}"
         ))),

@@ -3,7 +3,8 @@
 //! events sharing the core's requests); written fenced by the leader's epoch. Rows written as one
 //! postcard value by earlier builds are still read.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use postgres::Client;
 use serde::Deserialize;
@@ -21,21 +22,27 @@ struct SnapshotRow {
     events: Vec<Event>,
 }
 
-/// A snapshot, read back.
+/// A full snapshot row, and the incremental rows after it once applied ([`super::delta`]).
 #[derive(Debug)]
 pub(crate) struct Loaded {
-    /// Entries it covers.
+    /// Entries covered: the full row's, then the last incremental row's applied.
     pub lsn: u64,
-    /// The directory it was made under.
+    /// Entries the full row covers.
+    pub full_lsn: u64,
+    /// The directory the last row applied was made under.
     pub directory: Directory,
     /// The core.
     pub router: Router,
     /// Retained events.
     pub events: Vec<Event>,
+    /// The full row's size.
+    pub full_bytes: u64,
+    /// The incremental rows' sizes, added up.
+    pub deltas_bytes: u64,
 }
 
 /// Writes the snapshot after `lsn` entries if `epoch` still holds the lease, then drops the
-/// journal rows and older snapshots it covers, in one transaction. Returns its size, or `None`
+/// journal rows and older snapshots (full and incremental) it covers, in one transaction. Returns its size, or `None`
 /// when fenced.
 pub(crate) fn write(
     client: &mut Client,
@@ -70,6 +77,8 @@ pub(crate) fn write(
     if written == 1 {
         tx.execute("DELETE FROM labaid_snapshot WHERE lsn < $1", &[&lsn])
             .map_err(|e| pg_error(url, e))?;
+        tx.execute("DELETE FROM labaid_delta WHERE lsn <= $1", &[&lsn])
+            .map_err(|e| pg_error(url, e))?;
         tx.execute("DELETE FROM labaid_journal WHERE lsn < $1", &[&lsn])
             .map_err(|e| pg_error(url, e))?;
     }
@@ -77,29 +86,127 @@ pub(crate) fn write(
     Ok(Some(body.len()))
 }
 
-/// The newest snapshot, if any.
-/// Its core routes by `policy`, the broker's configured one.
+/// A snapshot row's body, as the database sent it (column `.1` of the row `.0`).
+struct Body(postgres::Row, usize);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get(self.1)
+    }
+}
+
+/// A snapshot row fetched: the entries it covers, the entries of the row it follows (its own
+/// for a full row), and its body.
+struct Fetched {
+    lsn: u64,
+    after: u64,
+    body: Body,
+}
+
+/// The newest full snapshot with the incremental rows after it applied, if any.
+/// Its core routes by `policy`, the broker's configured one. One row is decoded while the next
+/// is fetched, as the file store reads its incremental snapshots.
 pub(crate) fn newest(
     client: &mut Client,
     url: &str,
     policy: Arc<dyn RoutingPolicy>,
 ) -> Result<Option<Loaded>, StoreError> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT lsn, body FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1",
-            &[],
-        )
-        .map_err(|e| pg_error(url, e))?
-    else {
+    let started = Instant::now();
+    let (tx, rx) = mpsc::sync_channel::<Fetched>(1);
+    let (read, fetched) = std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("labaid-pg-read".into())
+            .spawn_scoped(scope, move || read_rows(rx, policy));
+        let fetched = fetch_rows(client, url, tx);
+        let read = match reader {
+            Ok(reader) => reader.join().unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "reading the snapshot rows panicked".into(),
+                ))
+            }),
+            Err(e) => Err(StoreError::Io(e)),
+        };
+        (read, fetched)
+    });
+    // A fetch that failed part way ended the reader early: its state must not be used.
+    let fetching = fetched?;
+    let Some((loaded, incremental)) = read? else {
         return Ok(None);
     };
-    let lsn: i64 = row.get(0);
-    let body: &[u8] = row.get(1);
-    decode(lsn as u64, body, policy).map(Some)
+    tracing::info!(
+        store.snapshot_entries = loaded.full_lsn,
+        store.covered_entries = loaded.lsn,
+        requests = loaded.router.request_count(),
+        incremental,
+        fetch_ms = fetching.as_millis() as u64,
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot rows read"
+    );
+    Ok(Some(loaded))
+}
+
+/// Fetches the newest full row, then each incremental row after it in order, handing each to
+/// `tx` until there are no more or the reader stops taking them; returns the time spent in
+/// queries.
+fn fetch_rows(
+    client: &mut Client,
+    url: &str,
+    tx: mpsc::SyncSender<Fetched>,
+) -> Result<Duration, StoreError> {
+    let mut querying = Duration::ZERO;
+    let mut query = |sql: &str, after: Option<u64>| {
+        let started = Instant::now();
+        let row = match after {
+            None => client.query_opt(sql, &[]),
+            Some(lsn) => client.query_opt(sql, &[&(lsn as i64)]),
+        }
+        .map_err(|e| pg_error(url, e));
+        querying += started.elapsed();
+        row
+    };
+    let full = "SELECT lsn, lsn, body FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1";
+    let next = "SELECT lsn, after, body FROM labaid_delta WHERE lsn > $1 ORDER BY lsn LIMIT 1";
+    let mut row = query(full, None)?;
+    while let Some(r) = row {
+        let lsn = r.get::<_, i64>(0) as u64;
+        let after = r.get::<_, i64>(1) as u64;
+        if tx
+            .send(Fetched {
+                lsn,
+                after,
+                body: Body(r, 2),
+            })
+            .is_err()
+        {
+            break;
+        }
+        row = query(next, Some(lsn))?;
+    }
+    Ok(querying)
+}
+
+/// Decodes the full row and applies the incremental ones as `fetch_rows` hands them over;
+/// returns the state and how many incremental rows it applied.
+fn read_rows(
+    rx: mpsc::Receiver<Fetched>,
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<Option<(Loaded, usize)>, StoreError> {
+    let mut rows = rx.into_iter();
+    let Some(full) = rows.next() else {
+        return Ok(None);
+    };
+    let mut loaded = decode(full.lsn, full.body.as_ref(), policy)?;
+    drop(full);
+    let incremental = super::delta::apply(&mut loaded, rows.map(|f| (f.lsn, f.after, f.body)))?;
+    Ok(Some((loaded, incremental)))
 }
 
 /// The snapshot in the body of the row after `lsn` entries, in either format.
-fn decode(lsn: u64, body: &[u8], policy: Arc<dyn RoutingPolicy>) -> Result<Loaded, StoreError> {
+pub(super) fn decode(
+    lsn: u64,
+    body: &[u8],
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<Loaded, StoreError> {
     let damaged = |why: String| {
         StoreError::Corrupt(format!(
             "the snapshot after {lsn} entries cannot be decoded: {why}"
@@ -108,18 +215,24 @@ fn decode(lsn: u64, body: &[u8], policy: Arc<dyn RoutingPolicy>) -> Result<Loade
     let loaded = match codec::read_snapshot_bytes(body, policy.clone()).map_err(damaged)? {
         Some(snap) => Loaded {
             lsn: snap.lsn,
+            full_lsn: snap.lsn,
             directory: snap.directory,
             router: snap.router,
             events: snap.events,
+            full_bytes: body.len() as u64,
+            deltas_bytes: 0,
         },
         None => {
             let snap: SnapshotRow =
                 postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))?;
             Loaded {
                 lsn: snap.lsn,
+                full_lsn: snap.lsn,
                 directory: snap.directory,
                 router: Router::from_state(snap.state, policy),
                 events: snap.events,
+                full_bytes: body.len() as u64,
+                deltas_bytes: 0,
             }
         }
     };

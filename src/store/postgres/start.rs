@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
-use super::{DEFAULT_SNAPSHOT_EVERY, LeaseTiming, PgOptions, PgRecovered, PgTarget};
+use super::{LeaseTiming, PgOptions, PgRecovered, PgTarget};
 use crate::config::Config;
 use crate::error::Error;
 use crate::ops::LeaderHint;
@@ -24,7 +24,7 @@ pub fn options(config: &Config, url: &str, bound: SocketAddr) -> Result<PgOption
             .clone()
             .unwrap_or_else(|| bound.to_string()),
         lease: LeaseTiming::default(),
-        snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+        store: config.store,
         policy: config.policy.clone(),
     })
 }
