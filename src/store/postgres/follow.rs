@@ -2,9 +2,9 @@
 //! plus the journal rows after those, applied through the core. A standby keeps doing this while it waits for the lease, so taking over
 //! only applies the rows committed since its last read.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
-use postgres::Client;
+use postgres::{Client, Row};
 
 use super::connect::pg_error;
 use super::journal::Position;
@@ -67,36 +67,60 @@ impl Follower {
         if behind {
             self.reload(client, url)?;
         }
-        loop {
-            let rows = client
-                .query(
-                    "SELECT lsn, body FROM labaid_journal WHERE lsn >= $1 ORDER BY lsn LIMIT $2",
-                    &[&(self.next as i64), &PAGE],
-                )
-                .map_err(|e| pg_error(url, e))?;
-            if self.router.is_none() {
-                return Ok(());
+        while let Some(lsn) = self.apply_rows(client, url)? {
+            // Rows below a newer snapshot were dropped meanwhile: start from it.
+            if snapshot::newest_lsn(client, url)?.is_some_and(|s| s > self.next) {
+                self.reload(client, url)?;
+                continue;
             }
+            return Err(StoreError::Corrupt(format!(
+                "the journal skips from entry {} to {lsn}",
+                self.next
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies the rows from `next` on, a page at a time, each page fetched while the one
+    /// before is applied. Returns the row found where `next` was expected, if the rows skip.
+    fn apply_rows(&mut self, client: &mut Client, url: &str) -> Result<Option<u64>, StoreError> {
+        if self.router.is_none() {
+            return Ok(None);
+        }
+        let from = self.next;
+        let (tx, rx) = mpsc::sync_channel::<Vec<Row>>(1);
+        std::thread::scope(|scope| {
+            let fetcher = std::thread::Builder::new()
+                .name("labaid-pg-rows".into())
+                .spawn_scoped(scope, move || fetch_pages(client, url, from, tx))
+                .map_err(StoreError::Io)?;
+            let applied = self.apply_pages(&rx);
+            // The fetcher stops at its next page once nobody takes them.
+            drop(rx);
+            let fetched = fetcher.join().unwrap_or_else(|_| {
+                Err(StoreError::Corrupt("fetching journal rows panicked".into()))
+            });
+            let skipped = applied?;
+            fetched?;
+            Ok(skipped)
+        })
+    }
+
+    /// Applies the pages `rx` hands over, in order, until they end or skip an entry.
+    fn apply_pages(&mut self, rx: &mpsc::Receiver<Vec<Row>>) -> Result<Option<u64>, StoreError> {
+        let Some(router) = self.router.as_mut() else {
+            return Ok(None);
+        };
+        for rows in rx {
             for row in &rows {
                 let lsn = row.get::<_, i64>(0) as u64;
                 if lsn != self.next {
-                    // Rows below a newer snapshot were dropped meanwhile: start from it.
-                    if snapshot::newest_lsn(client, url)?.is_some_and(|s| s > self.next) {
-                        self.reload(client, url)?;
-                        break;
-                    }
-                    return Err(StoreError::Corrupt(format!(
-                        "the journal skips from entry {} to {lsn}",
-                        self.next
-                    )));
+                    return Ok(Some(lsn));
                 }
                 let body: &[u8] = row.get(1);
                 let entry: Entry = postcard::from_bytes(body).map_err(|e| {
                     StoreError::Corrupt(format!("journal entry {lsn} cannot be decoded: {e}"))
                 })?;
-                let Some(router) = self.router.as_mut() else {
-                    return Ok(());
-                };
                 let mut outcome = Outcome::default();
                 router
                     .apply(&entry.command, entry.time, &mut outcome)
@@ -111,10 +135,8 @@ impl Follower {
                 self.replayed += 1;
                 self.replayed_bytes += body.len() as u64;
             }
-            if (rows.len() as i64) < PAGE {
-                return Ok(());
-            }
         }
+        Ok(None)
     }
 
     /// Where a journal continuing from this core starts.
@@ -141,5 +163,30 @@ impl Follower {
             self.deltas_bytes = snap.deltas_bytes;
         }
         Ok(())
+    }
+}
+
+/// Fetches the journal rows from entry `from` on, `PAGE` at a time, handing each page to `tx`
+/// until a short page or until nobody takes them.
+fn fetch_pages(
+    client: &mut Client,
+    url: &str,
+    mut from: u64,
+    tx: mpsc::SyncSender<Vec<Row>>,
+) -> Result<(), StoreError> {
+    loop {
+        let rows = client
+            .query(
+                "SELECT lsn, body FROM labaid_journal WHERE lsn >= $1 ORDER BY lsn LIMIT $2",
+                &[&(from as i64), &PAGE],
+            )
+            .map_err(|e| pg_error(url, e))?;
+        let last_page = (rows.len() as i64) < PAGE;
+        if let Some(last) = rows.last() {
+            from = last.get::<_, i64>(0) as u64 + 1;
+        }
+        if tx.send(rows).is_err() || last_page {
+            return Ok(());
+        }
     }
 }
