@@ -2,6 +2,8 @@
 //! service is for, and hands the handlers the [`Principal`] in the request's extensions, so no
 //! handler authenticates or authorises on its own.
 
+use std::sync::Arc;
+
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -9,16 +11,17 @@ use super::{Authenticator, Principal, Role};
 use crate::error::Error;
 
 /// A tonic interceptor: UNAUTHENTICATED without a valid credential, RESOURCE_EXHAUSTED over the
-/// rate limit, PERMISSION_DENIED for the wrong role.
+/// rate limit, PERMISSION_DENIED for the wrong role. The router clones its service for every
+/// call, so the authenticator (its directory's sets) is shared, not copied.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     role: Option<Role>,
 }
 
 impl Gate {
     /// Lets in callers of `role` only.
-    pub fn for_role(auth: Authenticator, role: Role) -> Self {
+    pub fn for_role(auth: Arc<Authenticator>, role: Role) -> Self {
         Self {
             auth,
             role: Some(role),
@@ -26,7 +29,7 @@ impl Gate {
     }
 
     /// Lets in every authenticated caller (the directory is for everyone).
-    pub fn any_role(auth: Authenticator) -> Self {
+    pub fn any_role(auth: Arc<Authenticator>) -> Self {
         Self { auth, role: None }
     }
 }

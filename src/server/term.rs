@@ -139,6 +139,7 @@ pub(super) async fn serve(
     // Set when the term is lost, so that the standby server takes the next connections.
     let handed_over = Arc::new(AtomicBool::new(false));
     let grace = config.shutdown_grace;
+    let gated = Arc::new(ctx.auth.clone());
     let server = limited(Server::builder(), &config.limits)
         .layer(RpcLayer::new(shared.metrics.clone()))
         .layer(FramingLayer)
@@ -155,22 +156,22 @@ pub(super) async fn serve(
         .add_service(InterceptedService::new(
             RequestServiceServer::new(RequestApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::for_role(ctx.auth.clone(), Role::Trust),
+            Gate::for_role(gated.clone(), Role::Trust),
         ))
         .add_service(InterceptedService::new(
             LabServiceServer::new(LabApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::for_role(ctx.auth.clone(), Role::Lab),
+            Gate::for_role(gated.clone(), Role::Lab),
         ))
         .add_service(InterceptedService::new(
             DirectoryServiceServer::new(DirectoryApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::any_role(ctx.auth.clone()),
+            Gate::any_role(gated.clone()),
         ))
         .add_service(InterceptedService::new(
             CoordinatorServiceServer::new(CoordinatorApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Gate::for_role(ctx.auth.clone(), Role::Coordinator),
+            Gate::for_role(gated, Role::Coordinator),
         ))
         .serve_with_incoming_shutdown(
             SharedIncoming {
