@@ -11,7 +11,7 @@ mod harness;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::pg::{PgBroker, PgServer, leader_of};
+use common::pg::{PgBroker, PgServer, leading_now};
 use harness::{Edge, Receiver, fixture, msa, replace, send};
 use labaid::proto;
 
@@ -48,7 +48,7 @@ async fn a_running_edge_moves_its_orders_and_results_to_the_broker_that_takes_ov
     let pg = PgServer::start();
     let url = pg.url();
     let mut brokers = vec![PgBroker::start(&url), PgBroker::start(&url)];
-    let leader = leader_of(&mut brokers, Duration::from_secs(30));
+    let leader = leading_now(&mut brokers, Duration::from_secs(30)).await;
     // The standby first: an edge that kept to the first address would never be served.
     let addrs = format!(
         "http://{},http://{}",
@@ -65,8 +65,9 @@ async fn a_running_edge_moves_its_orders_and_results_to_the_broker_that_takes_ov
 
     brokers.remove(leader).kill();
     let successor = &mut brokers[0];
+    let terms = successor.terms();
     assert!(
-        successor.wait_serving(Duration::from_secs(30)),
+        successor.wait_terms(terms + 1, Duration::from_secs(30)),
         "the standby did not take over: {}",
         successor.log()
     );

@@ -489,6 +489,14 @@ impl PgBroker {
         self.wait_terms(1, within)
     }
 
+    /// Terms as leader it has begun so far.
+    pub fn terms(&mut self) -> usize {
+        while self.serving.try_recv().is_ok() {
+            self.terms += 1;
+        }
+        self.terms
+    }
+
     /// True once the broker has begun its `n`th term as leader (it stepped down and took the
     /// lease again in between), waiting at most `within`.
     pub fn wait_terms(&mut self, n: usize, within: Duration) -> bool {
@@ -578,6 +586,30 @@ impl Drop for PgBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until exactly one of `brokers` answers health SERVING, and returns its index: on a
+/// loaded machine the first to lead can miss a renewal and step down, so having said it serves
+/// is not enough.
+pub async fn leading_now(brokers: &mut [PgBroker], within: Duration) -> usize {
+    leader_of(brokers, within);
+    let deadline = Instant::now() + within;
+    loop {
+        let mut serving = Vec::new();
+        for (i, b) in brokers.iter().enumerate() {
+            if b.health().await == ServingStatus::Serving as i32 {
+                serving.push(i);
+            }
+        }
+        if let [one] = serving[..] {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
