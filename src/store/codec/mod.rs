@@ -484,35 +484,19 @@ pub(super) fn read_snapshot_bytes(
     bytes: &[u8],
     policy: Arc<dyn RoutingPolicy>,
 ) -> Result<Option<SnapshotFile>, String> {
-    if bytes.len() < SNAPSHOT_HEADER || !is_format_3(bytes) {
+    let Some(header) = bytes
+        .get(..SNAPSHOT_HEADER)
+        .and_then(|h| <&[u8; SNAPSHOT_HEADER]>::try_from(h).ok())
+        .filter(|h| h[..8] == SNAPSHOT_MAGIC[..])
+    else {
         return Ok(None);
-    }
-    read_snapshot_from(bytes, policy).map(Some)
-}
-
-/// Whether `start`, a snapshot's first bytes, says it is in format 3.
-pub(super) fn is_format_3(start: &[u8]) -> bool {
-    start.starts_with(SNAPSHOT_MAGIC)
-}
-
-/// Reads a format 3 snapshot from `source` (as `snapshot_bytes` lays it out), section by
-/// section, into a core routing by `policy`.
-pub(super) fn read_snapshot_from<S: ReadAt + ?Sized>(
-    source: &S,
-    policy: Arc<dyn RoutingPolicy>,
-) -> Result<SnapshotFile, String> {
-    let text = |e: SectionError| match e {
-        SectionError::Io(e) => e.to_string(),
-        SectionError::Damaged(why) => why,
     };
-    let mut header = [0; SNAPSHOT_HEADER];
-    source
-        .read_bytes_at(&mut header, 0)
-        .map_err(|e| text(SectionError::Io(e)))?;
-    if !is_format_3(&header) {
-        return Err("not a format 3 snapshot".into());
-    }
-    read_sections(source, &header, policy).map_err(text)
+    read_sections(bytes, header, policy)
+        .map(Some)
+        .map_err(|e| match e {
+            SectionError::Io(e) => e.to_string(),
+            SectionError::Damaged(why) => why,
+        })
 }
 
 /// One decoded section of a sectioned file.

@@ -1,6 +1,6 @@
 //! Incremental snapshot rows: what changed since the snapshot row before, written fenced by the
 //! leader's epoch, and the chain of them after a full row applied at a restart or a takeover
-//! (read by `read::newest`), so that recovery replays at most the journal rows since the
+//! (read by `snapshot::newest`), so that recovery replays at most the journal rows since the
 //! last of them.
 
 use postgres::Client;

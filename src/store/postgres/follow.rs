@@ -151,7 +151,7 @@ impl Follower {
     }
 
     fn reload(&mut self, client: &mut Client, url: &str) -> Result<(), StoreError> {
-        if let Some(snap) = super::read::newest(client, url, self.policy.clone())? {
+        if let Some(snap) = snapshot::newest(client, url, self.policy.clone())? {
             self.router = Some(snap.router);
             self.events = snap.events;
             self.pinned = Some(snap.directory);

@@ -6,14 +6,12 @@
 //! meanwhile it follows the journal rows, then it catches up on the last ones and serves as
 //! leader until its term ends ([`Leadership`]), when it becomes a standby again.
 
-mod arriving;
 mod connect;
 mod delta;
 mod follow;
 mod journal;
 mod leadership;
 mod lease;
-mod read;
 mod schema;
 mod snapshot;
 mod start;

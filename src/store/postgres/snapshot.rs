@@ -3,14 +3,14 @@
 //! events sharing the core's requests); written fenced by the leader's epoch. Rows written as one
 //! postcard value by earlier builds are still read.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use postgres::Client;
 use serde::Deserialize;
 
 use super::connect::pg_error;
 use crate::routing::{Event, Router, RoutingPolicy, State};
-use crate::store::io::ReadAt;
 use crate::store::{Directory, StoreError, codec};
 
 /// A row's body as earlier builds wrote it: one postcard value.
@@ -86,63 +86,156 @@ pub(crate) fn write(
     Ok(Some(body.len()))
 }
 
+/// A snapshot row's body, as the database sent it (column `.1` of the row `.0`).
+struct Body(postgres::Row, usize);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get(self.1)
+    }
+}
+
+/// A snapshot row fetched: the entries it covers, the entries of the row it follows (its own
+/// for a full row), and its body.
+struct Fetched {
+    lsn: u64,
+    after: u64,
+    body: Body,
+}
+
+/// The newest full snapshot with the incremental rows after it applied, if any.
+/// Its core routes by `policy`, the broker's configured one. One row is decoded while the next
+/// is fetched, as the file store reads its incremental snapshots.
+pub(crate) fn newest(
+    client: &mut Client,
+    url: &str,
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<Option<Loaded>, StoreError> {
+    let started = Instant::now();
+    let (tx, rx) = mpsc::sync_channel::<Fetched>(1);
+    let (read, fetched) = std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("labaid-pg-read".into())
+            .spawn_scoped(scope, move || read_rows(rx, policy));
+        let fetched = fetch_rows(client, url, tx);
+        let read = match reader {
+            Ok(reader) => reader.join().unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "reading the snapshot rows panicked".into(),
+                ))
+            }),
+            Err(e) => Err(StoreError::Io(e)),
+        };
+        (read, fetched)
+    });
+    // A fetch that failed part way ended the reader early: its state must not be used.
+    let fetching = fetched?;
+    let Some((loaded, incremental)) = read? else {
+        return Ok(None);
+    };
+    tracing::info!(
+        store.snapshot_entries = loaded.full_lsn,
+        store.covered_entries = loaded.lsn,
+        requests = loaded.router.request_count(),
+        incremental,
+        fetch_ms = fetching.as_millis() as u64,
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot rows read"
+    );
+    Ok(Some(loaded))
+}
+
+/// Fetches the newest full row, then each incremental row after it in order, handing each to
+/// `tx` until there are no more or the reader stops taking them; returns the time spent in
+/// queries.
+fn fetch_rows(
+    client: &mut Client,
+    url: &str,
+    tx: mpsc::SyncSender<Fetched>,
+) -> Result<Duration, StoreError> {
+    let mut querying = Duration::ZERO;
+    let mut query = |sql: &str, after: Option<u64>| {
+        let started = Instant::now();
+        let row = match after {
+            None => client.query_opt(sql, &[]),
+            Some(lsn) => client.query_opt(sql, &[&(lsn as i64)]),
+        }
+        .map_err(|e| pg_error(url, e));
+        querying += started.elapsed();
+        row
+    };
+    let full = "SELECT lsn, lsn, body FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1";
+    let next = "SELECT lsn, after, body FROM labaid_delta WHERE lsn > $1 ORDER BY lsn LIMIT 1";
+    let mut row = query(full, None)?;
+    while let Some(r) = row {
+        let lsn = r.get::<_, i64>(0) as u64;
+        let after = r.get::<_, i64>(1) as u64;
+        if tx
+            .send(Fetched {
+                lsn,
+                after,
+                body: Body(r, 2),
+            })
+            .is_err()
+        {
+            break;
+        }
+        row = query(next, Some(lsn))?;
+    }
+    Ok(querying)
+}
+
+/// Decodes the full row and applies the incremental ones as `fetch_rows` hands them over;
+/// returns the state and how many incremental rows it applied.
+fn read_rows(
+    rx: mpsc::Receiver<Fetched>,
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<Option<(Loaded, usize)>, StoreError> {
+    let mut rows = rx.into_iter();
+    let Some(full) = rows.next() else {
+        return Ok(None);
+    };
+    let mut loaded = decode(full.lsn, full.body.as_ref(), policy)?;
+    drop(full);
+    let incremental = super::delta::apply(&mut loaded, rows.map(|f| (f.lsn, f.after, f.body)))?;
+    Ok(Some((loaded, incremental)))
+}
+
 /// The snapshot in the body of the row after `lsn` entries, in either format.
 pub(super) fn decode(
     lsn: u64,
     body: &[u8],
     policy: Arc<dyn RoutingPolicy>,
 ) -> Result<Loaded, StoreError> {
-    let loaded =
-        match codec::read_snapshot_bytes(body, policy.clone()).map_err(|why| damaged(lsn, why))? {
-            Some(snap) => loaded(snap, body.len() as u64),
-            None => {
-                let snap: SnapshotRow =
-                    postcard::from_bytes(body).map_err(|e| damaged(lsn, e.to_string()))?;
-                Loaded {
-                    lsn: snap.lsn,
-                    full_lsn: snap.lsn,
-                    directory: snap.directory,
-                    router: Router::from_state(snap.state, policy),
-                    events: snap.events,
-                    full_bytes: body.len() as u64,
-                    deltas_bytes: 0,
-                }
+    let damaged = |why: String| {
+        StoreError::Corrupt(format!(
+            "the snapshot after {lsn} entries cannot be decoded: {why}"
+        ))
+    };
+    let loaded = match codec::read_snapshot_bytes(body, policy.clone()).map_err(damaged)? {
+        Some(snap) => Loaded {
+            lsn: snap.lsn,
+            full_lsn: snap.lsn,
+            directory: snap.directory,
+            router: snap.router,
+            events: snap.events,
+            full_bytes: body.len() as u64,
+            deltas_bytes: 0,
+        },
+        None => {
+            let snap: SnapshotRow =
+                postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))?;
+            Loaded {
+                lsn: snap.lsn,
+                full_lsn: snap.lsn,
+                directory: snap.directory,
+                router: Router::from_state(snap.state, policy),
+                events: snap.events,
+                full_bytes: body.len() as u64,
+                deltas_bytes: 0,
             }
-        };
-    covers(lsn, loaded)
-}
-
-/// The format 3 snapshot in the row after `lsn` entries, read from `source` (as it arrives).
-pub(super) fn decode_from<S: ReadAt + ?Sized>(
-    lsn: u64,
-    source: &S,
-    policy: Arc<dyn RoutingPolicy>,
-) -> Result<Loaded, StoreError> {
-    let snap = codec::read_snapshot_from(source, policy).map_err(|why| damaged(lsn, why))?;
-    let bytes = source.byte_len().unwrap_or(0);
-    covers(lsn, loaded(snap, bytes))
-}
-
-fn damaged(lsn: u64, why: String) -> StoreError {
-    StoreError::Corrupt(format!(
-        "the snapshot after {lsn} entries cannot be decoded: {why}"
-    ))
-}
-
-fn loaded(snap: codec::SnapshotFile, bytes: u64) -> Loaded {
-    Loaded {
-        lsn: snap.lsn,
-        full_lsn: snap.lsn,
-        directory: snap.directory,
-        router: snap.router,
-        events: snap.events,
-        full_bytes: bytes,
-        deltas_bytes: 0,
-    }
-}
-
-/// `loaded`, if it covers the `lsn` entries its row says.
-fn covers(lsn: u64, loaded: Loaded) -> Result<Loaded, StoreError> {
+        }
+    };
     if loaded.lsn != lsn {
         return Err(StoreError::Corrupt(format!(
             "the snapshot row after {lsn} entries says it covers {}",
