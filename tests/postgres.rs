@@ -81,24 +81,55 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
         "no lead: {}",
         broker.log()
     );
-    let (stop, tasks) = load(&broker, 0, &acked, 1000).await;
-    *stop.lock().unwrap() = true;
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-    }
-    // Killed with no closing snapshot: the restart reads what the leader left.
-    broker.kill();
     let count = |sql: &str| -> i64 { pg.psql(sql).parse().expect("a number") };
-    let deltas = count("SELECT count(*) FROM labaid_delta");
-    let fulls = count("SELECT count(*) FROM labaid_snapshot");
-    let entries = count("SELECT coalesce(max(lsn) + 1, 0) FROM labaid_journal");
-    let full = count("SELECT max(lsn) FROM labaid_snapshot");
-    let covered = count(&format!(
-        "SELECT coalesce(max(lsn), {full}) FROM labaid_delta WHERE lsn > {full}"
+    // Under load until an incremental row follows the newest full one, then killed mid-call
+    // with no closing snapshot. A full row written between the last look and the kill starts
+    // another round from there.
+    let mut round = 0;
+    let (entries, full, covered) = loop {
+        round += 1;
+        assert!(
+            round <= 5,
+            "no round ended with an incremental row after the full one"
+        );
+        let (_stop, tasks) = load(&broker, round, &acked, 500).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count("SELECT count(*) FROM labaid_snapshot s JOIN labaid_delta d ON d.after = s.lsn")
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no incremental row after a full one"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        broker.kill();
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+        let entries = count("SELECT coalesce(max(lsn) + 1, 0) FROM labaid_journal");
+        let full = count("SELECT max(lsn) FROM labaid_snapshot");
+        let covered = count(&format!(
+            "SELECT coalesce(max(lsn), {full}) FROM labaid_delta WHERE lsn > {full}"
+        ));
+        if covered > full {
+            break (entries, full, covered);
+        }
+        broker = PgBroker::start_with(&pg.url(), &small);
+        assert!(
+            broker.wait_serving(Duration::from_secs(30)),
+            "no lead: {}",
+            broker.log()
+        );
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM labaid_snapshot"),
+        1,
+        "older full rows are dropped"
+    );
+    let deltas = count(&format!(
+        "SELECT count(*) FROM labaid_delta WHERE lsn > {full}"
     ));
-    assert!(deltas > 0, "no incremental row among {entries} entries");
-    assert_eq!(fulls, 1, "older full rows are dropped");
-    assert!(covered > full, "no incremental row after the full one");
 
     let mut broker = PgBroker::start_with(&pg.url(), &small);
     assert!(
