@@ -83,7 +83,7 @@ pub(crate) fn write_delta(
 }
 
 /// An incremental snapshot as one buffer, byte for byte what `write_delta` puts in a file (the
-/// PostgreSQL store keeps it in a row); read back by `read_delta_bytes`.
+/// PostgreSQL store keeps it in a row); read back by `read_delta_from`.
 pub(crate) fn delta_bytes(
     lsn: u64,
     after: u64,
@@ -128,13 +128,12 @@ pub(crate) fn read_delta(path: &Path) -> Result<DeltaFile, StoreError> {
     read_delta_from(&file, &format!("incremental snapshot {}", path.display()))
 }
 
-/// Reads an incremental snapshot from one buffer (see `delta_bytes`); `name` says where it was
-/// read from, for the error.
-pub(crate) fn read_delta_bytes(bytes: &[u8], name: &str) -> Result<DeltaFile, StoreError> {
-    read_delta_from(bytes, name)
-}
-
-fn read_delta_from<S: ReadAt + ?Sized>(source: &S, name: &str) -> Result<DeltaFile, StoreError> {
+/// Reads an incremental snapshot from `source` (a file, or a buffer as `delta_bytes` makes one);
+/// `name` says where it was read from, for the error.
+pub(crate) fn read_delta_from<S: ReadAt + ?Sized>(
+    source: &S,
+    name: &str,
+) -> Result<DeltaFile, StoreError> {
     let damaged = |why: &str| StoreError::Corrupt(format!("{name} is damaged: {why}"));
     let mut header = [0; SNAPSHOT_HEADER];
     source

@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap;
 
 use super::connect::pg_error;
 use super::snapshot::Loaded;
-use crate::store::delta::{delta_bytes, read_delta_bytes};
+use crate::store::delta::{delta_bytes, read_delta_from};
 use crate::store::{Delta, Directory, StoreError};
 
 /// Writes the incremental snapshot after `lsn` entries, following the snapshot row that covered
@@ -57,7 +57,7 @@ pub(super) fn apply<B: AsRef<[u8]>>(
             );
             break;
         }
-        let delta = read_delta_bytes(
+        let delta = read_delta_from(
             body,
             &format!("the incremental snapshot row after {lsn} entries"),
         )?;
