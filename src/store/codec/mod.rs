@@ -286,6 +286,25 @@ impl Sections {
     }
 }
 
+/// The older versions of requests that retained events carry, each stored once however many
+/// events carry it, by position.
+#[derive(Default)]
+pub(super) struct Versions<'a> {
+    pub(super) list: Vec<&'a Request>,
+    index: HashMap<*const Request, u32>,
+}
+
+impl<'a> Versions<'a> {
+    /// The position of `request` in the list, added if it is not there yet.
+    pub(super) fn of(&mut self, request: &'a Arc<Request>) -> u32 {
+        let list = &mut self.list;
+        *self.index.entry(Arc::as_ptr(request)).or_insert_with(|| {
+            list.push(request);
+            (list.len() - 1) as u32
+        })
+    }
+}
+
 /// Encodes the sections `write_sections` writes.
 fn encode_sections(
     head: Vec<u8>,
@@ -302,8 +321,7 @@ fn encode_sections(
         .enumerate()
         .map(|(i, r)| (r.id, i as u32))
         .collect();
-    let mut versions = Vec::new();
-    let mut index: HashMap<*const Request, u32> = HashMap::new();
+    let mut versions = Versions::default();
     let slots = events
         .iter()
         .map(|e| {
@@ -311,12 +329,7 @@ fn encode_sections(
                 Some(&i) if Arc::ptr_eq(requests[i as usize], &e.request) => {
                     RequestSlot::Current(i)
                 }
-                _ => RequestSlot::Version(*index.entry(Arc::as_ptr(&e.request)).or_insert_with(
-                    || {
-                        versions.push(&*e.request);
-                        (versions.len() - 1) as u32
-                    },
-                )),
+                _ => RequestSlot::Version(versions.of(&e.request)),
             };
             EventSlot {
                 org: e.org.clone(),
@@ -331,7 +344,7 @@ fn encode_sections(
     let mut sections = vec![
         head,
         postcard::to_stdvec(&EventSlotsRef {
-            versions,
+            versions: versions.list,
             events: slots,
         })
         .map_err(encode_error)?,

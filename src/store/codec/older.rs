@@ -1,7 +1,6 @@
 //! Format 2 snapshots written as earlier builds wrote them, so that tests show they are still
 //! read.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
@@ -9,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{EventRecord, HeadRef, RequestRef, SNAPSHOT_HEADER, SNAPSHOT_MAGIC_V2};
+use super::{EventRecord, HeadRef, RequestRef, SNAPSHOT_HEADER, SNAPSHOT_MAGIC_V2, Versions};
 use crate::domain::Request;
 use crate::routing::{Event, Router};
 use crate::store::segment::{snapshot_name, sync_dir};
@@ -23,19 +22,13 @@ struct EventsRef<'a> {
 
 /// The events of a format 2 snapshot as records, and the older request versions they point at.
 fn event_records<'a>(router: &Router, events: &'a [Event]) -> (Vec<&'a Request>, Vec<EventRecord>) {
-    let mut versions = Vec::new();
-    let mut index: HashMap<*const Request, u32> = HashMap::new();
+    let mut versions = Versions::default();
     let records = events
         .iter()
         .map(|e| {
             let request = match router.request(&e.request.id) {
                 Some(now) if Arc::ptr_eq(now, &e.request) => RequestRef::Current(e.request.id),
-                _ => RequestRef::Version(*index.entry(Arc::as_ptr(&e.request)).or_insert_with(
-                    || {
-                        versions.push(&*e.request);
-                        (versions.len() - 1) as u32
-                    },
-                )),
+                _ => RequestRef::Version(versions.of(&e.request)),
             };
             EventRecord {
                 org: e.org.clone(),
@@ -46,7 +39,7 @@ fn event_records<'a>(router: &Router, events: &'a [Event]) -> (Vec<&'a Request>,
             }
         })
         .collect();
-    (versions, records)
+    (versions.list, records)
 }
 
 /// Writes a format 2 snapshot, as earlier builds did, to test that it is still read.
