@@ -81,20 +81,29 @@ impl Follower {
         Ok(())
     }
 
-    /// Applies the rows from `next` on, a page at a time, each page fetched while the one
-    /// before is applied. Returns the row found where `next` was expected, if the rows skip.
+    /// Applies the rows from `next` on, a page at a time. A full first page means more are
+    /// waiting (a restart, a takeover): the next page is then fetched on a thread of its own
+    /// while the one before is applied; a standby's usual poll finds a short page and starts no
+    /// thread. Returns the row found where `next` was expected, if the rows skip.
     fn apply_rows(&mut self, client: &mut Client, url: &str) -> Result<Option<u64>, StoreError> {
         if self.router.is_none() {
             return Ok(None);
         }
-        let from = self.next;
+        let first = fetch_page(client, url, self.next)?;
+        let Some(after) = first
+            .last()
+            .filter(|_| first.len() as i64 == PAGE)
+            .map(|last| last.get::<_, i64>(0) as u64 + 1)
+        else {
+            return self.apply_pages(std::iter::once(first));
+        };
         let (tx, rx) = mpsc::sync_channel::<Vec<Row>>(1);
         std::thread::scope(|scope| {
             let fetcher = std::thread::Builder::new()
                 .name("labaid-pg-rows".into())
-                .spawn_scoped(scope, move || fetch_pages(client, url, from, tx))
+                .spawn_scoped(scope, move || fetch_pages(client, url, after, tx))
                 .map_err(StoreError::Io)?;
-            let applied = self.apply_pages(&rx);
+            let applied = self.apply_pages(std::iter::once(first).chain(&rx));
             // The fetcher stops at its next page once nobody takes them.
             drop(rx);
             let fetched = fetcher.join().unwrap_or_else(|_| {
@@ -106,12 +115,15 @@ impl Follower {
         })
     }
 
-    /// Applies the pages `rx` hands over, in order, until they end or skip an entry.
-    fn apply_pages(&mut self, rx: &mpsc::Receiver<Vec<Row>>) -> Result<Option<u64>, StoreError> {
+    /// Applies `pages` in order, until they end or skip an entry.
+    fn apply_pages(
+        &mut self,
+        pages: impl IntoIterator<Item = Vec<Row>>,
+    ) -> Result<Option<u64>, StoreError> {
         let Some(router) = self.router.as_mut() else {
             return Ok(None);
         };
-        for rows in rx {
+        for rows in pages {
             for row in &rows {
                 let lsn = row.get::<_, i64>(0) as u64;
                 if lsn != self.next {
@@ -175,12 +187,7 @@ fn fetch_pages(
     tx: mpsc::SyncSender<Vec<Row>>,
 ) -> Result<(), StoreError> {
     loop {
-        let rows = client
-            .query(
-                "SELECT lsn, body FROM labaid_journal WHERE lsn >= $1 ORDER BY lsn LIMIT $2",
-                &[&(from as i64), &PAGE],
-            )
-            .map_err(|e| pg_error(url, e))?;
+        let rows = fetch_page(client, url, from)?;
         let last_page = (rows.len() as i64) < PAGE;
         if let Some(last) = rows.last() {
             from = last.get::<_, i64>(0) as u64 + 1;
@@ -189,4 +196,14 @@ fn fetch_pages(
             return Ok(());
         }
     }
+}
+
+/// Up to `PAGE` journal rows from entry `from` on, in order.
+fn fetch_page(client: &mut Client, url: &str, from: u64) -> Result<Vec<Row>, StoreError> {
+    client
+        .query(
+            "SELECT lsn, body FROM labaid_journal WHERE lsn >= $1 ORDER BY lsn LIMIT $2",
+            &[&(from as i64), &PAGE],
+        )
+        .map_err(|e| pg_error(url, e))
 }
