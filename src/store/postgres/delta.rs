@@ -7,12 +7,14 @@ use postgres::Client;
 use rustc_hash::FxHashMap;
 
 use super::connect::pg_error;
+use super::packed::{self, RowBytes};
 use super::snapshot::Loaded;
 use crate::store::delta::{delta_bytes, read_delta_from};
 use crate::store::{Delta, Directory, StoreError};
 
 /// Writes the incremental snapshot after `lsn` entries, following the snapshot row that covered
-/// `after`, if `epoch` still holds the lease. Returns its size, or `None` when fenced.
+/// `after`, if `epoch` still holds the lease. The body is compressed first ([`packed`]). Returns
+/// its sizes, or `None` when fenced.
 pub(crate) fn write(
     client: &mut Client,
     url: &str,
@@ -20,32 +22,40 @@ pub(crate) fn write(
     (lsn, after): (u64, u64),
     directory: &Directory,
     delta: &Delta,
-) -> Result<Option<usize>, StoreError> {
-    let body = delta_bytes(lsn, after, directory, delta)?;
+) -> Result<Option<RowBytes>, StoreError> {
+    let raw = delta_bytes(lsn, after, directory, delta)?;
+    let body = packed::pack(&raw)?;
+    let bytes = RowBytes {
+        raw: raw.len(),
+        stored: body.len(),
+    };
+    drop(raw);
     let written = client
         .execute(
-            "INSERT INTO labaid_delta (lsn, after, epoch, body) \
-             SELECT $1, $2, $3, $4 FROM labaid_lease WHERE id = 1 AND epoch = $3 FOR SHARE",
-            &[&(lsn as i64), &(after as i64), &epoch, &body],
+            "INSERT INTO labaid_delta (lsn, after, epoch, body, packing) \
+             SELECT $1, $2, $3, $4, $5 FROM labaid_lease WHERE id = 1 AND epoch = $3 FOR SHARE",
+            &[&(lsn as i64), &(after as i64), &epoch, &body, &packed::ZSTD],
         )
         .map_err(|e| pg_error(url, e))?;
-    Ok((written == 1).then_some(body.len()))
+    Ok((written == 1).then_some(bytes))
 }
 
-/// Applies each row `(lsn, after, body)` that follows the state `loaded` holds. The chain ends at
+/// Applies each row `(lsn, after, body)` that follows the state `loaded` holds (a row that could
+/// not be fetched or unpacked ends it with that error). The chain ends at
 /// the first row that does not (one written after a failed write, or left by an older broker's
 /// full row): the journal rows after the last row applied are kept until the next full one, so
 /// replaying them from there loses nothing.
 /// Returns how many it applied.
 pub(super) fn apply<B: AsRef<[u8]>>(
     loaded: &mut Loaded,
-    rows: impl Iterator<Item = (u64, u64, B)>,
+    rows: impl Iterator<Item = Result<(u64, u64, B), StoreError>>,
 ) -> Result<usize, StoreError> {
     // A request changed in several rows keeps only its last version; the core is indexed once.
     let mut merged = FxHashMap::default();
     let mut head = None;
     let mut applied = 0;
-    for (lsn, after, body) in rows {
+    for row in rows {
+        let (lsn, after, body) = row?;
         let body = body.as_ref();
         if after != loaded.lsn {
             tracing::warn!(
@@ -152,9 +162,9 @@ mod tests {
         (loaded, rows, router)
     }
 
-    fn rows(rows: &[Row]) -> impl Iterator<Item = (u64, u64, &[u8])> {
+    fn rows(rows: &[Row]) -> impl Iterator<Item = Result<(u64, u64, &[u8]), StoreError>> {
         rows.iter()
-            .map(|(lsn, after, body)| (*lsn, *after, body.as_slice()))
+            .map(|(lsn, after, body)| Ok((*lsn, *after, body.as_slice())))
     }
 
     #[test]

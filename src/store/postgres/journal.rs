@@ -168,7 +168,7 @@ fn write_row(
             let result =
                 snapshot::write(client, url, epoch, lsn, directory, state, &snapshot.events);
             if let Ok(Some(bytes)) = result {
-                written.full.store(bytes as u64, Ordering::Relaxed);
+                written.full.store(bytes.raw as u64, Ordering::Relaxed);
                 written.deltas.store(0, Ordering::Relaxed);
             }
             ("full", lsn, result)
@@ -176,7 +176,9 @@ fn write_row(
         Job::Incremental { lsn, after, delta } => {
             let result = delta::write(client, url, epoch, (lsn, after), directory, &delta);
             if let Ok(Some(bytes)) = result {
-                written.deltas.fetch_add(bytes as u64, Ordering::Relaxed);
+                written
+                    .deltas
+                    .fetch_add(bytes.raw as u64, Ordering::Relaxed);
             }
             ("incremental", lsn, result)
         }
@@ -185,7 +187,8 @@ fn write_row(
         Ok(Some(bytes)) => tracing::info!(
             store.snapshot_kind = kind,
             store.snapshot_entries = lsn,
-            bytes,
+            bytes = bytes.raw,
+            stored = bytes.stored,
             ms = started.elapsed().as_millis() as u64,
             "snapshot row written"
         ),

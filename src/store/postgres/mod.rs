@@ -12,6 +12,7 @@ mod follow;
 mod journal;
 mod leadership;
 mod lease;
+mod packed;
 mod schema;
 mod snapshot;
 mod start;
@@ -287,7 +288,7 @@ fn write_pinning(
         router.state().clone(),
         events,
     )? {
-        Some(bytes) => Ok(bytes as u64),
+        Some(bytes) => Ok(bytes.raw as u64),
         None => Err(StoreError::Refused(format!(
             "fenced: another broker took the lease from epoch {epoch}"
         ))),

@@ -5,10 +5,10 @@ use postgres::Client;
 
 use crate::store::StoreError;
 
-/// The store format this build writes and reads (2: snapshot rows in the sectioned snapshot
-/// format; rows of format 1 are still read). A database stamped with a newer one was written by a
+/// The store format this build writes and reads (3: snapshot rows compressed, as their
+/// `packing` says; 2: in the sectioned snapshot format; rows of formats 1 and 2 are still read). A database stamped with a newer one was written by a
 /// newer broker: this one refuses it rather than misread it.
-pub const STORE_FORMAT: i32 = 2;
+pub const STORE_FORMAT: i32 = 3;
 
 mod embedded {
     refinery::embed_migrations!("src/store/postgres/migrations");

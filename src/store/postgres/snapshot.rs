@@ -3,6 +3,7 @@
 //! events sharing the core's requests); written fenced by the leader's epoch. Rows written as one
 //! postcard value by earlier builds are still read.
 
+use std::borrow::Cow;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use postgres::Client;
 use serde::Deserialize;
 
 use super::connect::pg_error;
+use super::packed::{self, RowBytes};
 use crate::routing::{Event, Router, RoutingPolicy, State};
 use crate::store::{Directory, StoreError, codec};
 
@@ -42,8 +44,8 @@ pub(crate) struct Loaded {
 }
 
 /// Writes the snapshot after `lsn` entries if `epoch` still holds the lease, then drops the
-/// journal rows and older snapshots (full and incremental) it covers, in one transaction. Returns its size, or `None`
-/// when fenced.
+/// journal rows and older snapshots (full and incremental) it covers, in one transaction. The
+/// body is compressed first ([`packed`]). Returns its sizes, or `None` when fenced.
 pub(crate) fn write(
     client: &mut Client,
     url: &str,
@@ -52,16 +54,22 @@ pub(crate) fn write(
     directory: &Directory,
     state: State,
     events: &[Event],
-) -> Result<Option<usize>, StoreError> {
-    let body = codec::snapshot_bytes(lsn, directory, state, events)?;
+) -> Result<Option<RowBytes>, StoreError> {
+    let raw = codec::snapshot_bytes(lsn, directory, state, events)?;
+    let body = packed::pack(&raw)?;
+    let bytes = RowBytes {
+        raw: raw.len(),
+        stored: body.len(),
+    };
+    drop(raw);
     let lsn = lsn as i64;
     let mut tx = client.transaction().map_err(|e| pg_error(url, e))?;
     let written = tx
         .execute(
-            "INSERT INTO labaid_snapshot (lsn, epoch, body) \
-             SELECT $1, $2, $3 FROM labaid_lease WHERE id = 1 AND epoch = $2 FOR SHARE \
+            "INSERT INTO labaid_snapshot (lsn, epoch, body, packing) \
+             SELECT $1, $2, $3, $4 FROM labaid_lease WHERE id = 1 AND epoch = $2 FOR SHARE \
              ON CONFLICT (lsn) DO NOTHING",
-            &[&lsn, &epoch, &body],
+            &[&lsn, &epoch, &body, &packed::ZSTD],
         )
         .map_err(|e| pg_error(url, e))?;
     let fenced = tx
@@ -83,24 +91,43 @@ pub(crate) fn write(
             .map_err(|e| pg_error(url, e))?;
     }
     tx.commit().map_err(|e| pg_error(url, e))?;
-    Ok(Some(body.len()))
-}
-
-/// A snapshot row's body, as the database sent it (column `.1` of the row `.0`).
-struct Body(postgres::Row, usize);
-
-impl AsRef<[u8]> for Body {
-    fn as_ref(&self) -> &[u8] {
-        self.0.get(self.1)
-    }
+    Ok(Some(bytes))
 }
 
 /// A snapshot row fetched: the entries it covers, the entries of the row it follows (its own
-/// for a full row), and its body.
+/// for a full row), and the row itself (its body as stored in column 2, how in column 3).
 struct Fetched {
     lsn: u64,
     after: u64,
-    body: Body,
+    row: postgres::Row,
+}
+
+impl Fetched {
+    /// The row's entries, the row it follows, and its body as written; `what` names the row in
+    /// errors.
+    fn unpack(self, what: &str) -> Result<(u64, u64, Body), StoreError> {
+        let body = match packed::unpack(self.row.get(3), self.row.get(2), what)? {
+            Cow::Borrowed(_) => Body::Row(self.row),
+            Cow::Owned(body) => Body::Unpacked(body),
+        };
+        Ok((self.lsn, self.after, body))
+    }
+}
+
+/// A snapshot row's body as written: the row's own column 2 when stored as written, else
+/// unpacked.
+enum Body {
+    Row(postgres::Row),
+    Unpacked(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Body::Row(row) => row.get(2),
+            Body::Unpacked(body) => body,
+        }
+    }
 }
 
 /// The newest full snapshot with the incremental rows after it applied, if any.
@@ -164,20 +191,14 @@ fn fetch_rows(
         querying += started.elapsed();
         row
     };
-    let full = "SELECT lsn, lsn, body FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1";
-    let next = "SELECT lsn, after, body FROM labaid_delta WHERE lsn > $1 ORDER BY lsn LIMIT 1";
+    let full = "SELECT lsn, lsn, body, packing FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1";
+    let next =
+        "SELECT lsn, after, body, packing FROM labaid_delta WHERE lsn > $1 ORDER BY lsn LIMIT 1";
     let mut row = query(full, None)?;
     while let Some(r) = row {
         let lsn = r.get::<_, i64>(0) as u64;
         let after = r.get::<_, i64>(1) as u64;
-        if tx
-            .send(Fetched {
-                lsn,
-                after,
-                body: Body(r, 2),
-            })
-            .is_err()
-        {
+        if tx.send(Fetched { lsn, after, row: r }).is_err() {
             break;
         }
         row = query(next, Some(lsn))?;
@@ -195,9 +216,15 @@ fn read_rows(
     let Some(full) = rows.next() else {
         return Ok(None);
     };
-    let mut loaded = decode(full.lsn, full.body.as_ref(), policy)?;
-    drop(full);
-    let incremental = super::delta::apply(&mut loaded, rows.map(|f| (f.lsn, f.after, f.body)))?;
+    let what = format!("the snapshot row after {} entries", full.lsn);
+    let (lsn, _, body) = full.unpack(&what)?;
+    let mut loaded = decode(lsn, body.as_ref(), policy)?;
+    drop(body);
+    let rows = rows.map(|f| {
+        let what = format!("the incremental snapshot row after {} entries", f.lsn);
+        f.unpack(&what)
+    });
+    let incremental = super::delta::apply(&mut loaded, rows)?;
     Ok(Some((loaded, incremental)))
 }
 
