@@ -1,8 +1,9 @@
 //! One term of leadership, ended once by whoever notices first that it is over: the lease renewer
-//! (another broker took the lease), its watchdog (renewals stopped succeeding), or the broker
-//! when a journal write fails (fenced, or its outcome unknown). Stepping down lets the lease lapse
-//! if it is still this term's, names the leader for callers, and wakes the broker, which stops
-//! leading and goes back to being a standby; the process carries on.
+//! (another broker took the lease, or the session holding it was lost), its watchdog (renewals
+//! stopped succeeding), or the broker when a journal write fails (fenced, or its outcome
+//! unknown). Stepping down lets the lease lapse if it is still this term's, names the leader for
+//! callers, and wakes the broker, which stops leading and goes back to being a standby; the
+//! process carries on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,11 @@
 //! Leadership: one lease row with an epoch and an expiry set by the database's own clock (it
 //! survives a database failover and a holder that died mid-query, unlike a session advisory
-//! lock). The leader renews it well inside its lifetime; a watchdog on this process's monotonic
-//! clock steps the broker down when renewals have not succeeded for most of a lifetime, so a
-//! paused leader stops leading as soon as it runs again. Journal writes check the epoch
-//! themselves (see `journal`), so nothing it writes after a takeover commits.
+//! lock). The leader renews it well inside its lifetime on one session, opened as the term
+//! begins; losing that session ends the term, since a new one could reach another database (a
+//! promoted standby holds the same lease row at the same epoch). A watchdog on this process's
+//! monotonic clock steps the broker down when renewals have not succeeded for most of a
+//! lifetime, so a paused leader stops leading as soon as it runs again. Journal writes check the
+//! epoch themselves (see `journal`), so nothing it writes after a takeover commits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -154,19 +156,23 @@ fn renew(
     stop: &AtomicBool,
 ) {
     let epoch = term.epoch();
-    let mut client: Option<Client> = None;
     let over = || stop.load(Ordering::Acquire) || term.is_ending();
+    let mut client = match target.connect() {
+        Ok(client) => client,
+        Err(e) => {
+            term.step_down(&format!(
+                "cannot open the session that renews the lease: {e}"
+            ));
+            return;
+        }
+    };
     while !over() {
         thread::sleep(timing.renew_every);
         if over() {
             return;
         }
         let started = origin.elapsed();
-        if client.is_none() {
-            client = target.connect().ok();
-        }
-        let Some(c) = client.as_mut() else { continue };
-        match c.execute(
+        match client.execute(
             "UPDATE labaid_lease SET expires = clock_timestamp() + make_interval(secs => $2) \
              WHERE id = 1 AND epoch = $1",
             &[&epoch, &timing.lifetime.as_secs_f64()],
@@ -177,10 +183,16 @@ fn renew(
                 term.step_down("another broker took the lease");
                 return;
             }
-            Err(e) => {
-                tracing::warn!(store.epoch = epoch, error = %e, "lease renewal failed");
-                client = None;
+            // Never renewed on a new session: after a failover the multi-host URL leads it to the
+            // promoted standby, where this epoch's lease row is too, and the term would go on
+            // there with its journal's session on the dead primary.
+            Err(e) if client.is_closed() => {
+                term.step_down(&format!(
+                    "lost the database session that holds the lease: {e}"
+                ));
+                return;
             }
+            Err(e) => tracing::warn!(store.epoch = epoch, error = %e, "lease renewal failed"),
         }
     }
 }
