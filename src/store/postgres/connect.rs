@@ -60,6 +60,13 @@ impl PgTarget {
         // holds a connect, or any call, for as long as it keeps acknowledging. The leadership
         // path therefore puts deadlines of its own on every call (`Session`, `within`).
         config.connect_timeout(Duration::from_secs(5));
+        // A database host that vanished (no reset ever comes) fails a waiting session in about
+        // ten seconds rather than the kernel's two hours of keepalive idle or its minutes of
+        // retransmission: the journal's last batch, the snapshot writer and a standby's reads.
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(1));
+        config.keepalives_retries(5);
+        config.tcp_user_timeout(Duration::from_secs(10));
         config.application_name("labaid");
         Ok(Self {
             config,
@@ -216,6 +223,19 @@ mod tests {
             target.config.get_target_session_attrs(),
             postgres::config::TargetSessionAttrs::ReadWrite
         );
+    }
+
+    #[test]
+    fn every_session_has_keepalives_and_a_tcp_user_timeout() {
+        let target = PgTarget::new("postgres://labaid@127.0.0.1:5432/labaid", None).unwrap();
+        let config = &target.config;
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(
+            config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(10))
+        );
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(5)));
     }
 
     #[test]
