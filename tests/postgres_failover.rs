@@ -3,7 +3,8 @@
 //! `target_session_attrs=read-write`. Under load the primary's processes are SIGKILLed, the
 //! standby is promoted, the old leader steps down without exiting, and a broker on the promoted
 //! database takes over: every acknowledged submission is there exactly once, and submissions
-//! acknowledged after the promotion are kept too. Every wait is bounded.
+//! acknowledged after the promotion are kept too. A leader with no write in flight steps down
+//! too, rather than renew its lease on the promoted standby. Every wait is bounded.
 
 mod common;
 
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::acked::{Acked, load, verify};
 use common::pg::{PgBroker, PgServer, leader_of};
+use common::submission;
+use labaid::domain::Timestamp;
+use labaid::proto::Priority;
 
 /// Sets the submitters' stop flag and waits (bounded) for them to end.
 async fn stop_load(stop: Arc<std::sync::Mutex<bool>>, tasks: Vec<tokio::task::JoinHandle<()>>) {
@@ -108,4 +112,71 @@ async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_it
             "the other broker"
         }
     );
+}
+
+/// What CI once met: no write is in flight when the primary is SIGKILLed, so only the lease
+/// renewer notices. The standby, promoted at once, holds the lease row at the same epoch, and the
+/// multi-host URL leads any new session there: a renewal on such a session would carry the term
+/// onto a database it never led, its journal session still on the dead one, and it would serve on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_leader_steps_down_when_its_primary_is_killed_and_its_standby_promoted() {
+    let primary = PgServer::start_primary();
+    let standby = PgServer::start_standby_of(&primary);
+    primary.wait_synchronous(Duration::from_secs(30));
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let mut broker = PgBroker::start(&url);
+    assert!(
+        broker.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        broker.log()
+    );
+    let acked: Acked = Arc::default();
+    let before = common::submit(
+        &broker.client("RJ1").await,
+        submission("before-kill", Priority::Urgent, Timestamp::now()),
+    )
+    .await;
+    acked
+        .lock()
+        .unwrap()
+        .insert("before-kill".into(), before.id);
+    let epoch = primary.psql("SELECT epoch FROM labaid_lease");
+    // Once renewed, the renewer holds a session on the primary, as it did in CI.
+    let expires = primary.psql("SELECT expires FROM labaid_lease");
+    let renewed_by = Instant::now() + Duration::from_secs(10);
+    while primary.psql("SELECT expires FROM labaid_lease") == expires {
+        assert!(
+            Instant::now() < renewed_by,
+            "the lease was not renewed: {}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    primary.kill9();
+    standby.promote(Duration::from_secs(30));
+    // A second term means the first ended (it may already have, and the broker taken the lease
+    // again, before the promotion is seen here: health is no witness).
+    assert!(
+        broker.wait_terms(2, Duration::from_secs(30)),
+        "the broker did not step down and lead again on the promoted database: {}",
+        broker.log()
+    );
+    assert!(
+        broker.try_wait().is_none(),
+        "the broker exited instead of stepping down: {}",
+        broker.log()
+    );
+    let now: i64 = standby
+        .psql("SELECT epoch FROM labaid_lease")
+        .parse()
+        .unwrap();
+    assert!(
+        now > epoch.parse::<i64>().unwrap(),
+        "the lease on the promoted database is still at epoch {epoch}"
+    );
+    verify(&broker, &acked).await;
 }

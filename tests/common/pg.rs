@@ -279,6 +279,51 @@ impl PgServer {
         }
     }
 
+    /// SIGSTOPs the postmaster, then every process it started, as a hung database host looks to
+    /// its clients: the kernel still accepts connections and acknowledges what is sent, and
+    /// nothing answers. The postmaster first, so that it starts nothing unseen. Undone by
+    /// [`PgServer::resume`], and before the cluster is stopped on drop.
+    pub fn pause(&self) {
+        let pid = self.postmaster_pid();
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot SIGSTOP postmaster {pid}");
+        let mut pids = children_of(pid);
+        signal_each(&pids, "-STOP");
+        pids.push(pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in pids {
+            // 'T': stopped. A backend may end by itself between the listing and the signal.
+            while process_state(p).is_some_and(|s| s != 'T' && s != 'Z') {
+                assert!(
+                    Instant::now() < deadline,
+                    "process {p} not stopped 10 s after SIGSTOP"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// SIGCONTs what [`PgServer::pause`] stopped.
+    pub fn resume(&self) {
+        self.resume_quietly();
+    }
+
+    /// [`PgServer::resume`] for `Drop`: nothing to do once the postmaster is gone.
+    fn resume_quietly(&self) {
+        let Some(pid) = std::fs::read_to_string(self.dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        let mut pids = children_of(pid);
+        pids.push(pid);
+        signal_each(&pids, "-CONT");
+    }
+
     /// Promotes a standby and waits until it accepts writes; panics after `within`.
     pub fn promote(&self, within: Duration) {
         let d = self.dir.to_str().expect("utf-8 path");
@@ -395,8 +440,22 @@ impl PgServer {
     }
 }
 
+/// Sends `sig` to each of `pids`; one that has ended meanwhile is no failure.
+fn signal_each(pids: &[u32], sig: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(sig)
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status();
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
+        // A paused cluster would never act on the stop below.
+        self.resume_quietly();
         if let Some(d) = self.dir.to_str() {
             let path = bin("pg_ctl");
             let mut cmd = if as_root() {

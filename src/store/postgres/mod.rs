@@ -105,7 +105,12 @@ pub fn open(
     };
     let started = Instant::now();
     // Renewals start at once: catching up and a changed directory take time.
-    let leadership = Leadership::new(options.target.clone(), epoch, on_leader.clone());
+    let leadership = Leadership::new(
+        options.target.clone(),
+        epoch,
+        on_leader.clone(),
+        options.lease.lifetime,
+    );
     let lease = LeaseKeeper::start(options.target.clone(), &leadership, options.lease)?;
     let taken = match take_over(options, directory, client, &mut follower, epoch) {
         Ok(taken) => taken,
