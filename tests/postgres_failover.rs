@@ -16,6 +16,7 @@ use common::pg::{PgBroker, PgServer, leader_of};
 use common::submission;
 use labaid::domain::Timestamp;
 use labaid::proto::Priority;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Sets the submitters' stop flag and waits (bounded) for them to end.
 async fn stop_load(stop: Arc<std::sync::Mutex<bool>>, tasks: Vec<tokio::task::JoinHandle<()>>) {
@@ -69,9 +70,19 @@ async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_it
 
     // The old leader cannot write to a dead database: it steps down (a journal write whose
     // outcome is unknown, or a lease it cannot renew) and waits as a standby, still running.
-    let old = brokers.remove(leader);
+    // It may already lead again on the promoted database: a new term witnesses the step-down too.
+    let mut old = brokers.remove(leader);
     let other = brokers.remove(0);
-    old.wait_not_serving().await;
+    let term = old.terms();
+    let stepped_down_by = Instant::now() + Duration::from_secs(15);
+    while old.terms() == term && old.health().await != ServingStatus::NotServing as i32 {
+        assert!(
+            Instant::now() < stepped_down_by,
+            "the old leader never stepped down: {}",
+            old.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut pair = [old, other];
     assert!(
         pair[0].try_wait().is_none(),
