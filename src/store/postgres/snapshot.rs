@@ -157,7 +157,7 @@ pub(crate) fn newest(
     });
     // A fetch that failed part way ended the reader early: its state must not be used.
     let fetching = fetched?;
-    let Some((loaded, incremental)) = read? else {
+    let Some((loaded, incremental, unpacking)) = read? else {
         return Ok(None);
     };
     tracing::info!(
@@ -166,6 +166,7 @@ pub(crate) fn newest(
         requests = loaded.router.request_count(),
         incremental,
         fetch_ms = fetching.as_millis() as u64,
+        unpack_ms = unpacking.as_millis() as u64,
         ms = started.elapsed().as_millis() as u64,
         "snapshot rows read"
     );
@@ -207,25 +208,32 @@ fn fetch_rows(
 }
 
 /// Decodes the full row and applies the incremental ones as `fetch_rows` hands them over;
-/// returns the state and how many incremental rows it applied.
+/// returns the state, how many incremental rows it applied and the time spent unpacking them.
 fn read_rows(
     rx: mpsc::Receiver<Fetched>,
     policy: Arc<dyn RoutingPolicy>,
-) -> Result<Option<(Loaded, usize)>, StoreError> {
+) -> Result<Option<(Loaded, usize, Duration)>, StoreError> {
     let mut rows = rx.into_iter();
     let Some(full) = rows.next() else {
         return Ok(None);
     };
+    let mut unpacking = Duration::ZERO;
+    let mut unpack = |f: Fetched, what: String| {
+        let started = Instant::now();
+        let row = f.unpack(&what);
+        unpacking += started.elapsed();
+        row
+    };
     let what = format!("the snapshot row after {} entries", full.lsn);
-    let (lsn, _, body) = full.unpack(&what)?;
+    let (lsn, _, body) = unpack(full, what)?;
     let mut loaded = decode(lsn, body.as_ref(), policy)?;
     drop(body);
     let rows = rows.map(|f| {
         let what = format!("the incremental snapshot row after {} entries", f.lsn);
-        f.unpack(&what)
+        unpack(f, what)
     });
     let incremental = super::delta::apply(&mut loaded, rows)?;
-    Ok(Some((loaded, incremental)))
+    Ok(Some((loaded, incremental, unpacking)))
 }
 
 /// The snapshot in the body of the row after `lsn` entries, in either format.
