@@ -154,6 +154,107 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
     );
 }
 
+/// The fields of the broker's "snapshot rows read" line.
+fn rows_read(broker: &PgBroker) -> serde_json::Value {
+    broker
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "snapshot rows read")
+        .unwrap_or_else(|| panic!("no snapshot read: {}", broker.log()))
+}
+
+/// Stops `broker` with SIGTERM (a clean stop writes a full snapshot row) and waits for it.
+fn stop_cleanly(mut broker: PgBroker) {
+    broker.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.try_wait().is_none() {
+        assert!(Instant::now() < deadline, "no clean stop: {}", broker.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_reads_its_local_copy_of_the_full_row_and_a_damaged_copy_falls_back_to_the_row() {
+    let pg = PgServer::start();
+    let data = tempfile::tempdir().expect("data directory");
+    let args = ["--data-dir", data.path().to_str().expect("utf-8 path")];
+    let acked: Acked = Arc::default();
+    let mut broker = PgBroker::start_with(&pg.url(), &args);
+    assert!(
+        broker.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        broker.log()
+    );
+    let (stop, tasks) = load(&broker, 0, &acked, 300).await;
+    *stop.lock().unwrap() = true;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
+    stop_cleanly(broker);
+    let copies = data.path().join("pg-snapshot");
+    let copy = || -> std::path::PathBuf {
+        let mut files: Vec<_> = std::fs::read_dir(&copies)
+            .expect("the copy's directory")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(
+            files.len(),
+            1,
+            "one copy, of the newest full row: {files:?}"
+        );
+        files.pop().expect("a copy")
+    };
+    let newest: i64 = pg
+        .psql("SELECT max(lsn) FROM labaid_snapshot")
+        .parse()
+        .expect("lsn");
+    assert!(
+        copy()
+            .to_string_lossy()
+            .ends_with(&format!("{newest:020}.snap")),
+        "{:?} is not the copy of the row after {newest} entries",
+        copy()
+    );
+
+    // The same host: the copy is read, not the row, and holds everything.
+    let mut broker = PgBroker::start_with(&pg.url(), &args);
+    assert!(
+        broker.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        broker.log()
+    );
+    let read = rows_read(&broker);
+    assert_eq!(read["local"], true, "{read}");
+    assert_eq!(read["store.snapshot_entries"], newest, "{read}");
+    let held = verify(&broker, &acked).await;
+    stop_cleanly(broker);
+
+    // A copy that does not match its checksum is not used: the row is fetched.
+    let path = copy();
+    let mut bytes = std::fs::read(&path).expect("the copy");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).expect("damaged");
+    let mut broker = PgBroker::start_with(&pg.url(), &args);
+    assert!(
+        broker.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        broker.log()
+    );
+    let read = rows_read(&broker);
+    assert_eq!(read["local"], false, "{read}");
+    assert!(
+        broker
+            .log()
+            .contains("the local copy of the snapshot row is damaged"),
+        "{}",
+        broker.log()
+    );
+    assert_eq!(verify(&broker, &acked).await, held);
+    assert!(held > 0, "nothing was acknowledged");
+}
+
 /// Health, readiness and calls on a broker that does not lead.
 async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
     assert_eq!(

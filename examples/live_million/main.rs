@@ -228,7 +228,7 @@ fn measure(plan: &Plan<'_>, store: Store) -> anyhow::Result<Summary> {
     // The requests the store holds (more than COUNT in the worst case).
     let held = match &store {
         Store::File => fill_file(&data, plan.config, plan.count, plan.worst)?,
-        Store::Postgres(pg) => fill_postgres(pg, plan.config, plan.count, plan.worst)?,
+        Store::Postgres(pg) => fill_postgres(pg, plan.config, &data, plan.count, plan.worst)?,
     };
     let keep = std::env::var_os("LIVE_MILLION_KEEP").is_some();
     if std::env::var_os("LIVE_MILLION_FILL_ONLY").is_some() {
@@ -386,14 +386,16 @@ fn fill_file(dir: &Path, config: &Config, count: usize, worst: bool) -> anyhow::
     Ok(router.request_count())
 }
 
-/// Fills the PostgreSQL store `pg` with `count` submissions (see [`fill`]).
+/// Fills the PostgreSQL store `pg` with `count` submissions (see [`fill`]), as a broker whose
+/// data directory is `data` would.
 fn fill_postgres(
     pg: &postgres::PgStore,
     config: &Config,
+    data: &Path,
     count: usize,
     worst: bool,
 ) -> anyhow::Result<usize> {
-    let recovered = pg.open(config)?;
+    let recovered = pg.open(config, data)?;
     let mut medium = Medium {
         journal: recovered.journal,
         writing: labaid::store::postgres::PgJournal::writing_snapshot,

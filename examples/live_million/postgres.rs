@@ -2,6 +2,7 @@
 //! `--store`, opened through the store as a broker would, its size, and the lease a killed broker
 //! leaves behind waited out, so that a restart measures recovery rather than a takeover.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use labaid::bench::database::Database;
 use labaid::config::Config;
-use labaid::store::postgres::{self, LeaseTiming, OnLeader, PgOptions, PgRecovered, PgTarget};
+use labaid::store::postgres::{
+    self, LeaseTiming, LocalCopy, OnLeader, PgOptions, PgRecovered, PgTarget,
+};
 
 /// A database made for one measurement, dropped by [`PgStore::drop_it`].
 pub(crate) struct PgStore {
@@ -33,14 +36,17 @@ impl PgStore {
         &self.url
     }
 
-    /// Opens the store as a broker does at start (it leads at once: no broker holds the lease).
-    pub(crate) fn open(&self, config: &Config) -> anyhow::Result<PgRecovered> {
+    /// Opens the store as a broker with data directory `data` does at start (it leads at once:
+    /// no broker holds the lease).
+    pub(crate) fn open(&self, config: &Config, data: &Path) -> anyhow::Result<PgRecovered> {
         let options = PgOptions {
             target: PgTarget::new(&self.url, None)?,
             address: "127.0.0.1:1".into(),
             lease: LeaseTiming::default(),
             store: config.store,
             policy: config.policy.clone(),
+            // The broker started on this store later, with this data directory, reads it.
+            local: Some(LocalCopy::new(data)),
         };
         let on_leader: OnLeader = Arc::new(|_| {});
         let stop = AtomicBool::new(false);

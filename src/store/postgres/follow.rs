@@ -8,6 +8,7 @@ use postgres::{Client, Row};
 
 use super::connect::pg_error;
 use super::journal::Position;
+use super::local::LocalCopy;
 use super::snapshot;
 use crate::routing::{Event, Outcome, Router, RoutingPolicy};
 use crate::store::{Directory, Entry, StoreError};
@@ -37,11 +38,14 @@ pub(crate) struct Follower {
     deltas_bytes: u64,
     /// The broker's routing policy, for the cores read from snapshots.
     policy: Arc<dyn RoutingPolicy>,
+    /// This broker's copy of the newest full snapshot row, if it keeps one.
+    local: Option<LocalCopy>,
 }
 
 impl Follower {
-    /// A follower with no core yet, whose cores route by `policy`.
-    pub(crate) fn new(policy: Arc<dyn RoutingPolicy>) -> Self {
+    /// A follower with no core yet, whose cores route by `policy`, reading full snapshot rows
+    /// from `local` when it holds them.
+    pub(crate) fn new(policy: Arc<dyn RoutingPolicy>, local: Option<LocalCopy>) -> Self {
         Self {
             router: None,
             events: Vec::new(),
@@ -53,6 +57,7 @@ impl Follower {
             full_bytes: 0,
             deltas_bytes: 0,
             policy,
+            local,
         }
     }
 
@@ -163,7 +168,8 @@ impl Follower {
     }
 
     fn reload(&mut self, client: &mut Client, url: &str) -> Result<(), StoreError> {
-        if let Some(snap) = snapshot::newest(client, url, self.policy.clone())? {
+        if let Some(snap) = snapshot::newest(client, url, self.policy.clone(), self.local.as_ref())?
+        {
             self.router = Some(snap.router);
             self.events = snap.events;
             self.pinned = Some(snap.directory);

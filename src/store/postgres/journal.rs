@@ -13,6 +13,7 @@ use postgres::Client;
 
 use super::connect::{PgTarget, pg_error};
 use super::lease::LeaseKeeper;
+use super::local::LocalCopy;
 use super::{delta, snapshot};
 use crate::store::writer::Due;
 use crate::store::{
@@ -83,6 +84,7 @@ impl PgJournal {
         directory: Directory,
         at: Position,
         options: StoreOptions,
+        local: Option<LocalCopy>,
     ) -> Result<Self, StoreError> {
         let epoch = lease.epoch();
         let busy = Arc::new(AtomicBool::new(false));
@@ -100,7 +102,15 @@ impl PgJournal {
                 .name("labaid-pg-snapshots".into())
                 .spawn(move || {
                     for job in rx {
-                        write_row(&mut client, &url, epoch, &directory, job, &written);
+                        let fence = (url.as_str(), epoch);
+                        write_row(
+                            &mut client,
+                            fence,
+                            &directory,
+                            job,
+                            &written,
+                            local.as_ref(),
+                        );
                         busy.store(false, Ordering::Release);
                     }
                 })?
@@ -155,18 +165,19 @@ impl PgJournal {
 /// Writes one snapshot row (on the writer thread), and notes its size or its failure.
 fn write_row(
     client: &mut Client,
-    url: &str,
-    epoch: i64,
+    (url, epoch): (&str, i64),
     directory: &Directory,
     job: Job,
     written: &Written,
+    local: Option<&LocalCopy>,
 ) {
     let started = Instant::now();
     let (kind, lsn, result) = match job {
         Job::Full { lsn, snapshot } => {
             let state = snapshot.state.into_state();
+            let events = &snapshot.events;
             let result =
-                snapshot::write(client, url, epoch, lsn, directory, state, &snapshot.events);
+                snapshot::write(client, (url, epoch), lsn, directory, state, events, local);
             if let Ok(Some(bytes)) = result {
                 written.full.store(bytes.raw as u64, Ordering::Relaxed);
                 written.deltas.store(0, Ordering::Relaxed);

@@ -12,6 +12,7 @@ mod follow;
 mod journal;
 mod leadership;
 mod lease;
+mod local;
 mod packed;
 mod schema;
 mod snapshot;
@@ -31,6 +32,7 @@ pub use connect::{PASSWORD_ENV, PgTarget, is_postgres_url};
 pub use journal::PgJournal;
 pub use leadership::{Leadership, OnLeader};
 pub use lease::LeaseTiming;
+pub use local::LocalCopy;
 pub use schema::STORE_FORMAT;
 pub use start::{lead, options};
 
@@ -52,6 +54,9 @@ pub struct PgOptions {
     pub store: StoreOptions,
     /// How the core routes: the broker's configured policy, also for cores read from snapshots.
     pub policy: Arc<dyn RoutingPolicy>,
+    /// Where this broker keeps a copy of the newest full snapshot row it wrote, to read at a
+    /// restart instead of fetching the row (see [`LocalCopy`]); `None` keeps none.
+    pub local: Option<LocalCopy>,
 }
 
 /// A broker that took the lease: its core, as of the last committed entry, and its journal.
@@ -80,7 +85,7 @@ pub fn open(
 ) -> Result<Option<PgRecovered>, StoreError> {
     let url = options.target.url().to_string();
     let holder = uuid::Uuid::new_v4().to_string();
-    let mut follower = Follower::new(options.policy.clone());
+    let mut follower = Follower::new(options.policy.clone(), options.local.clone());
     let mut client: Option<Client> = None;
     let mut last_warned: Option<Instant> = None;
     let epoch = loop {
@@ -142,6 +147,7 @@ pub fn open(
         taken.pinned,
         taken.position,
         options.store,
+        options.local.clone(),
     )?;
     Ok(Some(PgRecovered {
         router: taken.router,
@@ -195,7 +201,9 @@ fn take_over(
         None => {
             // A new store: a snapshot of the empty state pins the directory it was made for.
             let router = directory.router(options.policy.clone());
-            let bytes = write_pinning(&mut client, url, epoch, 0, &directory, &router, &[])?;
+            let pinned = (&directory, &router, &[][..]);
+            let bytes =
+                write_pinning(&mut client, (url, epoch), 0, pinned, options.local.as_ref())?;
             tracing::info!(store.url = %url, "new store");
             let position = Position {
                 full_bytes: bytes,
@@ -223,7 +231,14 @@ fn take_over(
             })?;
         events.append(&mut outcome.events);
         let next = position.next;
-        let bytes = write_pinning(&mut client, url, epoch, next, &directory, &router, &events)?;
+        let pinned = (&directory, &router, &events[..]);
+        let bytes = write_pinning(
+            &mut client,
+            (url, epoch),
+            next,
+            pinned,
+            options.local.as_ref(),
+        )?;
         tracing::warn!(
             changed = %differences.join(", "),
             "the directory changed since the store was written; applied it and took a snapshot"
@@ -277,22 +292,13 @@ fn standby_step(
 /// directory); returns its size.
 fn write_pinning(
     client: &mut Client,
-    url: &str,
-    epoch: i64,
+    (url, epoch): (&str, i64),
     lsn: u64,
-    directory: &Directory,
-    router: &Router,
-    events: &[Event],
+    (directory, router, events): (&Directory, &Router, &[Event]),
+    local: Option<&LocalCopy>,
 ) -> Result<u64, StoreError> {
-    match snapshot::write(
-        client,
-        url,
-        epoch,
-        lsn,
-        directory,
-        router.state().clone(),
-        events,
-    )? {
+    let state = router.state().clone();
+    match snapshot::write(client, (url, epoch), lsn, directory, state, events, local)? {
         Some(bytes) => Ok(bytes.raw as u64),
         None => Err(StoreError::Refused(format!(
             "fenced: another broker took the lease from epoch {epoch}"

@@ -11,6 +11,7 @@ use postgres::Client;
 use serde::Deserialize;
 
 use super::connect::pg_error;
+use super::local::LocalCopy;
 use super::packed::{self, RowBytes};
 use crate::routing::{Event, Router, RoutingPolicy, State};
 use crate::store::{Directory, StoreError, codec};
@@ -45,15 +46,16 @@ pub(crate) struct Loaded {
 
 /// Writes the snapshot after `lsn` entries if `epoch` still holds the lease, then drops the
 /// journal rows and older snapshots (full and incremental) it covers, in one transaction. The
-/// body is compressed first ([`packed`]). Returns its sizes, or `None` when fenced.
+/// body is compressed first ([`packed`]); once committed, `local` keeps a copy of it as written.
+/// Returns its sizes, or `None` when fenced.
 pub(crate) fn write(
     client: &mut Client,
-    url: &str,
-    epoch: i64,
+    (url, epoch): (&str, i64),
     lsn: u64,
     directory: &Directory,
     state: State,
     events: &[Event],
+    local: Option<&LocalCopy>,
 ) -> Result<Option<RowBytes>, StoreError> {
     let raw = codec::snapshot_bytes(lsn, directory, state, events)?;
     let body = packed::pack(&raw)?;
@@ -61,15 +63,16 @@ pub(crate) fn write(
         raw: raw.len(),
         stored: body.len(),
     };
-    drop(raw);
+    let head = &raw[..codec::SNAPSHOT_HEADER.min(raw.len())];
+    let at = lsn;
     let lsn = lsn as i64;
     let mut tx = client.transaction().map_err(|e| pg_error(url, e))?;
     let written = tx
         .execute(
-            "INSERT INTO labaid_snapshot (lsn, epoch, body, packing) \
-             SELECT $1, $2, $3, $4 FROM labaid_lease WHERE id = 1 AND epoch = $2 FOR SHARE \
+            "INSERT INTO labaid_snapshot (lsn, epoch, body, packing, head) \
+             SELECT $1, $2, $3, $4, $5 FROM labaid_lease WHERE id = 1 AND epoch = $2 FOR SHARE \
              ON CONFLICT (lsn) DO NOTHING",
-            &[&lsn, &epoch, &body, &packed::ZSTD],
+            &[&lsn, &epoch, &body, &packed::ZSTD, &head],
         )
         .map_err(|e| pg_error(url, e))?;
     let fenced = tx
@@ -91,6 +94,9 @@ pub(crate) fn write(
             .map_err(|e| pg_error(url, e))?;
     }
     tx.commit().map_err(|e| pg_error(url, e))?;
+    if let (1, Some(local)) = (written, local) {
+        local.keep(at, &raw);
+    }
     Ok(Some(bytes))
 }
 
@@ -137,14 +143,20 @@ pub(crate) fn newest(
     client: &mut Client,
     url: &str,
     policy: Arc<dyn RoutingPolicy>,
+    local: Option<&LocalCopy>,
 ) -> Result<Option<Loaded>, StoreError> {
     let started = Instant::now();
+    let copied = match local {
+        Some(local) => read_local(client, url, local, policy.clone())?,
+        None => None,
+    };
+    let from_copy = copied.as_ref().map(|c| c.full_lsn);
     let (tx, rx) = mpsc::sync_channel::<Fetched>(1);
     let (read, fetched) = std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("labaid-pg-read".into())
-            .spawn_scoped(scope, move || read_rows(rx, policy));
-        let fetched = fetch_rows(client, url, tx);
+            .spawn_scoped(scope, move || read_rows(rx, policy, copied));
+        let fetched = fetch_rows(client, url, tx, from_copy);
         let read = match reader {
             Ok(reader) => reader.join().unwrap_or_else(|_| {
                 Err(StoreError::Corrupt(
@@ -165,6 +177,7 @@ pub(crate) fn newest(
         store.covered_entries = loaded.lsn,
         requests = loaded.router.request_count(),
         incremental,
+        local = from_copy.is_some(),
         fetch_ms = fetching.as_millis() as u64,
         unpack_ms = unpacking.as_millis() as u64,
         ms = started.elapsed().as_millis() as u64,
@@ -180,6 +193,7 @@ fn fetch_rows(
     client: &mut Client,
     url: &str,
     tx: mpsc::SyncSender<Fetched>,
+    from_copy: Option<u64>,
 ) -> Result<Duration, StoreError> {
     let mut querying = Duration::ZERO;
     let mut query = |sql: &str, after: Option<u64>| {
@@ -195,7 +209,11 @@ fn fetch_rows(
     let full = "SELECT lsn, lsn, body, packing FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1";
     let next =
         "SELECT lsn, after, body, packing FROM labaid_delta WHERE lsn > $1 ORDER BY lsn LIMIT 1";
-    let mut row = query(full, None)?;
+    let mut row = match from_copy {
+        // The full row is read already: the incremental rows after it follow.
+        Some(lsn) => query(next, Some(lsn))?,
+        None => query(full, None)?,
+    };
     while let Some(r) = row {
         let lsn = r.get::<_, i64>(0) as u64;
         let after = r.get::<_, i64>(1) as u64;
@@ -212,11 +230,9 @@ fn fetch_rows(
 fn read_rows(
     rx: mpsc::Receiver<Fetched>,
     policy: Arc<dyn RoutingPolicy>,
+    copied: Option<Loaded>,
 ) -> Result<Option<(Loaded, usize, Duration)>, StoreError> {
     let mut rows = rx.into_iter();
-    let Some(full) = rows.next() else {
-        return Ok(None);
-    };
     let mut unpacking = Duration::ZERO;
     let mut unpack = |f: Fetched, what: String| {
         let started = Instant::now();
@@ -224,16 +240,43 @@ fn read_rows(
         unpacking += started.elapsed();
         row
     };
-    let what = format!("the snapshot row after {} entries", full.lsn);
-    let (lsn, _, body) = unpack(full, what)?;
-    let mut loaded = decode(lsn, body.as_ref(), policy)?;
-    drop(body);
+    let mut loaded = match copied {
+        Some(loaded) => loaded,
+        None => {
+            let Some(full) = rows.next() else {
+                return Ok(None);
+            };
+            let what = format!("the snapshot row after {} entries", full.lsn);
+            let (lsn, _, body) = unpack(full, what)?;
+            decode(lsn, body.as_ref(), policy)?
+        }
+    };
     let rows = rows.map(|f| {
         let what = format!("the incremental snapshot row after {} entries", f.lsn);
         unpack(f, what)
     });
     let incremental = super::delta::apply(&mut loaded, rows)?;
     Ok(Some((loaded, incremental, unpacking)))
+}
+
+/// The newest full row as this host's copy of it holds it, if it has the copy (see
+/// [`LocalCopy`]); only the row's header is fetched to check it.
+fn read_local(
+    client: &mut Client,
+    url: &str,
+    local: &LocalCopy,
+    policy: Arc<dyn RoutingPolicy>,
+) -> Result<Option<Loaded>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT lsn, head FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1",
+            &[],
+        )
+        .map_err(|e| pg_error(url, e))?;
+    Ok(row.and_then(|row| {
+        let head: Option<&[u8]> = row.get(1);
+        local.read(row.get::<_, i64>(0) as u64, head?, policy)
+    }))
 }
 
 /// The snapshot in the body of the row after `lsn` entries, in either format.
@@ -271,6 +314,12 @@ pub(super) fn decode(
             }
         }
     };
+    checked(lsn, loaded)
+}
+
+/// `loaded`, read from the row after `lsn` entries (or a copy of it), if it says it covers that
+/// many.
+pub(super) fn checked(lsn: u64, loaded: Loaded) -> Result<Loaded, StoreError> {
     if loaded.lsn != lsn {
         return Err(StoreError::Corrupt(format!(
             "the snapshot row after {lsn} entries says it covers {}",

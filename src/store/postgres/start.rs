@@ -26,6 +26,7 @@ pub fn options(config: &Config, url: &str, bound: SocketAddr) -> Result<PgOption
         lease: LeaseTiming::default(),
         store: config.store,
         policy: config.policy.clone(),
+        local: Some(super::LocalCopy::new(&config.data_dir)),
     })
 }
 
