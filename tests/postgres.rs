@@ -74,7 +74,10 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
     let pg = PgServer::start();
     let acked: Acked = Arc::default();
     // Snapshot rows every few kilobytes of journal: several incremental rows, and full ones.
-    let small = ["--snapshot-min-bytes", "65536"];
+    // One data directory throughout, as one host's broker has: it keeps copies of the rows.
+    let data = tempfile::tempdir().expect("data directory");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let small = ["--snapshot-min-bytes", "65536", "--data-dir", dir];
     let mut broker = PgBroker::start_with(&pg.url(), &small);
     assert!(
         broker.wait_serving(Duration::from_secs(30)),
@@ -139,6 +142,10 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
     );
     let took = took_the_lease(&broker);
     assert_eq!(took["entries"], entries, "{took}");
+    // The rows were all written on this host: their copies are read instead of fetching them.
+    let read = rows_read(&broker);
+    assert_eq!(read["local"], true, "{read}");
+    assert_eq!(read["local_incremental"], deltas, "{read}");
     assert_eq!(
         took["replayed"],
         entries - covered,

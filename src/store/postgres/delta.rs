@@ -7,21 +7,22 @@ use postgres::Client;
 use rustc_hash::FxHashMap;
 
 use super::connect::pg_error;
+use super::local::LocalCopy;
 use super::packed::{self, RowBytes};
 use super::snapshot::Loaded;
 use crate::store::delta::{delta_bytes, read_delta_from};
-use crate::store::{Delta, Directory, StoreError};
+use crate::store::{Delta, Directory, StoreError, codec};
 
 /// Writes the incremental snapshot after `lsn` entries, following the snapshot row that covered
-/// `after`, if `epoch` still holds the lease. The body is compressed first ([`packed`]). Returns
-/// its sizes, or `None` when fenced.
+/// `after`, if `epoch` still holds the lease. The body is compressed first ([`packed`]); once
+/// committed, `local` keeps a copy of it as written. Returns its sizes, or `None` when fenced.
 pub(crate) fn write(
     client: &mut Client,
-    url: &str,
-    epoch: i64,
+    (url, epoch): (&str, i64),
     (lsn, after): (u64, u64),
     directory: &Directory,
     delta: &Delta,
+    local: Option<&LocalCopy>,
 ) -> Result<Option<RowBytes>, StoreError> {
     let raw = delta_bytes(lsn, after, directory, delta)?;
     let body = packed::pack(&raw)?;
@@ -29,14 +30,24 @@ pub(crate) fn write(
         raw: raw.len(),
         stored: body.len(),
     };
-    drop(raw);
+    let head = &raw[..codec::SNAPSHOT_HEADER.min(raw.len())];
     let written = client
         .execute(
-            "INSERT INTO labaid_delta (lsn, after, epoch, body, packing) \
-             SELECT $1, $2, $3, $4, $5 FROM labaid_lease WHERE id = 1 AND epoch = $3 FOR SHARE",
-            &[&(lsn as i64), &(after as i64), &epoch, &body, &packed::ZSTD],
+            "INSERT INTO labaid_delta (lsn, after, epoch, body, packing, head) \
+             SELECT $1, $2, $3, $4, $5, $6 FROM labaid_lease WHERE id = 1 AND epoch = $3 FOR SHARE",
+            &[
+                &(lsn as i64),
+                &(after as i64),
+                &epoch,
+                &body,
+                &packed::ZSTD,
+                &head,
+            ],
         )
         .map_err(|e| pg_error(url, e))?;
+    if let (1, Some(local)) = (written, local) {
+        local.keep_delta(lsn, &raw);
+    }
     Ok((written == 1).then_some(bytes))
 }
 

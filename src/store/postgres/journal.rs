@@ -185,7 +185,8 @@ fn write_row(
             ("full", lsn, result)
         }
         Job::Incremental { lsn, after, delta } => {
-            let result = delta::write(client, url, epoch, (lsn, after), directory, &delta);
+            let fence = (url, epoch);
+            let result = delta::write(client, fence, (lsn, after), directory, &delta, local);
             if let Ok(Some(bytes)) = result {
                 written
                     .deltas

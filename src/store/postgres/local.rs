@@ -1,8 +1,9 @@
-//! A local copy of the newest full snapshot row, kept in the broker's data directory so that a
-//! broker restarting on the same host reads it as fast as the file store reads its own snapshot
-//! (as Flink's local recovery keeps one). The row stays the truth: the copy is used only when its
-//! header (the body's length and checksum) equals the one stored beside the row, and only if it
-//! then decodes; otherwise the row is fetched as on any other host.
+//! A local copy of the newest full snapshot row and the incremental rows after it, kept in the
+//! broker's data directory so that a broker restarting on the same host reads them as fast as the
+//! file store reads its own snapshots (as Flink's local recovery keeps one). The rows stay the
+//! truth: a copy is used only when its header (the body's length and checksum) equals the one
+//! stored beside its row, and only if it then decodes; otherwise the rows are fetched as on any
+//! other host.
 
 use std::fs;
 use std::io::Write as _;
@@ -34,20 +35,15 @@ impl LocalCopy {
         self.dir.join(format!("snapshot-{lsn:020}.snap"))
     }
 
+    fn delta_path(&self, lsn: u64) -> PathBuf {
+        self.dir.join(format!("delta-{lsn:020}.snap"))
+    }
+
     /// Keeps `body`, the full row just committed after `lsn` entries, as the copy, and drops any
     /// other. Not synced: a copy cut short by a crash fails its checksum and is not used. A copy
     /// that cannot be written is logged and left out; the row has everything.
     pub(crate) fn keep(&self, lsn: u64, body: &[u8]) {
-        let written = (|| -> std::io::Result<()> {
-            fs::create_dir_all(&self.dir)?;
-            let partial = self.dir.join("partial.tmp");
-            let mut file = fs::File::create(&partial)?;
-            file.write_all(body)?;
-            drop(file);
-            fs::rename(&partial, self.path(lsn))?;
-            Ok(())
-        })();
-        match written {
+        match self.write(&self.path(lsn), body) {
             Ok(()) => self.drop_others(Some(lsn)),
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot keep a local copy of the snapshot row");
@@ -56,7 +52,41 @@ impl LocalCopy {
         }
     }
 
-    /// Removes every copy but the one after `keep` entries.
+    /// Keeps `body`, the incremental row just committed after `lsn` entries, beside the full
+    /// row's copy (dropped with it when the next full row is kept).
+    pub(crate) fn keep_delta(&self, lsn: u64, body: &[u8]) {
+        if let Err(e) = self.write(&self.delta_path(lsn), body) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot keep a local copy of the incremental snapshot row");
+        }
+    }
+
+    /// Writes `body` to `path` whole or not at all.
+    fn write(&self, path: &Path, body: &[u8]) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let partial = self.dir.join("partial.tmp");
+        let mut file = fs::File::create(&partial)?;
+        file.write_all(body)?;
+        drop(file);
+        fs::rename(&partial, path)
+    }
+
+    /// The body of the copy of the incremental row after `lsn` entries whose body starts with
+    /// `head`, if this host has it; its sections' checksums are checked as it is applied (see
+    /// `snapshot::newest`, which fetches the rows again if that fails).
+    pub(crate) fn delta(&self, lsn: u64, head: &[u8]) -> Option<Vec<u8>> {
+        if head.len() != codec::SNAPSHOT_HEADER {
+            return None;
+        }
+        let body = fs::read(self.delta_path(lsn)).ok()?;
+        (body.get(..head.len()) == Some(head)).then_some(body)
+    }
+
+    /// Removes every copy: one of them was damaged.
+    pub(crate) fn drop_all(&self) {
+        self.drop_others(None);
+    }
+
+    /// Removes every copy but the full row's after `keep` entries.
     fn drop_others(&self, keep: Option<u64>) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
@@ -156,6 +186,29 @@ mod tests {
         let loaded = local.read(5, head, policy()).expect("read");
         assert_eq!(loaded.router.request_count(), 5);
         assert_eq!(loaded.full_bytes, body.len() as u64);
+    }
+
+    #[test]
+    fn incremental_copies_are_read_by_their_header_and_dropped_with_the_next_full_copy() {
+        let data = tempfile::tempdir().unwrap();
+        let local = LocalCopy::new(data.path());
+        let body = body();
+        let head = &body[..codec::SNAPSHOT_HEADER];
+        local.keep(5, &body);
+        local.keep_delta(7, &body);
+        assert_eq!(local.delta(7, head), Some(body.clone()));
+        let mut other = head.to_vec();
+        other[19] ^= 1;
+        assert_eq!(local.delta(7, &other), None, "another row's header");
+        assert_eq!(local.delta(8, head), None, "no copy of that row");
+        assert_eq!(local.delta(7, &head[..4]), None, "a header cut short");
+        local.keep(9, &body);
+        assert_eq!(
+            local.delta(7, head),
+            None,
+            "dropped with the full copy before"
+        );
+        assert_eq!(files(data.path()), 1);
     }
 
     #[test]

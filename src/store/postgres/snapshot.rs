@@ -101,20 +101,31 @@ pub(crate) fn write(
 }
 
 /// A snapshot row fetched: the entries it covers, the entries of the row it follows (its own
-/// for a full row), and the row itself (its body as stored in column 2, how in column 3).
+/// for a full row), and its body.
 struct Fetched {
     lsn: u64,
     after: u64,
-    row: postgres::Row,
+    body: Source,
+}
+
+/// Where a fetched row's body is.
+enum Source {
+    /// In the row: as stored in column 2, how in column 3.
+    Row(postgres::Row),
+    /// In this host's copy of the row, as written.
+    Copy(Vec<u8>),
 }
 
 impl Fetched {
     /// The row's entries, the row it follows, and its body as written; `what` names the row in
     /// errors.
     fn unpack(self, what: &str) -> Result<(u64, u64, Body), StoreError> {
-        let body = match packed::unpack(self.row.get(3), self.row.get(2), what)? {
-            Cow::Borrowed(_) => Body::Row(self.row),
-            Cow::Owned(body) => Body::Unpacked(body),
+        let body = match self.body {
+            Source::Copy(body) => Body::Unpacked(body),
+            Source::Row(row) => match packed::unpack(row.get(3), row.get(2), what)? {
+                Cow::Borrowed(_) => Body::Row(row),
+                Cow::Owned(body) => Body::Unpacked(body),
+            },
         };
         Ok((self.lsn, self.after, body))
     }
@@ -145,6 +156,24 @@ pub(crate) fn newest(
     policy: Arc<dyn RoutingPolicy>,
     local: Option<&LocalCopy>,
 ) -> Result<Option<Loaded>, StoreError> {
+    match (read_newest(client, url, policy.clone(), local), local) {
+        // A copy that matched its row's header but did not decode: the rows have it all.
+        (Err(StoreError::Corrupt(why)), Some(local)) => {
+            tracing::warn!(error = %why, "a local copy of a snapshot row did not apply; reading the rows");
+            local.drop_all();
+            read_newest(client, url, policy, None)
+        }
+        (read, _) => read,
+    }
+}
+
+/// [`newest`], reading the copies in `local` where they match their rows.
+fn read_newest(
+    client: &mut Client,
+    url: &str,
+    policy: Arc<dyn RoutingPolicy>,
+    local: Option<&LocalCopy>,
+) -> Result<Option<Loaded>, StoreError> {
     let started = Instant::now();
     let copied = match local {
         Some(local) => read_local(client, url, local, policy.clone())?,
@@ -156,7 +185,7 @@ pub(crate) fn newest(
         let reader = std::thread::Builder::new()
             .name("labaid-pg-read".into())
             .spawn_scoped(scope, move || read_rows(rx, policy, copied));
-        let fetched = fetch_rows(client, url, tx, from_copy);
+        let fetched = fetch_rows(client, url, tx, (from_copy, local));
         let read = match reader {
             Ok(reader) => reader.join().unwrap_or_else(|_| {
                 Err(StoreError::Corrupt(
@@ -168,7 +197,7 @@ pub(crate) fn newest(
         (read, fetched)
     });
     // A fetch that failed part way ended the reader early: its state must not be used.
-    let fetching = fetched?;
+    let (fetching, copies) = fetched?;
     let Some((loaded, incremental, unpacking)) = read? else {
         return Ok(None);
     };
@@ -178,6 +207,7 @@ pub(crate) fn newest(
         requests = loaded.router.request_count(),
         incremental,
         local = from_copy.is_some(),
+        local_incremental = copies,
         fetch_ms = fetching.as_millis() as u64,
         unpack_ms = unpacking.as_millis() as u64,
         ms = started.elapsed().as_millis() as u64,
@@ -186,15 +216,16 @@ pub(crate) fn newest(
     Ok(Some(loaded))
 }
 
-/// Fetches the newest full row, then each incremental row after it in order, handing each to
-/// `tx` until there are no more or the reader stops taking them; returns the time spent in
-/// queries.
+/// Fetches the newest full row (unless `from_copy` says it was read from this host's copy), then
+/// each incremental row after it in order, from `local` where its copy matches the row's header,
+/// handing each to `tx` until there are no more or the reader stops taking them; returns the time
+/// spent in queries and how many incremental rows came from copies.
 fn fetch_rows(
     client: &mut Client,
     url: &str,
     tx: mpsc::SyncSender<Fetched>,
-    from_copy: Option<u64>,
-) -> Result<Duration, StoreError> {
+    (from_copy, local): (Option<u64>, Option<&LocalCopy>),
+) -> Result<(Duration, usize), StoreError> {
     let mut querying = Duration::ZERO;
     let mut query = |sql: &str, after: Option<u64>| {
         let started = Instant::now();
@@ -206,23 +237,61 @@ fn fetch_rows(
         querying += started.elapsed();
         row
     };
-    let full = "SELECT lsn, lsn, body, packing FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1";
+    let fetched = |row: postgres::Row| Fetched {
+        lsn: row.get::<_, i64>(0) as u64,
+        after: row.get::<_, i64>(1) as u64,
+        body: Source::Row(row),
+    };
+    let mut copies = 0;
+    let mut at = match from_copy {
+        Some(lsn) => lsn,
+        None => {
+            let full =
+                "SELECT lsn, lsn, body, packing FROM labaid_snapshot ORDER BY lsn DESC LIMIT 1";
+            let Some(row) = query(full, None)? else {
+                return Ok((querying, copies));
+            };
+            let row = fetched(row);
+            let lsn = row.lsn;
+            if tx.send(row).is_err() {
+                return Ok((querying, copies));
+            }
+            lsn
+        }
+    };
     let next =
         "SELECT lsn, after, body, packing FROM labaid_delta WHERE lsn > $1 ORDER BY lsn LIMIT 1";
-    let mut row = match from_copy {
-        // The full row is read already: the incremental rows after it follow.
-        Some(lsn) => query(next, Some(lsn))?,
-        None => query(full, None)?,
-    };
-    while let Some(r) = row {
-        let lsn = r.get::<_, i64>(0) as u64;
-        let after = r.get::<_, i64>(1) as u64;
-        if tx.send(Fetched { lsn, after, row: r }).is_err() {
+    let next_head = "SELECT lsn, after, head FROM labaid_delta WHERE lsn > $1 ORDER BY lsn LIMIT 1";
+    let body_of = "SELECT lsn, after, body, packing FROM labaid_delta WHERE lsn = $1";
+    loop {
+        let row = match local {
+            None => query(next, Some(at))?.map(fetched),
+            Some(local) => match query(next_head, Some(at))? {
+                None => None,
+                Some(head) => {
+                    let (lsn, after) = (head.get::<_, i64>(0) as u64, head.get::<_, i64>(1));
+                    let copy = head
+                        .get::<_, Option<&[u8]>>(2)
+                        .and_then(|head| local.delta(lsn, head));
+                    match copy {
+                        Some(body) => {
+                            copies += 1;
+                            let after = after as u64;
+                            let body = Source::Copy(body);
+                            Some(Fetched { lsn, after, body })
+                        }
+                        None => query(body_of, Some(lsn))?.map(fetched),
+                    }
+                }
+            },
+        };
+        let Some(row) = row else { break };
+        at = row.lsn;
+        if tx.send(row).is_err() {
             break;
         }
-        row = query(next, Some(lsn))?;
     }
-    Ok(querying)
+    Ok((querying, copies))
 }
 
 /// Decodes the full row and applies the incremental ones as `fetch_rows` hands them over;
