@@ -10,7 +10,7 @@ use super::connect::pg_error;
 use super::local::LocalCopy;
 use super::packed::{self, RowBytes};
 use super::snapshot::Loaded;
-use crate::store::delta::{delta_bytes, read_delta_from};
+use crate::store::delta::{DeltaFile, delta_bytes, read_delta_from};
 use crate::store::{Delta, Directory, StoreError, codec};
 
 /// Writes the incremental snapshot after `lsn` entries, following the snapshot row that covered
@@ -51,23 +51,60 @@ pub(crate) fn write(
     Ok((written == 1).then_some(bytes))
 }
 
-/// Applies each row `(lsn, after, body)` that follows the state `loaded` holds (a row that could
-/// not be fetched or unpacked ends it with that error). The chain ends at
-/// the first row that does not (one written after a failed write, or left by an older broker's
-/// full row): the journal rows after the last row applied are kept until the next full one, so
-/// replaying them from there loses nothing.
+/// An incremental row read: the entries it covers, those of the row it follows, its body's size
+/// as written, and what it holds (or why that cannot be read).
+pub(super) struct Row {
+    pub lsn: u64,
+    pub after: u64,
+    pub bytes: u64,
+    pub delta: Result<DeltaFile, StoreError>,
+}
+
+/// Decodes the body of the incremental row after `lsn` entries, following the row after `after`.
+/// Done apart from [`apply`], so that each row decodes while the one before is merged.
+pub(super) fn decode(lsn: u64, after: u64, body: &[u8]) -> Row {
+    let delta = read_delta_from(
+        body,
+        &format!("the incremental snapshot row after {lsn} entries"),
+    )
+    .and_then(|delta| {
+        if delta.lsn != lsn || delta.after != after {
+            return Err(StoreError::Corrupt(format!(
+                "the incremental snapshot row after {lsn} entries (following {after}) says it \
+                 covers {} entries, following {}",
+                delta.lsn, delta.after
+            )));
+        }
+        Ok(delta)
+    });
+    Row {
+        lsn,
+        after,
+        bytes: body.len() as u64,
+        delta,
+    }
+}
+
+/// Applies each row that follows the state `loaded` holds (a row that could not be fetched or
+/// unpacked ends it with that error). The chain ends at the first row that does not (one written
+/// after a failed write, or left by an older broker's full row): the journal rows after the last
+/// row applied are kept until the next full one, so replaying them from there loses nothing.
 /// Returns how many it applied.
-pub(super) fn apply<B: AsRef<[u8]>>(
+pub(super) fn apply(
     loaded: &mut Loaded,
-    rows: impl Iterator<Item = Result<(u64, u64, B), StoreError>>,
+    rows: impl Iterator<Item = Result<Row, StoreError>>,
 ) -> Result<usize, StoreError> {
     // A request changed in several rows keeps only its last version; the core is indexed once.
     let mut merged = FxHashMap::default();
     let mut head = None;
     let mut applied = 0;
     for row in rows {
-        let (lsn, after, body) = row?;
-        let body = body.as_ref();
+        let Row {
+            lsn,
+            after,
+            bytes,
+            delta,
+        } = row?;
         if after != loaded.lsn {
             tracing::warn!(
                 store.snapshot_entries = loaded.lsn,
@@ -78,22 +115,12 @@ pub(super) fn apply<B: AsRef<[u8]>>(
             );
             break;
         }
-        let delta = read_delta_from(
-            body,
-            &format!("the incremental snapshot row after {lsn} entries"),
-        )?;
-        if delta.lsn != lsn || delta.after != after {
-            return Err(StoreError::Corrupt(format!(
-                "the incremental snapshot row after {lsn} entries (following {after}) says it \
-                 covers {} entries, following {}",
-                delta.lsn, delta.after
-            )));
-        }
+        let delta = delta?;
         merged.extend(delta.changed);
         head = Some(delta.head);
         loaded.events.extend(delta.events);
         loaded.directory = delta.directory;
-        loaded.deltas_bytes += body.len() as u64;
+        loaded.deltas_bytes += bytes;
         loaded.lsn = lsn;
         applied += 1;
     }
@@ -145,11 +172,11 @@ mod tests {
     }
 
     /// An incremental row: entries covered, those of the row it follows, its body.
-    type Row = (u64, u64, Vec<u8>);
+    type Written = (u64, u64, Vec<u8>);
 
     /// A full row of three requests after entry 3, then rows after entries 5 and 9 holding the
     /// requests submitted since; the router as it stands after all of them.
-    fn chain() -> (Loaded, Vec<Row>, Router) {
+    fn chain() -> (Loaded, Vec<Written>, Router) {
         let directory = Config::demo().expect("demo").directory();
         let mut router = directory.router(policy());
         let first = submit_some(&mut router, 0..3);
@@ -173,9 +200,9 @@ mod tests {
         (loaded, rows, router)
     }
 
-    fn rows(rows: &[Row]) -> impl Iterator<Item = Result<(u64, u64, &[u8]), StoreError>> {
+    fn rows(rows: &[Written]) -> impl Iterator<Item = Result<Row, StoreError>> + '_ {
         rows.iter()
-            .map(|(lsn, after, body)| Ok((*lsn, *after, body.as_slice())))
+            .map(|(lsn, after, body)| Ok(decode(*lsn, *after, body)))
     }
 
     #[test]

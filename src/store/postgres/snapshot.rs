@@ -303,28 +303,47 @@ fn read_rows(
 ) -> Result<Option<(Loaded, usize, Duration)>, StoreError> {
     let mut rows = rx.into_iter();
     let mut unpacking = Duration::ZERO;
-    let mut unpack = |f: Fetched, what: String| {
-        let started = Instant::now();
-        let row = f.unpack(&what);
-        unpacking += started.elapsed();
-        row
-    };
     let mut loaded = match copied {
         Some(loaded) => loaded,
         None => {
             let Some(full) = rows.next() else {
                 return Ok(None);
             };
+            let started = Instant::now();
             let what = format!("the snapshot row after {} entries", full.lsn);
-            let (lsn, _, body) = unpack(full, what)?;
+            let (lsn, _, body) = full.unpack(&what)?;
+            unpacking += started.elapsed();
             decode(lsn, body.as_ref(), policy)?
         }
     };
-    let rows = rows.map(|f| {
-        let what = format!("the incremental snapshot row after {} entries", f.lsn);
-        unpack(f, what)
+    // Each incremental row is unpacked and decoded on a thread of its own while the one before
+    // is merged here, as the file store reads its incremental snapshots.
+    let (tx, decoded) = mpsc::sync_channel(1);
+    let (incremental, unpacked) = std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || {
+            let mut unpacking = Duration::ZERO;
+            for f in rows {
+                let started = Instant::now();
+                let what = format!("the incremental snapshot row after {} entries", f.lsn);
+                let row = f.unpack(&what);
+                unpacking += started.elapsed();
+                let row =
+                    row.map(|(lsn, after, body)| super::delta::decode(lsn, after, body.as_ref()));
+                let failed = row.is_err();
+                if tx.send(row).is_err() || failed {
+                    break;
+                }
+            }
+            unpacking
+        });
+        let applied = super::delta::apply(&mut loaded, decoded.into_iter());
+        // Dropping the receiver stops a decoder still at work on rows no longer wanted.
+        (applied, decoder.join())
     });
-    let incremental = super::delta::apply(&mut loaded, rows)?;
+    let incremental = incremental?;
+    unpacking += unpacked.map_err(|_| {
+        StoreError::Corrupt("decoding the incremental snapshot rows panicked".into())
+    })?;
     Ok(Some((loaded, incremental, unpacking)))
 }
 
