@@ -63,7 +63,9 @@ impl LocalCopy {
     /// Writes `body` to `path` whole or not at all.
     fn write(&self, path: &Path, body: &[u8]) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let partial = self.dir.join("partial.tmp");
+        // Named for this process: two brokers misconfigured onto one data directory must not
+        // write into each other's (a copy that is not its row's is refused anyway).
+        let partial = self.dir.join(format!("partial-{}.tmp", std::process::id()));
         let mut file = fs::File::create(&partial)?;
         file.write_all(body)?;
         drop(file);
