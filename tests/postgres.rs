@@ -262,6 +262,47 @@ async fn a_restart_reads_its_local_copy_of_the_full_row_and_a_damaged_copy_falls
     assert!(held > 0, "nothing was acknowledged");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_broker_on_the_same_data_directory_is_refused() {
+    let pg = PgServer::start();
+    let data = tempfile::tempdir().expect("data directory");
+    let args = ["--data-dir", data.path().to_str().expect("utf-8 path")];
+    let mut first = PgBroker::start_with(&pg.url(), &args);
+    assert!(
+        first.wait_serving(Duration::from_secs(30)),
+        "no lead: {}",
+        first.log()
+    );
+    // The directory holds the first broker's audit trail, whose chain one writer continues.
+    let mut second = PgBroker::start_with(&pg.url(), &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second broker ran on: {}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("it is in use by another broker; give each broker its own"),
+        "{}",
+        second.log()
+    );
+    assert!(
+        first.try_wait().is_none(),
+        "the first broker stopped: {}",
+        first.log()
+    );
+    assert_eq!(first.health().await, ServingStatus::Serving as i32);
+}
+
 /// Health, readiness and calls on a broker that does not lead.
 async fn assert_standby(standby: &PgBroker, leader: &PgBroker) {
     assert_eq!(

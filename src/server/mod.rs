@@ -214,6 +214,17 @@ pub async fn serve_on(
         config,
     };
     let mut on_ready = listeners.on_ready;
+    // The file store locks its data directory as it opens; on PostgreSQL the directory still
+    // holds this broker's own audit trail and snapshot copies, so it is locked for the process.
+    let _data_dir = match &shared.config.store_url {
+        Some(_) => Some(store::lock_dir(&shared.config.data_dir).map_err(|e| {
+            Error::Internal(format!(
+                "cannot open the data directory {}: {e}; give each broker its own",
+                shared.config.data_dir.display()
+            ))
+        })?),
+        None => None,
+    };
     // Opened when the broker first leads, and kept across terms: one trail per process.
     let mut audit: Option<Audit> = None;
     let mut standby = StandbyServer::start(&shared);

@@ -43,6 +43,7 @@ pub use directory::Directory;
 pub use file::FileJournal;
 pub use loss::DataLoss;
 pub use memory::MemoryJournal;
+pub(crate) use recover::lock_dir;
 pub use recover::{Recovered, open, open_at};
 pub use writer::SnapshotObserver;
 

@@ -575,6 +575,14 @@ fn make_dir(dir: &Path) -> Result<(), StoreError> {
     sync_dir(parent)
 }
 
+/// Makes `dir` if need be and locks it for this process, as the file store does: a broker on the
+/// PostgreSQL store keeps its audit log (whose hash chain one writer continues) and its copies of
+/// the snapshot rows there, so two brokers must not share one.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    make_dir(dir)?;
+    lock(dir)
+}
+
 fn lock(dir: &Path) -> Result<File, StoreError> {
     let file = OpenOptions::new()
         .create(true)

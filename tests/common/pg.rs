@@ -483,6 +483,8 @@ pub struct PgBroker {
     /// Terms as leader seen so far ("broker serving" lines read).
     terms: usize,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Its data directory, when the test did not give one.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl PgBroker {
@@ -491,9 +493,16 @@ impl PgBroker {
         Self::start_with(url, &[])
     }
 
-    /// [`PgBroker::start`] with more command-line arguments.
+    /// [`PgBroker::start`] with more command-line arguments. Without a `--data-dir` among them,
+    /// the broker gets a data directory of its own (a broker locks its own).
     pub fn start_with(url: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_labaid-broker"))
+        let data =
+            (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().expect("a data directory"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_labaid-broker"));
+        if let Some(data) = &data {
+            command.arg("--data-dir").arg(data.path());
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--web-listen", "off"])
             .args(["--log-format", "json", "--store", url])
@@ -540,6 +549,7 @@ impl PgBroker {
             serving,
             terms: 0,
             lines,
+            _data: data,
         }
     }
 
