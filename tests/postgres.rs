@@ -29,12 +29,7 @@ async fn acknowledged_submissions_survive_sigkill_on_postgres() {
     let pg = PgServer::start();
     let acked: Acked = Arc::default();
     for cycle in 0..3 {
-        let mut broker = PgBroker::start(&pg.url());
-        assert!(
-            broker.wait_serving(Duration::from_secs(30)),
-            "no lead: {}",
-            broker.log()
-        );
+        let broker = PgBroker::start_leading(&pg.url(), &[]);
         verify(&broker, &acked).await;
         let (_stop, tasks) = load(&broker, cycle, &acked, 400).await;
         // Killed while the submitters are mid-call: some calls are never answered.
@@ -43,12 +38,7 @@ async fn acknowledged_submissions_survive_sigkill_on_postgres() {
             let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
         }
     }
-    let mut broker = PgBroker::start(&pg.url());
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
+    let broker = PgBroker::start_leading(&pg.url(), &[]);
     let held = verify(&broker, &acked).await;
     let acked_count = acked.lock().unwrap().len();
     assert!(acked_count > 0, "nothing was acknowledged");
@@ -59,14 +49,11 @@ async fn acknowledged_submissions_survive_sigkill_on_postgres() {
     eprintln!("{acked_count} acknowledged, {held} held after 3 kills; {rows} journal rows");
 }
 
-/// The fields of the broker's "took the lease; leading" log line.
-fn took_the_lease(broker: &PgBroker) -> serde_json::Value {
+/// The fields of the broker's first log line saying `message`, which it must have logged.
+fn line(broker: &PgBroker, message: &str) -> serde_json::Value {
     broker
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "took the lease; leading")
-        .unwrap_or_else(|| panic!("no takeover line: {}", broker.log()))
+        .logged(message)
+        .unwrap_or_else(|| panic!("no {message:?} line: {}", broker.log()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -78,12 +65,7 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
     let data = tempfile::tempdir().expect("data directory");
     let dir = data.path().to_str().expect("utf-8 path");
     let small = ["--snapshot-min-bytes", "65536", "--data-dir", dir];
-    let mut broker = PgBroker::start_with(&pg.url(), &small);
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
+    let mut broker = PgBroker::start_leading(&pg.url(), &small);
     let count = |sql: &str| -> i64 { pg.psql(sql).parse().expect("a number") };
     // Under load until an incremental row follows the newest full one, then killed mid-call
     // with no closing snapshot. A full row written between the last look and the kill starts
@@ -118,12 +100,7 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
         if covered > full {
             break (entries, full, covered);
         }
-        broker = PgBroker::start_with(&pg.url(), &small);
-        assert!(
-            broker.wait_serving(Duration::from_secs(30)),
-            "no lead: {}",
-            broker.log()
-        );
+        broker = PgBroker::start_leading(&pg.url(), &small);
     };
     assert_eq!(
         count("SELECT count(*) FROM labaid_snapshot"),
@@ -134,16 +111,11 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
         "SELECT count(*) FROM labaid_delta WHERE lsn > {full}"
     ));
 
-    let mut broker = PgBroker::start_with(&pg.url(), &small);
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
-    let took = took_the_lease(&broker);
+    let broker = PgBroker::start_leading(&pg.url(), &small);
+    let took = line(&broker, "took the lease; leading");
     assert_eq!(took["entries"], entries, "{took}");
     // The rows were all written on this host: their copies are read instead of fetching them.
-    let read = rows_read(&broker);
+    let read = line(&broker, "snapshot rows read");
     assert_eq!(read["local"], true, "{read}");
     assert_eq!(read["local_incremental"], deltas, "{read}");
     assert_eq!(
@@ -159,16 +131,6 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
          then {} of {entries} entries replayed",
         entries - covered
     );
-}
-
-/// The fields of the broker's "snapshot rows read" line.
-fn rows_read(broker: &PgBroker) -> serde_json::Value {
-    broker
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "snapshot rows read")
-        .unwrap_or_else(|| panic!("no snapshot read: {}", broker.log()))
 }
 
 /// Stops `broker` with SIGTERM (a clean stop writes a full snapshot row) and waits for it.
@@ -187,12 +149,7 @@ async fn a_restart_reads_its_local_copy_of_the_full_row_and_a_damaged_copy_falls
     let data = tempfile::tempdir().expect("data directory");
     let args = ["--data-dir", data.path().to_str().expect("utf-8 path")];
     let acked: Acked = Arc::default();
-    let mut broker = PgBroker::start_with(&pg.url(), &args);
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
+    let broker = PgBroker::start_leading(&pg.url(), &args);
     let (stop, tasks) = load(&broker, 0, &acked, 300).await;
     *stop.lock().unwrap() = true;
     for t in tasks {
@@ -225,13 +182,8 @@ async fn a_restart_reads_its_local_copy_of_the_full_row_and_a_damaged_copy_falls
     );
 
     // The same host: the copy is read, not the row, and holds everything.
-    let mut broker = PgBroker::start_with(&pg.url(), &args);
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
-    let read = rows_read(&broker);
+    let broker = PgBroker::start_leading(&pg.url(), &args);
+    let read = line(&broker, "snapshot rows read");
     assert_eq!(read["local"], true, "{read}");
     assert_eq!(read["store.snapshot_entries"], newest, "{read}");
     let held = verify(&broker, &acked).await;
@@ -243,13 +195,8 @@ async fn a_restart_reads_its_local_copy_of_the_full_row_and_a_damaged_copy_falls
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&path, bytes).expect("damaged");
-    let mut broker = PgBroker::start_with(&pg.url(), &args);
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
-    let read = rows_read(&broker);
+    let broker = PgBroker::start_leading(&pg.url(), &args);
+    let read = line(&broker, "snapshot rows read");
     assert_eq!(read["local"], false, "{read}");
     assert!(
         broker
@@ -267,12 +214,7 @@ async fn a_second_broker_on_the_same_data_directory_is_refused() {
     let pg = PgServer::start();
     let data = tempfile::tempdir().expect("data directory");
     let args = ["--data-dir", data.path().to_str().expect("utf-8 path")];
-    let mut first = PgBroker::start_with(&pg.url(), &args);
-    assert!(
-        first.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        first.log()
-    );
+    let mut first = PgBroker::start_leading(&pg.url(), &args);
     // The directory holds the first broker's audit trail, whose chain one writer continues.
     let mut second = PgBroker::start_with(&pg.url(), &args);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -537,12 +479,7 @@ fn hold_lease_uncommitted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader() {
     let pg = PgServer::start();
-    let mut broker = PgBroker::start(&pg.url());
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
+    let mut broker = PgBroker::start_leading(&pg.url(), &[]);
     let acked: Acked = Arc::default();
     let client = broker.client("RJ1").await;
     let before = common::submit(
@@ -638,10 +575,7 @@ async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader
 /// Why the broker said it stepped down (the first time), for the test's output.
 fn step_down_reason(broker: &PgBroker) -> String {
     broker
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "leadership lost; stepping down to standby")
+        .logged("leadership lost; stepping down to standby")
         .map(|v| v["reason"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default()
 }

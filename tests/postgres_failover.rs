@@ -45,16 +45,22 @@ fn next_leader(old: &mut PgBroker, other: &mut PgBroker, within: Duration) -> us
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_its_standby() {
+/// A primary with a synchronous streaming standby, and the URL a deployment gives the brokers:
+/// both databases, of which only a writable one will do.
+fn synchronous_pair() -> (PgServer, PgServer, String) {
     let primary = PgServer::start_primary();
     let standby = PgServer::start_standby_of(&primary);
     primary.wait_synchronous(Duration::from_secs(30));
-    // What a deployment gives the brokers: every database, and only a writable one will do.
     let url = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port, standby.port
     );
+    (primary, standby, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_its_standby() {
+    let (primary, standby, url) = synchronous_pair();
     let acked: Acked = Arc::default();
     let mut brokers = vec![PgBroker::start(&url), PgBroker::start(&url)];
     let leader = leader_of(&mut brokers, Duration::from_secs(30));
@@ -131,19 +137,8 @@ async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_it
 /// onto a database it never led, its journal session still on the dead one, and it would serve on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_leader_steps_down_when_its_primary_is_killed_and_its_standby_promoted() {
-    let primary = PgServer::start_primary();
-    let standby = PgServer::start_standby_of(&primary);
-    primary.wait_synchronous(Duration::from_secs(30));
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
-        primary.port, standby.port
-    );
-    let mut broker = PgBroker::start(&url);
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
+    let (primary, standby, url) = synchronous_pair();
+    let mut broker = PgBroker::start_leading(&url, &[]);
     let acked: Acked = Arc::default();
     let before = common::submit(
         &broker.client("RJ1").await,

@@ -18,12 +18,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 async fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
     let lifetime = LeaseTiming::default().lifetime;
     let pg = PgServer::start();
-    let mut broker = PgBroker::start(&pg.url());
-    assert!(
-        broker.wait_serving(Duration::from_secs(30)),
-        "no lead: {}",
-        broker.log()
-    );
+    let mut broker = PgBroker::start_leading(&pg.url(), &[]);
     let acked: Acked = Arc::default();
     // Paused while the submitters are mid-call: the journal's insert hangs too.
     let (stop, tasks) = load(&broker, 0, &acked, 300).await;

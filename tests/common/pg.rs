@@ -493,6 +493,27 @@ impl PgBroker {
         Self::start_with(url, &[])
     }
 
+    /// [`PgBroker::start_with`], then waits until it leads (it must: the test gave it the lease).
+    pub fn start_leading(url: &str, args: &[&str]) -> Self {
+        let mut broker = Self::start_with(url, args);
+        assert!(
+            broker.wait_serving(Duration::from_secs(30)),
+            "no lead: {}",
+            broker.log()
+        );
+        broker
+    }
+
+    /// The fields of its first JSON log line saying `message`, if it has logged one.
+    pub fn logged(&self, message: &str) -> Option<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == message)
+    }
+
     /// [`PgBroker::start`] with more command-line arguments. Without a `--data-dir` among them,
     /// the broker gets a data directory of its own (a broker locks its own).
     pub fn start_with(url: &str, args: &[&str]) -> Self {

@@ -131,8 +131,8 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// True once `e` (from a call on this session) means the session is gone, not just the
-    /// statement: the connection closed, or the server ended it with a FATAL error.
+    /// True once `e`, from a call made here, means the connection is gone, not just the
+    /// statement: it closed, or the server ended it with a FATAL error.
     pub(crate) fn lost(&self, e: &tokio_postgres::Error) -> bool {
         self.client.is_closed()
             || e.is_closed()

@@ -120,21 +120,8 @@ impl LocalCopy {
             self.drop_others(None);
             return None;
         }
-        let read = codec::read_snapshot(&path, policy).and_then(|snap| {
-            let bytes = fs::metadata(&path)?.len();
-            super::snapshot::checked(
-                lsn,
-                Loaded {
-                    lsn: snap.lsn,
-                    full_lsn: snap.lsn,
-                    directory: snap.directory,
-                    router: snap.router,
-                    events: snap.events,
-                    full_bytes: bytes,
-                    deltas_bytes: 0,
-                },
-            )
-        });
+        let read = codec::read_snapshot(&path, policy)
+            .and_then(|snap| super::snapshot::loaded(lsn, snap, fs::metadata(&path)?.len()));
         match read {
             Ok(loaded) => Some(loaded),
             Err(e) => {
@@ -149,10 +136,8 @@ impl LocalCopy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::domain::{Priority, Timestamp};
-    use crate::routing::fixtures::submit;
-    use crate::routing::{DefaultPolicy, Outcome};
+    use crate::routing::DefaultPolicy;
+    use crate::store::postgres::snapshot::tests::routed;
 
     fn policy() -> Arc<dyn RoutingPolicy> {
         Arc::new(DefaultPolicy)
@@ -160,16 +145,8 @@ mod tests {
 
     /// A full row's body after 5 entries: five requests.
     fn body() -> Vec<u8> {
-        let directory = Config::demo().expect("demo").directory();
-        let mut router = directory.router(policy());
-        let now = Timestamp::from_millis(1_750_000_000_000);
-        let mut outcome = Outcome::default();
-        for order in 0..5 {
-            let command = submit(&router, "RJ1", order, Priority::Urgent, now);
-            router.apply(&command, now, &mut outcome).expect("applies");
-        }
-        codec::snapshot_bytes(5, &directory, router.state().clone(), &outcome.events)
-            .expect("encodes")
+        let (directory, router, events) = routed();
+        codec::snapshot_bytes(5, &directory, router.state().clone(), &events).expect("encodes")
     }
 
     fn files(dir: &Path) -> usize {

@@ -1,7 +1,8 @@
 //! Snapshot rows: the core's state, the directory it was made under and the retained events after
 //! a number of entries, in the file store's snapshot format (sections that decode in parallel,
-//! events sharing the core's requests); written fenced by the leader's epoch. Rows written as one
-//! postcard value by earlier builds are still read.
+//! events sharing the core's requests), compressed ([`packed`]) and written fenced by the
+//! leader's epoch; and reading the newest of them, from this host's copies where they match
+//! ([`LocalCopy`]). Rows written as one postcard value by earlier builds are still read.
 
 use std::borrow::Cow;
 use std::sync::{Arc, mpsc};
@@ -378,43 +379,44 @@ pub(super) fn decode(
             "the snapshot after {lsn} entries cannot be decoded: {why}"
         ))
     };
-    let loaded = match codec::read_snapshot_bytes(body, policy.clone()).map_err(damaged)? {
-        Some(snap) => Loaded {
-            lsn: snap.lsn,
-            full_lsn: snap.lsn,
-            directory: snap.directory,
-            router: snap.router,
-            events: snap.events,
-            full_bytes: body.len() as u64,
-            deltas_bytes: 0,
-        },
+    let snap = match codec::read_snapshot_bytes(body, policy.clone()).map_err(damaged)? {
+        Some(snap) => snap,
         None => {
             let snap: SnapshotRow =
                 postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))?;
-            Loaded {
+            codec::SnapshotFile {
                 lsn: snap.lsn,
-                full_lsn: snap.lsn,
                 directory: snap.directory,
                 router: Router::from_state(snap.state, policy),
                 events: snap.events,
-                full_bytes: body.len() as u64,
-                deltas_bytes: 0,
             }
         }
     };
-    checked(lsn, loaded)
+    loaded(lsn, snap, body.len() as u64)
 }
 
-/// `loaded`, read from the row after `lsn` entries (or a copy of it), if it says it covers that
-/// many.
-pub(super) fn checked(lsn: u64, loaded: Loaded) -> Result<Loaded, StoreError> {
-    if loaded.lsn != lsn {
+/// The full snapshot `snap`, `bytes` long as written, read from the row after `lsn` entries (or
+/// a copy of it), if it says it covers that many.
+pub(super) fn loaded(
+    lsn: u64,
+    snap: codec::SnapshotFile,
+    bytes: u64,
+) -> Result<Loaded, StoreError> {
+    if snap.lsn != lsn {
         return Err(StoreError::Corrupt(format!(
             "the snapshot row after {lsn} entries says it covers {}",
-            loaded.lsn
+            snap.lsn
         )));
     }
-    Ok(loaded)
+    Ok(Loaded {
+        lsn: snap.lsn,
+        full_lsn: snap.lsn,
+        directory: snap.directory,
+        router: snap.router,
+        events: snap.events,
+        full_bytes: bytes,
+        deltas_bytes: 0,
+    })
 }
 
 /// The newest snapshot's entry number, if any (cheap: no body).
@@ -426,7 +428,7 @@ pub(crate) fn newest_lsn(client: &mut Client, url: &str) -> Result<Option<u64>, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde::Serialize;
 
     use super::*;
@@ -448,8 +450,8 @@ mod tests {
         Arc::new(DefaultPolicy)
     }
 
-    /// A core with a few requests routed, its directory and its events.
-    fn routed() -> (Directory, Router, Vec<Event>) {
+    /// A core with five requests routed, its directory and its events.
+    pub(in crate::store::postgres) fn routed() -> (Directory, Router, Vec<Event>) {
         let directory = Config::demo().expect("demo").directory();
         let mut router = directory.router(policy());
         let now = Timestamp::from_millis(1_750_000_000_000);
