@@ -87,9 +87,10 @@ impl Follower {
     }
 
     /// Applies the rows from `next` on, a page at a time. A full first page means more are
-    /// waiting (a restart, a takeover): the next page is then fetched on a thread of its own
-    /// while the one before is applied; a standby's usual poll finds a short page and starts no
-    /// thread. Returns the row found where `next` was expected, if the rows skip.
+    /// waiting (a restart, a takeover): the pages after it are then fetched on one thread and
+    /// decoded on another while this one applies, as the file store decodes its records; a
+    /// standby's usual poll finds a short page and starts no thread. Returns the row found where
+    /// `next` was expected, if the rows skip.
     fn apply_rows(&mut self, client: &mut Client, url: &str) -> Result<Option<u64>, StoreError> {
         if self.router.is_none() {
             return Ok(None);
@@ -100,16 +101,29 @@ impl Follower {
             .filter(|_| first.len() as i64 == PAGE)
             .map(|last| last.get::<_, i64>(0) as u64 + 1)
         else {
-            return self.apply_pages(std::iter::once(first));
+            return self.apply_pages(std::iter::once(decode_page(&first)));
         };
-        let (tx, rx) = mpsc::sync_channel::<Vec<Row>>(1);
+        let (raw_tx, raw_rx) = mpsc::sync_channel::<Vec<Row>>(1);
+        let (tx, rx) = mpsc::sync_channel::<Decoded>(1);
         std::thread::scope(|scope| {
-            let fetcher = std::thread::Builder::new()
-                .name("labaid-pg-rows".into())
-                .spawn_scoped(scope, move || fetch_pages(client, url, after, tx))
+            let spawn = |name: &str| std::thread::Builder::new().name(format!("labaid-pg-{name}"));
+            let fetcher = spawn("rows")
+                .spawn_scoped(scope, move || fetch_pages(client, url, after, raw_tx))
                 .map_err(StoreError::Io)?;
-            let applied = self.apply_pages(std::iter::once(first).chain(&rx));
-            // The fetcher stops at its next page once nobody takes them.
+            spawn("decode")
+                .spawn_scoped(scope, move || {
+                    for rows in std::iter::once(first).chain(raw_rx) {
+                        let page = decode_page(&rows);
+                        let failed = page.is_err();
+                        // Dropping `raw_rx` on return stops the fetcher at its next page.
+                        if tx.send(page).is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+                .map_err(StoreError::Io)?;
+            let applied = self.apply_pages(rx.iter());
+            // The decoder, then the fetcher, stop at their next page once nobody takes them.
             drop(rx);
             let fetched = fetcher.join().unwrap_or_else(|_| {
                 Err(StoreError::Corrupt("fetching journal rows panicked".into()))
@@ -120,37 +134,33 @@ impl Follower {
         })
     }
 
-    /// Applies `pages` in order, until they end or skip an entry.
+    /// Applies decoded `pages` in order, until they end or skip an entry.
     fn apply_pages(
         &mut self,
-        pages: impl IntoIterator<Item = Vec<Row>>,
+        pages: impl IntoIterator<Item = Decoded>,
     ) -> Result<Option<u64>, StoreError> {
         let Some(router) = self.router.as_mut() else {
             return Ok(None);
         };
-        for rows in pages {
-            for row in &rows {
-                let lsn = row.get::<_, i64>(0) as u64;
-                if lsn != self.next {
-                    return Ok(Some(lsn));
+        for page in pages {
+            for row in page? {
+                if row.lsn != self.next {
+                    return Ok(Some(row.lsn));
                 }
-                let body: &[u8] = row.get(1);
-                let entry: Entry = postcard::from_bytes(body).map_err(|e| {
-                    StoreError::Corrupt(format!("journal entry {lsn} cannot be decoded: {e}"))
-                })?;
                 let mut outcome = Outcome::default();
                 router
-                    .apply(&entry.command, entry.time, &mut outcome)
+                    .apply(&row.entry.command, row.entry.time, &mut outcome)
                     .map_err(|e| {
                         StoreError::Corrupt(format!(
-                            "entry {lsn} no longer applies to the state before it ({e}); \
-                             this broker build decides differently from the one that wrote it"
+                            "entry {} no longer applies to the state before it ({e}); \
+                             this broker build decides differently from the one that wrote it",
+                            row.lsn
                         ))
                     })?;
                 self.events.append(&mut outcome.events);
                 self.next += 1;
                 self.replayed += 1;
-                self.replayed_bytes += body.len() as u64;
+                self.replayed_bytes += row.bytes;
             }
         }
         Ok(None)
@@ -182,6 +192,36 @@ impl Follower {
         }
         Ok(())
     }
+}
+
+/// One journal row, decoded.
+#[derive(Debug)]
+struct DecodedRow {
+    lsn: u64,
+    /// The body's size as stored.
+    bytes: u64,
+    entry: Entry,
+}
+
+/// A page of rows decoded in order, or the first that could not be.
+type Decoded = Result<Vec<DecodedRow>, StoreError>;
+
+/// Decodes a page of `lsn, body` rows.
+fn decode_page(rows: &[Row]) -> Decoded {
+    rows.iter()
+        .map(|row| {
+            let lsn = row.get::<_, i64>(0) as u64;
+            let body: &[u8] = row.get(1);
+            let entry = postcard::from_bytes(body).map_err(|e| {
+                StoreError::Corrupt(format!("journal entry {lsn} cannot be decoded: {e}"))
+            })?;
+            Ok(DecodedRow {
+                lsn,
+                bytes: body.len() as u64,
+                entry,
+            })
+        })
+        .collect()
 }
 
 /// Fetches the journal rows from entry `from` on, `PAGE` at a time, handing each page to `tx`
