@@ -149,8 +149,8 @@ impl Metrics {
         );
         let store_snapshot_bytes = counter(
             "store_snapshot_bytes_total",
-            "Bytes of snapshots made durable, by kind: against the journal's own writes, what \
-             snapshots add to the disk's load.",
+            "Bytes of snapshots made durable (as stored: compressed on PostgreSQL), by kind: \
+             against the journal's own writes, what snapshots add to the disk's load.",
             &["kind"],
         );
         for kind in ["full", "incremental"] {

@@ -15,8 +15,6 @@
 //! - `bench.rs` and `systemd.rs`: they run the broker binary (`labaid-bench` starts its own) on a
 //!   data directory, and the bench reports the file store's journal syncs.
 //! - `sim.rs`: the simulator drives the routing core in virtual time, with no broker or store.
-//! - In `ops.rs`, the snapshot metrics test (`TestBroker::spawn_on_files`): the snapshot trigger
-//!   and the full and incremental snapshot files are the file store's.
 
 // Each suite brings its own `mod common;`, as in its own binary (so its own copy of the harness;
 // `common::pg_shared` says how the copies share one server).

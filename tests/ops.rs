@@ -166,8 +166,8 @@ async fn metrics_move_by_the_right_amount_after_a_walkthrough() {
 async fn metrics_count_snapshots_by_kind_time_the_copy_deciding_waits_for_and_the_writes() {
     let mut config = labaid::Config::demo().unwrap();
     config.store.snapshot_min_bytes = 1;
-    // The trigger and the two kinds of snapshot file are the file store's.
-    let broker = TestBroker::spawn_on_files(config).await;
+    // On either store: files or rows, due on the same trigger.
+    let broker = TestBroker::spawn_with(config).await;
     let (_, before) = http_get(broker.ops_addr, "/metrics").await;
     assert_eq!(
         sample(&before, "labaid_store_snapshot_copy_seconds_count"),

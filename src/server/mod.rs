@@ -343,6 +343,8 @@ async fn recover(shared: &Shared) -> Result<Option<Recovered>, Error> {
         )
         .await?;
         return Ok(led.map(|r| {
+            r.journal
+                .observe_snapshots(snapshot_metrics(shared.metrics.clone()));
             let leadership = r.leadership;
             let deposed = leadership.watch();
             // A failed write ends the term, not the process: nothing after it was committed

@@ -88,10 +88,7 @@ fn tls_config(paths: &TlsPaths, client_cert_optional: bool) -> Result<TlsAccepto
 /// Times and weighs each snapshot once the writer has made it durable.
 pub(super) fn snapshot_metrics(metrics: Arc<Metrics>) -> store::SnapshotObserver {
     Box::new(move |kind, bytes, took| {
-        let kind = match kind {
-            store::SnapshotKind::Full => "full",
-            store::SnapshotKind::Incremental => "incremental",
-        };
+        let kind = kind.name();
         metrics
             .store_snapshot_write
             .with_label_values(&[kind])

@@ -86,6 +86,16 @@ pub enum SnapshotKind {
     Incremental,
 }
 
+impl SnapshotKind {
+    /// The kind as logs and metric labels name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+        }
+    }
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -27,15 +27,6 @@ use tonic::Streaming;
 /// `pg_shared`). Every other test binary's brokers use the file store unless told otherwise.
 pub const ON_POSTGRES: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"on_postgres");
 
-/// The store a [`TestBroker`] runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Store {
-    /// The one this test binary tests (see [`on_test_store`]).
-    Tested,
-    /// The file store, whatever the binary.
-    Files,
-}
-
 /// A broker running in this process.
 pub struct TestBroker {
     pub addr: SocketAddr,
@@ -69,23 +60,16 @@ impl TestBroker {
 
     /// A broker with this config and clock (e.g. a restart on `config.data_dir` at a later time).
     pub async fn spawn_with_clock(config: Config, clock: Arc<ManualClock>) -> Self {
-        Self::start(config, clock, false, Store::Tested).await
+        Self::start(config, clock, false).await
     }
 
     /// A broker with this config that also serves the coordinator page on an ephemeral port.
     pub async fn spawn_with_web(config: Config) -> Self {
         let clock = Arc::new(ManualClock::new(Timestamp::now()));
-        Self::start(config, clock, true, Store::Tested).await
+        Self::start(config, clock, true).await
     }
 
-    /// A broker on the file store even where [`ON_POSTGRES`], for a test of what only the file
-    /// store has (its snapshot files and their trigger).
-    pub async fn spawn_on_files(config: Config) -> Self {
-        let clock = Arc::new(ManualClock::new(Timestamp::now()));
-        Self::start(config, clock, false, Store::Files).await
-    }
-
-    async fn start(mut config: Config, clock: Arc<ManualClock>, web: bool, store: Store) -> Self {
+    async fn start(mut config: Config, clock: Arc<ManualClock>, web: bool) -> Self {
         config.clock = clock.clone();
         let data = (config.data_dir == std::path::Path::new(labaid::config::DEFAULT_DATA_DIR))
             .then(|| tempfile::tempdir().expect("tempdir"));
@@ -95,9 +79,7 @@ impl TestBroker {
         if config.tls.is_none() {
             config.allow_plaintext_loopback = true;
         }
-        if store == Store::Tested {
-            config = on_test_store(config).await;
-        }
+        config = on_test_store(config).await;
         let data_dir = config.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

@@ -5,7 +5,7 @@
 //! thread with its own session.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread;
 use std::time::Instant;
 
@@ -17,7 +17,8 @@ use super::local::LocalCopy;
 use super::{delta, snapshot};
 use crate::store::writer::Due;
 use crate::store::{
-    Delta, Directory, Entry, Journal, Snapshot, SnapshotKind, StoreError, StoreOptions,
+    Delta, Directory, Entry, Journal, Snapshot, SnapshotKind, SnapshotObserver, StoreError,
+    StoreOptions,
 };
 
 /// Where a new leader's journal starts, and what its snapshot trigger weighs from there.
@@ -44,12 +45,13 @@ enum Job {
 
 /// What the writer thread tells the journal: the sizes the snapshot trigger weighs, and whether
 /// a row failed (the next must then be full: an incremental row would follow one that is not
-/// there).
-#[derive(Debug, Default)]
+/// there); and whom it tells of each row written (the broker's metrics).
+#[derive(Default)]
 struct Written {
     full: AtomicU64,
     deltas: AtomicU64,
     failed: AtomicBool,
+    observer: OnceLock<SnapshotObserver>,
 }
 
 /// The snapshot writer thread: where to send snapshot rows, and its handle.
@@ -92,6 +94,7 @@ impl PgJournal {
             full: AtomicU64::new(at.full_bytes),
             deltas: AtomicU64::new(at.deltas_bytes),
             failed: AtomicBool::new(false),
+            observer: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = {
@@ -144,6 +147,12 @@ impl PgJournal {
         self.next
     }
 
+    /// Has `observer` told of each snapshot row written from now on, with the bytes stored (one
+    /// observer; a second is ignored). It runs on the snapshot writer's thread.
+    pub fn observe_snapshots(&self, observer: SnapshotObserver) {
+        let _ = self.written.observer.set(observer);
+    }
+
     /// True while a snapshot handed over is still being written.
     pub fn writing_snapshot(&self) -> bool {
         self.busy.load(Ordering::Acquire)
@@ -182,7 +191,7 @@ fn write_row(
                 written.full.store(bytes.raw as u64, Ordering::Relaxed);
                 written.deltas.store(0, Ordering::Relaxed);
             }
-            ("full", lsn, result)
+            (SnapshotKind::Full, lsn, result)
         }
         Job::Incremental { lsn, after, delta } => {
             let fence = (url, epoch);
@@ -192,18 +201,24 @@ fn write_row(
                     .deltas
                     .fetch_add(bytes.raw as u64, Ordering::Relaxed);
             }
-            ("incremental", lsn, result)
+            (SnapshotKind::Incremental, lsn, result)
         }
     };
+    let took = started.elapsed();
     match result {
-        Ok(Some(bytes)) => tracing::info!(
-            store.snapshot_kind = kind,
-            store.snapshot_entries = lsn,
-            bytes = bytes.raw,
-            stored = bytes.stored,
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot row written"
-        ),
+        Ok(Some(bytes)) => {
+            tracing::info!(
+                store.snapshot_kind = kind.name(),
+                store.snapshot_entries = lsn,
+                bytes = bytes.raw,
+                stored = bytes.stored,
+                ms = took.as_millis() as u64,
+                "snapshot row written"
+            );
+            if let Some(observe) = written.observer.get() {
+                observe(kind, bytes.stored as u64, took);
+            }
+        }
         Ok(None) => tracing::warn!(
             store.epoch = epoch,
             "snapshot not written: another broker holds the lease"
@@ -211,7 +226,7 @@ fn write_row(
         // The journal rows stay until a full snapshot covers them: nothing lost.
         Err(e) => {
             written.failed.store(true, Ordering::Release);
-            tracing::error!(store.snapshot_kind = kind, error = %e, "snapshot row not written");
+            tracing::error!(store.snapshot_kind = kind.name(), error = %e, "snapshot row not written");
         }
     }
 }
