@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::acked::{Acked, load, verify};
+use common::acked::{Acked, load, settle, submit_acked, verify};
 use common::pg::{PgBroker, PgServer, leader_of};
 use common::{all_requests, http_get, submission};
 use labaid::client::{Client, ConnectOptions};
@@ -34,9 +34,7 @@ async fn acknowledged_submissions_survive_sigkill_on_postgres() {
         let (_stop, tasks) = load(&broker, cycle, &acked, 400).await;
         // Killed while the submitters are mid-call: some calls are never answered.
         broker.kill();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-        }
+        settle(tasks).await;
     }
     let broker = PgBroker::start_leading(&pg.url(), &[]);
     let held = verify(&broker, &acked).await;
@@ -89,9 +87,7 @@ async fn a_restart_reads_the_incremental_rows_and_replays_only_the_journal_after
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         broker.kill();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-        }
+        settle(tasks).await;
         let entries = count("SELECT coalesce(max(lsn) + 1, 0) FROM labaid_journal");
         let full = count("SELECT max(lsn) FROM labaid_snapshot");
         let covered = count(&format!(
@@ -152,9 +148,7 @@ async fn a_restart_reads_its_local_copy_of_the_full_row_and_a_damaged_copy_falls
     let broker = PgBroker::start_leading(&pg.url(), &args);
     let (stop, tasks) = load(&broker, 0, &acked, 300).await;
     *stop.lock().unwrap() = true;
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-    }
+    settle(tasks).await;
     stop_cleanly(broker);
     let copies = data.path().join("pg-snapshot");
     let copy = || -> std::path::PathBuf {
@@ -237,11 +231,7 @@ async fn a_second_broker_on_the_same_data_directory_is_refused() {
         "{}",
         second.log()
     );
-    assert!(
-        first.try_wait().is_none(),
-        "the first broker stopped: {}",
-        first.log()
-    );
+    first.assert_running("the first broker stopped");
     assert_eq!(first.health().await, ServingStatus::Serving as i32);
 }
 
@@ -315,9 +305,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_loses_nothing() {
         let (_stop, tasks) = load(&brokers[leader], cycle, &acked, 300).await;
         let killed_at = Instant::now();
         brokers.remove(leader).kill();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-        }
+        settle(tasks).await;
         let standby = &mut brokers[0];
         assert!(
             standby.wait_serving(Duration::from_secs(30)),
@@ -361,15 +349,7 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
     let mut old = brokers.remove(0);
     let acked: Acked = Arc::default();
     let old_client = old.client("RJ1").await;
-    let before = common::submit(
-        &old_client,
-        submission("before-pause", Priority::Urgent, Timestamp::now()),
-    )
-    .await;
-    acked
-        .lock()
-        .unwrap()
-        .insert("before-pause".into(), before.id);
+    submit_acked(&old_client, "before-pause", &acked).await;
 
     old.signal("-STOP");
     assert!(
@@ -377,15 +357,7 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
         "the standby did not take over from a paused leader: {}",
         standby.log()
     );
-    let after = common::submit(
-        &standby.client("RJ1").await,
-        submission("after-takeover", Priority::Urgent, Timestamp::now()),
-    )
-    .await;
-    acked
-        .lock()
-        .unwrap()
-        .insert("after-takeover".into(), after.id);
+    submit_acked(&standby.client("RJ1").await, "after-takeover", &acked).await;
 
     // A call that reaches the paused leader, which is resumed only after the takeover.
     let late = tokio::spawn(async move {
@@ -401,11 +373,7 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     // It steps down in-process: a standby again on the same listeners, naming the new leader.
     old.wait_not_serving().await;
-    assert!(
-        old.try_wait().is_none(),
-        "the old leader exited instead of stepping down: {}",
-        old.log()
-    );
+    old.assert_running("the old leader exited instead of stepping down");
     assert_standby(&old, &standby).await;
     let held = all_requests(&standby.client("RJ1").await).await;
     assert!(
@@ -423,15 +391,7 @@ async fn a_paused_leader_acknowledges_nothing_once_resumed_and_steps_down() {
         old.log()
     );
     verify(&old, &acked).await;
-    let again = common::submit(
-        &old.client("RJ1").await,
-        submission("after-return", Priority::Urgent, Timestamp::now()),
-    )
-    .await;
-    acked
-        .lock()
-        .unwrap()
-        .insert("after-return".into(), again.id);
+    submit_acked(&old.client("RJ1").await, "after-return", &acked).await;
     verify(&old, &acked).await;
     let epochs = pg.psql("SELECT epoch FROM labaid_lease");
     assert_eq!(
@@ -482,15 +442,7 @@ async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader
     let mut broker = PgBroker::start_leading(&pg.url(), &[]);
     let acked: Acked = Arc::default();
     let client = broker.client("RJ1").await;
-    let before = common::submit(
-        &client,
-        submission("before-fence", Priority::Urgent, Timestamp::now()),
-    )
-    .await;
-    acked
-        .lock()
-        .unwrap()
-        .insert("before-fence".into(), before.id);
+    submit_acked(&client, "before-fence", &acked).await;
 
     // Another "broker" takes the lease in a transaction left open.
     let fake_leader = "127.0.0.1:9";
@@ -535,11 +487,7 @@ async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader
 
     // A standby again, in the same process.
     broker.wait_not_serving().await;
-    assert!(
-        broker.try_wait().is_none(),
-        "the broker exited: {}",
-        broker.log()
-    );
+    broker.assert_running("the broker exited");
     assert_refers_to(&broker, fake_leader).await;
 
     // Once the lease is free it leads again, from what the database holds.
@@ -555,15 +503,7 @@ async fn a_caller_whose_batch_was_fenced_hears_unavailable_naming_the_new_leader
         held.iter().all(|r| r.order_number != "fenced"),
         "the fenced submission was committed"
     );
-    let after = common::submit(
-        &client,
-        submission("after-return", Priority::Urgent, Timestamp::now()),
-    )
-    .await;
-    acked
-        .lock()
-        .unwrap()
-        .insert("after-return".into(), after.id);
+    submit_acked(&client, "after-return", &acked).await;
     verify(&broker, &acked).await;
     let rows = pg.psql(
         "SELECT string_agg(DISTINCT epoch::text, ',' ORDER BY epoch::text) FROM labaid_journal",

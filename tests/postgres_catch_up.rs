@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::acked::{Acked, submit_until_failure, verify};
+use common::acked::{Acked, settle, submitters, verify};
 use common::pg::{PgBroker, PgServer};
 
 /// Rows a catch-up reads per query (`store::postgres::follow`'s page): the test needs more
@@ -23,18 +23,7 @@ async fn a_restart_catches_up_on_several_pages_of_journal_rows() {
     let never = ["--snapshot-min-bytes", "1073741824"];
     let broker = PgBroker::start_leading(&pg.url(), &never);
     let acked: Acked = Arc::default();
-    let stop = Arc::new(Mutex::new(false));
-    let client = broker.client("RJ1").await;
-    let tasks: Vec<_> = (0..48)
-        .map(|t| {
-            tokio::spawn(submit_until_failure(
-                client.clone(),
-                format!("p{t}"),
-                acked.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let (_stop, tasks) = submitters(&broker.client("RJ1").await, "p", 48, &acked);
     let deadline = Instant::now() + Duration::from_secs(240);
     while count("SELECT count(*) FROM labaid_journal") <= 2 * PAGE + PAGE / 2 {
         assert!(
@@ -46,9 +35,7 @@ async fn a_restart_catches_up_on_several_pages_of_journal_rows() {
     }
     // Killed mid-call: the calls in flight are never answered, and only the answered count.
     broker.kill();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-    }
+    settle(tasks).await;
     let entries = count("SELECT max(lsn) + 1 FROM labaid_journal");
     let covered = count("SELECT coalesce(max(lsn), 0) FROM labaid_snapshot");
 

@@ -11,19 +11,14 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::acked::{Acked, load, verify};
+use common::acked::{Acked, load, settle, submit_acked, verify};
 use common::pg::{PgBroker, PgServer, leader_of};
-use common::submission;
-use labaid::domain::Timestamp;
-use labaid::proto::Priority;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Sets the submitters' stop flag and waits (bounded) for them to end.
 async fn stop_load(stop: Arc<std::sync::Mutex<bool>>, tasks: Vec<tokio::task::JoinHandle<()>>) {
     *stop.lock().unwrap() = true;
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-    }
+    settle(tasks).await;
 }
 
 /// Waits until one of the brokers begins a term after the old leader's: the old leader's second
@@ -90,11 +85,7 @@ async fn acknowledged_changes_survive_sigkill_of_the_primary_and_promotion_of_it
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut pair = [old, other];
-    assert!(
-        pair[0].try_wait().is_none(),
-        "the old leader exited instead of stepping down: {}",
-        pair[0].log()
-    );
+    pair[0].assert_running("the old leader exited instead of stepping down");
     let index = {
         let [old, other] = &mut pair;
         next_leader(old, other, Duration::from_secs(30))
@@ -140,15 +131,7 @@ async fn an_idle_leader_steps_down_when_its_primary_is_killed_and_its_standby_pr
     let (primary, standby, url) = synchronous_pair();
     let mut broker = PgBroker::start_leading(&url, &[]);
     let acked: Acked = Arc::default();
-    let before = common::submit(
-        &broker.client("RJ1").await,
-        submission("before-kill", Priority::Urgent, Timestamp::now()),
-    )
-    .await;
-    acked
-        .lock()
-        .unwrap()
-        .insert("before-kill".into(), before.id);
+    submit_acked(&broker.client("RJ1").await, "before-kill", &acked).await;
     let epoch = primary.psql("SELECT epoch FROM labaid_lease");
     // Once renewed, the renewer holds a session on the primary, as it did in CI.
     let expires = primary.psql("SELECT expires FROM labaid_lease");
@@ -171,11 +154,7 @@ async fn an_idle_leader_steps_down_when_its_primary_is_killed_and_its_standby_pr
         "the broker did not step down and lead again on the promoted database: {}",
         broker.log()
     );
-    assert!(
-        broker.try_wait().is_none(),
-        "the broker exited instead of stepping down: {}",
-        broker.log()
-    );
+    broker.assert_running("the broker exited instead of stepping down");
     let now: i64 = standby
         .psql("SELECT epoch FROM labaid_lease")
         .parse()

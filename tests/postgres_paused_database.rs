@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::acked::{Acked, load, verify};
+use common::acked::{Acked, load, settle, verify};
 use common::pg::{PgBroker, PgServer};
 use labaid::store::postgres::LeaseTiming;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -60,17 +60,11 @@ async fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        broker.try_wait().is_none(),
-        "the leader exited instead of stepping down: {}",
-        broker.log()
-    );
+    broker.assert_running("the leader exited instead of stepping down");
 
     pg.resume();
     *stop.lock().unwrap() = true;
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-    }
+    settle(tasks).await;
     assert!(
         broker.wait_terms(2, Duration::from_secs(20)),
         "the broker did not lead again once its database answered: {}",

@@ -661,7 +661,10 @@ fn snapshot(
         "retained events copied for a snapshot"
     );
     let snapshot = Snapshot { state, events };
-    metrics.store_snapshots.with_label_values(&["full"]).inc();
+    metrics
+        .store_snapshots
+        .with_label_values(&[SnapshotKind::Full.name()])
+        .inc();
     journal.snapshot(snapshot).map_err(Fatal::Snapshot)
 }
 
@@ -674,7 +677,7 @@ fn delta(
 ) -> Result<(), Fatal> {
     metrics
         .store_snapshots
-        .with_label_values(&["incremental"])
+        .with_label_values(&[SnapshotKind::Incremental.name()])
         .inc();
     journal.delta(since.take(head)).map_err(Fatal::Snapshot)
 }

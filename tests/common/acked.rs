@@ -10,7 +10,7 @@ use labaid::domain::Timestamp;
 use labaid::proto::Priority;
 
 use super::pg::PgBroker;
-use super::{all_requests, submission};
+use super::{all_requests, submission, submit};
 
 /// Acknowledged submissions: order number → request id.
 pub type Acked = Arc<Mutex<HashMap<String, String>>>;
@@ -76,17 +76,47 @@ pub async fn load(
     acked: &Acked,
     for_ms: u64,
 ) -> (Arc<Mutex<bool>>, Vec<tokio::task::JoinHandle<()>>) {
-    let stop = Arc::new(Mutex::new(false));
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let client = broker.client("RJ1").await;
-        tasks.push(tokio::spawn(submit_until_failure(
-            client,
-            format!("c{cycle}-t{t}"),
-            acked.clone(),
-            stop.clone(),
-        )));
-    }
+    let (stop, tasks) = submitters(&broker.client("RJ1").await, &format!("c{cycle}"), 4, acked);
     tokio::time::sleep(Duration::from_millis(for_ms)).await;
     (stop, tasks)
+}
+
+/// Starts `count` submitters on `client`, ordering `<prefix>-t<n>-<m>`, and returns their stop
+/// flag and tasks (they go on until a call fails or the flag is set).
+pub fn submitters(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+    acked: &Acked,
+) -> (Arc<Mutex<bool>>, Vec<tokio::task::JoinHandle<()>>) {
+    let stop = Arc::new(Mutex::new(false));
+    let tasks = (0..count)
+        .map(|t| {
+            tokio::spawn(submit_until_failure(
+                client.clone(),
+                format!("{prefix}-t{t}"),
+                acked.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    (stop, tasks)
+}
+
+/// Waits for submitters to end, each within 15 s: after a kill, the calls they had in flight are
+/// never answered, and only the answered ones count.
+pub async fn settle(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
+}
+
+/// Submits order `order` (urgent) on `client` and records it as acknowledged.
+pub async fn submit_acked(client: &Client, order: &str, acked: &Acked) {
+    let request = submit(
+        client,
+        submission(order, Priority::Urgent, Timestamp::now()),
+    )
+    .await;
+    acked.lock().unwrap().insert(order.into(), request.id);
 }

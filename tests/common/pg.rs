@@ -648,6 +648,11 @@ impl PgBroker {
         self.child.try_wait().expect("wait")
     }
 
+    /// Fails the test, saying `what` happened and showing the log, if the broker has ended.
+    pub fn assert_running(&mut self, what: &str) {
+        assert!(self.try_wait().is_none(), "{what}: {}", self.log());
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
